@@ -1,0 +1,39 @@
+# Entry points: `make demo` runs the workflow on the built-in synthetic dataset,
+# `make test` runs the test suite. Both create .venv and install on first use.
+
+PYTHON ?= python3
+# The CPU wheel of torch 2.13.0; set TORCH_SPEC="torch" on a GPU machine to let
+# pip choose a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test test-fast lint clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# nlb-tools 0.0.4 pins pandas<=1.3.4 (no Python 3.11 wheel); it runs fine on pandas 2.
+	$(BIN)/python -m pip install --quiet --no-deps nlb-tools==0.0.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	@echo
+	@echo "Done. Outputs of the synthetic dataset are in results/synthetic/ (NWB files in resources/data/synthetic/)."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not slurm"
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile config/config.yaml

@@ -1,0 +1,3 @@
+from lfads.cli import main
+
+raise SystemExit(main())

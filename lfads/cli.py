@@ -1,0 +1,39 @@
+"""Command-line entry: `python -m lfads <command> ...` (also installed as `lfads`).
+
+Each command lives in its own module, which defines `add_arguments(parser)` and
+`run(args) -> int`. Only the chosen command's module is imported, so
+`python -m lfads synthetic` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synthetic": ("lfads.synthetic", "write the synthetic NLB-layout dataset (NWB files + true rates)"),
+    "fetch": ("lfads.fetch", "download pinned NLB assets from DANDI and verify their SHA-256"),
+    "prepare": ("lfads.prepare", "bin NWB files and write the model's train/valid/eval tensors"),
+    "targets": ("lfads.targets", "write nlb_tools evaluation targets (with PSTHs)"),
+    "train": ("lfads.train", "train one LFADS model"),
+    "infer": ("lfads.infer", "posterior sampling of a trained model"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="lfads", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"lfads {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
