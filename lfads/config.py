@@ -1,0 +1,73 @@
+"""Validate a workflow configfile against its JSON schema, with errors that name the key.
+
+`snakemake.utils.validate` reports jsonschema's raw message; users need the
+dotted key, the bad value and what is allowed. Defaults declared in the schema
+are filled in, so rules can rely on every key being present.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configfile does not match the schema; the message lists every problem."""
+
+
+def load_yaml(path: str | Path) -> Any:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        keys = ", ".join(f"{where}.{key}" if error.absolute_path else key for key in unknown)
+        return f"unknown key {keys}; allowed here: {', '.join(allowed)}"
+    if error.validator in ("minProperties", "maxProperties") and where == "source":
+        return f"source: give exactly one of {', '.join(sorted(error.schema['properties']))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.instance!r} is not valid: {error.message}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    if "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        schema = root["$defs"][name]
+    if not isinstance(instance, dict):
+        return
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in instance and "default" in subschema:
+            instance[key] = copy.deepcopy(subschema["default"])
+        if key in instance:
+            _fill_defaults(instance[key], subschema, root)
+
+
+def validate_config(config: dict, schema_path: str | Path, source: str = "configfile") -> dict:
+    """Return a copy of `config` with defaults filled in; raise ConfigError naming each bad key."""
+    schema = load_yaml(schema_path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(config).__name__}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(error)}" for error in errors)
+        raise ConfigError(
+            f"{source} is invalid ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}\n"
+            "Fix these keys (config/README.md documents every key) and run again."
+        )
+    config = copy.deepcopy(config)
+    _fill_defaults(config, schema, schema)
+    return config

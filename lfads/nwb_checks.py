@@ -1,0 +1,170 @@
+"""Check an NWB file for what nlb_tools needs, before nlb_tools sees it.
+
+nlb_tools fails late and vaguely on malformed files: a behaviour series that is
+one sample off the 1 ms grid is dropped with only a warning and surfaces later
+as `KeyError: 'hand_vel'`; a file without held-out units breaks tensor making.
+These checks read the file with h5py (no pynwb, so they are quick) and raise an
+`NWBLayoutError` that names the file and the field, and says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+# Trial-table columns each layout needs (beyond start_time, stop_time, split),
+# from nlb_tools' make_tensors.PARAMS: alignment fields, PSTH conditions and
+# trial-level behaviour.
+TRAIN_TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "mc_maze": ("move_onset_time", "trial_type", "trial_version"),
+    "mc_maze_large": ("move_onset_time", "trial_type", "trial_version"),
+    "mc_maze_medium": ("move_onset_time", "trial_type", "trial_version"),
+    "mc_maze_small": ("move_onset_time", "trial_type", "trial_version"),
+    "mc_rtt": (),
+    "area2_bump": ("move_onset_time", "ctr_hold_bump", "cond_dir"),
+    "dmfc_rsg": ("go_time", "set_time", "is_outlier", "is_eye", "theta", "is_short", "ts", "tp"),
+}
+# The test file carries only the alignment fields.
+TEST_TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "mc_maze": ("move_onset_time",),
+    "mc_maze_large": ("move_onset_time",),
+    "mc_maze_medium": ("move_onset_time",),
+    "mc_maze_small": ("move_onset_time",),
+    "mc_rtt": (),
+    "area2_bump": ("move_onset_time",),
+    "dmfc_rsg": ("go_time", "set_time"),
+}
+# Continuous behaviour decoded by nlb_tools (None: behaviour comes from the trial table).
+BEHAVIOR_SERIES: dict[str, str | None] = {
+    "mc_maze": "hand_vel",
+    "mc_maze_large": "hand_vel",
+    "mc_maze_medium": "hand_vel",
+    "mc_maze_small": "hand_vel",
+    "mc_rtt": "finger_vel",
+    "area2_bump": "hand_vel",
+    "dmfc_rsg": None,
+}
+SPLITS = {"train": ("train",), "test": ("test",)}
+
+
+class NWBLayoutError(ValueError):
+    """An NWB file lacks something the NLB layout needs."""
+
+
+def _fail(path: Path, field: str, problem: str, advice: str) -> NWBLayoutError:
+    return NWBLayoutError(f"{path}: {field}: {problem}. {advice}")
+
+
+def _ragged_last_ends(group: h5py.Group, name: str) -> np.ndarray:
+    """Last interval end of each unit's ragged `obs_intervals` column (seconds)."""
+    intervals = group[name][()]
+    if f"{name}_index" not in group:
+        return intervals[..., -1].reshape(-1)
+    index = group[f"{name}_index"][()]
+    return np.array([intervals[stop - 1, 1] for stop in index if stop > 0])
+
+
+def _timeseries(group: h5py.Group, prefix: str = "") -> Iterator[tuple[str, h5py.Group]]:
+    """Yield (nlb_tools name, group) of every TimeSeries below `group`.
+
+    nlb_tools names a series by itself inside a processing module, and
+    `<container>_<series>` inside a multi-series container.
+    """
+    for name, child in group.items():
+        if not isinstance(child, h5py.Group):
+            continue
+        if "data" in child and ("timestamps" in child or "starting_time" in child):
+            yield (f"{prefix}_{name}" if prefix else name), child
+        else:
+            nested_prefix = name if group.name.count("/") >= 2 else ""
+            yield from _timeseries(child, nested_prefix)
+
+
+def _sample_times(series: h5py.Group) -> np.ndarray:
+    if "timestamps" in series:
+        return series["timestamps"][()]
+    rate = float(series["starting_time"].attrs["rate"])
+    start = float(series["starting_time"][()])
+    return start + np.arange(series["data"].shape[0]) / rate
+
+
+def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
+    """Raise NWBLayoutError if `path` lacks what nlb_tools needs for `nlb_layout`.
+
+    role: "train" (held-in and held-out units, train/val trials, behaviour) or
+    "test" (held-in units and test trials only).
+    """
+    path = Path(path)
+    if nlb_layout not in TRAIN_TRIAL_FIELDS:
+        raise ValueError(f"unknown nlb_layout {nlb_layout!r}; expected one of {sorted(TRAIN_TRIAL_FIELDS)}")
+    if role not in SPLITS:
+        raise ValueError(f"role must be 'train' or 'test', not {role!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file. Run the fetch rule, or fix the source's asset paths.")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise _fail(path, "(file)", f"not a readable NWB (HDF5) file ({error})",
+                    "Delete it and fetch it again.") from error
+    with handle:
+        units = handle.get("units")
+        if units is None:
+            raise _fail(path, "units", "the file has no units table", "NLB files hold spikes in /units.")
+        for column in ("spike_times", "obs_intervals", "heldout"):
+            if column not in units:
+                raise _fail(path, f"units.{column}", "column missing",
+                            "nlb_tools needs spike_times, obs_intervals and heldout on every unit.")
+        heldout = units["heldout"][()].astype(bool)
+        if role == "train" and not heldout.any():
+            raise _fail(path, "units.heldout", f"no held-out units (all {heldout.size} units are held-in)",
+                        "The train file must mark the held-out neurons with heldout=True.")
+        if role == "test" and heldout.any():
+            raise _fail(path, "units.heldout", f"{int(heldout.sum())} held-out units in a test file",
+                        "The test file holds held-in units only.")
+
+        trials = handle.get("intervals/trials")
+        if trials is None:
+            raise _fail(path, "intervals.trials", "the file has no trials table", "NLB files define trials.")
+        required = ("start_time", "stop_time", "split")
+        required += TRAIN_TRIAL_FIELDS[nlb_layout] if role == "train" else TEST_TRIAL_FIELDS[nlb_layout]
+        for column in required:
+            if column not in trials:
+                raise _fail(path, f"trials.{column}", f"column missing (layout {nlb_layout} needs it)",
+                            f"Add it, or choose the nlb_layout that matches this file.")
+        splits = {value.decode() if isinstance(value, bytes) else str(value) for value in trials["split"][()]}
+        for split in SPLITS[role]:
+            if split not in splits:
+                raise _fail(path, "trials.split", f"no trial has split {split!r} (found {sorted(splits)})",
+                            f"A {role} file needs {split!r} trials.")
+
+        # The 1 ms grid that nlb_tools builds: [0, end) with end the last obs_interval end
+        # (or the last trial end, if later).
+        end_ms = round(float(np.max(_ragged_last_ends(units, "obs_intervals"))) * 1000)
+        end_ms = max(end_ms, round(float(trials["stop_time"][-1]) * 1000))
+        found = set()
+        for top in ("acquisition", "processing"):
+            if top not in handle:
+                continue
+            for name, series in _timeseries(handle[top]):
+                found.add(name)
+                times_ms = np.round(_sample_times(series), 6) * 1000
+                ms = np.round(times_ms)
+                off_grid = np.abs(times_ms - ms) > 1e-3
+                outside = (ms < 0) | (ms >= end_ms)
+                if off_grid.any() or outside.any():
+                    bad = int(np.argmax(off_grid | outside))
+                    raise _fail(
+                        path, series.name.lstrip("/").replace("/", "."),
+                        f"sample {bad} at {times_ms[bad] / 1000:.6f} s is "
+                        + ("off the 1 ms grid" if off_grid[bad] else
+                           f"outside the recording [0, {end_ms / 1000:.3f}) s set by units.obs_intervals")
+                        + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside of {ms.size} samples)",
+                        "nlb_tools would silently drop this series. Resample it to 1 ms and trim it to the recording.",
+                    )
+        behavior = BEHAVIOR_SERIES[nlb_layout]
+        if role == "train" and behavior is not None and behavior not in found:
+            raise _fail(path, f"processing.behavior.{behavior}", "behaviour series missing",
+                        f"Layout {nlb_layout} decodes {behavior}; add it as a TimeSeries on the 1 ms grid.")

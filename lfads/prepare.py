@@ -1,0 +1,276 @@
+"""Bin NLB NWB files and write the model's tensors (rule `prepare`).
+
+The file layout is documented in lfads/README.md ("Prepared tensors"). Every
+tensor comes from nlb_tools' own calls (`make_train_input_tensors`,
+`make_eval_input_tensors`), so windows, bins and trial order are exactly the
+benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lfads.io import atomic_path
+from lfads.nwb_checks import check_nwb_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TRUTH_FIELDS = {"spk_field": "truth_heldin", "hospk_field": "truth_heldout"}
+
+
+@dataclass(frozen=True)
+class NLBTensors:
+    """Trials x bins x neurons arrays of one set of trials, in nlb_tools' order."""
+
+    heldin: np.ndarray  # (N, T, n_heldin) spikes per bin
+    heldout: np.ndarray  # (N, T, n_heldout)
+    heldin_forward: np.ndarray  # (N, F, n_heldin)
+    heldout_forward: np.ndarray  # (N, F, n_heldout)
+
+    @property
+    def recon(self) -> np.ndarray:
+        """(N, T + F, n_heldin + n_heldout): [held-in | held-out] over [observed | forward]."""
+        observed = np.concatenate([self.heldin, self.heldout], axis=2)
+        forward = np.concatenate([self.heldin_forward, self.heldout_forward], axis=2)
+        return np.concatenate([observed, forward], axis=1).astype(np.float32)
+
+
+def load_dataset(nwb_path: Path, bin_width_ms: int):
+    """nlb_tools NWBDataset of `nwb_path`, resampled to `bin_width_ms`."""
+    from nlb_tools.nwb_interface import NWBDataset
+
+    started = time.perf_counter()
+    dataset = NWBDataset(str(nwb_path))
+    dataset.resample(bin_width_ms)
+    log.info("loaded %s at %d ms in %.1f s", nwb_path.name, bin_width_ms, time.perf_counter() - started)
+    return dataset
+
+
+def _train_split(phase: str) -> str | list[str]:
+    return "train" if phase == "val" else ["train", "val"]
+
+
+def _tensors(dataset, nlb_layout: str, trial_split, fields: dict | None = None) -> tuple[NLBTensors, dict]:
+    from nlb_tools.make_tensors import make_train_input_tensors
+
+    out = make_train_input_tensors(
+        dataset, nlb_layout, trial_split=trial_split, update_params=fields,
+        save_file=False, include_forward_pred=True,
+        include_behavior=fields is None and _behavior_source(nlb_layout) == "data",
+    )
+    tensors = NLBTensors(
+        out["train_spikes_heldin"], out["train_spikes_heldout"],
+        out["train_spikes_heldin_forward"], out["train_spikes_heldout_forward"],
+    )
+    return tensors, out
+
+
+def _behavior_source(nlb_layout: str) -> str:
+    from nlb_tools.make_tensors import PARAMS
+
+    return PARAMS[nlb_layout]["behavior_source"]
+
+
+def condition_indices(dataset, nlb_layout: str, trial_mask: np.ndarray) -> np.ndarray | None:
+    """PSTH condition index of each trial in `trial_mask` (nlb_tools' sorted conditions), or None.
+
+    Trials whose alignment field is missing are dropped, as nlb_tools drops them
+    from its tensors. -1 marks a trial without a complete condition label.
+    """
+    from nlb_tools.make_tensors import PARAMS
+
+    psth = PARAMS[nlb_layout].get("psth_params")
+    if psth is None:
+        return None
+    fields = psth["cond_fields"]
+    info = dataset.trial_info
+    if not set(fields) <= set(info.columns):
+        return None
+    align = psth["make_params"].get("align_field", "start_time")
+    selected = info[np.asarray(trial_mask) & info[align].notna().to_numpy()]
+    labelled = info[info.split != "none"][fields].dropna()
+    conditions = sorted(labelled.set_index(fields).index.unique().tolist())
+    conditions = [c if isinstance(c, tuple) else (c,) for c in conditions]
+    lookup = {condition: index for index, condition in enumerate(conditions)}
+    keys = selected[fields].itertuples(index=False, name=None)
+    return np.array([lookup.get(tuple(key), -1) for key in keys], dtype=np.int64)
+
+
+def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
+    """Add the synthetic ground truth, binned like the spikes, as fields truth_heldin/truth_heldout."""
+    from lfads.synthetic import bin_true_rates
+
+    rates = bin_true_rates(truth_path, bin_width_ms)  # (n_bins, n_units) spikes per bin
+    with h5py.File(truth_path, "r") as handle:
+        unit_ids = handle["unit_ids"][()]
+        heldout = handle["heldout"][()].astype(bool)
+    n_rows = len(dataset.data)
+    if rates.shape[0] < n_rows:
+        raise ValueError(f"{truth_path}: truth covers {rates.shape[0]} bins, the NWB file {n_rows}; "
+                         "regenerate the synthetic dataset")
+    rates = rates[:n_rows]
+    column_of = {int(uid): i for i, uid in enumerate(unit_ids)}
+    fields = dataset.data.columns.get_level_values(0)
+    for field, spike_field, mask in (("truth_heldin", "spikes", ~heldout),
+                                     ("truth_heldout", "heldout_spikes", heldout)):
+        # A test file has no held-out spikes; its truth still covers the held-out units.
+        if spike_field in fields:
+            channels = [int(c) for c in dataset.data[spike_field].columns]
+        else:
+            channels = [int(uid) for uid in unit_ids[mask]]
+        missing = [c for c in channels if c not in column_of]
+        if missing:
+            raise ValueError(f"{truth_path}: no truth for units {missing[:5]} of the NWB file")
+        dataset.add_continuous_data(rates[:, [column_of[c] for c in channels]], field, chan_names=channels)
+
+
+def _nan_to_zero(array: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(array.astype(np.float32), nan=0.0)
+
+
+def split_indices(n_trials: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, valid) row indices of a seeded split of `n_trials` trials."""
+    order = np.random.default_rng(seed).permutation(n_trials)
+    n_valid = int(round(valid_fraction * n_trials))
+    if n_valid < 1 or n_valid >= n_trials:
+        raise ValueError(f"valid_fraction {valid_fraction} leaves no train or no valid trials "
+                         f"out of {n_trials}; choose a value between 0 and 1 that leaves both")
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+def _write(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    options = dict(compression="gzip", compression_opts=1, shuffle=True) if data.ndim >= 2 else {}
+    group.create_dataset(name, data=data, **options)
+
+
+def prepare(
+    train_nwb: str | Path,
+    test_nwb: str | Path,
+    out_path: str | Path,
+    nlb_layout: str,
+    bin_width_ms: int,
+    phase: str = "val",
+    dataset_name: str = "",
+    valid_fraction: float = 0.2,
+    split_seed: int = 0,
+    truth_files: dict[str, str | Path] | None = None,
+) -> Path:
+    """Write the prepared-tensor HDF5 file of one dataset, bin width and phase.
+
+    truth_files: {"train": path, "test": path} of synthetic ground truth, or None.
+    """
+    train_nwb, test_nwb, out_path = Path(train_nwb), Path(test_nwb), Path(out_path)
+    if phase not in ("val", "test"):
+        raise ValueError(f"phase must be 'val' or 'test', not {phase!r}")
+    check_nwb_file(train_nwb, nlb_layout, "train")
+    if phase == "test":
+        check_nwb_file(test_nwb, nlb_layout, "test")
+    started = time.perf_counter()
+
+    dataset = load_dataset(train_nwb, bin_width_ms)
+    train_split = _train_split(phase)
+    if truth_files:
+        add_truth(dataset, Path(truth_files["train"]), bin_width_ms)
+    nlb_train, raw = _tensors(dataset, nlb_layout, train_split)
+    from nlb_tools.make_tensors import _prep_mask  # the same trial selection nlb_tools uses
+
+    train_mask = np.asarray(_prep_mask(dataset, train_split))
+    train_conditions = condition_indices(dataset, nlb_layout, train_mask)
+    behavior = raw.get("train_behavior")
+    train_truth = _tensors(dataset, nlb_layout, train_split, TRUTH_FIELDS)[0].recon if truth_files else None
+
+    if phase == "val":
+        eval_dataset, eval_split = dataset, "val"
+    else:
+        eval_dataset, eval_split = load_dataset(test_nwb, bin_width_ms), "test"
+        if truth_files:
+            add_truth(eval_dataset, Path(truth_files["test"]), bin_width_ms)
+    from nlb_tools.make_tensors import make_eval_input_tensors
+
+    eval_heldin = make_eval_input_tensors(eval_dataset, nlb_layout, trial_split=eval_split,
+                                          save_file=False)["eval_spikes_heldin"]
+    eval_mask = np.asarray(_prep_mask(eval_dataset, eval_split))
+    eval_conditions = condition_indices(eval_dataset, nlb_layout, eval_mask) if phase == "val" else None
+    eval_truth = None
+    if truth_files:
+        eval_truth = _tensors(eval_dataset, nlb_layout, eval_mask, TRUTH_FIELDS)[0].recon
+
+    n_nlb_train = nlb_train.heldin.shape[0]
+    for name, array in (("conditions", train_conditions), ("behavior", behavior), ("truth", train_truth)):
+        if array is not None and array.shape[0] != n_nlb_train:
+            raise RuntimeError(f"{train_nwb}: {array.shape[0]} trials of {name} but {n_nlb_train} of spikes")
+    train_rows, valid_rows = split_indices(n_nlb_train, valid_fraction, split_seed)
+    recon = nlb_train.recon
+    encod = _nan_to_zero(nlb_train.heldin)
+    unit_ids = {
+        "heldin": np.array([int(c) for c in dataset.data["spikes"].columns]),
+        "heldout": np.array([int(c) for c in dataset.data["heldout_spikes"].columns]),
+    }
+
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs.update(
+            dataset=dataset_name, nlb_layout=nlb_layout, phase=phase, bin_width_ms=bin_width_ms,
+            n_heldin=nlb_train.heldin.shape[2], n_heldout=nlb_train.heldout.shape[2],
+            n_obs_bins=nlb_train.heldin.shape[1], n_fwd_bins=nlb_train.heldin_forward.shape[1],
+            valid_fraction=valid_fraction, split_seed=split_seed, has_truth=truth_files is not None,
+            format_version=FORMAT_VERSION,
+        )
+        for split, rows in (("train", train_rows), ("valid", valid_rows)):
+            group = handle.create_group(split)
+            _write(group, "encod_data", encod[rows])
+            _write(group, "recon_data", recon[rows])
+            _write(group, "nlb_index", rows.astype(np.int64))
+            if behavior is not None:
+                _write(group, "behavior", behavior[rows].astype(np.float32))
+            if train_conditions is not None:
+                _write(group, "condition", train_conditions[rows])
+            if train_truth is not None:
+                _write(group, "truth", train_truth[rows])
+        group = handle.create_group("eval")
+        _write(group, "encod_data", _nan_to_zero(eval_heldin))
+        _write(group, "nlb_index", np.arange(eval_heldin.shape[0], dtype=np.int64))
+        if eval_conditions is not None:
+            _write(group, "condition", eval_conditions)
+        if eval_truth is not None:
+            _write(group, "truth", eval_truth)
+        for name, ids in unit_ids.items():
+            _write(handle.require_group("unit_ids"), name, ids)
+    log.info(
+        "wrote %s: %d train, %d valid, %d eval trials, %d+%d bins, %d+%d neurons in %.1f s",
+        out_path, len(train_rows), len(valid_rows), eval_heldin.shape[0], recon.shape[1] - nlb_train.heldin_forward.shape[1],
+        nlb_train.heldin_forward.shape[1], nlb_train.heldin.shape[2], nlb_train.heldout.shape[2],
+        time.perf_counter() - started,
+    )
+    return out_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-nwb", type=Path, required=True)
+    parser.add_argument("--test-nwb", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--nlb-layout", required=True)
+    parser.add_argument("--bin-width", type=int, choices=(5, 20), required=True)
+    parser.add_argument("--phase", choices=("val", "test"), default="val")
+    parser.add_argument("--dataset-name", default="")
+    parser.add_argument("--valid-fraction", type=float, default=0.2)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--truth-train", type=Path)
+    parser.add_argument("--truth-test", type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lfads.logs import configure
+
+    configure()
+    truth = {"train": args.truth_train, "test": args.truth_test} if args.truth_train else None
+    prepare(args.train_nwb, args.test_nwb, args.out, args.nlb_layout, args.bin_width, args.phase,
+            args.dataset_name, args.valid_fraction, args.split_seed, truth)
+    return 0

@@ -1,0 +1,86 @@
+"""Where a dataset's NWB files come from (rule `fetch`): DANDI, a local folder, or the generator.
+
+The configfile's `source` key names exactly one of `dandi`, `local` or
+`synthetic`. This module maps it to file paths and materialises the files,
+then writes a marker JSON (file, size, SHA-256) that downstream rules depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from lfads.io import write_json
+
+log = logging.getLogger(__name__)
+
+# Asset paths of the generated dataset, in the DANDI naming pattern (see lfads.synthetic).
+SYNTHETIC_ASSETS = {
+    "train": "sub-Synth/sub-Synth_ses-lorenz_desc-train_behavior+ecephys.nwb",
+    "test": "sub-Synth/sub-Synth_ses-lorenz_desc-test_ecephys.nwb",
+}
+SYNTHETIC_TRUTH = {
+    "train": "sub-Synth/sub-Synth_ses-lorenz_desc-train_truth.h5",
+    "test": "sub-Synth/sub-Synth_ses-lorenz_desc-test_truth.h5",
+}
+
+
+def source_kind(source: dict) -> str:
+    (kind,) = source
+    return kind
+
+
+def nwb_paths(source: dict, data_dir: str | Path) -> dict[str, Path]:
+    """{"train": path, "test": path} of the NWB files a source provides."""
+    kind, settings = source_kind(source), next(iter(source.values()))
+    if kind == "local":
+        root = Path(settings["folder"]).expanduser() / settings["dandiset"]
+        return {role: root / asset["path"] for role, asset in settings["assets"].items()}
+    if kind == "dandi":
+        return {role: Path(data_dir) / asset["path"] for role, asset in settings["assets"].items()}
+    return {role: Path(data_dir) / path for role, path in SYNTHETIC_ASSETS.items()}
+
+
+def truth_paths(source: dict, data_dir: str | Path) -> dict[str, Path] | None:
+    """Ground-truth files of the synthetic source, None for real data."""
+    if source_kind(source) != "synthetic":
+        return None
+    return {role: Path(data_dir) / path for role, path in SYNTHETIC_TRUTH.items()}
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[Path]:
+    """Fetch, verify or generate the source's files, then write `marker`."""
+    kind, settings = source_kind(source), next(iter(source.values()))
+    data_dir = Path(data_dir)
+    if kind == "dandi":
+        from lfads.fetch import fetch_dandi_assets
+
+        assets = {asset["path"]: asset["sha256"] for asset in settings["assets"].values()}
+        files = fetch_dandi_assets(settings["dandiset"], settings["version"], assets, data_dir,
+                                   instance_url=settings.get("instance_url"))
+    elif kind == "local":
+        from lfads.fetch import verify_local_assets
+
+        assets = {asset["path"]: asset.get("sha256") for asset in settings["assets"].values()}
+        files = verify_local_assets(Path(settings["folder"]).expanduser(), settings["dandiset"], assets)
+    else:
+        from lfads.synthetic import SyntheticSettings, write_synthetic_dataset
+
+        written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(settings))
+        files = sorted(Path(path) for path in written.values())
+    write_json(marker, {
+        "source": kind,
+        "files": [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+                  for path in files],
+    })
+    log.info("%s source ready: %d files", kind, len(files))
+    return files

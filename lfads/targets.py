@@ -1,0 +1,87 @@
+"""Write nlb_tools' evaluation targets, PSTHs included (rule `targets`).
+
+Kept apart from `prepare` because nlb_tools' PSTH step re-reads and smooths
+the whole file at 1 ms: it took 5.4 GB and 27.5 s on an MC_Maze_Large-sized
+file, so the rule gets its own memory resource.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lfads.io import atomic_path
+from lfads.nwb_checks import check_nwb_file
+
+log = logging.getLogger(__name__)
+
+
+def group_name(nlb_layout: str, bin_width_ms: int) -> str:
+    """nlb_tools' group name of a layout at a bin width: `mc_maze` (5 ms) or `mc_maze_20`."""
+    return nlb_layout if bin_width_ms == 5 else f"{nlb_layout}_{bin_width_ms}"
+
+
+def ragged_index_arrays(indices: np.ndarray) -> np.ndarray:
+    """A 1-D object array of int64 arrays, whatever shape nlb_tools produced.
+
+    nlb_tools 0.0.4 builds `train_cond_idx`/`eval_cond_idx` with
+    `np.array(list_of_arrays, dtype=object)`; when every condition has the same
+    number of trials that array is 2-D and its own `save_to_h5` fails with
+    "Object dtype dtype('O') has no native HDF5 equivalent".
+    """
+    out = np.empty(len(indices), dtype=object)
+    for position, row in enumerate(indices):
+        out[position] = np.asarray(row, dtype=np.int64).reshape(-1)
+    return out
+
+
+def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
+    """nlb_tools' target dict {group: {...}} for the val split, with PSTHs where the layout has them."""
+    from nlb_tools.make_tensors import PARAMS, make_eval_target_tensors
+
+    from lfads.prepare import load_dataset
+
+    dataset = load_dataset(train_nwb, bin_width_ms)
+    include_psth = "psth_params" in PARAMS[nlb_layout]
+    started = time.perf_counter()
+    targets = make_eval_target_tensors(dataset, nlb_layout, train_trial_split="train",
+                                       eval_trial_split="val", include_psth=include_psth,
+                                       save_file=False)
+    log.info("made targets%s in %.1f s", " with PSTHs" if include_psth else "", time.perf_counter() - started)
+    for group in targets.values():
+        for key in ("train_cond_idx", "eval_cond_idx"):
+            if key in group:
+                group[key] = ragged_index_arrays(group[key])
+    return targets
+
+
+def write_targets(train_nwb: str | Path, out_path: str | Path, nlb_layout: str, bin_width_ms: int) -> Path:
+    """Write the evaluation targets of the val split, readable by nlb_tools.evaluation.evaluate."""
+    from nlb_tools.make_tensors import save_to_h5
+
+    train_nwb, out_path = Path(train_nwb), Path(out_path)
+    check_nwb_file(train_nwb, nlb_layout, "train")
+    targets = make_targets(train_nwb, nlb_layout, bin_width_ms)
+    with atomic_path(out_path) as tmp:
+        save_to_h5(targets, str(tmp))
+    log.info("wrote %s", out_path)
+    return out_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-nwb", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--nlb-layout", required=True)
+    parser.add_argument("--bin-width", type=int, choices=(5, 20), required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lfads.logs import configure
+
+    configure()
+    write_targets(args.train_nwb, args.out, args.nlb_layout, args.bin_width)
+    return 0

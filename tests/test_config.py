@@ -1,0 +1,84 @@
+"""Configfile validation: every shipped configfile is valid; bad keys and values are named."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+from lfads.config import ConfigError, load_yaml, validate_config
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+NLB_NAMES = ["area2_bump", "dmfc_rsg", "mc_maze", "mc_maze_large", "mc_maze_medium", "mc_maze_small", "mc_rtt"]
+
+
+def test_one_configfile_per_nlb_dataset_plus_the_default():
+    assert sorted(path.stem for path in CONFIGS) == sorted(NLB_NAMES + ["config"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configfiles_are_valid(path):
+    config = validate_config(load_yaml(path), SCHEMA, str(path))
+    assert config["phase"] in ("val", "test")
+    assert config["prepare"]["valid_fraction"] == 0.2
+
+
+def test_defaults_are_filled_in():
+    config = validate_config({"dataset": "x", "nlb_layout": "mc_rtt", "source": {"synthetic": {}}}, SCHEMA)
+    assert config["phase"] == "val"
+    assert config["bin_widths"] == [5, 20]
+    assert config["prepare"] == {"valid_fraction": 0.2, "split_seed": 0}
+    assert config["targets"]["mem_mb"] == 8000
+
+
+@pytest.fixture
+def mc_maze():
+    return load_yaml(REPO / "config" / "mc_maze.yaml")
+
+
+def _error(config) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, SCHEMA, "my.yaml")
+    return str(caught.value)
+
+
+def test_unknown_key_is_named(mc_maze):
+    mc_maze["prepare"]["valid_fration"] = 0.1
+    message = _error(mc_maze)
+    assert "my.yaml" in message
+    assert "prepare.valid_fration" in message
+    assert "valid_fraction" in message  # the allowed keys are listed
+
+
+def test_bad_values_are_named(mc_maze):
+    bad = copy.deepcopy(mc_maze)
+    bad["bin_widths"] = [5, 10]
+    assert "bin_widths.1: 10 is not valid" in _error(bad)
+    bad = copy.deepcopy(mc_maze)
+    bad["source"]["dandi"]["assets"]["train"]["sha256"] = "abc"
+    assert "source.dandi.assets.train.sha256: 'abc'" in _error(bad)
+    bad = copy.deepcopy(mc_maze)
+    bad["nlb_layout"] = "mc_mazes"
+    assert "nlb_layout: 'mc_mazes'" in _error(bad)
+
+
+def test_two_sources_are_refused(mc_maze):
+    mc_maze["source"]["synthetic"] = {"seed": 1}
+    assert "source: give exactly one of dandi, local, synthetic" in _error(mc_maze)
+
+
+def test_missing_key_is_named(mc_maze):
+    del mc_maze["dataset"]
+    assert "'dataset' is a required property" in _error(mc_maze)
+
+
+def test_workflow_stops_on_bad_config_before_any_job(tmp_path, mc_maze):
+    mc_maze["phase"] = "testing"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mc_maze))
+    result = run_snakemake("-n", "--configfile", str(bad))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "phase: 'testing' is not valid" in output
+    assert "Building DAG" not in output and "rule fetch" not in output

@@ -1,0 +1,10 @@
+from lfads.logs import log_to_file
+from lfads.targets import write_targets
+
+with log_to_file(snakemake.log[0]):
+    write_targets(
+        snakemake.input.train,
+        snakemake.output[0],
+        nlb_layout=snakemake.params.layout,
+        bin_width_ms=int(snakemake.wildcards.bin),
+    )
