@@ -1,0 +1,85 @@
+"""Bad NWB input gives an error naming the file and the field, before nlb_tools sees it."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from lfads.nwb_checks import NWBLayoutError, check_nwb_file
+from lfads.prepare import prepare
+from lfads.sources import SYNTHETIC_ASSETS
+
+
+@pytest.fixture
+def train_copy(synthetic_dir, tmp_path):
+    path = tmp_path / "train.nwb"
+    shutil.copy(synthetic_dir / SYNTHETIC_ASSETS["train"], path)
+    return path
+
+
+def _error(path, layout="mc_maze", role="train") -> str:
+    with pytest.raises(NWBLayoutError) as caught:
+        check_nwb_file(path, layout, role)
+    return str(caught.value)
+
+
+def test_good_files_pass(synthetic_dir):
+    check_nwb_file(synthetic_dir / SYNTHETIC_ASSETS["train"], "mc_maze", "train")
+    check_nwb_file(synthetic_dir / SYNTHETIC_ASSETS["test"], "mc_maze", "test")
+
+
+def test_missing_trial_field(train_copy):
+    with h5py.File(train_copy, "a") as handle:
+        del handle["intervals/trials/move_onset_time"]
+    message = _error(train_copy)
+    assert str(train_copy) in message and "trials.move_onset_time" in message
+
+
+def test_layout_mismatch_names_the_missing_fields(train_copy):
+    assert "trials.ctr_hold_bump" in _error(train_copy, layout="area2_bump")
+
+
+def test_behaviour_one_sample_past_the_grid(train_copy):
+    """nlb_tools would drop this series with only a warning, then fail with KeyError: 'hand_vel'."""
+    with h5py.File(train_copy, "a") as handle:
+        series = handle["processing/behavior/hand_vel"]
+        data = series["data"][()]
+        attrs = dict(series["data"].attrs)
+        del series["data"]
+        series.create_dataset("data", data=np.vstack([data, data[-1:]]))
+        series["data"].attrs.update(attrs)
+    message = _error(train_copy)
+    assert "processing.behavior.hand_vel" in message
+    assert "outside the recording" in message and "1 outside" in message
+
+
+def test_behaviour_off_the_1ms_grid(train_copy):
+    with h5py.File(train_copy, "a") as handle:
+        handle["processing/behavior/hand_vel/starting_time"][()] = 0.0005
+    message = _error(train_copy)
+    assert "processing.behavior.hand_vel" in message and "off the 1 ms grid" in message
+
+
+def test_no_heldout_units(train_copy):
+    with h5py.File(train_copy, "a") as handle:
+        handle["units/heldout"][:] = False
+    message = _error(train_copy)
+    assert "units.heldout" in message and "no held-out units" in message
+
+
+def test_not_an_hdf5_file(tmp_path):
+    path = tmp_path / "broken.nwb"
+    path.write_bytes(b"<html>503 Service Unavailable</html>")
+    assert "not a readable NWB" in _error(path)
+
+
+def test_prepare_refuses_bad_input_and_writes_nothing(train_copy, synthetic_dir, tmp_path):
+    with h5py.File(train_copy, "a") as handle:
+        handle["units/heldout"][:] = False
+    out = tmp_path / "prepared.h5"
+    with pytest.raises(NWBLayoutError):
+        prepare(train_copy, synthetic_dir / SYNTHETIC_ASSETS["test"], out, "mc_maze", 20)
+    assert list(tmp_path.iterdir()) == [train_copy]

@@ -1,0 +1,123 @@
+"""prepare and targets on the small synthetic dataset: keys, shapes, split, and the truth scores well."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import SMALL_SYNTHETIC
+from lfads.prepare import prepare, split_indices
+from lfads.sources import SYNTHETIC_ASSETS, SYNTHETIC_TRUTH
+from lfads.targets import group_name, write_targets
+
+N_HELDIN, N_HELDOUT = SMALL_SYNTHETIC["n_heldin"], SMALL_SYNTHETIC["n_heldout"]
+N_TRAIN, N_VAL, N_TEST = (SMALL_SYNTHETIC[k] for k in ("n_train_trials", "n_val_trials", "n_test_trials"))
+BINS = {5: (140, 40), 20: (35, 10)}  # observed and forward bins of the mc_maze window
+
+
+def _paths(folder):
+    nwb = {role: folder / path for role, path in SYNTHETIC_ASSETS.items()}
+    truth = {role: folder / path for role, path in SYNTHETIC_TRUTH.items()}
+    return nwb, truth
+
+
+@pytest.fixture(scope="module", params=[20, 5])
+def prepared(request, synthetic_dir, tmp_path_factory):
+    bin_width = request.param
+    nwb, truth = _paths(synthetic_dir)
+    out = tmp_path_factory.mktemp("prepared") / f"prepared_{bin_width}ms.h5"
+    prepare(nwb["train"], nwb["test"], out, "mc_maze", bin_width, "val", "synthetic",
+            valid_fraction=0.25, split_seed=1, truth_files=truth)
+    return bin_width, out, nwb
+
+
+def test_keys_and_shapes(prepared):
+    bin_width, path, _ = prepared
+    n_obs, n_fwd = BINS[bin_width]
+    n_all = N_HELDIN + N_HELDOUT
+    n_valid = round(0.25 * N_TRAIN)
+    with h5py.File(path) as handle:
+        attrs = dict(handle.attrs)
+        assert attrs["bin_width_ms"] == bin_width and attrs["phase"] == "val"
+        assert (attrs["n_heldin"], attrs["n_heldout"], attrs["n_obs_bins"], attrs["n_fwd_bins"]) == (
+            N_HELDIN, N_HELDOUT, n_obs, n_fwd)
+        expected = {
+            "train/encod_data": (N_TRAIN - n_valid, n_obs, N_HELDIN),
+            "train/recon_data": (N_TRAIN - n_valid, n_obs + n_fwd, n_all),
+            "train/truth": (N_TRAIN - n_valid, n_obs + n_fwd, n_all),
+            "train/behavior": (N_TRAIN - n_valid, n_obs, 2),
+            "train/condition": (N_TRAIN - n_valid,),
+            "valid/encod_data": (n_valid, n_obs, N_HELDIN),
+            "valid/recon_data": (n_valid, n_obs + n_fwd, n_all),
+            "eval/encod_data": (N_VAL, n_obs, N_HELDIN),
+            "eval/truth": (N_VAL, n_obs + n_fwd, n_all),
+            "eval/condition": (N_VAL,),
+            "unit_ids/heldin": (N_HELDIN,),
+            "unit_ids/heldout": (N_HELDOUT,),
+        }
+        for key, shape in expected.items():
+            assert handle[key].shape == shape, key
+            assert handle[key].dtype in (np.float32, np.int64), key
+        train_index = handle["train/nlb_index"][()]
+        valid_index = handle["valid/nlb_index"][()]
+        assert sorted(np.concatenate([train_index, valid_index]).tolist()) == list(range(N_TRAIN))
+        expected_train, expected_valid = split_indices(N_TRAIN, 0.25, 1)
+        np.testing.assert_array_equal(valid_index, expected_valid)
+        # encoder input is the held-in, observed part of the reconstruction target
+        np.testing.assert_array_equal(handle["train/encod_data"][()],
+                                      handle["train/recon_data"][:, :n_obs, :N_HELDIN])
+        assert np.isfinite(handle["train/recon_data"][()]).all()
+        assert handle["train/condition"][()].min() >= 0
+
+
+def test_truth_matches_spike_counts(prepared):
+    """Binned true rates are the Poisson means of the binned spikes: totals agree within a few %."""
+    _, path, _ = prepared
+    with h5py.File(path) as handle:
+        spikes = handle["train/recon_data"][()]
+        truth = handle["train/truth"][()]
+    assert abs(spikes.sum() / truth.sum() - 1) < 0.03
+    per_neuron = spikes.sum(axis=(0, 1)) / truth.sum(axis=(0, 1))
+    assert np.all(np.abs(per_neuron - 1) < 0.25)
+
+
+def test_test_phase_uses_train_and_val_trials_and_the_test_file(synthetic_dir, tmp_path):
+    nwb, truth = _paths(synthetic_dir)
+    out = prepare(nwb["train"], nwb["test"], tmp_path / "p.h5", "mc_maze", 20, "test", truth_files=truth)
+    with h5py.File(out) as handle:
+        n_model = handle["train/encod_data"].shape[0] + handle["valid/encod_data"].shape[0]
+        assert n_model == N_TRAIN + N_VAL
+        assert handle["eval/encod_data"].shape == (N_TEST, 35, N_HELDIN)
+        assert handle["eval/truth"].shape == (N_TEST, 45, N_HELDIN + N_HELDOUT)
+        assert "condition" not in handle["eval"]
+
+
+def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_path):
+    """A submission of the binned true rates gets co-bps well above 0 from nlb_tools itself."""
+    from nlb_tools.evaluation import evaluate
+
+    bin_width, path, nwb = prepared
+    targets = write_targets(nwb["train"], tmp_path / "targets.h5", "mc_maze", bin_width)
+    n_obs, _ = BINS[bin_width]
+    with h5py.File(path) as handle:
+        rows = np.concatenate([handle["train/nlb_index"][()], handle["valid/nlb_index"][()]])
+        truth = np.concatenate([handle["train/truth"][()], handle["valid/truth"][()]])[np.argsort(rows)]
+        eval_truth = handle["eval/truth"][()]
+    name = group_name("mc_maze", bin_width)
+    submission = {name: {
+        "train_rates_heldin": truth[:, :n_obs, :N_HELDIN],
+        "train_rates_heldout": truth[:, :n_obs, N_HELDIN:],
+        "eval_rates_heldin": eval_truth[:, :n_obs, :N_HELDIN],
+        "eval_rates_heldout": eval_truth[:, :n_obs, N_HELDIN:],
+        "eval_rates_heldin_forward": eval_truth[:, n_obs:, :N_HELDIN],
+        "eval_rates_heldout_forward": eval_truth[:, n_obs:, N_HELDIN:],
+    }}
+    (result,) = evaluate(str(targets), submission)
+    scores = result[f"{name}_split"]
+    assert scores["co-bps"] > 0.1
+    assert scores["fp-bps"] > 0.05
+    assert scores["vel R2"] > 0.5
+    assert scores["psth R2"] > 0.5
+    with h5py.File(targets) as handle:
+        assert handle[name]["eval_cond_idx"].dtype.kind == "O"  # ragged, whatever the balance

@@ -1,0 +1,88 @@
+"""The Snakemake workflow as users run it: lint, dry runs of every configfile, and the data stages end to end."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+import yaml
+
+from conftest import REPO, SMALL_SYNTHETIC, run_snakemake
+from lfads.sources import SYNTHETIC_ASSETS
+
+SNAKEFILE = str(REPO / "workflow" / "Snakefile")
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+
+
+def snakemake_in(workdir, *args):
+    return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), *args)
+
+
+def test_lint_is_clean():
+    result = run_snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_dry_run_of_every_configfile(path, tmp_path):
+    result = snakemake_in(tmp_path, "-n", "--configfile", str(path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    config = yaml.safe_load(path.read_text())
+    n_bins = len(config["bin_widths"])
+    assert f"prepare        {n_bins}" in output
+    assert f"targets        {n_bins}" in output
+    assert "fetch          1" in output
+
+
+def _write_config(folder, **overrides) -> str:
+    config = {
+        "dataset": "tiny",
+        "nlb_layout": "mc_maze",
+        "bin_widths": [20],
+        "source": {"synthetic": dict(SMALL_SYNTHETIC)},
+        "targets": {"mem_mb": 2000},
+    }
+    config.update(overrides)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
+    configfile = _write_config(tmp_path)
+    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = tmp_path / "results" / "tiny" / "val"
+    with h5py.File(results / "prepared_20ms.h5") as handle:
+        assert handle["train/encod_data"].shape[1:] == (35, SMALL_SYNTHETIC["n_heldin"])
+    with h5py.File(results / "targets_20ms.h5") as handle:
+        assert "psth" in handle["mc_maze_20"]
+    marker = json.loads((tmp_path / "resources" / "data" / "tiny" / "fetched.json").read_text())
+    assert marker["source"] == "synthetic" and len(marker["files"]) == 4
+    for rule in ("fetch", "prepare_20ms", "targets_20ms"):
+        assert (results / "logs" / f"{rule}.log").exists()
+        assert (results / "benchmarks" / f"{rule}.tsv").exists()
+
+    again = snakemake_in(tmp_path, "-n", "--configfile", configfile)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_local_source_skips_the_download(synthetic_dir, tmp_path):
+    """A `local` source reads <folder>/<dandiset>/<asset path> in place and only verifies it."""
+    folder = tmp_path / "nlb"
+    (folder / "000128").symlink_to(synthetic_dir, target_is_directory=True)
+    source = {"local": {"folder": str(folder), "dandiset": "000128", "assets": {
+        role: {"path": path} for role, path in SYNTHETIC_ASSETS.items()}}}
+    configfile = _write_config(tmp_path, source=source)
+    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "results" / "tiny" / "val" / "prepared_20ms.h5").exists()
+    assert not (tmp_path / "resources" / "data" / "tiny" / "sub-Synth").exists()
+    again = snakemake_in(tmp_path, "-n", "--configfile", configfile, "--until", "prepare")
+    assert "Nothing to be done" in again.stdout + again.stderr
