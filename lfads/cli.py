@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("lfads.targets", "write nlb_tools evaluation targets (with PSTHs)"),
     "train": ("lfads.train", "train one LFADS model"),
     "infer": ("lfads.infer", "posterior sampling of a trained model"),
+    "evaluate": ("lfads.evaluate", "score a run's rates with nlb_tools (and against true rates)"),
 }
 
 
