@@ -12,19 +12,10 @@ import logging
 from pathlib import Path
 
 from lfads.io import write_json
+from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
 
 log = logging.getLogger(__name__)
-
-# Asset paths of the generated dataset, in the DANDI naming pattern (see lfads.synthetic).
-SYNTHETIC_ASSETS = {
-    "train": "sub-Synth/sub-Synth_ses-lorenz_desc-train_behavior+ecephys.nwb",
-    "test": "sub-Synth/sub-Synth_ses-lorenz_desc-test_ecephys.nwb",
-}
-SYNTHETIC_TRUTH = {
-    "train": "sub-Synth/sub-Synth_ses-lorenz_desc-train_truth.h5",
-    "test": "sub-Synth/sub-Synth_ses-lorenz_desc-test_truth.h5",
-}
-
 
 def source_kind(source: dict) -> str:
     (kind,) = source
@@ -76,7 +67,7 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
         from lfads.synthetic import SyntheticSettings, write_synthetic_dataset
 
         written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(settings))
-        files = sorted(Path(path) for path in written.values())
+        files = sorted(written.values())
     write_json(marker, {
         "source": kind,
         "files": [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}

@@ -10,7 +10,7 @@ import pytest
 
 from lfads.nwb_checks import NWBLayoutError, check_nwb_file
 from lfads.prepare import prepare
-from lfads.sources import SYNTHETIC_ASSETS
+from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SMALL_SYNTHETIC, run_snakemake
-from lfads.sources import SYNTHETIC_ASSETS
+from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -76,6 +76,7 @@ def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
 def test_local_source_skips_the_download(synthetic_dir, tmp_path):
     """A `local` source reads <folder>/<dandiset>/<asset path> in place and only verifies it."""
     folder = tmp_path / "nlb"
+    folder.mkdir()
     (folder / "000128").symlink_to(synthetic_dir, target_is_directory=True)
     source = {"local": {"folder": str(folder), "dandiset": "000128", "assets": {
         role: {"path": path} for role, path in SYNTHETIC_ASSETS.items()}}}
