@@ -7,10 +7,10 @@ then writes a marker JSON (file, size, SHA-256) that downstream rules depend on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
+from lfads.fetch import sha256_of
 from lfads.io import write_json
 from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
@@ -40,29 +40,24 @@ def truth_paths(source: dict, data_dir: str | Path) -> dict[str, Path] | None:
     return {role: Path(data_dir) / path for role, path in SYNTHETIC_TRUTH.items()}
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[Path]:
     """Fetch, verify or generate the source's files, then write `marker`."""
     kind, settings = source_kind(source), next(iter(source.values()))
     data_dir = Path(data_dir)
+    verified: dict[Path, str] = {}  # hashes fetch already checked against their pins
     if kind == "dandi":
-        from lfads.fetch import fetch_dandi_assets
+        from lfads.fetch import fetch_dandi_assets  # imports the dandi client
 
         assets = {asset["path"]: asset["sha256"] for asset in settings["assets"].values()}
         files = fetch_dandi_assets(settings["dandiset"], settings["version"], assets, data_dir,
                                    instance_url=settings.get("instance_url"))
+        verified = dict(zip(files, assets.values()))
     elif kind == "local":
         from lfads.fetch import verify_local_assets
 
         assets = {asset["path"]: asset.get("sha256") for asset in settings["assets"].values()}
         files = verify_local_assets(Path(settings["folder"]).expanduser(), settings["dandiset"], assets)
+        verified = {path: sha for path, sha in zip(files, assets.values()) if sha}
     else:
         from lfads.synthetic import SyntheticSettings, write_synthetic_dataset
 
@@ -70,8 +65,8 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
         files = sorted(written.values())
     write_json(marker, {
         "source": kind,
-        "files": [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}
-                  for path in files],
+        "files": [{"path": str(path), "bytes": path.stat().st_size,
+                   "sha256": verified.get(path) or sha256_of(path)} for path in files],
     })
     log.info("%s source ready: %d files", kind, len(files))
     return files
