@@ -42,13 +42,18 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.instance!r} is not valid: {error.message}"
 
 
-def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+def _resolve(schema: dict, root: dict) -> dict:
     if "$ref" in schema:
-        name = schema["$ref"].split("/")[-1]
-        schema = root["$defs"][name]
+        return root["$defs"][schema["$ref"].split("/")[-1]]
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    schema = _resolve(schema, root)
     if not isinstance(instance, dict):
         return
     for key, subschema in schema.get("properties", {}).items():
+        subschema = _resolve(subschema, root)
         if key not in instance and "default" in subschema:
             instance[key] = copy.deepcopy(subschema["default"])
         if key in instance:
