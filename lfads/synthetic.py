@@ -4,20 +4,24 @@ A 3-D Lorenz system, started at one initial state per condition
 (trial_type x trial_version) plus a little per-trial noise, drives every
 unit's log firing rate through a fixed linear readout. Between trials the
 latent rests at zero, so rates sit at their baseline. Spikes are Poisson draws
-per millisecond. Hand velocity is a linear readout of the latent `behavior_lag_ms`
-earlier, so (as NLB assumes) neural activity predicts behaviour at +lag.
+per millisecond. Hand velocity is a linear readout of the latent
+`behavior_lag_ms` earlier, so (as NLB assumes) neural activity predicts
+behaviour at +lag.
 
 Files and the ground-truth format are documented in lfads/README.md. The
-generator is deterministic given `seed`, and scales to MC_Maze size (182
-units, ~2,900 trials) in bounded memory by drawing spikes in chunks.
+generator is deterministic given `seed` and scales to MC_Maze size (182 units,
+2,869 trials) in bounded memory: it holds the (n_ms, 3) latent, never an
+(n_ms, n_units) array, and draws spikes a chunk of milliseconds at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +35,7 @@ from lfads.io import atomic_path
 log = logging.getLogger(__name__)
 
 SUBJECT, SESSION = "Synth", "lorenz"
+# Paths relative to the output folder, in the DANDI naming pattern.
 ASSET_PATHS = {
     "train": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-train_behavior+ecephys.nwb",
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_ecephys.nwb",
@@ -39,17 +44,33 @@ TRUTH_PATHS = {
     "train": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-train_truth.h5",
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_truth.h5",
 }
-# Lorenz attractor's classic parameters, and its approximate mean and std per axis
-# (used to normalise the latent to unit scale).
+
+# Lorenz attractor's classic parameters.
 LORENZ_SIGMA, LORENZ_RHO, LORENZ_BETA = 10.0, 28.0, 8.0 / 3.0
-LORENZ_MEAN = np.array([0.0, 0.0, 23.5])
-LORENZ_STD = np.array([7.9, 9.0, 8.6])
-CHUNK_MS = 100_000  # spikes are drawn this many ms at a time
+MAX_LORENZ_SPEED = 0.01  # Lorenz time units per 1 ms RK4 step; larger steps lose accuracy
+
+# nlb_tools' mc_maze windows around move onset (make_tensors.PARAMS): -250..+450 ms, then 200 ms forward.
+NLB_WINDOW_BEFORE_MS, NLB_WINDOW_AFTER_MS, NLB_FORWARD_MS = 250, 450, 200
+
+BASE_RATE_SPREAD = 0.3  # std across units of log baseline rate: baselines span about 0.5x..2x base_rate_hz
+MODULATION_SPREAD = 0.5  # a unit's log-rate std is rate_modulation times U(1 - spread, 1 + spread)
+VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
+CHUNK_MS = 10_000  # spikes and binned truth are computed this many ms at a time
+
+# A fixed session start and creation date, and identifiers derived from the
+# settings, keep the NWB files as reproducible as pynwb allows (it gives every
+# object a random object_id).
+SESSION_START = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
 class SyntheticSettings:
-    """Sizes and dynamics of the synthetic dataset (times in ms, rates in Hz)."""
+    """Sizes and dynamics of the synthetic dataset (times in ms, rates in Hz).
+
+    Defaults train an LFADS demo in minutes on 2 CPU cores. MC_Maze size is
+    n_heldin=137, n_heldout=45, n_train_trials=1721, n_val_trials=574,
+    n_test_trials=574.
+    """
 
     seed: int = 0
     n_heldin: int = 40
@@ -57,51 +78,89 @@ class SyntheticSettings:
     n_train_trials: int = 300
     n_val_trials: int = 100
     n_test_trials: int = 100
-    n_trial_types: int = 6
+    n_trial_types: int = 6  # conditions are trial_type x trial_version, as in MC_Maze
     n_trial_versions: int = 2
     trial_length_ms: int = 1100  # start to stop; must hold move onset -250..+650 ms
     move_onset_ms: int = 350  # after trial start
-    gap_ms: int = 200  # between trials, latent at rest
-    base_rate_hz: float = 12.0  # firing rate at rest
-    rate_modulation: float = 0.8  # std of the log-rate modulation
-    lorenz_speed: float = 0.0015  # Lorenz time units per ms (~2 loops per trial)
-    initial_state_noise: float = 0.1  # per-trial noise on the condition's initial state (latent std units)
-    behavior_lag_ms: int = 100  # hand velocity follows the latent by this lag
-    behavior_noise: float = 0.2  # noise on hand velocity, relative to its std
+    gap_ms: int = 200  # between trials; the latent rests, rates sit at baseline
+    # Rates: about 8.6 Hz on average during trials. Higher rates make a GLM on
+    # smoothed spikes nearly as good as the truth, leaving a dynamical model little to add.
+    base_rate_hz: float = 5.0  # typical firing rate at rest
+    rate_modulation: float = 1.0  # typical std of a unit's log rate during trials
+    # About 2 loops per 1.1 s trial; faster makes rates too sharp for nlb_tools'
+    # 70 ms-smoothed PSTH targets (psth R2 of the truth fell from 0.76 to 0.08 at 0.002).
+    lorenz_speed: float = 0.0012  # Lorenz time units per ms
+    # Chaos amplifies this: about a fifth of the latent's variance in the NLB window is trial-to-trial.
+    initial_state_noise: float = 0.05  # std of per-trial noise on the condition's initial state (latent units)
+    behavior_lag_ms: int = 100  # hand velocity follows the latent by this lag (NLB mc_maze: 100)
+    behavior_noise: float = 0.2  # white noise on hand velocity, relative to its std
 
     def __post_init__(self) -> None:
-        positive = ("n_heldin", "n_heldout", "n_train_trials", "n_val_trials", "n_test_trials",
-                    "n_trial_types", "n_trial_versions", "trial_length_ms", "base_rate_hz", "lorenz_speed")
-        for name in positive:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = type(field.default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    expected is int and not isinstance(value, int)) or not math.isfinite(value):
+                raise ValueError(f"synthetic setting {field.name}={value!r} must be a finite {expected.__name__}")
+        at_least_one = ("n_heldin", "n_heldout", "n_train_trials", "n_val_trials", "n_test_trials",
+                        "n_trial_types", "n_trial_versions", "trial_length_ms")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 1")
+        for name in ("base_rate_hz", "lorenz_speed"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be > 0")
-        for name in ("seed", "gap_ms", "behavior_lag_ms", "rate_modulation", "initial_state_noise",
-                     "behavior_noise"):
+        for name in ("seed", "move_onset_ms", "gap_ms", "rate_modulation", "initial_state_noise",
+                     "behavior_lag_ms", "behavior_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 0")
-        # nlb_tools' mc_maze window is move onset -250..+450 ms, plus 200 ms of forward prediction.
-        if self.move_onset_ms < 250 or self.move_onset_ms + 650 > self.trial_length_ms:
+        if self.lorenz_speed > MAX_LORENZ_SPEED:
+            raise ValueError(f"synthetic setting lorenz_speed={self.lorenz_speed!r} must be <= "
+                             f"{MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)")
+        if self.base_rate_hz >= 200:
+            raise ValueError(f"synthetic setting base_rate_hz={self.base_rate_hz!r} must be < 200 "
+                             "(rates are Poisson draws per 1 ms bin)")
+        needed = self.move_onset_ms + NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS
+        if self.move_onset_ms < NLB_WINDOW_BEFORE_MS or needed > self.trial_length_ms:
             raise ValueError(
                 f"synthetic settings move_onset_ms={self.move_onset_ms}, trial_length_ms={self.trial_length_ms}: "
-                "trials must hold move onset -250..+650 ms (NLB window plus forward prediction)")
-        if self.behavior_lag_ms >= self.gap_ms + self.move_onset_ms:
-            raise ValueError("synthetic setting behavior_lag_ms must be shorter than gap_ms + move_onset_ms")
+                f"each trial must hold move onset -{NLB_WINDOW_BEFORE_MS}..+{NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS}"
+                " ms (the NLB window plus forward prediction); use move_onset_ms >= 250 and "
+                "trial_length_ms >= move_onset_ms + 650")
+        # nlb_tools reads behaviour over the window shifted by the lag and cuts it at the next trial's start.
+        behavior_end = self.move_onset_ms + NLB_WINDOW_AFTER_MS + self.behavior_lag_ms
+        if behavior_end > self.trial_length_ms + self.gap_ms:
+            raise ValueError(
+                f"synthetic setting behavior_lag_ms={self.behavior_lag_ms}: the lagged behaviour window ends "
+                f"{behavior_end} ms after trial start, past the next trial's start "
+                f"(trial_length_ms + gap_ms = {self.trial_length_ms + self.gap_ms}); shorten the lag "
+                "or lengthen gap_ms")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SyntheticSettings:
-        """Settings from a plain mapping; unknown keys and wrong types are errors naming the key."""
-        values = dict(values or {})
+        """Settings from a plain mapping (e.g. parsed YAML); omitted keys take the defaults.
+
+        Raises ValueError naming any unknown key or bad value. Whole-number
+        floats are accepted for integer settings (300.0 -> 300).
+        """
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ValueError(f"synthetic settings must be a mapping of setting names to values, "
+                             f"got {type(values).__name__}")
         fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
+        unknown = sorted(str(key) for key in set(values) - set(fields))
         if unknown:
-            raise ValueError(f"unknown synthetic setting(s) {unknown}; allowed: {sorted(fields)}")
+            raise ValueError(f"unknown synthetic setting(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        converted = {}
         for name, value in values.items():
-            expected = int if fields[name].type == "int" else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    expected is int and not float(value).is_integer()):
-                raise ValueError(f"synthetic setting {name}={value!r} must be {expected.__name__}")
-            values[name] = expected(value)
-        return cls(**values)
+            expected = type(fields[name].default)
+            if isinstance(value, float) and expected is int and value.is_integer():
+                value = int(value)
+            elif isinstance(value, int) and not isinstance(value, bool) and expected is float:
+                value = float(value)
+            converted[name] = value
+        return cls(**converted)
 
     @property
     def n_units(self) -> int:
@@ -112,10 +171,14 @@ class SyntheticSettings:
         return self.n_trial_types * self.n_trial_versions
 
 
-def _lorenz_step(state: np.ndarray, dt: float) -> np.ndarray:
-    """One fourth-order Runge-Kutta step of the Lorenz system; state (..., 3)."""
+# ---------------------------------------------------------------------------
+# Latent dynamics
 
-    def derivative(s):
+
+def _lorenz_step(state: np.ndarray, dt: float) -> np.ndarray:
+    """One fourth-order Runge-Kutta step of the Lorenz system; state (..., 3) in raw Lorenz units."""
+
+    def derivative(s: np.ndarray) -> np.ndarray:
         x, y, z = s[..., 0], s[..., 1], s[..., 2]
         return np.stack([LORENZ_SIGMA * (y - x), x * (LORENZ_RHO - z) - y, x * y - LORENZ_BETA * z], axis=-1)
 
@@ -126,141 +189,254 @@ def _lorenz_step(state: np.ndarray, dt: float) -> np.ndarray:
     return state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
-def trial_latents(initial_states: np.ndarray, n_ms: int, dt: float) -> np.ndarray:
-    """Normalised Lorenz latents (n_trials, n_ms, 3) from raw initial states (n_trials, 3)."""
-    out = np.empty((initial_states.shape[0], n_ms, 3))
-    state = initial_states.astype(np.float64)
-    for step in range(n_ms):
-        out[:, step] = state
-        state = _lorenz_step(state, dt)
-    return (out - LORENZ_MEAN) / LORENZ_STD
+@dataclass(frozen=True)
+class _Attractor:
+    """A long Lorenz trajectory on the attractor and the map that whitens it.
+
+    The latent is the whitened state, (state - mean) @ whitening: zero mean,
+    unit variance and uncorrelated axes on the attractor (raw x and y are 0.88
+    correlated), so a unit's log-rate std is the norm of its readout weights.
+    """
+
+    trajectory: np.ndarray  # (n_steps, 3) raw Lorenz units
+    mean: np.ndarray  # (3,)
+    whitening: np.ndarray  # (3, 3) symmetric, inverse square root of the covariance
+
+    @classmethod
+    def build(cls) -> _Attractor:
+        dt, n_burn_in, n_steps = 0.01, 1_000, 7_000
+        state = np.array([1.0, 1.0, 1.0])
+        trajectory = np.empty((n_steps, 3))
+        for step in range(n_steps):
+            trajectory[step] = state
+            state = _lorenz_step(state, dt)
+        trajectory = trajectory[n_burn_in:]
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(trajectory.T))
+        return cls(trajectory, trajectory.mean(axis=0), eigenvectors / np.sqrt(eigenvalues) @ eigenvectors.T)
+
+    def whiten(self, states: np.ndarray) -> np.ndarray:
+        return (states - self.mean) @ self.whitening
+
+    def unwhiten(self, latents: np.ndarray) -> np.ndarray:
+        return latents @ np.linalg.inv(self.whitening) + self.mean
+
+    def sample(self, rng: np.random.Generator, n_points: int) -> np.ndarray:
+        """Points on the attractor (n_points, 3), raw units: one initial state per condition."""
+        n_steps = len(self.trajectory)
+        return self.trajectory[rng.choice(n_steps, size=n_points, replace=n_points > n_steps)]
 
 
 @dataclass
 class _Recording:
-    """One NWB file's worth of generated data, on its own 1 ms timeline."""
+    """One NWB file's trials and latent, on the file's own 1 ms timeline."""
 
-    starts_ms: np.ndarray  # (n_trials,) trial start
-    conditions: np.ndarray  # (n_trials, 2) trial_type, trial_version
-    splits: np.ndarray  # (n_trials,) str
-    latents: np.ndarray  # (n_ms, 3) float32, zero between trials
-    rt_ms: np.ndarray  # (n_trials,) reaction time
-    n_ms: int
+    starts_ms: np.ndarray  # (n_trials,) int64, trial start
+    conditions: np.ndarray  # (n_trials,) int64, index into trial_type x trial_version
+    splits: np.ndarray  # (n_trials,) str: train / val / test
+    rt_ms: np.ndarray  # (n_trials,) int64, go cue to move onset
+    latents: np.ndarray  # (n_ms, 3) float32, whitened Lorenz state; 0 (rest) between trials
+    observed: list[tuple[int, int]]  # [start_ms, stop_ms) intervals whose spikes the file holds
+
+    @property
+    def n_ms(self) -> int:
+        return self.latents.shape[0]
 
 
-def _layout_recording(settings: SyntheticSettings, rng: np.random.Generator, condition_states: np.ndarray,
-                      splits: np.ndarray) -> _Recording:
+def _balanced_conditions(rng: np.random.Generator, n_trials: int, n_conditions: int) -> np.ndarray:
+    """Condition of each trial (n_trials,), counts as equal as possible, in random order.
+
+    When n_trials is a multiple of n_conditions every condition has the same
+    count, which is what triggers nlb_tools 0.0.4's 2-D cond_idx arrays.
+    """
+    return rng.permutation(np.resize(rng.permutation(n_conditions), n_trials))
+
+
+def _layout_recording(settings: SyntheticSettings, rng: np.random.Generator, attractor: _Attractor,
+                      condition_states: np.ndarray, splits: np.ndarray, trailing_gap: bool) -> _Recording:
+    """Lay trials out one after another with gaps and integrate each trial's latent.
+
+    trailing_gap: end the recording a gap after the last trial (train file,
+    one obs_interval) or at the last trial's stop (test file, whose 1 ms grid
+    nlb_tools ends at the last obs_interval end).
+    """
     n_trials = len(splits)
     period = settings.trial_length_ms + settings.gap_ms
-    starts = settings.gap_ms + period * np.arange(n_trials)
-    n_ms = int(starts[-1] + period)
-    condition_index = rng.integers(settings.n_conditions, size=n_trials)
-    conditions = np.stack([condition_index // settings.n_trial_versions + 1,
-                           condition_index % settings.n_trial_versions], axis=1)
-    noise = rng.normal(size=(n_trials, 3)) * settings.initial_state_noise * LORENZ_STD
-    latents_by_trial = trial_latents(condition_states[condition_index] + noise, settings.trial_length_ms,
-                                     settings.lorenz_speed)
+    starts = settings.gap_ms + period * np.arange(n_trials, dtype=np.int64)
+    n_ms = int(starts[-1] + settings.trial_length_ms + (settings.gap_ms if trailing_gap else 0))
+
+    conditions = np.empty(n_trials, dtype=np.int64)
+    for split in np.unique(splits):  # balanced within each split, as nlb_tools builds PSTHs per split
+        members = np.flatnonzero(splits == split)
+        conditions[members] = _balanced_conditions(rng, len(members), settings.n_conditions)
+    noise = rng.normal(size=(n_trials, 3)) * settings.initial_state_noise  # latent (whitened) units
+    rt = np.round(settings.move_onset_ms * rng.uniform(0.4, 0.8, size=n_trials)).astype(np.int64)
+
+    # Integrate all trials together, writing each ms straight into the recording.
     latents = np.zeros((n_ms, 3), dtype=np.float32)
-    for start, trial in zip(starts, latents_by_trial):
-        latents[start:start + settings.trial_length_ms] = trial
-    rt = rng.integers(200, 320, size=n_trials)
-    return _Recording(starts, conditions, splits, latents, rt, n_ms)
+    state = attractor.unwhiten(attractor.whiten(condition_states[conditions]) + noise)
+    for step in range(settings.trial_length_ms):
+        latents[starts + step] = attractor.whiten(state)
+        state = _lorenz_step(state, settings.lorenz_speed)
+    observed = [(int(start), int(start) + settings.trial_length_ms) for start in starts]
+    return _Recording(starts, conditions, splits, rt, latents, observed)
 
 
-def _draw_spikes(latents: np.ndarray, weight: np.ndarray, bias: np.ndarray, rng: np.random.Generator,
-                 observed: np.ndarray | None = None) -> list[np.ndarray]:
-    """Poisson spike times (seconds) per unit, drawn per ms in chunks of CHUNK_MS.
+# ---------------------------------------------------------------------------
+# Spikes and behaviour
 
-    A spike drawn in ms k is placed at (k + 0.5) / 1000 s, which nlb_tools bins back into ms k.
-    observed: optional (n_ms,) bool; no spikes are drawn outside it.
+
+def _draw_spike_times(latents: np.ndarray, weight: np.ndarray, bias: np.ndarray, rng: np.random.Generator,
+                      observed: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson spikes per ms from rate exp(latents @ weight + bias) spikes/ms, CHUNK_MS at a time.
+
+    latents (n_ms, 3), weight (3, n_units), bias (n_units,). observed: [start,
+    stop) ms intervals outside which spikes are discarded (None: everywhere).
+    Returns (spike_times, ends): all units' spike times in seconds, unit after
+    unit and sorted within each unit, and each unit's end offset in that array
+    (the NWB ragged-column layout).
+
+    A spike drawn in ms k is placed at (k + 0.5) / 1000 s: nlb_tools bins a
+    spike at `int(round(t * 1000, 6))` (truncation), which gives back k.
     """
     n_ms, n_units = latents.shape[0], weight.shape[1]
-    times_ms, units = [], []
-    for start in range(0, n_ms, CHUNK_MS):
-        chunk = latents[start:start + CHUNK_MS].astype(np.float64)
-        counts = rng.poisson(np.exp(chunk @ weight + bias))
-        if observed is not None:
-            counts[~observed[start:start + CHUNK_MS]] = 0
-        ms, unit = np.nonzero(counts)
-        repeats = counts[ms, unit]
-        times_ms.append(np.repeat(ms + start, repeats))
-        units.append(np.repeat(unit, repeats))
-    times_ms, units = np.concatenate(times_ms), np.concatenate(units)
-    order = np.lexsort((times_ms, units))
-    times = (times_ms[order] + 0.5) / 1000.0
-    bounds = np.searchsorted(units[order], np.arange(n_units + 1))
-    return [times[bounds[i]:bounds[i + 1]] for i in range(n_units)]
+    keep = None
+    if observed is not None:
+        keep = np.zeros(n_ms, dtype=bool)
+        for start, stop in observed:
+            keep[start:stop] = True
+    pieces: list[list[np.ndarray]] = [[] for _ in range(n_units)]
+    for first in range(0, n_ms, CHUNK_MS):
+        rates = np.exp(latents[first:first + CHUNK_MS].astype(np.float64) @ weight + bias)  # (chunk, n_units)
+        counts = rng.poisson(rates).T  # (n_units, chunk)
+        if keep is not None:
+            counts[:, ~keep[first:first + CHUNK_MS]] = 0
+        unit, ms = np.nonzero(counts)  # row-major: sorted by unit, then ms
+        repeats = counts[unit, ms]
+        ms = np.repeat(ms.astype(np.int32) + first, repeats)
+        bounds = np.searchsorted(np.repeat(unit, repeats), np.arange(n_units + 1))
+        for index in range(n_units):
+            pieces[index].append(ms[bounds[index]:bounds[index + 1]])
+    per_unit = [np.concatenate(unit_pieces) for unit_pieces in pieces]
+    ends = np.cumsum([len(times) for times in per_unit], dtype=np.int64)
+    spike_times = (np.concatenate(per_unit) + 0.5) / 1000.0
+    return spike_times, ends
 
 
-def _behavior(settings: SyntheticSettings, latents: np.ndarray, readout: np.ndarray,
+def _behavior(settings: SyntheticSettings, latents: np.ndarray, velocity_readout: np.ndarray,
               rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """hand_vel (n_ms, 2) = readout of the latent `behavior_lag_ms` earlier, plus position series."""
-    lag = settings.behavior_lag_ms
-    lagged = np.zeros_like(latents, dtype=np.float64)
-    lagged[lag:] = latents[:latents.shape[0] - lag]
-    velocity = lagged @ readout
-    velocity += rng.normal(size=velocity.shape) * settings.behavior_noise * velocity.std()
+    """Behaviour series on the 1 ms grid, each (n_ms, 2) float32.
+
+    hand_vel (mm/s) = velocity_readout applied to the latent `behavior_lag_ms`
+    earlier, plus white noise; hand_pos (mm) is its running integral,
+    cursor_pos follows the hand, and eye_pos looks `behavior_lag_ms` ahead
+    along the hand's path.
+    """
+    lag, n_ms = settings.behavior_lag_ms, latents.shape[0]
+    velocity = np.zeros((n_ms, 2))  # the latent rests at 0 before the recording
+    velocity[lag:] = latents[:n_ms - lag] @ velocity_readout
+    noise_std = settings.behavior_noise * np.linalg.norm(velocity_readout, axis=0)  # latents have unit std
+    velocity += rng.normal(size=velocity.shape) * noise_std
     position = np.cumsum(velocity, axis=0) / 1000.0
-    return {"hand_vel": velocity, "hand_pos": position, "cursor_pos": position.copy(),
-            "eye_pos": 0.5 * position + 0.1 * lagged[:, 1:3]}
+    eye = np.concatenate([position[lag:], np.repeat(position[-1:], min(lag, n_ms), axis=0)])
+    return {"hand_vel": velocity.astype(np.float32), "hand_pos": position.astype(np.float32),
+            "cursor_pos": position.astype(np.float32), "eye_pos": eye.astype(np.float32)}
 
 
-def _nwb_file(settings: SyntheticSettings, role: str):
+# ---------------------------------------------------------------------------
+# NWB files
+
+
+def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
     from pynwb import NWBFile
+    from pynwb.file import Subject
 
-    start = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     return NWBFile(
         session_description=f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})",
-        identifier=f"lfads-synthetic-{SESSION}-seed{settings.seed}-{role}",
-        session_start_time=start, file_create_date=start, session_id=SESSION,
+        identifier=f"lfads-synthetic-{SESSION}-{role}-seed{settings.seed}-{digest}",
+        session_start_time=SESSION_START, file_create_date=SESSION_START, session_id=SESSION,
+        subject=Subject(subject_id=SUBJECT, description="synthetic"),
+        units=units, trials=trials,
     )
 
 
-def _add_units(nwbfile, spike_times: list[np.ndarray], unit_ids: np.ndarray, heldout: np.ndarray,
-               obs_intervals: np.ndarray) -> None:
-    nwbfile.add_unit_column(name="heldout", description="held-out unit (its spikes are predicted, not seen)")
-    for uid, times, is_heldout in zip(unit_ids, spike_times, heldout):
-        nwbfile.add_unit(id=int(uid), spike_times=times, obs_intervals=obs_intervals, heldout=bool(is_heldout))
+def _ragged_column(name: str, description: str, data: np.ndarray, ends: np.ndarray) -> list:
+    """A ragged NWB column (values of all rows concatenated, plus each row's end offset)."""
+    from hdmf.common import VectorData, VectorIndex
+
+    column = VectorData(name=name, description=description, data=data)
+    return [column, VectorIndex(name=f"{name}_index", data=ends, target=column)]
 
 
-def _add_trials(nwbfile, recording: _Recording, settings: SyntheticSettings, with_conditions: bool) -> None:
-    columns = {
-        "split": "NLB data split",
-        "target_on_time": "time the targets appeared",
-        "go_cue_time": "time of the go cue",
-        "move_onset_time": "time of movement onset",
-        "rt": "reaction time (s)",
-        "delay": "target-on to go-cue delay (s)",
+def _units_table(spike_times: np.ndarray, ends: np.ndarray, unit_ids: np.ndarray, heldout: np.ndarray,
+                 obs_intervals: np.ndarray):
+    """Units table; every unit has the same obs_intervals (n_intervals, 2) seconds."""
+    from hdmf.common import VectorData
+    from pynwb.misc import Units
+
+    n_units, n_intervals = len(unit_ids), len(obs_intervals)
+    columns = [
+        *_ragged_column("spike_times", "the spike times for each unit in seconds", spike_times, ends),
+        *_ragged_column("obs_intervals", "the observation intervals for each unit",
+                        np.tile(obs_intervals, (n_units, 1)), n_intervals * np.arange(1, n_units + 1)),
+        VectorData(name="heldout", description="held-out unit (its spikes are predicted, not seen)",
+                   data=np.asarray(heldout, dtype=bool)),
+    ]
+    return Units(name="units", description="synthetic Poisson units", id=unit_ids.astype(np.int64),
+                 columns=columns)
+
+
+def _trials_table(settings: SyntheticSettings, recording: _Recording, with_conditions: bool):
+    """Trials table with MC_Maze's columns; the test file's has no condition labels."""
+    from hdmf.common import VectorData
+    from pynwb.epoch import TimeIntervals
+
+    start = recording.starts_ms
+    move_onset = start + settings.move_onset_ms
+    go_cue = move_onset - recording.rt_ms
+    target_on = start + settings.move_onset_ms // 10
+    # nlb_tools turns every *_time column into a Timedelta; rt and delay stay numbers (ms).
+    values = {
+        "start_time": ("start of trial (s)", start / 1000.0),
+        "stop_time": ("end of trial (s)", (start + settings.trial_length_ms) / 1000.0),
+        "split": ("NLB data split", [str(split) for split in recording.splits]),
+        "target_on_time": ("time the targets appeared (s)", target_on / 1000.0),
+        "go_cue_time": ("time of the go cue (s)", go_cue / 1000.0),
+        "move_onset_time": ("time of movement onset (s)", move_onset / 1000.0),
+        "rt": ("reaction time, go cue to movement onset (ms)", recording.rt_ms.astype(np.float64)),
+        "delay": ("delay, target on to go cue (ms)", (go_cue - target_on).astype(np.float64)),
     }
     if with_conditions:
-        columns.update({"trial_type": "maze condition", "trial_version": "maze version",
-                        "maze_id": "maze identifier", "success": "trial succeeded",
-                        "num_targets": "number of targets", "active_target": "index of the reached target"})
-    for name, description in columns.items():
-        nwbfile.add_trial_column(name=name, description=description)
-    for i, start_ms in enumerate(recording.starts_ms):
-        start = start_ms / 1000.0
-        move_onset = start + settings.move_onset_ms / 1000.0
-        go_cue = move_onset - recording.rt_ms[i] / 1000.0
-        target_on = start + 0.02
-        row = dict(start_time=start, stop_time=start + settings.trial_length_ms / 1000.0,
-                   split=str(recording.splits[i]), target_on_time=target_on, go_cue_time=go_cue,
-                   move_onset_time=move_onset, rt=recording.rt_ms[i] / 1000.0, delay=go_cue - target_on)
-        if with_conditions:
-            trial_type, version = (int(v) for v in recording.conditions[i])
-            row.update(trial_type=trial_type, trial_version=version,
-                       maze_id=trial_type * 10 + version, success=True, num_targets=1, active_target=0)
-        nwbfile.add_trial(**row)
+        trial_type = recording.conditions // settings.n_trial_versions + 1
+        trial_version = recording.conditions % settings.n_trial_versions
+        n_trials = len(start)
+        values.update({
+            "trial_type": ("maze condition (1-based)", trial_type),
+            "trial_version": ("version of the maze condition (0-based)", trial_version),
+            "maze_id": ("maze identifier, one per condition", recording.conditions + 1),
+            "success": ("trial succeeded", np.ones(n_trials, dtype=bool)),
+            "num_targets": ("number of targets shown", np.ones(n_trials, dtype=np.int64)),
+            "active_target": ("index of the target reached", np.zeros(n_trials, dtype=np.int64)),
+        })
+    columns = [VectorData(name=name, description=description, data=data)
+               for name, (description, data) in values.items()]
+    return TimeIntervals(name="trials", description="synthetic maze trials", id=np.arange(len(start)),
+                         columns=columns)
 
 
-def _add_behavior(nwbfile, series: dict[str, np.ndarray]) -> None:
+def _add_behavior(nwbfile, series: dict[str, np.ndarray], n_ms: int) -> None:
     from hdmf.backends.hdf5 import H5DataIO
     from pynwb import TimeSeries
 
     module = nwbfile.create_processing_module("behavior", "hand, cursor and eye kinematics at 1 ms")
     units = {"hand_vel": "mm/s", "hand_pos": "mm", "cursor_pos": "mm", "eye_pos": "mm"}
     for name, data in series.items():
-        module.add(TimeSeries(name=name, data=H5DataIO(data, compression="gzip", shuffle=True), unit=units[name], rate=1000.0, starting_time=0.0,
+        # nlb_tools silently drops a series with even one sample past the last obs_interval end.
+        if data.shape != (n_ms, 2):
+            raise ValueError(f"behaviour series {name} has shape {data.shape}, expected ({n_ms}, 2) "
+                             "(one sample per ms of the recording)")
+        module.add(TimeSeries(name=name, data=H5DataIO(data, compression="gzip", shuffle=True),
+                              unit=units[name], rate=1000.0, starting_time=0.0,
                               comments="columns=[x,y]", description=f"synthetic {name}"))
 
 
@@ -271,99 +447,128 @@ def _write_nwb(nwbfile, path: Path) -> None:
         io.write(nwbfile)
 
 
-def _write_truth(path: Path, recording: _Recording, weight, bias, unit_ids, heldout, settings) -> None:
+def _write_truth(path: Path, recording: _Recording, weight: np.ndarray, bias: np.ndarray,
+                 velocity_readout: np.ndarray, unit_ids: np.ndarray, heldout: np.ndarray,
+                 settings: SyntheticSettings) -> None:
+    """Ground truth of one NWB file; format in lfads/README.md."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("latents", data=recording.latents, compression="gzip", shuffle=True)
+        handle.create_dataset("latents", data=recording.latents, compression="gzip", shuffle=True,
+                              chunks=(min(CHUNK_MS, recording.n_ms), 3))
         handle["readout_weight"] = weight.astype(np.float32)
         handle["readout_bias"] = bias.astype(np.float32)
         handle["unit_ids"] = unit_ids.astype(np.int64)
-        handle["heldout"] = heldout
+        handle["heldout"] = np.asarray(heldout, dtype=bool)
         handle["trial_start_ms"] = recording.starts_ms.astype(np.int64)
-        handle["conditions"] = recording.conditions.astype(np.int64)
+        handle["trial_condition"] = recording.conditions.astype(np.int64)
+        handle["velocity_readout"] = velocity_readout.astype(np.float32)
         handle.attrs["seed"] = settings.seed
-        handle.attrs["settings"] = json.dumps(dataclasses.asdict(settings))
+        handle.attrs["settings"] = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
 def write_synthetic_dataset(out_dir: str | Path, settings: SyntheticSettings | None = None) -> dict[str, Path]:
     """Write the train/test NWB files and their truth files under `out_dir`; return their paths.
 
     Keys of the result: "train", "test" (NWB) and "train_truth", "test_truth".
+    The same settings give the same spikes, behaviour and truth; each random
+    stream (parameters, each file's layout, spikes, behaviour) has its own
+    seed, so e.g. changing n_test_trials leaves the train file's data unchanged.
     """
     settings = settings or SyntheticSettings()
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(settings.seed)
     started = time.perf_counter()
+    streams = np.random.SeedSequence(settings.seed).spawn(6)
+    parameters_rng, train_layout_rng, test_layout_rng, train_spike_rng, behavior_rng, test_spike_rng = (
+        np.random.default_rng(stream) for stream in streams)
 
-    # Condition initial states: points on the attractor, after a burn-in.
-    burn_in = trial_latents(np.array([[1.0, 1.0, 1.0]]), 20_000, 0.005)[0] * LORENZ_STD + LORENZ_MEAN
-    condition_states = burn_in[rng.choice(np.arange(5_000, 20_000), settings.n_conditions, replace=False)]
-    weight = rng.normal(size=(3, settings.n_units)) * settings.rate_modulation / np.sqrt(3)
-    bias = np.log(settings.base_rate_hz / 1000.0) + 0.1 * rng.normal(size=settings.n_units)
-    velocity_readout = rng.normal(size=(3, 2)) * 100.0
+    attractor = _Attractor.build()
+    condition_states = attractor.sample(parameters_rng, settings.n_conditions)
+    directions = parameters_rng.normal(size=(3, settings.n_units))
+    depths = settings.rate_modulation * parameters_rng.uniform(1 - MODULATION_SPREAD, 1 + MODULATION_SPREAD,
+                                                               size=settings.n_units)
+    weight = directions / np.linalg.norm(directions, axis=0) * depths  # (3, n_units); log-rate std = depths
+    bias = np.log(settings.base_rate_hz / 1000.0) + BASE_RATE_SPREAD * parameters_rng.normal(size=settings.n_units)
+    velocity_readout = parameters_rng.normal(size=(3, 2)) * VELOCITY_GAIN_MM_S
+    # The stored (float32) parameters are the ones spikes are drawn from, so the truth is exact.
+    weight, bias = weight.astype(np.float32).astype(np.float64), bias.astype(np.float32).astype(np.float64)
     unit_ids = np.arange(settings.n_units)
     heldout = unit_ids >= settings.n_heldin
-
-    n_train_file = settings.n_train_trials + settings.n_val_trials
-    splits = np.array(["train"] * settings.n_train_trials + ["val"] * settings.n_val_trials)
-    train = _layout_recording(settings, rng, condition_states, rng.permutation(splits))
-    test = _layout_recording(settings, rng, condition_states, np.array(["test"] * settings.n_test_trials))
-    log.info("latents: %d + %d trials (%.1f s)", n_train_file, settings.n_test_trials,
-             time.perf_counter() - started)
 
     paths = {role: out_dir / path for role, path in ASSET_PATHS.items()}
     paths.update({f"{role}_truth": out_dir / path for role, path in TRUTH_PATHS.items()})
 
-    # Train file: every unit, observed throughout.
-    spikes = _draw_spikes(train.latents, weight, bias, rng)
-    nwbfile = _nwb_file(settings, "train")
-    _add_units(nwbfile, spikes, unit_ids, heldout, np.array([[0.0, train.n_ms / 1000.0]]))
-    _add_trials(nwbfile, train, settings, with_conditions=True)
-    _add_behavior(nwbfile, _behavior(settings, train.latents, velocity_readout, rng))
+    # Train file: train and val trials interleaved, every unit, observed throughout.
+    splits = train_layout_rng.permutation(
+        np.array(["train"] * settings.n_train_trials + ["val"] * settings.n_val_trials))
+    train = _layout_recording(settings, train_layout_rng, attractor, condition_states, splits, trailing_gap=True)
+    log.info("train file: %d trials, %.1f s of latent (%.1f s)", len(splits), train.n_ms / 1000,
+             time.perf_counter() - started)
+    spike_times, ends = _draw_spike_times(train.latents, weight, bias, train_spike_rng)
+    log.info("train file: %d spikes, %.1f Hz mean rate (%.1f s)", len(spike_times),
+             len(spike_times) / settings.n_units / (train.n_ms / 1000), time.perf_counter() - started)
+    nwbfile = _nwb_file(settings, "train",
+                        _units_table(spike_times, ends, unit_ids, heldout, np.array([[0.0, train.n_ms / 1000]])),
+                        _trials_table(settings, train, with_conditions=True))
+    _add_behavior(nwbfile, _behavior(settings, train.latents, velocity_readout, behavior_rng), train.n_ms)
     _write_nwb(nwbfile, paths["train"])
-    _write_truth(paths["train_truth"], train, weight, bias, unit_ids, heldout, settings)
-    log.info("wrote %s (%.1f s)", paths["train"], time.perf_counter() - started)
+    _write_truth(paths["train_truth"], train, weight, bias, velocity_readout, unit_ids, heldout, settings)
+    del nwbfile, spike_times, ends
+    log.info("wrote %s (%s) (%.1f s)", paths["train"], _size(paths["train"]), time.perf_counter() - started)
 
-    # Test file: held-in units only, observed during the test trials only.
-    observed = np.zeros(test.n_ms, dtype=bool)
-    intervals = []
-    for start in test.starts_ms:
-        observed[start:start + settings.trial_length_ms] = True
-        intervals.append([start / 1000.0, (start + settings.trial_length_ms) / 1000.0])
-    spikes = _draw_spikes(test.latents, weight[:, ~heldout], bias[~heldout], rng, observed)
-    nwbfile = _nwb_file(settings, "test")
-    _add_units(nwbfile, spikes, unit_ids[~heldout], heldout[~heldout], np.array(intervals))
-    _add_trials(nwbfile, test, settings, with_conditions=False)
+    # Test file: its own timeline, held-in units only, observed during the test trials only.
+    test = _layout_recording(settings, test_layout_rng, attractor, condition_states,
+                             np.array(["test"] * settings.n_test_trials), trailing_gap=False)
+    spike_times, ends = _draw_spike_times(test.latents, weight[:, ~heldout], bias[~heldout], test_spike_rng,
+                                          test.observed)
+    intervals = np.array(test.observed, dtype=np.float64) / 1000.0
+    nwbfile = _nwb_file(settings, "test", _units_table(spike_times, ends, unit_ids[~heldout],
+                                                       heldout[~heldout], intervals),
+                        _trials_table(settings, test, with_conditions=False))
     _write_nwb(nwbfile, paths["test"])
-    _write_truth(paths["test_truth"], test, weight, bias, unit_ids, heldout, settings)
-    log.info("wrote %s (%.1f s)", paths["test"], time.perf_counter() - started)
+    # The test truth covers the held-out units too (their rates are what NLB scores).
+    _write_truth(paths["test_truth"], test, weight, bias, velocity_readout, unit_ids, heldout, settings)
+    log.info("wrote %s (%s) (%.1f s)", paths["test"], _size(paths["test"]), time.perf_counter() - started)
     return paths
 
 
-def true_log_rates(handle: h5py.File, start_ms: int, stop_ms: int) -> np.ndarray:
-    """log(spikes per ms) of every unit over ms [start_ms, stop_ms) of a truth file; (n_ms, n_units)."""
-    latents = handle["latents"][start_ms:stop_ms].astype(np.float64)
-    return latents @ handle["readout_weight"][()].astype(np.float64) + handle["readout_bias"][()]
+# ---------------------------------------------------------------------------
+# Reading the truth
 
 
 def bin_true_rates(truth_path: str | Path, bin_width_ms: int) -> np.ndarray:
-    """True rates in spikes per bin, (n_bins, n_units), binned like nlb_tools' NWBDataset.resample.
+    """True rates in spikes per bin, (n_bins, n_units) float32, binned like nlb_tools' NWBDataset.resample.
 
-    Bin k sums ms [k * w, (k + 1) * w); a trailing partial bin is summed over the
-    ms it has, as nlb_tools does for spikes.
+    Bin k sums ms [k * w, (k + 1) * w) of the truth file's 1 ms grid; a
+    trailing partial bin is summed over the ms it has, as nlb_tools does for
+    spikes, so n_bins = ceil(n_ms / w). Columns follow the file's `unit_ids`
+    (held-in, then held-out). Unlike nlb_tools' spikes, bins outside the
+    observed intervals are not NaN.
     """
+    if int(bin_width_ms) != bin_width_ms or bin_width_ms < 1:
+        raise ValueError(f"bin_width_ms={bin_width_ms!r} must be a positive whole number of ms")
+    bin_width_ms = int(bin_width_ms)
     with h5py.File(truth_path, "r") as handle:
-        n_ms = handle["latents"].shape[0]
-        n_bins = -(-n_ms // bin_width_ms)
-        out = np.empty((n_bins, handle["readout_bias"].shape[0]), dtype=np.float32)
-        chunk = (CHUNK_MS // bin_width_ms) * bin_width_ms
-        for start in range(0, n_ms, chunk):
-            rates = np.exp(true_log_rates(handle, start, min(start + chunk, n_ms)))
-            pad = -rates.shape[0] % bin_width_ms
-            rates = np.vstack([rates, np.zeros((pad, rates.shape[1]))])
-            first = start // bin_width_ms
-            out[first:first + rates.shape[0] // bin_width_ms] = rates.reshape(
-                -1, bin_width_ms, rates.shape[1]).sum(axis=1)
+        latents = handle["latents"]
+        weight = handle["readout_weight"][()].astype(np.float64)
+        bias = handle["readout_bias"][()].astype(np.float64)
+        n_ms = latents.shape[0]
+        out = np.empty((-(-n_ms // bin_width_ms), weight.shape[1]), dtype=np.float32)
+        chunk = max(1, CHUNK_MS // bin_width_ms) * bin_width_ms  # whole bins per chunk
+        for first in range(0, n_ms, chunk):
+            rates = np.exp(latents[first:first + chunk].astype(np.float64) @ weight + bias)  # (chunk, n_units)
+            n_full = rates.shape[0] // bin_width_ms
+            row = first // bin_width_ms
+            out[row:row + n_full] = rates[:n_full * bin_width_ms].reshape(n_full, bin_width_ms, -1).sum(axis=1)
+            if rates.shape[0] % bin_width_ms:  # only the recording's last chunk
+                out[row + n_full] = rates[n_full * bin_width_ms:].sum(axis=0)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,9 +584,16 @@ def run(args: argparse.Namespace) -> int:
 
     configure()
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise SystemExit(f"lfads synthetic: {args.config} must hold a mapping of SyntheticSettings fields")
     if args.seed is not None:
         values["seed"] = args.seed
-    paths = write_synthetic_dataset(args.out, SyntheticSettings.from_dict(values))
+    try:
+        settings = SyntheticSettings.from_dict(values)
+    except ValueError as error:
+        raise SystemExit(f"lfads synthetic: {args.config or '--seed'}: {error}") from None
+    paths = write_synthetic_dataset(args.out, settings)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0

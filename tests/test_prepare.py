@@ -116,12 +116,12 @@ def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_pa
     }}
     (result,) = evaluate(str(targets), submission)
     scores = result[f"{name}_split"]
-    # measured on this dataset: co-bps 1.19, fp-bps 0.79, vel R2 0.99, psth R2 0.30 (few trials
+    # measured on this dataset: co-bps 0.46, fp-bps 0.91, vel R2 0.99, psth R2 0.43 (few trials
     # per condition make the target PSTHs noisy)
-    assert scores["co-bps"] > 0.8
-    assert scores["fp-bps"] > 0.5
+    assert scores["co-bps"] > 0.35
+    assert scores["fp-bps"] > 0.6
     assert scores["vel R2"] > 0.9
-    assert scores["psth R2"] > 0.2
+    assert scores["psth R2"] > 0.3
     # each neuron's mean rate, the baseline co-bps is measured against, scores about 0
     flat = {key: np.broadcast_to(value.mean(axis=(0, 1), keepdims=True), value.shape)
             for key, value in submission[name].items()}
