@@ -1,0 +1,96 @@
+# Scoring with nlb_tools, the table of all runs, figures, and the EvalAI submission.
+
+
+localrules:
+    aggregate,
+    figures,
+
+
+rule evaluate:
+    input:
+        prepared=PREPARED_FOR_MODEL,
+        inferred=f"{RUNS_DIR}/{{run}}/inferred.h5",
+        targets=TARGETS_FOR_MODEL,
+    output:
+        f"{RUNS_DIR}/{{run}}/metrics.json",
+    log:
+        f"{LOGS}/evaluate/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{run}}.tsv"
+    conda:
+        "../../envs/lfads.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate:
+    input:
+        metrics=expand(f"{RUNS_DIR}/{{run}}/metrics.json", run=RUNS),
+        curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
+    output:
+        report(
+            f"{RESULTS}/summary.tsv",
+            caption="../report/summary.rst",
+            category="1. Summary",
+            labels={"dataset": DATASET, "table": "all runs"},
+        ),
+    params:
+        runs=RUNS,
+        run_dir=RUNS_DIR,
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate.tsv"
+    conda:
+        "../../envs/lfads.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule figures:
+    input:
+        summary=f"{RESULTS}/summary.tsv",
+        prepared=PREPARED_FOR_MODEL,
+        targets=TARGETS_FOR_MODEL,
+        inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
+    output:
+        **{
+            name: report(
+                f"{RESULTS}/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category=f"2. Figures: {DATASET}",
+                labels={"dataset": DATASET, "figure": name.replace("_", " ")},
+            )
+            for name in FIGURES
+        },
+    params:
+        runs=RUNS,
+        run_dir=RUNS_DIR,
+        group=NLB_GROUP,
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{BENCHMARKS}/figures.tsv"
+    conda:
+        "../../envs/lfads.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule submission:
+    input:
+        summary=f"{RESULTS}/summary.tsv",
+        prepared=PREPARED_FOR_MODEL,
+        inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
+    output:
+        f"{RESULTS}/submission_{DATASET}.h5",
+    params:
+        run_dir=RUNS_DIR,
+    log:
+        f"{LOGS}/submission.log",
+    benchmark:
+        f"{BENCHMARKS}/submission.tsv"
+    conda:
+        "../../envs/lfads.yaml"
+    script:
+        "../scripts/submission.py"

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from lfads.figures import all_figures
+from lfads.logs import log_to_file
+
+with log_to_file(snakemake.log[0]):
+    all_figures(
+        Path(snakemake.input.summary),
+        Path(snakemake.params.run_dir),
+        snakemake.params.runs,
+        Path(snakemake.input.prepared),
+        Path(snakemake.input.targets[0]) if snakemake.input.targets else None,
+        snakemake.params.group,
+        {name: Path(path) for name, path in snakemake.output.items()},
+    )

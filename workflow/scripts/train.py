@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from lfads.logs import log_to_file
+
+with log_to_file(snakemake.log[0]):
+    import torch
+
+    from lfads.model.hparams import HParams
+    from lfads.train import train_model
+
+    torch.set_num_threads(snakemake.threads)
+    train_model(
+        [Path(snakemake.input.data)],
+        HParams.from_dict(snakemake.params.hparams),
+        out_dir=Path(snakemake.output.model).parent,
+        checkpoint_dir=Path(snakemake.params.checkpoint_dir),
+        device="auto",
+    )
