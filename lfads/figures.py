@@ -124,15 +124,16 @@ def psths(targets_path: str | Path, group: str, inferred_path: str | Path, prepa
     neurons = np.linspace(0, true.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
     figure, axes = plt.subplots(1, len(neurons), figsize=(4 * len(neurons), 3.2), squeeze=False)
     for ax, neuron in zip(axes[0], neurons):
-        for condition, trials in enumerate(cond_idx[:10]):
+        for condition, trials in enumerate(cond_idx[:6]):
             if len(trials) == 0:
                 continue
             color = f"C{condition % 10}"
             ax.plot(true[condition, :, neuron], color=color, lw=1)
             ax.plot(rates[np.asarray(trials, dtype=int), :, neuron].mean(0), color=color, lw=1, ls="--")
-        ax.set_title(f"neuron {neuron}: true (solid), inferred (dashed)")
+        ax.set_title(f"neuron {neuron}")
         ax.set_xlabel("bin")
     axes[0, 0].set_ylabel("rate (Hz)")
+    figure.suptitle("PSTHs per condition (colour): nlb_tools target (solid), inferred (dashed)")
     _save(figure, out)
 
 
