@@ -26,8 +26,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
 	@echo
-	@echo "Done. Outputs of the synthetic dataset are in results/synthetic/ (NWB files in resources/data/synthetic/)."
+	@echo "Done. Report: results/report.html; table of runs: results/synthetic/val/summary.tsv;"
+	@echo "figures: results/synthetic/val/figures/; NWB files: resources/data/synthetic/."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

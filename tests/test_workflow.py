@@ -6,6 +6,7 @@ import json
 import re
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -19,6 +20,12 @@ CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 def nothing_to_do(result) -> bool:
     output = result.stdout + result.stderr
     return result.returncode == 0 and ("Nothing to be done" in output or re.search(r"^total\s+0$", output, re.M))
+
+
+def job_count(output: str, rule: str) -> int:
+    """Jobs of `rule` in the job-stats table Snakemake prints."""
+    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
+    return int(match.group(1)) if match else 0
 
 
 def snakemake_in(workdir, *args):
@@ -38,9 +45,12 @@ def test_dry_run_of_every_configfile(path, tmp_path):
     assert result.returncode == 0, output
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
-    assert f"prepare        {n_bins}" in output
-    assert f"targets        {n_bins}" in output
-    assert "fetch          1" in output
+    n_runs = config.get("search", {}).get("random", {}).get("n", 1) * max(
+        1, np.prod([len(v) for v in config.get("search", {}).get("grid", {}).values()]))
+    assert job_count(output, "fetch") == 1
+    assert job_count(output, "prepare") == job_count(output, "targets") == n_bins
+    assert job_count(output, "train") == job_count(output, "infer") == job_count(output, "evaluate") == n_runs
+    assert job_count(output, "aggregate") == job_count(output, "figures") == 1
 
 
 def _write_config(folder, **overrides) -> str:
@@ -60,7 +70,7 @@ def _write_config(folder, **overrides) -> str:
 @pytest.mark.slow
 def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
     configfile = _write_config(tmp_path)
-    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile)
+    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare", "targets")
     assert result.returncode == 0, result.stdout + result.stderr
     results = tmp_path / "results" / "tiny" / "val"
     with h5py.File(results / "prepared_20ms.h5") as handle:
@@ -73,7 +83,7 @@ def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
         assert (results / "logs" / f"{rule}.log").exists()
         assert (results / "benchmarks" / f"{rule}.tsv").exists()
 
-    again = snakemake_in(tmp_path, "-n", "--configfile", configfile)
+    again = snakemake_in(tmp_path, "-n", "--configfile", configfile, "--until", "prepare", "targets")
     assert nothing_to_do(again)
 
 
@@ -115,3 +125,23 @@ def test_dandi_source_through_the_real_client(synthetic_dir, tmp_path):
         assert archive.downloads() == 2
     downloaded = tmp_path / "resources" / "data" / "tiny" / SYNTHETIC_ASSETS["train"]
     assert downloaded.read_bytes() == (synthetic_dir / SYNTHETIC_ASSETS["train"]).read_bytes()
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "config"], ids=lambda p: p.stem)
+def test_slurm_profile_dry_run_asks_for_a_gpu_per_training_job(path, tmp_path):
+    """`snakemake --profile slurm` (the command users type) plans GPU jobs in the gpu partition."""
+    result = snakemake_in(tmp_path, "--profile", "slurm", "-n", "--configfile", str(path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    config = yaml.safe_load(path.read_text())
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", output, re.M | re.S)
+    train = [body for rule, body in blocks if rule == "train"]
+    assert len(train) == config["search"]["random"]["n"]
+    for body in train:
+        resources = re.search(r"resources: (.*)", body).group(1)
+        assert "slurm_partition=gpu" in resources and "gpu=1" in resources
+        assert f"mem_mb={config['resources']['train']['mem_mb']}" in resources
+        assert f"runtime={config['resources']['train']['runtime']}" in resources
+    for rule, body in blocks:
+        if rule in ("prepare", "targets", "evaluate"):
+            assert "slurm_partition=cpu" in re.search(r"resources: (.*)", body).group(1)

@@ -47,3 +47,61 @@ def data_outputs():
     if PHASE == "val":
         outputs += expand(f"{RESULTS}/targets_{{bin}}ms.h5", bin=bins)
     return outputs
+
+
+# -- runs of the hyperparameter search ---------------------------------------------
+from lfads.figures import figure_names
+from lfads.search import expand_search
+from lfads.targets import group_name
+
+MODEL_BIN = config["model"]["bin_width"]
+if MODEL_BIN not in config["bin_widths"]:
+    raise WorkflowError(
+        f"model.bin_width: {MODEL_BIN} is not one of bin_widths {config['bin_widths']}; "
+        "add it to bin_widths or choose one of them."
+    )
+PREPARED_FOR_MODEL = f"{RESULTS}/prepared_{MODEL_BIN}ms.h5"
+TARGETS_FOR_MODEL = [f"{RESULTS}/targets_{MODEL_BIN}ms.h5"] if PHASE == "val" else []
+NLB_GROUP = group_name(LAYOUT, MODEL_BIN)
+RUNS_DIR = f"{RESULTS}/runs"
+CHECKPOINTS_DIR = f"{RESULTS}/checkpoints"
+try:
+    RUNS = {run.name: run.params for run in expand_search(config["search"])}
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
+
+
+def run_hparams(run):
+    """Plain hyperparameters of one run: the configfile's base values, then the run's searched ones."""
+    return {**config["model"]["hparams"], **RUNS[run]}
+
+
+def _check_hparams():
+    """Build every run's hyperparameters now, so a bad value stops the workflow before any job."""
+    from lfads.model.hparams import HParams
+
+    for run in RUNS:
+        try:
+            HParams.from_dict(run_hparams(run))
+        except (TypeError, ValueError) as error:
+            raise WorkflowError(f"model.hparams / search (run {run}): {error}") from None
+
+
+_check_hparams()
+FIGURES = figure_names(
+    PHASE,
+    has_truth=bool(TRUTH),
+    has_psth=LAYOUT != "mc_rtt",
+    has_velocity=LAYOUT != "dmfc_rsg",
+)
+
+
+wildcard_constraints:
+    run="[^/]+",
+
+
+def final_outputs():
+    outputs = [f"{RESULTS}/summary.tsv"] + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
+    if PHASE == "test":
+        outputs.append(f"{RESULTS}/submission_{DATASET}.h5")
+    return outputs

@@ -36,7 +36,7 @@ rule aggregate:
         ),
     params:
         runs=RUNS,
-        run_dir=RUNS_DIR,
+        run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -65,7 +65,7 @@ rule figures:
         },
     params:
         runs=RUNS,
-        run_dir=RUNS_DIR,
+        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
         group=NLB_GROUP,
     log:
         f"{LOGS}/figures.log",
@@ -85,7 +85,7 @@ rule submission:
     output:
         f"{RESULTS}/submission_{DATASET}.h5",
     params:
-        run_dir=RUNS_DIR,
+        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
     log:
         f"{LOGS}/submission.log",
     benchmark:

@@ -1,0 +1,131 @@
+"""Posterior sampling of a trained model (`python -m lfads infer`, `posterior_sample`).
+
+For every trial of every split, N posterior samples run through the decoder in
+one vectorised pass per batch (samples x trials rows); the file keeps their
+average. Output layout: lfads/README.md, "Model, training and inference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from lfads.io import atomic_path
+
+log = logging.getLogger("lfads.infer")
+
+# Per-trial outputs: key -> what it is averaged from; all float32.
+SEQUENCE_KEYS = ("rates", "factors", "gen_states", "co_mean", "co_std")
+TRIAL_KEYS = ("ic_mean", "ic_std")
+# Decoder activations kept in memory per (sample x trial) row and bin, in floats, for the automatic batch size.
+_ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
+
+
+def _auto_batch_size(model, n_samples: int, n_bins: int) -> int:
+    """Trials per pass so that the decoder's activations of (samples x trials) rows stay near 128 MB."""
+    hp = model.hparams
+    readout = max(recon.n_params * dims.n_neurons for recon, dims in zip(model.recons, model.sessions))
+    floats_per_row_bin = 3 * (hp.gen_dim + hp.con_dim) + hp.fac_dim + 4 * hp.co_dim + 2 * hp.ci_enc_dim + readout
+    return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * n_samples))
+
+
+def posterior_sample(model_path: Path, data_files: list[Path], out_paths: list[Path], n_samples: int = 50,
+                     batch_size: int | None = None, device: str = "auto", seed: int = 0) -> None:
+    """Write one HDF5 per session file: groups train, valid, eval with the posterior averages.
+
+    data_files[i] must be laid out like the model's training session i (same
+    neurons and bins). batch_size: trials per pass (default: as many as fit
+    about 128 MB of decoder activations).
+    """
+    from lfads.data import load_session
+    from lfads.train import load_model, resolve_device
+
+    if len(data_files) != len(out_paths):
+        raise ValueError(f"posterior_sample: {len(data_files)} data files but {len(out_paths)} output paths")
+    if n_samples < 1:
+        raise ValueError(f"n_samples: must be at least 1, got {n_samples}")
+    device = resolve_device(device)
+    model, checkpoint = load_model(model_path, device)
+    if len(data_files) > len(model.sessions):
+        raise ValueError(f"{model_path} has {len(model.sessions)} session(s); got {len(data_files)} data files")
+    torch.manual_seed(seed)
+    for session, (data_file, out_path) in enumerate(zip(data_files, out_paths)):
+        data = load_session(data_file)
+        if data.dims != model.sessions[session]:
+            raise ValueError(f"{data_file}: sizes {data.dims} differ from the model's session {session} "
+                             f"{model.sessions[session]}; pass the files in training order")
+        start = time.perf_counter()
+        size = batch_size or _auto_batch_size(model, n_samples, data.dims.n_recon_bins)
+        results = {split: _sample_split(model, data, session, split, n_samples, size, device)
+                   for split in ("train", "valid", "eval") if split in data.splits}
+        _write(out_path, data_file, results, model, checkpoint, session, n_samples, seed)
+        log.info("%s: %d samples of %d trials in %.1f s -> %s", Path(data_file).name, n_samples,
+                 sum(len(r["rates"]) for r in results.values()), time.perf_counter() - start, out_path)
+
+
+def _sample_split(model, data, session: int, split: str, n_samples: int, batch_size: int,
+                  device: str) -> dict[str, np.ndarray]:
+    n = data.n_trials(split)
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        batch = data.batch(split, rows).to(device)
+        batch, _ = model.infer_augmentations.process_batch(batch)
+        averages = model.posterior_average({session: batch}, n_samples)[session]
+        for key, value in averages.items():
+            if key not in out:
+                out[key] = np.empty((n, *value.shape[1:]), dtype=np.float32)
+            out[key][rows] = value.float().cpu().numpy()
+    return out
+
+
+def _write(out_path: Path, data_file: Path, results: dict[str, dict[str, np.ndarray]], model, checkpoint: dict,
+           session: int, n_samples: int, seed: int) -> None:
+    with h5py.File(data_file, "r") as prepared, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as file:
+        for key in ("bin_width_ms", "n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins", "dataset", "nlb_layout",
+                    "phase"):
+            if key in prepared.attrs:
+                file.attrs[key] = prepared.attrs[key]
+        file.attrs.update(n_samples=n_samples if model.hparams.variational else 1, seed=seed, session=session,
+                          model_epochs=int(checkpoint.get("epochs", -1)), data_file=str(data_file),
+                          format_version=1, units="rates: spikes per bin")
+        for split, arrays in results.items():
+            group = file.create_group(split)
+            for key in (*SEQUENCE_KEYS, *TRIAL_KEYS):
+                value = arrays[key]
+                chunks = (min(64, value.shape[0]), *value.shape[1:]) if value.size else None
+                group.create_dataset(key, data=value, dtype=np.float32, chunks=chunks,
+                                     compression="gzip" if value.size else None, compression_opts=4 if value.size else None,
+                                     shuffle=bool(value.size))
+            if f"{split}/nlb_index" in prepared:
+                group["nlb_index"] = prepared[f"{split}/nlb_index"][()]
+
+
+# -- command line -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model.ckpt written by `lfads train`")
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="prepared HDF5 file; repeat for several sessions, in training order")
+    parser.add_argument("--out", type=Path, action="append", required=True, help="output HDF5, one per --data")
+    parser.add_argument("--samples", type=int, default=50, help="posterior samples averaged (default 50)")
+    parser.add_argument("--batch-size", type=int, help="trials per pass (default: automatic)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lfads.logs import configure
+
+    configure()
+    try:
+        posterior_sample(args.model, args.data, args.out, args.samples, args.batch_size, args.device, args.seed)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    return 0

@@ -1,0 +1,66 @@
+"""Encoders: the initial-condition (IC) posterior and the controller inputs (CI), both from the encoder data."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lfads.model.gru import BidirectionalGRU, fan_in_linear
+
+
+class Encoder(nn.Module):
+    """Bidirectional GRUs over the (read-in) data -> g0 posterior mean/std and lagged controller inputs.
+
+    input_dim: width of the encoder data after the readin; n_obs_bins: T;
+    n_recon_bins: T + F (the CI are zero over the F forward-prediction bins).
+    """
+
+    def __init__(self, input_dim: int, n_obs_bins: int, n_recon_bins: int, ic_enc_dim: int, ic_dim: int,
+                 ci_enc_dim: int, ci_lag: int, ic_enc_seq_len: int, use_controller: bool, dropout: float,
+                 cell_clip: float, ic_post_var_min: float):
+        super().__init__()
+        if not 0 <= ic_enc_seq_len < n_obs_bins:
+            raise ValueError(f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, got {ic_enc_seq_len}")
+        self.n_obs_bins, self.n_recon_bins = n_obs_bins, n_recon_bins
+        self.ic_enc_seq_len, self.ci_lag, self.ic_post_var_min = ic_enc_seq_len, ci_lag, ic_post_var_min
+        self.ci_enc_dim = ci_enc_dim if use_controller else 0
+        self.dropout = nn.Dropout(dropout)
+        self.ic_encoder = BidirectionalGRU(input_dim, ic_enc_dim, cell_clip)
+        self.ic_linear = fan_in_linear(2 * ic_enc_dim, 2 * ic_dim)  # -> [mean | log-variance]
+        self.ci_encoder = BidirectionalGRU(input_dim, ci_enc_dim, cell_clip) if use_controller else None
+
+    def forward(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """data (B, T, input_dim) -> ic_mean (B, ic_dim), ic_std (B, ic_dim), ci (B, T + F, 2 * ci_enc_dim)."""
+        batch, n_bins, _ = data.shape
+        if n_bins != self.n_obs_bins:
+            raise ValueError(f"encoder data has {n_bins} bins; the model was built for {self.n_obs_bins}")
+        data = self.dropout(data)
+        split = self.ic_enc_seq_len
+        ic_data, ci_data = (data[:, :split], data[:, split:]) if split > 0 else (data, data)
+
+        forward, backward = self.ic_encoder(ic_data)  # (B, T_ic, H) each
+        last_states = torch.cat([forward[:, -1], backward[:, 0]], dim=1)  # (B, 2H)
+        ic_mean, ic_logvar = self.ic_linear(self.dropout(last_states)).chunk(2, dim=1)
+        ic_std = torch.sqrt(torch.exp(ic_logvar) + self.ic_post_var_min)
+
+        if self.ci_encoder is None:
+            return ic_mean, ic_std, data.new_zeros(batch, self.n_recon_bins, 0)
+        forward, backward = self.ci_encoder(ci_data)  # (B, T_ci, C) each
+        # Lag both halves by ci_lag bins so the controller at bin t never sees the
+        # spikes of bins t - lag + 1 .. t + lag - 1 (it must not copy its target).
+        lag = self.ci_lag
+        if lag > 0:
+            forward = F.pad(forward, (0, 0, lag, 0))[:, : forward.shape[1]]
+            backward = F.pad(backward, (0, 0, 0, lag))[:, lag:]
+        ci = torch.cat([forward, backward], dim=2)  # (B, T_ci, 2C)
+        # Zero inputs over the IC-only leading bins and the forward-prediction bins.
+        ci = F.pad(ci, (0, 0, split, self.n_recon_bins - self.n_obs_bins))  # (B, T + F, 2C)
+        return ic_mean, ic_std, ci
+
+    def recurrent_weights(self) -> dict[str, list[torch.Tensor]]:
+        """Recurrent matrices for the L2 penalty, by penalty name."""
+        weights = {"ic_enc": self.ic_encoder.recurrent_weights()}
+        if self.ci_encoder is not None:
+            weights["ci_enc"] = self.ci_encoder.recurrent_weights()
+        return weights

@@ -1,0 +1,271 @@
+"""Hyperparameters of one LFADS run: a typed, validated dataclass that round-trips through plain data.
+
+Defaults are lfads-torch's NLB mc_maze settings at 20 ms bins. Sizes of the
+data (neurons, bins, external inputs) are not hyperparameters: they come from
+the prepared files. This module does not import torch, so the workflow can
+validate every run's hyperparameters when it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lfads.model import registry
+
+
+@dataclass(frozen=True)
+class Component:
+    """One interchangeable part: a registered name plus keyword options for its constructor."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: Any, where: str, kind: str) -> Component:
+        """From `"poisson"` or `{"name": "poisson", **options}`; `where` names the key in errors."""
+        if isinstance(value, Component):
+            return value
+        if isinstance(value, str):
+            name, options = value, {}
+        elif isinstance(value, dict) and isinstance(value.get("name"), str):
+            name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
+        else:
+            raise ValueError(f"{where}: expected a name or a mapping with a 'name' key, got {value!r}")
+        if name not in registry.names(kind):
+            raise ValueError(
+                f"{where}: no {kind} named {name!r}; known: {registry.names(kind)}. "
+                "A part from your own module must be listed under `plugins`."
+            )
+        for key, option in options.items():
+            _check_plain(option, f"{where}.{key}")
+        return cls(name, dict(options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Options must stay plain data (they are saved in checkpoints loaded with weights_only=True)."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(item, f"{where}.{key}")
+        return
+    raise ValueError(f"{where}: {value!r} is not plain data (numbers, strings, lists, mappings)")
+
+
+def _component(name: str, **options: Any) -> Any:
+    return field(default_factory=lambda: Component(name, dict(options)))
+
+
+@dataclass(frozen=True)
+class HParams:
+    # -- run -------------------------------------------------------------------------
+    seed: int = 0  # seeds weights, sampling, dropout and the batch order
+    batch_size: int = 256  # trials per training batch (all sessions together)
+    max_epochs: int = 1000
+    # -- architecture ----------------------------------------------------------------
+    ic_enc_seq_len: int = 0  # leading bins seen only by the IC encoder (0: it sees all bins)
+    ic_enc_dim: int = 64  # units of each direction of the IC encoder GRU
+    ci_enc_dim: int = 64  # units of each direction of the controller-input encoder GRU
+    ci_lag: int = 1  # bins by which the forward CI encoder lags the controller
+    con_dim: int = 64  # controller GRU units (0, like co_dim 0, removes the controller)
+    co_dim: int = 4  # inferred inputs u_t (0: autonomous generator)
+    ic_dim: int = 64  # initial-condition latent
+    gen_dim: int = 200  # generator GRU units
+    fac_dim: int = 100  # factors
+    readin_dim: int | None = None  # per-session readin width; None: no readin for one session, fac_dim for several
+    readin_init: str = "pcr"  # "pcr" (principal-components regression) or "random"
+    readin_trainable: bool = False  # PCR readins stay frozen unless True
+    dropout: float = 0.02  # dropout on encoder inputs and outputs, controller input, generator state
+    cell_clip: float = 5.0  # every recurrent state is clipped to +-cell_clip
+    ic_post_var_min: float = 1e-4  # floor of the IC posterior variance
+    variational: bool = True  # False: posterior means are used everywhere; priors must be "null"
+    # -- interchangeable parts (names in lfads.model.registry) ----------------------
+    ic_prior: Component = _component("multivariate_normal", mean=0.0, variance=0.1)
+    co_prior: Component = _component("autoregressive_normal", tau=10.0, noise_variance=0.1)
+    reconstruction: Component = _component("poisson")
+    train_augmentations: tuple[Component, ...] = (Component("coordinated_dropout"),)
+    infer_augmentations: tuple[Component, ...] = ()
+    plugins: tuple[str, ...] = ()  # modules imported first, to register your own parts
+    cd_rate: float = 0.3  # coordinated dropout: fraction of input elements masked
+    cd_pass_rate: float = 0.0  # coordinated dropout: fraction of masked elements that still pass gradients
+    sv_rate: float = 0.0  # sample validation: fraction of input elements held out of training
+    # -- loss ------------------------------------------------------------------------
+    loss_scale: float = 1e4  # multiplies the whole loss (keeps AdamW in a good range)
+    recon_reduce_mean: bool = True  # mean over elements (False: sum over bins and neurons, mean over trials)
+    l2_start_epoch: int = 0
+    l2_increase_epoch: int = 80
+    l2_ic_enc_scale: float = 0.0
+    l2_ci_enc_scale: float = 0.0
+    l2_gen_scale: float = 0.0
+    l2_con_scale: float = 0.0
+    kl_start_epoch: int = 0
+    kl_increase_epoch: int = 80
+    kl_ic_scale: float = 1e-7
+    kl_co_scale: float = 1e-7
+    # -- optimiser -------------------------------------------------------------------
+    lr: float = 4e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0  # AdamW's decoupled decay, ramped with the L2 ramp
+    lr_scheduler: bool = False  # ReduceLROnPlateau on the smoothed validation reconstruction
+    lr_decay: float = 0.95
+    lr_patience: int = 6
+    lr_stop: float = 1e-5  # training stops when the learning rate falls to this
+    valid_smoothing: float = 0.3  # weight of the newest epoch in the smoothed validation loss
+    gradient_clip: float = 200.0  # max norm of all gradients together (0: no clipping)
+    early_stopping_patience: int = 200  # epochs without a better smoothed valid loss (0: off); never during ramps
+
+    # ---------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> HParams:
+        """Build from plain data; unknown keys and bad values raise ValueError naming the key."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        registry.import_plugins(_as_list(data.get("plugins", ()), "plugins"))
+        hints = typing.get_type_hints(cls)
+        values = {name: _coerce(name, value, hints[name]) for name, value in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HParams:
+        import yaml
+
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (numbers, strings, lists, dicts): YAML-ready and safe in a weights_only checkpoint."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Component):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = [item.to_dict() if isinstance(item, Component) else item for item in value]
+            out[f.name] = value
+        return out
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> HParams:
+        return HParams.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def use_controller(self) -> bool:
+        return self.ci_enc_dim > 0 and self.con_dim > 0 and self.co_dim > 0
+
+
+def _as_list(value: Any, where: str) -> list:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    return list(value)
+
+
+_COMPONENT_KIND = {
+    "ic_prior": "prior",
+    "co_prior": "prior",
+    "reconstruction": "reconstruction",
+    "train_augmentations": "augmentation",
+    "infer_augmentations": "augmentation",
+}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert YAML values to the field's type: ints for floats (1e-3 written as 1), lists to tuples."""
+    if name in _COMPONENT_KIND:
+        kind = _COMPONENT_KIND[name]
+        if hint is Component:
+            return Component.parse(value, name, kind)
+        return tuple(Component.parse(item, f"{name}[{i}]", kind) for i, item in enumerate(_as_list(value, name)))
+    if name == "plugins":
+        items = _as_list(value, name)
+        if not all(isinstance(item, str) for item in items):
+            raise ValueError(f"plugins: expected module names, got {items!r}")
+        return tuple(items)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{name}: no conversion for type {hint}")  # a new field type needs a branch here
+
+
+def _validate(hp: HParams) -> None:
+    def check(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{key}: {what}, got {getattr(hp, key)!r}")
+
+    for key in ("batch_size", "max_epochs", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"):
+        check(getattr(hp, key) >= 1, key, "must be at least 1")
+    for key in ("ic_enc_seq_len", "ci_enc_dim", "ci_lag", "con_dim", "co_dim", "l2_start_epoch",
+                "l2_increase_epoch", "kl_start_epoch", "kl_increase_epoch", "lr_patience", "early_stopping_patience",
+                "seed"):
+        check(getattr(hp, key) >= 0, key, "must be >= 0")
+    for key in ("dropout", "cd_rate", "sv_rate"):
+        check(0.0 <= getattr(hp, key) < 1.0, key, "must be in [0, 1)")
+    check(0.0 <= hp.cd_pass_rate <= 1.0, "cd_pass_rate", "must be in [0, 1]")
+    for key in ("cell_clip", "lr", "loss_scale", "adam_epsilon", "lr_stop"):
+        check(getattr(hp, key) > 0 and not math.isnan(getattr(hp, key)), key, "must be > 0")
+    for key in ("ic_post_var_min", "weight_decay", "gradient_clip", "l2_ic_enc_scale", "l2_ci_enc_scale",
+                "l2_gen_scale", "l2_con_scale", "kl_ic_scale", "kl_co_scale"):
+        check(getattr(hp, key) >= 0, key, "must be >= 0")
+    for key in ("adam_beta1", "adam_beta2", "lr_decay", "valid_smoothing"):
+        check(0.0 < getattr(hp, key) <= 1.0 if key == "valid_smoothing" else 0.0 <= getattr(hp, key) < 1.0,
+              key, "must be in [0, 1)" if key != "valid_smoothing" else "must be in (0, 1]")
+    check(hp.readin_dim is None or hp.readin_dim >= 1, "readin_dim", "must be at least 1 or null")
+    check(hp.readin_init in ("pcr", "random"), "readin_init", "must be 'pcr' or 'random'")
+    if not hp.variational and (hp.ic_prior.name != "null" or (hp.use_controller and hp.co_prior.name != "null")):
+        raise ValueError(
+            f"variational: false needs null priors (ic_prior: null, co_prior: null), "
+            f"got ic_prior {hp.ic_prior.name!r}, co_prior {hp.co_prior.name!r}"
+        )

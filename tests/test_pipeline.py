@@ -1,0 +1,102 @@
+"""The whole workflow on a tiny synthetic dataset, on CPU: fetch to report, reruns, and forced reruns."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, SMALL_SYNTHETIC, run_snakemake
+
+SNAKEFILE = str(REPO / "workflow" / "Snakefile")
+RUNS = ["dropout~0.05", "dropout~0.3"]
+
+
+def job_count(output: str, rule: str) -> int:
+    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
+    return int(match.group(1)) if match else 0
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    config = {
+        "dataset": "tiny",
+        "nlb_layout": "mc_maze",
+        "bin_widths": [20],
+        "source": {"synthetic": dict(SMALL_SYNTHETIC)},
+        "targets": {"mem_mb": 2000},
+        "model": {"bin_width": 20, "n_samples": 10, "hparams": {
+            "ic_enc_dim": 16, "ci_enc_dim": 16, "con_dim": 16, "co_dim": 2, "ic_dim": 16, "gen_dim": 32,
+            "fac_dim": 8, "batch_size": 16, "lr": 0.01, "max_epochs": 40, "kl_increase_epoch": 10,
+            "l2_increase_epoch": 10}},
+        "search": {"grid": {"dropout": [0.05, 0.3]}},
+        "resources": {"train": {"threads": 1, "mem_mb": 1000}, "infer": {"threads": 1, "mem_mb": 1000}},
+    }
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+
+    def snakemake(*args):
+        return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), "--configfile",
+                             str(configfile), *args)
+
+    result = snakemake("--cores", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, snakemake
+
+
+@pytest.mark.slow
+def test_every_output_and_metrics(pipeline):
+    workdir, _ = pipeline
+    results = workdir / "results" / "tiny" / "val"
+    for run in RUNS:
+        folder = results / "runs" / run
+        for name in ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json"):
+            assert (folder / name).stat().st_size > 0, folder / name
+        assert yaml.safe_load((folder / "hparams.yaml").read_text())["dropout"] == float(run.split("~")[1])
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["co-bps"] > 0.1  # the binned true rates score about 0.46 on this dataset
+        assert metrics["rate R2"] > 0.3
+        assert (results / "logs" / "train" / f"{run}.log").exists()
+        assert (results / "benchmarks" / "train" / f"{run}.tsv").exists()
+    table = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert sorted(table.run) == RUNS and table.best.sum() == 1
+    assert table.valid_loss.is_monotonic_increasing
+    for figure in ("metrics_vs_hyperparameters", "training_curves", "best_raster", "best_factors", "best_psth",
+                   "best_velocity", "best_rates_vs_truth"):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(pipeline):
+    _, snakemake = pipeline
+    result = snakemake("-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_forcerun_evaluate_retrains_nothing(pipeline):
+    _, snakemake = pipeline
+    result = snakemake("--cores", "2", "--forcerun", "evaluate")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert job_count(output, "evaluate") == len(RUNS)
+    for rule in ("fetch", "prepare", "targets", "train", "infer"):
+        assert job_count(output, rule) == 0, rule
+    # the table and figures read the new metrics, so they follow
+    assert job_count(output, "aggregate") == 1
+
+
+@pytest.mark.slow
+def test_report_holds_the_table_and_figures(pipeline):
+    workdir, snakemake = pipeline
+    result = snakemake("--report", "report.html")
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "summary.tsv" in html
+    for figure in ("best_raster", "best_factors", "training_curves"):
+        assert f"{figure}.png" in html
