@@ -20,9 +20,11 @@ from lfads.io import atomic_path
 
 log = logging.getLogger("lfads.infer")
 
-# Per-trial outputs: key -> what it is averaged from; all float32.
+# Outputs, all float32: per bin, and per trial.
 SEQUENCE_KEYS = ("rates", "factors", "gen_states", "co_mean", "co_std")
 TRIAL_KEYS = ("ic_mean", "ic_std")
+# Latents stored rounded to `mantissa_bits` (rates and IC statistics are always exact).
+ROUNDED_KEYS = ("factors", "gen_states", "co_mean", "co_std")
 # Decoder activations kept in memory per (sample x trial) row and bin, in floats, for the automatic batch size.
 _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
 
@@ -35,19 +37,39 @@ def _auto_batch_size(model, n_samples: int, n_bins: int) -> int:
     return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * n_samples))
 
 
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """float32 rounded to nearest with `bits` explicit mantissa bits (23: unchanged).
+
+    The relative error is at most 2^-(bits + 1) (1.2e-4 for 12 bits); the zeroed
+    low bits make gzip + shuffle store the array in about half the space.
+    """
+    if not 0 <= bits <= 23:
+        raise ValueError(f"mantissa_bits: must be in 0..23, got {bits}")
+    if bits == 23:
+        return values
+    drop = 23 - bits
+    raw = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (raw + np.uint32(1 << (drop - 1))) & np.uint32((0xFFFFFFFF >> drop) << drop)
+    return rounded.view(np.float32)
+
+
 def posterior_sample(model_path: Path, data_files: list[Path], out_paths: list[Path], n_samples: int = 50,
-                     batch_size: int | None = None, device: str = "auto", seed: int = 0) -> None:
+                     batch_size: int | None = None, device: str = "auto", seed: int = 0,
+                     mantissa_bits: int = 12) -> None:
     """Write one HDF5 per session file: groups train, valid, eval with the posterior averages.
 
     data_files[i] must be laid out like the model's training session i (same
     neurons and bins). batch_size: trials per pass (default: as many as fit
-    about 128 MB of decoder activations).
+    about 128 MB of decoder activations). mantissa_bits: precision kept for
+    factors, gen_states, co_mean and co_std (23: exact float32); rates and IC
+    statistics are always exact.
     """
     from lfads.data import load_session
     from lfads.train import load_model, resolve_device
 
     if len(data_files) != len(out_paths):
         raise ValueError(f"posterior_sample: {len(data_files)} data files but {len(out_paths)} output paths")
+    round_mantissa(np.zeros(1, np.float32), mantissa_bits)  # checks the value before any work
     if n_samples < 1:
         raise ValueError(f"n_samples: must be at least 1, got {n_samples}")
     device = resolve_device(device)
@@ -63,8 +85,8 @@ def posterior_sample(model_path: Path, data_files: list[Path], out_paths: list[P
         start = time.perf_counter()
         size = batch_size or _auto_batch_size(model, n_samples, data.dims.n_recon_bins)
         results = {split: _sample_split(model, data, session, split, n_samples, size, device)
-                   for split in ("train", "valid", "eval") if split in data.splits}
-        _write(out_path, data_file, results, model, checkpoint, session, n_samples, seed)
+                   for split in ("train", "valid", "eval") if data.n_trials(split) > 0}
+        _write(out_path, data_file, results, model, checkpoint, session, n_samples, seed, mantissa_bits)
         log.info("%s: %d samples of %d trials in %.1f s -> %s", Path(data_file).name, n_samples,
                  sum(len(r["rates"]) for r in results.values()), time.perf_counter() - start, out_path)
 
@@ -86,7 +108,7 @@ def _sample_split(model, data, session: int, split: str, n_samples: int, batch_s
 
 
 def _write(out_path: Path, data_file: Path, results: dict[str, dict[str, np.ndarray]], model, checkpoint: dict,
-           session: int, n_samples: int, seed: int) -> None:
+           session: int, n_samples: int, seed: int, mantissa_bits: int) -> None:
     with h5py.File(data_file, "r") as prepared, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as file:
         for key in ("bin_width_ms", "n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins", "dataset", "nlb_layout",
                     "phase"):
@@ -94,11 +116,12 @@ def _write(out_path: Path, data_file: Path, results: dict[str, dict[str, np.ndar
                 file.attrs[key] = prepared.attrs[key]
         file.attrs.update(n_samples=n_samples if model.hparams.variational else 1, seed=seed, session=session,
                           model_epochs=int(checkpoint.get("epochs", -1)), data_file=str(data_file),
+                          mantissa_bits=mantissa_bits,
                           format_version=1, units="rates: spikes per bin")
         for split, arrays in results.items():
             group = file.create_group(split)
             for key in (*SEQUENCE_KEYS, *TRIAL_KEYS):
-                value = arrays[key]
+                value = round_mantissa(arrays[key], mantissa_bits) if key in ROUNDED_KEYS else arrays[key]
                 chunks = (min(64, value.shape[0]), *value.shape[1:]) if value.size else None
                 group.create_dataset(key, data=value, dtype=np.float32, chunks=chunks,
                                      compression="gzip" if value.size else None, compression_opts=4 if value.size else None,
@@ -117,6 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="trials per pass (default: automatic)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mantissa-bits", type=int, default=12,
+                        help="precision of factors, gen_states, co_mean, co_std (23: exact float32; default 12)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
     configure()
     try:
-        posterior_sample(args.model, args.data, args.out, args.samples, args.batch_size, args.device, args.seed)
+        posterior_sample(args.model, args.data, args.out, args.samples, args.batch_size, args.device, args.seed,
+                         args.mantissa_bits)
     except ValueError as error:
         log.error("%s", error)
         return 2

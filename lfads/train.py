@@ -141,8 +141,8 @@ def _initial_readins(module, sessions, hparams: HParams) -> None:
              f"{len(conditions)} shared conditions" if conditions else "trial-averaged activity")
 
 
-def _check_resume(checkpoint_path: Path, hparams: HParams) -> int:
-    """Epochs done in last.ckpt; its hyperparameters must match (max_epochs may differ)."""
+def _check_resume(checkpoint_path: Path, hparams: HParams) -> tuple[int, str]:
+    """(epochs done, stop reason) of last.ckpt; its hyperparameters must match (max_epochs may differ)."""
     checkpoint = load_checkpoint(checkpoint_path)
     saved = checkpoint["lfads"]["hparams"]
     given = hparams.to_dict()
@@ -151,7 +151,7 @@ def _check_resume(checkpoint_path: Path, hparams: HParams) -> int:
         raise ValueError(
             f"{checkpoint_path} was trained with other hyperparameters ({differing}); "
             "delete it to start afresh or use another checkpoint directory")
-    return len(checkpoint["lfads"]["history"])
+    return len(checkpoint["lfads"]["history"]), checkpoint["lfads"]["stop_reason"]
 
 
 def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpoint_dir: Path | None = None,
@@ -182,9 +182,14 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
     _check_missing_targets(data.sessions, hparams)
     module = LFADSModule(hparams, [s.dims for s in data.sessions])
     resume = last if last.exists() else None
+    epochs = hparams.max_epochs
     if resume:
-        done = _check_resume(last, hparams)
-        log.info("resuming from %s at epoch %d of %d", last, done + 1, hparams.max_epochs)
+        done, stop_reason = _check_resume(last, hparams)
+        if stop_reason:  # it had finished (early stopping, lr_stop): only the outputs are rewritten
+            log.info("%s had stopped (%s); writing its outputs", last, stop_reason)
+            epochs = done
+        else:
+            log.info("resuming from %s at epoch %d of %d", last, done + 1, hparams.max_epochs)
     else:
         _initial_readins(module, data.sessions, hparams)
     log.info("training %d parameters on %s: %s", sum(p.numel() for p in module.parameters()), device,
@@ -197,7 +202,7 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
                       ".*isinstance.treespec, LeafSpec.*"):
             warnings.filterwarnings("ignore", message=noise)
         trainer = L.Trainer(
-            accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=hparams.max_epochs,
+            accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs,
             gradient_clip_val=hparams.gradient_clip or None, logger=_tensorboard_logger(out_dir),
             callbacks=[_epoch_checkpoint(checkpoint_dir)], plugins=[_atomic_checkpoint_io(), _plain_environment()],
             num_sanity_val_steps=0, enable_progress_bar=interactive, enable_model_summary=False,
@@ -216,9 +221,10 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
 
 
 def _check_missing_targets(sessions, hparams: HParams) -> None:
-    names = {spec.name for spec in (*hparams.train_augmentations, *hparams.infer_augmentations)}
+    stacks = (hparams.train_augmentations, hparams.infer_augmentations)
+    handled = all(any(spec.name == "selective_backprop" for spec in stack) for stack in stacks)
     for session in sessions:
-        if session.has_missing_targets() and not {"selective_backprop"} <= names:
+        if not handled and session.has_missing_targets():
             raise ValueError(
                 f"{session.path}: recon_data has NaN (unobserved) targets; add selective_backprop to both "
                 "train_augmentations and infer_augmentations so they are left out of the loss")

@@ -30,12 +30,15 @@ def _lorenz(s: np.ndarray, sigma: float, rho: float, beta: float) -> np.ndarray:
 
 def write_lorenz_prepared(path: Path, n_trials: int = 200, n_obs_bins: int = 20, n_fwd_bins: int = 5,
                           n_heldin: int = 20, n_heldout: int = 6, n_eval: int = 20, valid_fraction: float = 0.2,
-                          seed: int = 0, base_rate: float = 0.3) -> Path:
-    """Write a prepared file (lfads/README.md layout) with true rates; rates in spikes per bin."""
+                          seed: int = 0, base_rate: float = 0.3, weight_scale: float = 0.8) -> Path:
+    """Write a prepared file (lfads/README.md layout) with true rates; rates in spikes per bin.
+
+    log rate = latents @ W + log(base_rate), W ~ N(0, weight_scale^2) per latent and neuron.
+    """
     rng = np.random.default_rng(seed)
     n_neurons, n_bins = n_heldin + n_heldout, n_obs_bins + n_fwd_bins
     latents = lorenz_latents(n_trials + n_eval, n_bins, rng)
-    weights = rng.normal(0, 0.8, (3, n_neurons))
+    weights = rng.normal(0, weight_scale, (3, n_neurons))
     rates = np.exp(latents @ weights + np.log(base_rate)).astype(np.float32)  # (N, T + F, H)
     spikes = rng.poisson(rates).astype(np.float32)
     order = rng.permutation(n_trials)

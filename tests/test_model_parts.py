@@ -15,7 +15,7 @@ from lfads.model.augmentations import (AugmentationStack, CoordinatedDropout, Sa
 from lfads.model.batch import SessionBatch
 from lfads.model.decoder import Decoder
 from lfads.model.encoders import Encoder
-from lfads.model.gru import BidirectionalGRU, ClippedGRUCell, scan
+from lfads.model.gru import BidirectionalGRU, ClippedGRUCell, scan, scan_together
 from lfads.model.hparams import Component, HParams
 from lfads.model.lfads import LFADS, SessionDims, _sample_major_rows, ramp
 from lfads.model.metrics import BitsPerSpike, RateR2
@@ -110,6 +110,20 @@ def test_gru_cell_formula_init_and_clip():
         cell.bias_ih[8:] = 50.0
     states = scan(cell, torch.randn(2, 30, 3) * 10, torch.zeros(2, 4))
     assert states.abs().max() <= 5.0 and states.shape == (2, 30, 4)
+
+
+def test_scan_together_equals_one_scan_per_gru_values_and_gradients():
+    torch.manual_seed(0)
+    cells = [ClippedGRUCell(3, 4, 5.0), ClippedGRUCell(2, 4, 5.0), ClippedGRUCell(3, 6, 5.0), ClippedGRUCell(3, 4, 5.0)]
+    inputs = [torch.randn(5, 9, 3), torch.randn(5, 9, 2), torch.randn(5, 9, 3), torch.randn(5, 7, 3)]
+    h0s = [torch.randn(5, c.hidden_size) for c in cells]
+    together = scan_together(cells, inputs, h0s)  # cells 0 and 1 share a loop; 2 and 3 run alone
+    separate = [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)]
+    for a, b in zip(together, separate):
+        torch.testing.assert_close(a, b)
+    grads = [torch.autograd.grad(sum(s.square().sum() for s in states), cells[0].weight_hh)[0]
+             for states in (scan_together(cells, inputs, h0s), [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)])]
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_bidirectional_gru_backward_half_runs_in_reverse():

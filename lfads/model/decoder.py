@@ -62,28 +62,33 @@ class Decoder(nn.Module):
         batch, n_bins, _ = ci.shape
         gen_init = self.ic_to_g0(ic_sample)  # (B, G)
         gen_state = gen_init
-        factor = self.factor_linear(self.dropout(gen_init))  # (B, fac)
+        factor_weight = F.normalize(self.factor_linear.weight, p=2, dim=1)  # rows normalised once, not per bin
+        factor = self.dropout(gen_init) @ factor_weight.T  # (B, fac)
         ext_input = self.dropout(ext_input)
         zeros = ci.new_zeros(batch, n_bins, 0)
         gen_states, factors, con_states, co_means, co_stds, gen_inputs = [], [], [], [], [], []
 
+        gen_recurrent = self.generator.split_recurrent()
         if self.use_controller:
             # The ci half of the controller's input projection, for all bins in one matmul.
-            w_ci, w_fac = self.controller.weight_ih[:, : self.ci_dim], self.controller.weight_ih[:, self.ci_dim:]
+            w_ci, w_fac = self.controller.weight_ih.split([self.ci_dim, self.controller.input_size - self.ci_dim], 1)
             con_ci_proj = self.dropout(ci) @ w_ci.T + self.controller.bias_ih  # (B, T + F, 3C)
+            con_recurrent = self.controller.split_recurrent()
             con_state = self.con_h0.expand(batch, -1)
-        for t in range(n_bins):
+        else:
+            con_ci_proj = zeros
+        for con_ci_t, ext_t in zip(con_ci_proj.unbind(1), ext_input.unbind(1)):
             if self.use_controller:
-                con_state = self.controller.step(con_ci_proj[:, t] + self.dropout(factor) @ w_fac.T, con_state)
+                con_state = self.controller.step(con_ci_t + self.dropout(factor) @ w_fac.T, con_state, con_recurrent)
                 co_mean, co_logvar = self.co_linear(con_state).chunk(2, dim=1)
                 co_std = torch.exp(0.5 * co_logvar)
                 u = co_mean if sample_co is None else sample_co(co_mean, co_std)
-                gen_input = torch.cat([u, ext_input[:, t]], dim=1)
+                gen_input = torch.cat([u, ext_t], dim=1)
                 con_states.append(con_state), co_means.append(co_mean), co_stds.append(co_std)
             else:
-                gen_input = ext_input[:, t]
-            gen_state = self.generator(gen_input, gen_state)
-            factor = self.factor_linear(self.dropout(gen_state))
+                gen_input = ext_t
+            gen_state = self.generator.step(self.generator.project_input(gen_input), gen_state, gen_recurrent)
+            factor = self.dropout(gen_state) @ factor_weight.T
             gen_states.append(gen_state), factors.append(factor), gen_inputs.append(gen_input)
 
         def stacked(steps: list[torch.Tensor]) -> torch.Tensor:

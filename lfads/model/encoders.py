@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfads.model.gru import BidirectionalGRU, fan_in_linear
+from lfads.model.gru import BidirectionalGRU, fan_in_linear, scan_together
 
 
 class Encoder(nn.Module):
@@ -39,14 +39,18 @@ class Encoder(nn.Module):
         split = self.ic_enc_seq_len
         ic_data, ci_data = (data[:, :split], data[:, split:]) if split > 0 else (data, data)
 
-        forward, backward = self.ic_encoder(ic_data)  # (B, T_ic, H) each
+        runs = self.ic_encoder.runs(ic_data)
+        if self.ci_encoder is not None:
+            runs += self.ci_encoder.runs(ci_data)
+        states = scan_together(*zip(*runs))  # all four GRUs in one time loop when their sizes allow
+        forward, backward = BidirectionalGRU.align(states[0], states[1])  # (B, T_ic, H) each
         last_states = torch.cat([forward[:, -1], backward[:, 0]], dim=1)  # (B, 2H)
         ic_mean, ic_logvar = self.ic_linear(self.dropout(last_states)).chunk(2, dim=1)
         ic_std = torch.sqrt(torch.exp(ic_logvar) + self.ic_post_var_min)
 
         if self.ci_encoder is None:
             return ic_mean, ic_std, data.new_zeros(batch, self.n_recon_bins, 0)
-        forward, backward = self.ci_encoder(ci_data)  # (B, T_ci, C) each
+        forward, backward = BidirectionalGRU.align(states[2], states[3])  # (B, T_ci, C) each
         # Lag both halves by ci_lag bins so the controller at bin t never sees the
         # spikes of bins t - lag + 1 .. t + lag - 1 (it must not copy its target).
         lag = self.ci_lag

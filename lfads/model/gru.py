@@ -5,9 +5,11 @@ multiplies the state *before* the recurrent matmul of the candidate, there is
 no recurrent bias (TF has none; lfads-torch keeps one frozen at zero), the
 update and reset gates start with bias 1, and the new state is clipped.
 
-`scan` is the one place an encoder GRU steps through time. The decoder's loop
-(controller and generator, coupled through the factors) is `Decoder.forward`.
-A faster implementation (fused or compiled) belongs behind these two.
+The encoders' time loops are `scan` (one GRU, step by step: the reference path)
+and `scan_together` (several independent GRUs batched in one loop); the
+decoder's loop (controller and generator, coupled through the factors) is
+`Decoder.forward`. A faster implementation (fused or compiled) belongs behind
+these, tested equal to `scan`.
 """
 
 from __future__ import annotations
@@ -57,11 +59,16 @@ class ClippedGRUCell(nn.Module):
         """(..., input_size) -> (..., 3 * hidden): the input half of every gate, for all steps at once."""
         return x @ self.weight_ih.T + self.bias_ih
 
-    def step(self, x_proj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def split_recurrent(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent weights of the gates (2H, H) and of the candidate (H, H); split once per sequence,
+        not per step (each split in the graph costs a full-size gradient)."""
+        return self.weight_hh.split([2 * self.hidden_size, self.hidden_size])
+
+    def step(self, x_proj: torch.Tensor, h: torch.Tensor,
+             recurrent: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One step from a projected input (B, 3H) and state (B, H) -> new state (B, H)."""
-        hidden = self.hidden_size
-        u_zr, u_n = self.weight_hh[: 2 * hidden], self.weight_hh[2 * hidden:]
-        x_zr, x_n = x_proj[:, : 2 * hidden], x_proj[:, 2 * hidden:]
+        u_zr, u_n = recurrent if recurrent is not None else self.split_recurrent()
+        x_zr, x_n = x_proj.split([2 * self.hidden_size, self.hidden_size], dim=1)
         z, r = torch.sigmoid(x_zr + h @ u_zr.T).chunk(2, dim=1)
         n = torch.tanh(x_n + (r * h) @ u_n.T)
         return torch.clamp(z * h + (1.0 - z) * n, -self.clip, self.clip)
@@ -71,13 +78,48 @@ class ClippedGRUCell(nn.Module):
 
 
 def scan(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """Run `cell` over time. x: (B, T, I), h0: (B, H) -> states (B, T, H)."""
+    """Run `cell` over time, one step at a time (the reference path). x: (B, T, I), h0: (B, H) -> (B, T, H)."""
     x_proj = cell.project_input(x)  # (B, T, 3H): one matmul for every step
-    h, states = h0, []
-    for t in range(x.shape[1]):
-        h = cell.step(x_proj[:, t], h)
+    h, states, recurrent = h0, [], cell.split_recurrent()
+    for x_t in x_proj.unbind(1):  # (unbind: one backward for all steps; indexing would copy per step)
+        h = cell.step(x_t, h, recurrent)
         states.append(h)
     return torch.stack(states, dim=1)
+
+
+def scan_together(cells: list[ClippedGRUCell], inputs: list[torch.Tensor],
+                  h0s: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run independent GRUs over their own sequences; same results as `scan` on each.
+
+    GRUs with the same hidden size, clip and sequence length share one time loop,
+    their weights stacked along a leading axis and multiplied with `bmm`: the
+    encoders' four GRUs (IC and CI, both directions) usually take one loop instead
+    of four. inputs[k]: (B, T_k, I_k), h0s[k]: (B, H_k) -> states (B, T_k, H_k).
+    """
+    groups: dict[tuple, list[int]] = {}
+    for k, (cell, x) in enumerate(zip(cells, inputs)):
+        groups.setdefault((cell.hidden_size, cell.clip, x.shape[1]), []).append(k)
+    states: list[torch.Tensor | None] = [None] * len(cells)
+    for (hidden, clip, n_bins), members in groups.items():
+        if len(members) == 1:
+            k = members[0]
+            states[k] = scan(cells[k], inputs[k], h0s[k])
+            continue
+        x_proj = torch.stack([cells[k].project_input(inputs[k]) for k in members])  # (K, B, T, 3H)
+        x_zr, x_n = x_proj.split([2 * hidden, hidden], dim=3)
+        u = torch.stack([cells[k].weight_hh for k in members]).transpose(1, 2)  # (K, H, 3H)
+        u_zr, u_n = u[:, :, : 2 * hidden].contiguous(), u[:, :, 2 * hidden:].contiguous()
+        h = torch.stack([h0s[k] for k in members])  # (K, B, H)
+        steps = []
+        for x_zr_t, x_n_t in zip(x_zr.unbind(2), x_n.unbind(2)):  # (K, B, 2H), (K, B, H)
+            z, r = torch.sigmoid(x_zr_t + torch.bmm(h, u_zr)).chunk(2, dim=2)
+            n = torch.tanh(x_n_t + torch.bmm(r * h, u_n))
+            h = torch.clamp(z * h + (1.0 - z) * n, -clip, clip)
+            steps.append(h)
+        stacked = torch.stack(steps, dim=2)  # (K, B, T, H)
+        for i, k in enumerate(members):
+            states[k] = stacked[i]
+    return states
 
 
 class BidirectionalGRU(nn.Module):
@@ -90,15 +132,23 @@ class BidirectionalGRU(nn.Module):
         self.backward_cell = ClippedGRUCell(input_size, hidden_size, clip, fan_in=input_size + hidden_size)
         self.h0 = nn.Parameter(torch.zeros(2, hidden_size))  # (direction, H)
 
+    def runs(self, x: torch.Tensor) -> list[tuple[ClippedGRUCell, torch.Tensor, torch.Tensor]]:
+        """(cell, input, h0) of both directions, for `scan_together`; the backward input is time-reversed."""
+        batch = x.shape[0]
+        return [(self.forward_cell, x, self.h0[0].expand(batch, -1)),
+                (self.backward_cell, x.flip(1), self.h0[1].expand(batch, -1))]
+
+    @staticmethod
+    def align(forward: torch.Tensor, backward_reversed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States of `runs` -> forward (B, T, H), backward (B, T, H) both aligned with the input's time."""
+        return forward, backward_reversed.flip(1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, I) -> forward states (B, T, H), backward states (B, T, H) aligned with x's time.
 
         The last forward state is `forward[:, -1]`, the last backward one `backward[:, 0]`.
         """
-        batch = x.shape[0]
-        forward = scan(self.forward_cell, x, self.h0[0].expand(batch, -1))
-        backward = scan(self.backward_cell, x.flip(1), self.h0[1].expand(batch, -1)).flip(1)
-        return forward, backward
+        return self.align(*scan_together(*zip(*self.runs(x))))
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         return [self.forward_cell.weight_hh, self.backward_cell.weight_hh]

@@ -159,13 +159,18 @@ class LFADS(nn.Module):
         Returns per session: rates, factors, gen_states, co_mean, co_std (B, T + F, .) averaged over
         samples, and ic_mean, ic_std (B, ic_dim). Non-variational models use the means (one pass).
         """
+        if self.training:
+            raise RuntimeError("posterior_average needs eval mode (model.eval()): dropout would vary per trial")
         ic_mean, ic_std, ci = self.encode(batch)
         samples = n_samples if self.hparams.variational else 1
         sizes = {s: samples * len(b) for s, b in batch.items()}
         ext_input = torch.cat([batch[s].ext_input.repeat(samples, 1, 1) for s in sorted(batch)])
         # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits samples off.
         order = _sample_major_rows([len(batch[s]) for s in sorted(batch)], samples, ic_mean.device)
-        rows = lambda x: x.repeat(samples, *([1] * (x.dim() - 1)))[order]  # noqa: E731
+
+        def rows(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (samples x B, ...) in `order`
+            return x.repeat(samples, *([1] * (x.dim() - 1)))[order]
+
         outputs = self.decode(sizes, ext_input, rows(ic_mean), rows(ic_std), rows(ci), self.hparams.variational)
         result = {}
         for s, out in outputs.items():
@@ -211,7 +216,10 @@ class LFADS(nn.Module):
             session_recon.append(per_trial.mean())
         recon = torch.stack(session_recon).mean()
         sessions = sorted(batch)
-        cat = lambda name: torch.cat([getattr(outputs[s], name) for s in sessions])  # noqa: E731
+
+        def cat(name: str) -> torch.Tensor:  # one output of every session, trials stacked
+            return torch.cat([getattr(outputs[s], name) for s in sessions])
+
         kl_ic = hp.kl_ic_scale * self.ic_prior(cat("ic_mean"), cat("ic_std"))
         kl_co = hp.kl_co_scale * self.co_prior(cat("co_mean"), cat("co_std")) if self.use_controller \
             else recon.new_zeros(())

@@ -135,8 +135,12 @@ class LFADSModule(L.LightningModule):
             sums = self._sums[split]
             for name in [*LOSS_TERMS, *sorted(k for k in sums if k not in (*LOSS_TERMS, "trials"))]:
                 row[f"{split}_{name}"] = sums[name] / sums["trials"] if sums["trials"] else math.nan
-            metrics = mean_over_sessions([m.compute() for m in self._metrics[split]])
-            row.update({f"{split}_{k}": v for k, v in metrics.items() if split == "valid" or k != "rate_r2"})
+            per_session = [m.compute() for m in self._metrics[split]]
+            for k, v in mean_over_sessions(per_session).items():
+                if split == "valid" or k != "rate_r2":  # no true rates go into the training metrics
+                    row[f"{split}_{k}"] = v
+            if split == "valid" and len(per_session) > 1:  # every session's NLB metrics, not just the first's
+                row.update({f"valid_{k}_session{s}": v for s, m in enumerate(per_session) for k, v in m.items()})
         valid_recon = row["valid_recon"]
         a = hp.valid_smoothing
         self.valid_smoothed = valid_recon if math.isnan(self.valid_smoothed) else \
