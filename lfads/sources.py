@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lfads.fetch import sha256_of
-from lfads.io import write_json
+from lfads.fetch import sha256_of, write_fetch_marker
 from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
 
@@ -63,10 +62,6 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
 
         written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(settings))
         files = sorted(written.values())
-    write_json(marker, {
-        "source": kind,
-        "files": [{"path": str(path), "bytes": path.stat().st_size,
-                   "sha256": verified.get(path) or sha256_of(path)} for path in files],
-    })
+    write_fetch_marker(marker, {path: verified.get(path) or sha256_of(path) for path in files}, kind)
     log.info("%s source ready: %d files", kind, len(files))
     return files
