@@ -1,7 +1,8 @@
 """One table of every run of a dataset: searched hyperparameters, final validation losses, metrics (rule `aggregate`).
 
-The best run is the one with the lowest final validation loss of the model
-itself; the NLB evaluation targets never take part in the choice.
+The best run is the one with the lowest final smoothed validation
+reconstruction loss of the model itself; the NLB evaluation targets never take
+part in the choice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from lfads.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-SELECTION_COLUMN = "valid_loss"  # column of metrics.csv the best run minimises
+# Column of metrics.csv the best run minimises: the smoothed validation reconstruction loss.
+# The total loss would not do: its KL and L2 terms carry each run's own scales.
+SELECTION_COLUMN = "valid_recon_smoothed"
 
 
 def final_epoch(metrics_csv: Path) -> dict:

@@ -17,7 +17,7 @@ from lfads.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", "valid_loss"]
+METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", "valid_recon_smoothed"]
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 
@@ -57,7 +57,7 @@ def metrics_vs_hyperparameters(summary_tsv: str | Path, searched: list[str], out
             x = table[key] if key in table else np.arange(len(table))
             ax.scatter(x, table[metric], s=18, color="0.3")
             ax.scatter(x[table.best], table[metric][table.best], s=60, facecolor="none", edgecolor="C3",
-                       label="best (valid loss)")
+                       label="best (valid recon)")
             if key in table and np.issubdtype(table[key].dtype, np.number) and (table[key] > 0).all() \
                     and table[key].max() / table[key].min() > 20:
                 ax.set_xscale("log")

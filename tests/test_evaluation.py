@@ -44,7 +44,8 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
             group["factors"] = rng.normal(size=truth.shape[:2] + (5,)).astype(np.float32)
             group["nlb_index"] = prepared[f"{split}/nlb_index"][()]
     epochs = np.arange(len(valid_losses))
-    pd.DataFrame({"epoch": epochs, "train_loss": np.array(valid_losses) * 0.9, "valid_loss": valid_losses}).to_csv(
+    pd.DataFrame({"epoch": epochs, "train_loss": np.array(valid_losses) * 0.9, "valid_loss": valid_losses,
+                  "valid_recon_smoothed": valid_losses}).to_csv(
         folder / "metrics.csv", index=False)
 
 
@@ -79,7 +80,7 @@ def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
     table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
     assert list(table.run) == ["noise~0.8", "noise~0.1"]
     assert list(table.best) == [True, False]
-    assert table.valid_loss.tolist() == [1.2, 1.5]
+    assert table.valid_recon_smoothed.tolist() == [1.2, 1.5]
     assert best_run(tmp_path / "summary.tsv") == "noise~0.8"
 
     names = figure_names("val", has_truth=True, has_psth=True, has_velocity=True)
