@@ -1,0 +1,139 @@
+"""`snakemake --profile slurm` on a real local SLURM cluster (tests/slurm/cluster.py), faults included.
+
+Skipped, with the reason, where SLURM cannot be installed or started. The
+commands are the ones users type; only the partition and account of the
+profile are overridden for the local cluster (its CPU partition is `debug`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, SMALL_SYNTHETIC
+
+sys.path.insert(0, str(Path(__file__).parent / "slurm"))
+from cluster import ClusterError, LocalSlurm, available  # noqa: E402
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+SNAKEFILE = str(REPO / "workflow" / "Snakefile")
+LOCAL_CLUSTER = ["--default-resources", "slurm_partition=debug", "slurm_account=lfads", "runtime=30", "mem_mb=1000",
+                 "--slurm-init-seconds-before-status-checks", "5"]
+MODEL = {"ic_enc_dim": 16, "ci_enc_dim": 16, "con_dim": 16, "co_dim": 2, "ic_dim": 16, "gen_dim": 32, "fac_dim": 8,
+         "batch_size": 16, "lr": 0.01, "max_epochs": 40, "kl_increase_epoch": 10, "l2_increase_epoch": 10}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = available()
+    if reason:
+        pytest.skip(f"no local SLURM cluster: {reason}")
+    # not under pytest's tmp folder: MariaDB runs as the mysql user, who cannot enter it
+    folder = Path(tempfile.mkdtemp(prefix="lfads-slurm-"))
+    folder.chmod(0o755)
+    slurm = LocalSlurm(folder)
+    try:
+        slurm.start()
+    except (ClusterError, subprocess.CalledProcessError) as error:
+        slurm.stop()
+        pytest.skip(f"the local SLURM cluster did not start: {str(error)[:2000]}")
+    yield slurm
+    slurm.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def workdir_with_config(folder: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "dataset": "tiny", "nlb_layout": "mc_maze", "bin_widths": [20],
+        "source": {"synthetic": dict(SMALL_SYNTHETIC)}, "targets": {"mem_mb": 2000},
+        "model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
+        "search": {"grid": {"dropout": [0.05, 0.3]}},
+        "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
+                      "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}},
+    }
+    for key, value in changes.items():
+        config[key] = value
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [str(BIN / "snakemake"), "--snakefile", SNAKEFILE, "--directory", str(workdir),
+            "--configfile", str(workdir / "config.yaml"), *args]
+
+
+def environment(cluster: LocalSlurm) -> dict:
+    return {**os.environ, **cluster.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    # SIGINT, not SIGTERM, stops a hung `snakemake --executor slurm`
+    return subprocess.run(["timeout", "-s", "INT", "-k", "30", str(int(timeout)), *command], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+
+
+def sacct(cluster: LocalSlurm) -> list[dict]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-1days", "-o", "JobID,Partition,State,AllocTRES,Comment"],
+                         capture_output=True, text=True, env=environment(cluster), check=True).stdout
+    keys = ["job", "partition", "state", "tres", "comment"]
+    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def rule_of(job: dict) -> str:
+    match = re.match(r"rule_(\w+?)_wildcards", job["comment"]) or re.match(r"rule_(\w+)", job["comment"])
+    return match.group(1) if match else ""
+
+
+def metrics(workdir: Path) -> dict[str, dict]:
+    runs = workdir / "results" / "tiny" / "val" / "runs"
+    return {folder.name: json.loads((folder / "metrics.json").read_text()) for folder in sorted(runs.iterdir())}
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for run in a:
+        assert a[run] == pytest.approx(b[run], abs=1e-6), run
+
+
+def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
+    submitted_before = {job["job"] for job in sacct(cluster)}
+    on_slurm = workdir_with_config(tmp_path / "slurm")
+    result = run(snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster))
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+    jobs = [job for job in sacct(cluster) if job["job"] not in submitted_before]
+    by_rule: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_rule.setdefault(rule_of(job), []).append(job)
+    assert len(by_rule["train"]) == 2 and len(by_rule["infer"]) == 2
+    for job in by_rule["train"] + by_rule["infer"]:
+        assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"] and job["state"] == "COMPLETED"
+    for rule in ("prepare", "targets", "evaluate"):
+        assert by_rule[rule] and all(job["partition"] == "debug" for job in by_rule[rule]), rule
+    for rule in ("fetch", "aggregate", "figures"):
+        assert rule not in by_rule, f"local rule {rule} reached SLURM"
+
+    local = workdir_with_config(tmp_path / "local")
+    result = run(snakemake_command(local, "--cores", "2"), environment(cluster))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert_same_metrics(metrics(on_slurm), metrics(local))
+
+
+def test_bad_config_value_submits_nothing(cluster, tmp_path):
+    submitted_before = len(sacct(cluster))
+    workdir = workdir_with_config(tmp_path / "bad", search={"grid": {"dropout": [0.1]}},
+                                  model={"bin_width": 20, "hparams": {**MODEL, "gen_dimm": 3}})
+    result = run(snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster), timeout=120)
+    assert result.returncode != 0
+    assert "gen_dimm" in result.stdout + result.stderr
+    assert len(sacct(cluster)) == submitted_before
