@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast lint clean-demo
+.PHONY: install demo test test-fast lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm"
+
+# The speed benchmark (about 5 minutes; not part of the tests): prints a table, writes results/bench/bench.json.
+bench: $(STAMP)
+	$(BIN)/python -m lfads.bench
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -171,20 +170,34 @@ def batches(sessions: list[SessionData], split: str, batch_size: int, shuffle: b
                       collate_fn=_identity, num_workers=0, generator=torch.Generator().manual_seed(seed))
 
 
-class LFADSDataModule(L.LightningDataModule):
-    """Train and valid batches over a list of session files (the model's session i is file i)."""
+def _data_module_class() -> type:
+    """Defined on first use: importing Lightning costs ~0.2 GiB and 3 s, which inference does not need."""
+    import lightning as L
 
-    def __init__(self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0):
-        super().__init__()
-        self.paths, self.batch_size, self.seed, self.sv_rate = [Path(p) for p in paths], batch_size, seed, sv_rate
-        self.sessions: list[SessionData] = []
+    class LFADSDataModule(L.LightningDataModule):
+        """Train and valid batches over a list of session files (the model's session i is file i)."""
 
-    def setup(self, stage: str | None = None) -> None:
-        if not self.sessions:
-            self.sessions = [load_session(p, self.sv_rate, self.seed, i) for i, p in enumerate(self.paths)]
+        def __init__(self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0):
+            super().__init__()
+            self.paths, self.batch_size, self.seed, self.sv_rate = [Path(p) for p in paths], batch_size, seed, sv_rate
+            self.sessions: list[SessionData] = []
 
-    def train_dataloader(self) -> DataLoader:
-        return batches(self.sessions, "train", self.batch_size, shuffle=True, seed=self.seed)
+        def setup(self, stage: str | None = None) -> None:
+            if not self.sessions:
+                self.sessions = [load_session(p, self.sv_rate, self.seed, i) for i, p in enumerate(self.paths)]
 
-    def val_dataloader(self) -> DataLoader:
-        return batches(self.sessions, "valid", self.batch_size)
+        def train_dataloader(self) -> DataLoader:
+            return batches(self.sessions, "train", self.batch_size, shuffle=True, seed=self.seed)
+
+        def val_dataloader(self) -> DataLoader:
+            return batches(self.sessions, "valid", self.batch_size)
+
+    LFADSDataModule.__qualname__ = "LFADSDataModule"
+    return LFADSDataModule
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LFADSDataModule":
+        globals()[name] = _data_module_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

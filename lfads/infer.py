@@ -29,9 +29,14 @@ ROUNDED_KEYS = ("factors", "gen_states", "co_mean", "co_std")
 _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
 
 
-def _auto_batch_size(model, n_samples: int, n_bins: int) -> int:
-    """Trials per pass so that the decoder's activations of (samples x trials) rows stay near 128 MB."""
+def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
+    """Trials per pass so that the decoder's activations of (samples x trials) rows stay near 128 MB.
+
+    The reference path (`rnn_impl: reference`) runs one sample at a time, so its rows are the trials.
+    """
     hp = model.hparams
+    if model.rnn_impl == "reference":
+        n_samples = 1
     readout = max(recon.n_params * dims.n_neurons for recon, dims in zip(model.recons, model.sessions))
     floats_per_row_bin = 3 * (hp.gen_dim + hp.con_dim) + hp.fac_dim + 4 * hp.co_dim + 2 * hp.ci_enc_dim + readout
     return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * n_samples))
@@ -83,12 +88,18 @@ def posterior_sample(model_path: Path, data_files: list[Path], out_paths: list[P
             raise ValueError(f"{data_file}: sizes {data.dims} differ from the model's session {session} "
                              f"{model.sessions[session]}; pass the files in training order")
         start = time.perf_counter()
-        size = batch_size or _auto_batch_size(model, n_samples, data.dims.n_recon_bins)
-        results = {split: _sample_split(model, data, session, split, n_samples, size, device)
-                   for split in ("train", "valid", "eval") if data.n_trials(split) > 0}
+        size = batch_size or auto_batch_size(model, n_samples, data.dims.n_recon_bins)
+        results = sample_splits(model, data, session, n_samples, size, device)
         _write(out_path, data_file, results, model, checkpoint, session, n_samples, seed, mantissa_bits)
         log.info("%s: %d samples of %d trials in %.1f s -> %s", Path(data_file).name, n_samples,
                  sum(len(r["rates"]) for r in results.values()), time.perf_counter() - start, out_path)
+
+
+def sample_splits(model, data, session: int, n_samples: int, batch_size: int,
+                  device: str) -> dict[str, dict[str, np.ndarray]]:
+    """Posterior averages of every trial of each split of `data` (a loaded session): split -> key -> array."""
+    return {split: _sample_split(model, data, session, split, n_samples, batch_size, device)
+            for split in ("train", "valid", "eval") if data.n_trials(split) > 0}
 
 
 def _sample_split(model, data, session: int, split: str, n_samples: int, batch_size: int,

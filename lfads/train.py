@@ -142,11 +142,12 @@ def _initial_readins(module, sessions, hparams: HParams) -> None:
 
 
 def _check_resume(checkpoint_path: Path, hparams: HParams) -> tuple[int, str]:
-    """(epochs done, stop reason) of last.ckpt; its hyperparameters must match (max_epochs may differ)."""
+    """(epochs done, stop reason) of last.ckpt; its hyperparameters must match (max_epochs and rnn_impl,
+    which does not change the numbers, may differ)."""
     checkpoint = load_checkpoint(checkpoint_path)
     saved = checkpoint["lfads"]["hparams"]
     given = hparams.to_dict()
-    differing = sorted(k for k in given if k != "max_epochs" and saved.get(k) != given[k])
+    differing = sorted(k for k in given if k not in ("max_epochs", "rnn_impl") and saved.get(k) != given[k])
     if differing:
         raise ValueError(
             f"{checkpoint_path} was trained with other hyperparameters ({differing}); "
@@ -189,7 +190,9 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
             log.info("%s had stopped (%s); writing its outputs", last, stop_reason)
             epochs = done
         else:
-            log.info("resuming from %s at epoch %d of %d", last, done + 1, hparams.max_epochs)
+            # N = epochs already done (the checkpoint's last epoch, counting from 1)
+            log.info("resumed from epoch %d (%s); continuing at epoch %d of %d", done, last, done + 1,
+                     hparams.max_epochs)
     else:
         _initial_readins(module, data.sessions, hparams)
     log.info("training %d parameters on %s: %s", sum(p.numel() for p in module.parameters()), device,
@@ -197,6 +200,7 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
                        for s in data.sessions))
 
     interactive = sys.stderr.isatty()
+    _quiet_lightning()
     with warnings.catch_warnings():
         for noise in (".*`srun` command is available.*", ".*overridden `transfer_batch_to_device`.*",
                       ".*isinstance.treespec, LeafSpec.*"):
@@ -228,6 +232,20 @@ def _check_missing_targets(sessions, hparams: HParams) -> None:
             raise ValueError(
                 f"{session.path}: recon_data has NaN (unobserved) targets; add selective_backprop to both "
                 "train_augmentations and infer_augmentations so they are left out of the loss")
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning advertises its cloud logger at every `fit`; keep that out of training logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in logger.filters):
+            logger.addFilter(_DropLightningTips())
 
 
 def _plain_environment():

@@ -176,7 +176,7 @@ def test_decoder_shapes_factors_normalised_and_clipped():
     torch.manual_seed(0)
     dec = Decoder(ic_dim=4, gen_dim=9, fac_dim=3, con_dim=5, co_dim=2, ci_dim=6, ext_input_dim=1,
                   use_controller=True, dropout=0.0, cell_clip=0.5)
-    out = dec(torch.randn(3, 4), torch.randn(3, 11, 6), torch.randn(3, 11, 1), sample_co=None)
+    out = dec(torch.randn(3, 4), torch.randn(3, 11, 6), torch.randn(3, 11, 1), co_prior=None)
     assert out.gen_states.shape == (3, 11, 9) and out.factors.shape == (3, 11, 3)
     assert out.co_mean.shape == out.co_std.shape == (3, 11, 2) and out.gen_inputs.shape == (3, 11, 3)
     assert out.gen_states.abs().max() <= 0.5

@@ -106,7 +106,7 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
     train_model([lorenz_file], hp, tmp_path / "parts", max_epochs=2, device="cpu")
     caplog.set_level("INFO", logger="lfads.train")
     train_model([lorenz_file], hp, tmp_path / "parts", max_epochs=4, device="cpu")
-    assert "resuming from" in caplog.text and "at epoch 3 of 4" in caplog.text
+    assert "resumed from epoch 2 (" in caplog.text and "continuing at epoch 3 of 4" in caplog.text
     whole, parts = read_metrics(tmp_path / "whole" / "metrics.csv"), read_metrics(tmp_path / "parts" / "metrics.csv")
     assert comparable(whole) == comparable(parts)
     with pytest.raises(ValueError, match=r"other hyperparameters \(\['lr'\]\)"):
@@ -312,8 +312,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert 3 <= done < 8 and not (tmp_path / "killed" / "model.ckpt").exists()
     resumed = subprocess.run(command(tmp_path / "killed"), check=True, env=env, cwd=REPO, capture_output=True,
                              text=True)
-    assert f"resuming from {tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'} at epoch {done + 1} of 8" \
-        in resumed.stderr
+    assert f"resumed from epoch {done} ({tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}); " \
+        f"continuing at epoch {done + 1} of 8" in resumed.stderr
     whole = comparable(read_metrics(tmp_path / "whole" / "metrics.csv"))
     killed = comparable(read_metrics(tmp_path / "killed" / "metrics.csv"))
     assert len(whole) == len(killed) == 8

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -127,6 +128,70 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
     result = run(snakemake_command(local, "--cores", "2"), environment(cluster))
     assert result.returncode == 0, result.stdout[-3000:]
     assert_same_metrics(metrics(on_slurm), metrics(local))
+
+
+def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
+    path = workdir / "results" / "tiny" / "val" / "checkpoints" / run_name / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
+    """The profile's retries resubmit a cancelled train job, which continues from its checkpoint."""
+    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 300}}
+    one_run = {"grid": {"dropout": [0.1]}}
+    workdir = workdir_with_config(tmp_path / "cancel", model=long, search=one_run)
+    env = environment(cluster)
+    command = ["timeout", "-s", "INT", "-k", "30", "600",
+               *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpoint_epochs(workdir, "dropout~0.1") < 30:
+            assert process.poll() is None and time.monotonic() < deadline, "training never reached epoch 30"
+            time.sleep(0.5)
+        queue = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True,
+                               env=env, check=True).stdout
+        running = [line.split("|")[0] for line in queue.splitlines() if line.split("|")[1].startswith("rule_train")]
+        assert len(running) == 1, queue
+        subprocess.run(["scancel", running[0]], env=env, check=True)
+        cancelled_after = _checkpoint_epochs(workdir, "dropout~0.1")
+        output, _ = process.communicate(timeout=700)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-5000:]
+    assert "CANCELLED" in output and "Trying to restart" in output
+    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / "dropout~0.1.log").read_text()
+    resumed = [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
+    assert resumed and 1 < resumed[-1] <= cancelled_after + 1
+
+    reference = workdir_with_config(tmp_path / "reference", model=long, search=one_run)
+    result = run(snakemake_command(reference, "--cores", "2"), env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert_same_metrics(metrics(workdir), metrics(reference))
+
+
+def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
+    """A train job over its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues from the checkpoint."""
+    # about 100 s of epochs at ~0.1 s each (no early stopping): SLURM kills the first attempt after 60-90 s,
+    # the second finishes well within its minute
+    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 1000, "early_stopping_patience": 0}}
+    one_run = {"grid": {"dropout": [0.1]}}
+    resources = {"train": {"threads": 1, "mem_mb": 1000, "runtime": 1},
+                 "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}}
+    workdir = workdir_with_config(tmp_path / "timeout", model=long, search=one_run, resources=resources)
+    env = environment(cluster)
+    result = run(snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER), env, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "TIMEOUT" in output
+    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / "dropout~0.1.log").read_text()
+    assert re.search(r"resumed from epoch (\d+)", log)
+
+    reference = workdir_with_config(tmp_path / "reference", model=long, search=one_run)
+    result = run(snakemake_command(reference, "--cores", "2"), env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert_same_metrics(metrics(workdir), metrics(reference))
 
 
 def test_bad_config_value_submits_nothing(cluster, tmp_path):

@@ -29,6 +29,7 @@ class Encoder(nn.Module):
         self.ic_encoder = BidirectionalGRU(input_dim, ic_enc_dim, cell_clip)
         self.ic_linear = fan_in_linear(2 * ic_enc_dim, 2 * ic_dim)  # -> [mean | log-variance]
         self.ci_encoder = BidirectionalGRU(input_dim, ci_enc_dim, cell_clip) if use_controller else None
+        self.impl = "fast"  # rnn_impl: "reference" runs each GRU in its own plain loop
 
     def forward(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """data (B, T, input_dim) -> ic_mean (B, ic_dim), ic_std (B, ic_dim), ci (B, T + F, 2 * ci_enc_dim)."""
@@ -39,18 +40,25 @@ class Encoder(nn.Module):
         split = self.ic_enc_seq_len
         ic_data, ci_data = (data[:, :split], data[:, split:]) if split > 0 else (data, data)
 
-        runs = self.ic_encoder.runs(ic_data)
-        if self.ci_encoder is not None:
-            runs += self.ci_encoder.runs(ci_data)
-        states = scan_together(*zip(*runs))  # all four GRUs in one time loop when their sizes allow
-        forward, backward = BidirectionalGRU.align(states[0], states[1])  # (B, T_ic, H) each
+        # (forward, backward) states of each bidirectional GRU, aligned with the input's time
+        if self.impl == "reference":
+            pairs = [self.ic_encoder(ic_data, impl="reference")]
+            if self.ci_encoder is not None:
+                pairs.append(self.ci_encoder(ci_data, impl="reference"))
+        else:
+            runs = self.ic_encoder.runs(ic_data)
+            if self.ci_encoder is not None:
+                runs += self.ci_encoder.runs(ci_data)
+            states = scan_together(*zip(*runs), impl=self.impl)  # the four GRUs in one loop when sizes allow
+            pairs = [BidirectionalGRU.align(*states[i:i + 2]) for i in range(0, len(states), 2)]
+        forward, backward = pairs[0]  # (B, T_ic, H) each
         last_states = torch.cat([forward[:, -1], backward[:, 0]], dim=1)  # (B, 2H)
         ic_mean, ic_logvar = self.ic_linear(self.dropout(last_states)).chunk(2, dim=1)
         ic_std = torch.sqrt(torch.exp(ic_logvar) + self.ic_post_var_min)
 
         if self.ci_encoder is None:
             return ic_mean, ic_std, data.new_zeros(batch, self.n_recon_bins, 0)
-        forward, backward = BidirectionalGRU.align(states[2], states[3])  # (B, T_ci, C) each
+        forward, backward = pairs[1]  # (B, T_ci, C) each
         # Lag both halves by ci_lag bins so the controller at bin t never sees the
         # spikes of bins t - lag + 1 .. t + lag - 1 (it must not copy its target).
         lag = self.ci_lag

@@ -5,11 +5,15 @@ multiplies the state *before* the recurrent matmul of the candidate, there is
 no recurrent bias (TF has none; lfads-torch keeps one frozen at zero), the
 update and reset gates start with bias 1, and the new state is clipped.
 
-The encoders' time loops are `scan` (one GRU, step by step: the reference path)
-and `scan_together` (several independent GRUs batched in one loop); the
-decoder's loop (controller and generator, coupled through the factors) is
-`Decoder.forward`. A faster implementation (fused or compiled) belongs behind
-these, tested equal to `scan`.
+Two implementations of every recurrent loop give the same numbers (tested):
+- the plain reference path (`rnn_impl: reference`): `ClippedGRUCell.reference_step`
+  projects each step's input and computes each gate with its own matrices, and
+  `scan_reference` runs one GRU at a time;
+- the fast path (default): `scan` projects the inputs of all steps in one matmul
+  before the loop and fuses the gates' recurrent products, and `scan_together`
+  runs several independent GRUs in one loop with `bmm`.
+The decoder's loop (controller and generator, coupled through the factors) is
+in `lfads.model.decoder`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import math
 
 import torch
 from torch import nn
+
+from lfads.model.fused import StackedGRUSequence
 
 
 def init_fan_in_(weight: torch.Tensor, fan_in: int) -> None:
@@ -60,66 +66,113 @@ class ClippedGRUCell(nn.Module):
         return x @ self.weight_ih.T + self.bias_ih
 
     def split_recurrent(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recurrent weights of the gates (2H, H) and of the candidate (H, H); split once per sequence,
-        not per step (each split in the graph costs a full-size gradient)."""
-        return self.weight_hh.split([2 * self.hidden_size, self.hidden_size])
+        """Transposed recurrent weights of the gates (H, 2H) and of the candidate (H, H).
 
-    def step(self, x_proj: torch.Tensor, h: torch.Tensor,
-             recurrent: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """One step from a projected input (B, 3H) and state (B, H) -> new state (B, H)."""
-        u_zr, u_n = recurrent if recurrent is not None else self.split_recurrent()
-        x_zr, x_n = x_proj.split([2 * self.hidden_size, self.hidden_size], dim=1)
-        z, r = torch.sigmoid(x_zr + h @ u_zr.T).chunk(2, dim=1)
-        n = torch.tanh(x_n + (r * h) @ u_n.T)
+        Split and transposed once per sequence, not per step: each split or
+        transpose inside the loop would add a node per step to the backward pass.
+        """
+        u_zr, u_n = self.weight_hh.split([2 * self.hidden_size, self.hidden_size])
+        return u_zr.T, u_n.T
+
+    def step(self, x_zr: torch.Tensor, x_n: torch.Tensor, h: torch.Tensor,
+             recurrent: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One step from the projected input of the gates (B, 2H) and of the candidate (B, H), and the state
+        (B, H) -> new state (B, H). Fused: one addmm per matrix, and h' = lerp(n, h, z) = z h + (1 - z) n."""
+        u_zr_t, u_n_t = recurrent
+        z, r = torch.sigmoid(torch.addmm(x_zr, h, u_zr_t)).chunk(2, dim=1)
+        n = torch.tanh(torch.addmm(x_n, r * h, u_n_t))
+        return clip_state(torch.lerp(n, h, z), self.clip)
+
+    def reference_step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The same step written plainly: each gate from its own slices of the weights, input projected here.
+
+        x (B, input_size), h (B, H) -> new state (B, H). The baseline of the fast path (`step`).
+        """
+        w_z, w_r, w_n = self.weight_ih.chunk(3)
+        b_z, b_r, b_n = self.bias_ih.chunk(3)
+        u_z, u_r, u_n = self.weight_hh.chunk(3)
+        z = torch.sigmoid(x @ w_z.T + b_z + h @ u_z.T)
+        r = torch.sigmoid(x @ w_r.T + b_r + h @ u_r.T)
+        n = torch.tanh(x @ w_n.T + b_n + (r * h) @ u_n.T)
         return torch.clamp(z * h + (1.0 - z) * n, -self.clip, self.clip)
 
+    def split_projection(self, x_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 3H) projected inputs -> gates part (..., 2H) and candidate part (..., H)."""
+        return x_proj.split([2 * self.hidden_size, self.hidden_size], dim=-1)
+
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.step(self.project_input(x), h)
+        return self.step(*self.split_projection(self.project_input(x)), h, self.split_recurrent())
 
 
-def scan(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """Run `cell` over time, one step at a time (the reference path). x: (B, T, I), h0: (B, H) -> (B, T, H)."""
-    x_proj = cell.project_input(x)  # (B, T, 3H): one matmul for every step
-    h, states, recurrent = h0, [], cell.split_recurrent()
-    for x_t in x_proj.unbind(1):  # (unbind: one backward for all steps; indexing would copy per step)
-        h = cell.step(x_t, h, recurrent)
+def clip_state(h: torch.Tensor, clip: float) -> torch.Tensor:
+    return h if math.isinf(clip) else torch.clamp(h, -clip, clip)
+
+
+def scan_reference(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Run `cell` over time with `reference_step`. x: (B, T, I), h0: (B, H) -> (B, T, H)."""
+    h, states = h0, []
+    for t in range(x.shape[1]):
+        h = cell.reference_step(x[:, t], h)
         states.append(h)
     return torch.stack(states, dim=1)
 
 
-def scan_together(cells: list[ClippedGRUCell], inputs: list[torch.Tensor],
-                  h0s: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Run independent GRUs over their own sequences; same results as `scan` on each.
+def scan(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor, impl: str = "fast") -> torch.Tensor:
+    """Run `cell` over time on the fast (or compiled) path. x: (B, T, I), h0: (B, H) -> (B, T, H)."""
+    return scan_together([cell], [x], [h0], impl)[0]
+
+
+def scan_together(cells: list[ClippedGRUCell], inputs: list[torch.Tensor], h0s: list[torch.Tensor],
+                  impl: str = "fast") -> list[torch.Tensor]:
+    """Run independent GRUs over their own sequences; same results as `scan_reference` on each.
 
     GRUs with the same hidden size, clip and sequence length share one time loop,
     their weights stacked along a leading axis and multiplied with `bmm`: the
-    encoders' four GRUs (IC and CI, both directions) usually take one loop instead
-    of four. inputs[k]: (B, T_k, I_k), h0s[k]: (B, H_k) -> states (B, T_k, H_k).
+    encoders' four GRUs usually take one loop instead of four. The loop is
+    `lfads.model.fused.StackedGRUSequence` (impl "fast") or `stacked_loop`
+    through torch.compile ("compiled").
+    inputs[k]: (B, T_k, I_k), h0s[k]: (B, H_k) -> states (B, T_k, H_k).
     """
     groups: dict[tuple, list[int]] = {}
     for k, (cell, x) in enumerate(zip(cells, inputs)):
         groups.setdefault((cell.hidden_size, cell.clip, x.shape[1]), []).append(k)
     states: list[torch.Tensor | None] = [None] * len(cells)
     for (hidden, clip, n_bins), members in groups.items():
-        if len(members) == 1:
-            k = members[0]
-            states[k] = scan(cells[k], inputs[k], h0s[k])
-            continue
-        x_proj = torch.stack([cells[k].project_input(inputs[k]) for k in members])  # (K, B, T, 3H)
-        x_zr, x_n = x_proj.split([2 * hidden, hidden], dim=3)
+        # projected inputs of every step, one matmul per GRU: (K, B, T, 2H) and (K, B, T, H)
+        x_zr, x_n = torch.stack([cells[k].project_input(inputs[k]) for k in members]).split([2 * hidden, hidden], 3)
         u = torch.stack([cells[k].weight_hh for k in members]).transpose(1, 2)  # (K, H, 3H)
-        u_zr, u_n = u[:, :, : 2 * hidden].contiguous(), u[:, :, 2 * hidden:].contiguous()
-        h = torch.stack([h0s[k] for k in members])  # (K, B, H)
-        steps = []
-        for x_zr_t, x_n_t in zip(x_zr.unbind(2), x_n.unbind(2)):  # (K, B, 2H), (K, B, H)
-            z, r = torch.sigmoid(x_zr_t + torch.bmm(h, u_zr)).chunk(2, dim=2)
-            n = torch.tanh(x_n_t + torch.bmm(r * h, u_n))
-            h = torch.clamp(z * h + (1.0 - z) * n, -clip, clip)
-            steps.append(h)
-        stacked = torch.stack(steps, dim=2)  # (K, B, T, H)
+        u_zr, u_n = u.split([2 * hidden, hidden], dim=2)
+        h0 = torch.stack([h0s[k] for k in members])  # (K, B, H)
+        if impl == "compiled":
+            stacked = compiled(stacked_loop, x_zr.device)(x_zr, x_n, h0, u_zr, u_n, clip)
+        else:
+            stacked = StackedGRUSequence.apply(x_zr, x_n, h0, u_zr, u_n, clip)  # (K, B, T, H)
         for i, k in enumerate(members):
             states[k] = stacked[i]
     return states
+
+
+def stacked_loop(x_zr, x_n, h, u_zr, u_n, clip: float) -> torch.Tensor:
+    """The loop of `StackedGRUSequence` with autograd: the function `rnn_impl: compiled` compiles."""
+    steps = []
+    for t in range(x_zr.shape[2]):
+        z, r = torch.sigmoid(torch.baddbmm(x_zr[:, :, t], h, u_zr)).chunk(2, dim=2)
+        n = torch.tanh(torch.baddbmm(x_n[:, :, t], r * h, u_n))
+        h = clip_state(torch.lerp(n, h, z), clip)
+        steps.append(h)
+    return torch.stack(steps, dim=2)
+
+
+_COMPILED: dict = {}
+
+
+def compiled(function, device: torch.device):
+    """`function` through torch.compile, once per device type; on CUDA with CUDA graphs."""
+    key = (function, device.type)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead: CUDA graphs
+        _COMPILED[key] = torch.compile(function, mode=mode, dynamic=False)
+    return _COMPILED[key]
 
 
 class BidirectionalGRU(nn.Module):
@@ -143,12 +196,15 @@ class BidirectionalGRU(nn.Module):
         """States of `runs` -> forward (B, T, H), backward (B, T, H) both aligned with the input's time."""
         return forward, backward_reversed.flip(1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, impl: str = "fast") -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, I) -> forward states (B, T, H), backward states (B, T, H) aligned with x's time.
 
         The last forward state is `forward[:, -1]`, the last backward one `backward[:, 0]`.
+        impl "reference": each direction on its own with `scan_reference`.
         """
-        return self.align(*scan_together(*zip(*self.runs(x))))
+        if impl == "reference":
+            return self.align(*(scan_reference(*run) for run in self.runs(x)))
+        return self.align(*scan_together(*zip(*self.runs(x)), impl=impl))
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         return [self.forward_cell.weight_hh, self.backward_cell.weight_hh]

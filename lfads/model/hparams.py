@@ -65,6 +65,9 @@ def _check_plain(value: Any, where: str) -> None:
     raise ValueError(f"{where}: {value!r} is not plain data (numbers, strings, lists, mappings)")
 
 
+RNN_IMPLS = ("fast", "reference", "compiled")
+
+
 def _component(name: str, **options: Any) -> Any:
     return field(default_factory=lambda: Component(name, dict(options)))
 
@@ -92,6 +95,10 @@ class HParams:
     cell_clip: float = 5.0  # every recurrent state is clipped to +-cell_clip
     ic_post_var_min: float = 1e-4  # floor of the IC posterior variance
     variational: bool = True  # False: posterior means are used everywhere; priors must be "null"
+    # how the recurrent loops run; all three give the same numbers (lfads/README.md, "Speed"):
+    # "fast" (default), "reference" (plain per-step loop of unfused cells, one posterior sample at a
+    # time: the baseline of the benchmark), "compiled" (the fast loops through torch.compile)
+    rnn_impl: str = "fast"
     # -- interchangeable parts (names in lfads.model.registry) ----------------------
     ic_prior: Component = _component("multivariate_normal", mean=0.0, variance=0.1)
     co_prior: Component = _component("autoregressive_normal", tau=10.0, noise_variance=0.1)
@@ -264,6 +271,7 @@ def _validate(hp: HParams) -> None:
               key, "must be in [0, 1)" if key != "valid_smoothing" else "must be in (0, 1]")
     check(hp.readin_dim is None or hp.readin_dim >= 1, "readin_dim", "must be at least 1 or null")
     check(hp.readin_init in ("pcr", "random"), "readin_init", "must be 'pcr' or 'random'")
+    check(hp.rnn_impl in RNN_IMPLS, "rnn_impl", f"must be one of {list(RNN_IMPLS)}")
     if not hp.variational and (hp.ic_prior.name != "null" or (hp.use_controller and hp.co_prior.name != "null")):
         raise ValueError(
             f"variational: false needs null priors (ic_prior: null, co_prior: null), "

@@ -17,7 +17,7 @@ from lfads.model.batch import SessionBatch
 from lfads.model.decoder import Decoder
 from lfads.model.encoders import Encoder
 from lfads.model.gru import fan_in_linear
-from lfads.model.hparams import HParams
+from lfads.model.hparams import RNN_IMPLS, HParams
 from lfads.model.priors import NullPrior
 
 
@@ -108,6 +108,14 @@ class LFADS(nn.Module):
             [registry.build("augmentation", spec, hparams=hp) for spec in hp.train_augmentations])
         self.infer_augmentations = AugmentationStack(
             [registry.build("augmentation", spec, hparams=hp) for spec in hp.infer_augmentations])
+        self.set_rnn_impl(hp.rnn_impl)
+
+    def set_rnn_impl(self, name: str) -> None:
+        """Switch how the recurrent loops run (HParams.rnn_impl); the weights and the numbers stay the same."""
+        if name not in RNN_IMPLS:
+            raise ValueError(f"rnn_impl: must be one of {list(RNN_IMPLS)}, got {name!r}")
+        self.rnn_impl = name
+        self.encoder.impl = self.decoder.impl = name
 
     # -- forward -------------------------------------------------------------------------
     def encode(self, batch: dict[int, SessionBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +134,7 @@ class LFADS(nn.Module):
         """
         sessions = sorted(sizes)
         ic_sample = self.ic_prior.sample(ic_mean, ic_std) if sample_posteriors else ic_mean
-        out = self.decoder(ic_sample, ci, ext_input, self.co_prior.sample if sample_posteriors else None)
+        out = self.decoder(ic_sample, ci, ext_input, self.co_prior if sample_posteriors else None)
         pieces = {name: value.split([sizes[s] for s in sessions]) for name, value in (
             ("factors", out.factors), ("ic_mean", ic_mean), ("ic_std", ic_std), ("co_mean", out.co_mean),
             ("co_std", out.co_std), ("gen_init", out.gen_init), ("gen_states", out.gen_states),
@@ -161,8 +169,10 @@ class LFADS(nn.Module):
         """
         if self.training:
             raise RuntimeError("posterior_average needs eval mode (model.eval()): dropout would vary per trial")
-        ic_mean, ic_std, ci = self.encode(batch)
         samples = n_samples if self.hparams.variational else 1
+        if self.rnn_impl == "reference":
+            return self._posterior_average_one_by_one(batch, samples)
+        ic_mean, ic_std, ci = self.encode(batch)
         sizes = {s: samples * len(b) for s, b in batch.items()}
         ext_input = torch.cat([batch[s].ext_input.repeat(samples, 1, 1) for s in sorted(batch)])
         # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits samples off.
@@ -182,6 +192,22 @@ class LFADS(nn.Module):
                          "co_std": mean(out.co_std), "ic_mean": out.ic_mean[: len(batch[s])],
                          "ic_std": out.ic_std[: len(batch[s])]}
         return result
+
+    def _posterior_average_one_by_one(self, batch: dict[int, SessionBatch],
+                                      samples: int) -> dict[int, dict[str, torch.Tensor]]:
+        """The reference path of `posterior_average`: the whole model once per sample."""
+        sums: dict[int, dict[str, torch.Tensor]] = {}
+        for _ in range(samples):
+            for s, out in self(batch, sample_posteriors=True).items():
+                values = {"rates": self.rates(s, out), "factors": out.factors, "gen_states": out.gen_states,
+                          "co_mean": out.co_mean, "co_std": out.co_std}
+                if s not in sums:
+                    sums[s] = {**values, "ic_mean": out.ic_mean, "ic_std": out.ic_std}
+                else:
+                    for name, value in values.items():
+                        sums[s][name] = sums[s][name] + value
+        return {s: {name: value / samples if name not in ("ic_mean", "ic_std") else value
+                    for name, value in found.items()} for s, found in sums.items()}
 
     # -- loss ----------------------------------------------------------------------------
     def recurrent_l2(self) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """Priors over the initial condition g0 and the inferred inputs u_t, and their KL penalties.
 
-Interface (`Prior`): `sample(mean, std)` draws a reparameterised posterior
-sample; `forward(mean, std)` returns the KL of the posterior from the prior,
-summed over every dimension but the first (trials) and averaged over trials.
-IC posteriors are (B, ic_dim); CO posteriors are (B, T, co_dim).
+Interface (`Prior`): `standard_noise(like)` draws the posterior's standard
+noise eps, so that a reparameterised sample is `mean + std * eps` (`sample`);
+`forward(mean, std)` returns the KL of the posterior from the prior, summed
+over every dimension but the first (trials) and averaged over trials. IC
+posteriors are (B, ic_dim); CO posteriors are (B, T, co_dim). A prior whose
+posterior is not of that location-scale form overrides `sample` instead; the
+decoder then calls it bin by bin on the plain path.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ class Prior(nn.Module):
         super().__init__()
         self.dim = dim
 
+    def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Noise of the shape of `like` for `mean + std * noise`: standard normal (Gaussian posterior)."""
+        return torch.randn_like(like)
+
     def sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """Reparameterised sample of the Gaussian posterior N(mean, std^2)."""
-        return mean + std * torch.randn_like(mean)
+        """Reparameterised posterior sample."""
+        return mean + std * self.standard_noise(mean)
+
+    @property
+    def location_scale(self) -> bool:
+        """True when samples are `mean + std * standard_noise` (`sample` not overridden)."""
+        return type(self).sample is Prior.sample
 
     def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -41,8 +53,8 @@ class NullPrior(Prior):
     def __init__(self, dim: int):
         super().__init__(dim)
 
-    def sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return mean
+    def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like)
 
     def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         return mean.new_zeros(())
@@ -105,8 +117,9 @@ class MultivariateStudentTPrior(Prior):
         self.log_scale = nn.Parameter(torch.full((dim,), math.log(scale)))
         self.df = float(df)
 
-    def sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return StudentT(self.df, mean, std).rsample()
+    def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Student-t(df, 0, 1) noise: StudentT(df, mean, std) = mean + std * noise."""
+        return StudentT(torch.tensor(self.df, dtype=like.dtype, device=like.device)).sample(like.shape)
 
     def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         posterior = StudentT(self.df, mean, std)

@@ -1,0 +1,290 @@
+"""Speed benchmark: the fast recurrent path against the plain reference path, side by side (`make bench`).
+
+The reference config: Lorenz data of 1,000 trials x 50 bins (40 observed + 10
+forward) x 50 neurons (40 held in), 800 train / 200 valid, the mc_maze model
+sizes, batch 256, 50 epochs. For each path (`rnn_impl`) it measures, each part
+in its own process so that peak memory is each part's own:
+- seconds per training epoch (train + validation), median after the first epoch;
+- trials per second (training trials per epoch second);
+- posterior sampling of 50 samples for all 1,000 trials, and its peak RSS;
+- co-bps, fp-bps and rate R2 against the true rates on the valid trials;
+and then the seconds of one training step at the NLB sequence lengths (35,
+140, 300 bins) for two batch sizes. It prints a table and writes
+`results/bench/bench.json`. Not run in CI: it takes about ten minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("lfads.bench")
+
+REFERENCE_DATA = dict(n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0)
+REFERENCE_HPARAMS = dict(batch_size=256, max_epochs=50, seed=0)  # the rest: HParams defaults (mc_maze sizes)
+N_SAMPLES = 50
+SCALING_BINS = (35, 140, 300)
+SCALING_BATCHES = (64, 256)
+SCALING_STEPS = 5
+TARGETS = {"epoch_speedup": 2.0, "sampling_speedup": 3.0, "peak_rss_gib": 0.6}
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# -- workers (each runs in its own process) ------------------------------------------------
+def train_worker(data: Path, run_dir: Path, impl: str, epochs: int, device: str) -> dict:
+    import csv
+
+    from lfads.model.hparams import HParams
+    from lfads.train import train_model
+
+    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl})
+    start = time.perf_counter()
+    train_model([data], hparams, run_dir, checkpoint_dir=run_dir / "checkpoints", device=device)
+    total = time.perf_counter() - start
+    with open(run_dir / "metrics.csv", newline="") as file:
+        seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(file)]
+    return {"epoch_seconds": seconds, "train_seconds": total, "peak_rss_gib": peak_rss_gib()}
+
+
+def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
+    import numpy as np
+    import torch
+
+    from lfads.data import load_session
+    from lfads.infer import auto_batch_size, sample_splits
+    from lfads.model.metrics import BitsPerSpike, RateR2
+    from lfads.train import load_model
+
+    model, _ = load_model(run_dir / "model.ckpt", device)
+    model.set_rnn_impl(impl)
+    session = load_session(data)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    batch_size = auto_batch_size(model, N_SAMPLES, session.dims.n_recon_bins)
+    results = sample_splits(model, session, 0, N_SAMPLES, batch_size, device)
+    seconds = time.perf_counter() - start
+    n_trials = sum(len(split["rates"]) for split in results.values())
+
+    import h5py
+
+    with h5py.File(data) as file:
+        spikes, truth = file["valid/recon_data"][()], file["valid/truth"][()]
+    rates = results["valid"]["rates"]
+    heldin, obs = REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_obs_bins"]
+
+    def bits_per_spike(rate: np.ndarray, spike: np.ndarray) -> float:
+        metric = BitsPerSpike()
+        metric.update(torch.as_tensor(rate), torch.as_tensor(spike))
+        return float(metric.compute())
+
+    r2 = RateR2()
+    r2.update(torch.as_tensor(rates), torch.as_tensor(truth))
+    return {"sampling_seconds": seconds, "n_trials": n_trials, "batch_size": batch_size, "peak_rss_gib": peak_rss_gib(),
+            "valid_co_bps": bits_per_spike(rates[:, :obs, heldin:], spikes[:, :obs, heldin:]),
+            "valid_fp_bps": bits_per_spike(rates[:, obs:], spikes[:, obs:]),
+            "valid_rate_r2": float(r2.compute()),
+            "truth_co_bps": bits_per_spike(truth[:, :obs, heldin:], spikes[:, :obs, heldin:]),
+            "truth_fp_bps": bits_per_spike(truth[:, obs:], spikes[:, obs:])}
+
+
+def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict:
+    """Seconds of one training step (forward, loss, backward, AdamW) on random counts: median of 5 after 1."""
+    import torch
+
+    from lfads.model.batch import SessionBatch
+    from lfads.model.hparams import HParams
+    from lfads.model.lfads import LFADS, SessionDims
+
+    torch.manual_seed(0)
+    dims = SessionDims(REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, max(1, n_bins // 5))
+    model = LFADS(HParams.from_dict({**REFERENCE_HPARAMS, "rnn_impl": impl}), [dims]).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
+    batch = {0: SessionBatch(encod_data=counts[:, :n_bins, :dims.n_heldin].contiguous(), recon_data=counts,
+                             ext_input=counts.new_zeros(batch_size, dims.n_recon_bins, 0),
+                             index=torch.arange(batch_size)).to(device)}
+    seconds = []
+    for _ in range(SCALING_STEPS + 1):
+        start = time.perf_counter()
+        augmented, memo = model.train_augmentations.process_batch(batch[0])
+        outputs = model({0: augmented}, sample_posteriors=True)
+        terms = model.loss({0: augmented}, outputs, model.train_augmentations, {0: memo}, epoch=0, metrics={})
+        optimizer.zero_grad()
+        terms.loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    step = statistics.median(seconds[1:])
+    return {"impl": impl, "n_bins": n_bins, "batch_size": batch_size, "step_seconds": step,
+            "trials_per_second": batch_size / step, "peak_rss_gib": peak_rss_gib()}
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.part == "train":
+        result = train_worker(Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device)
+    elif args.part == "sample":
+        result = sample_worker(Path(args.data), Path(args.run_dir), args.impl, args.device)
+    else:
+        result = scaling_worker(args.impl, args.n_bins, args.batch_size, args.device)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def _run_worker(part: str, args: argparse.Namespace, **options) -> dict:
+    """Run one measurement in a fresh interpreter; its last `RESULT` line is the answer."""
+    command = [sys.executable, "-m", "lfads.bench", "--worker", part, "--device", args.device,
+               "--threads", str(args.threads or 0)]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    process = subprocess.run(command, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({' '.join(command)}):\n{process.stderr[-3000:]}")
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# -- the driver --------------------------------------------------------------------------
+def run_benchmark(args: argparse.Namespace) -> dict:
+    import torch
+
+    from lfads.io import write_text
+    from lfads.toydata import write_lorenz_prepared
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "lorenz.h5"
+    write_lorenz_prepared(data, **REFERENCE_DATA)
+    report: dict = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version(), "device": args.device,
+                    "platform": platform.platform()},
+        "config": {"data": REFERENCE_DATA, "hparams": REFERENCE_HPARAMS, "epochs": args.epochs,
+                   "posterior_samples": N_SAMPLES},
+        "paths": {}, "scaling": [],
+    }
+    for impl in args.impls:
+        log.info("%s path: training %d epochs", impl, args.epochs)
+        run_dir = out / f"run-{impl}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
+        trained = _run_worker("train", args, impl=impl, data=data, run_dir=run_dir, epochs=args.epochs)
+        log.info("%s path: posterior sampling, %d samples", impl, N_SAMPLES)
+        sampled = _run_worker("sample", args, impl=impl, data=data, run_dir=run_dir)
+        seconds = trained["epoch_seconds"]
+        epoch = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+        train_trials = round(REFERENCE_DATA["n_trials"] * 0.8)
+        report["paths"][impl] = {
+            "epoch_seconds_median": epoch, "epoch_seconds_first": seconds[0],
+            "train_trials_per_second": train_trials / epoch, "train_seconds": trained["train_seconds"],
+            "sampling_seconds": sampled["sampling_seconds"], "peak_rss_train_gib": trained["peak_rss_gib"],
+            "peak_rss_sampling_gib": sampled["peak_rss_gib"],
+            **{k: sampled[k] for k in ("valid_co_bps", "valid_fp_bps", "valid_rate_r2", "truth_co_bps",
+                                       "truth_fp_bps")}}
+        log.info("%s path: %.3f s per epoch, sampling %.1f s", impl, epoch, sampled["sampling_seconds"])
+    if not args.skip_scaling:
+        for n_bins in SCALING_BINS:
+            for batch_size in SCALING_BATCHES:
+                for impl in args.impls:
+                    log.info("scaling: %s path, %d bins, batch %d", impl, n_bins, batch_size)
+                    report["scaling"].append(_run_worker("scale", args, impl=impl, n_bins=n_bins,
+                                                         batch_size=batch_size))
+    paths = report["paths"]
+    if "reference" in paths and "fast" in paths:
+        ref, fast = paths["reference"], paths["fast"]
+        report["ratios"] = {"epoch_speedup": ref["epoch_seconds_median"] / fast["epoch_seconds_median"],
+                            "sampling_speedup": ref["sampling_seconds"] / fast["sampling_seconds"]}
+    report["peak_rss_fast_gib"] = max(paths[i][k] for i in paths if i != "reference"
+                                      for k in ("peak_rss_train_gib", "peak_rss_sampling_gib")) \
+        if any(i != "reference" for i in paths) else None
+    write_text(out / "bench.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    paths = report["paths"]
+    machine = report["machine"]
+    lines = [f"LFADS benchmark: {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+             f"torch {machine['torch']}, device {machine['device']}",
+             f"reference config: {REFERENCE_DATA['n_trials']} trials x "
+             f"{REFERENCE_DATA['n_obs_bins'] + REFERENCE_DATA['n_fwd_bins']} bins x "
+             f"{REFERENCE_DATA['n_heldin'] + REFERENCE_DATA['n_heldout']} neurons, batch "
+             f"{REFERENCE_HPARAMS['batch_size']}, {report['config']['epochs']} epochs, {N_SAMPLES} posterior samples",
+             "", f"{'':28}" + "".join(f"{impl:>12}" for impl in paths)]
+    rows = [("s per epoch (median)", "epoch_seconds_median", "{:.3f}"),
+            ("first epoch s", "epoch_seconds_first", "{:.3f}"),
+            ("train trials per s", "train_trials_per_second", "{:.0f}"),
+            ("posterior sampling s", "sampling_seconds", "{:.2f}"),
+            ("peak RSS training GiB", "peak_rss_train_gib", "{:.3f}"),
+            ("peak RSS sampling GiB", "peak_rss_sampling_gib", "{:.3f}"),
+            ("valid co-bps", "valid_co_bps", "{:.4f}"),
+            ("valid fp-bps", "valid_fp_bps", "{:.4f}"),
+            ("valid rate R2 vs truth", "valid_rate_r2", "{:.4f}")]
+    for label, key, fmt in rows:
+        lines.append(f"{label:28}" + "".join(f"{fmt.format(paths[i][key]):>12}" for i in paths))
+    first = next(iter(paths.values()))
+    lines.append(f"{'true rates: co-bps, fp-bps':28}{first['truth_co_bps']:>12.4f}{first['truth_fp_bps']:>12.4f}")
+    if "ratios" in report:
+        ratios = report["ratios"]
+        lines += ["", f"epoch speed-up (reference / fast): {ratios['epoch_speedup']:.2f}x "
+                      f"(target {TARGETS['epoch_speedup']}x)",
+                  f"sampling speed-up (reference / fast): {ratios['sampling_speedup']:.2f}x "
+                  f"(target {TARGETS['sampling_speedup']}x)"]
+    if report.get("peak_rss_fast_gib") is not None:
+        lines.append(f"peak RSS of the fast path: {report['peak_rss_fast_gib']:.3f} GiB "
+                     f"(target {TARGETS['peak_rss_gib']} GiB)")
+    if report["scaling"]:
+        lines += ["", "one training step (forward, loss, backward, AdamW), median of 5:",
+                  f"{'bins':>6}{'batch':>7}{'path':>11}{'s per step':>12}{'trials/s':>10}{'peak GiB':>10}"]
+        for row in report["scaling"]:
+            lines.append(f"{row['n_bins']:>6}{row['batch_size']:>7}{row['impl']:>11}{row['step_seconds']:>12.3f}"
+                         f"{row['trials_per_second']:>10.0f}{row['peak_rss_gib']:>10.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lfads.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="results/bench", help="folder for the data, runs and bench.json")
+    parser.add_argument("--impls", nargs="+", default=["reference", "fast"],
+                        choices=["reference", "fast", "compiled"], help="paths to measure (rnn_impl values)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--skip-scaling", action="store_true", help="leave out the sequence-length table")
+    parser.add_argument("--worker", choices=["train", "sample", "scale"], dest="part", help=argparse.SUPPRESS)
+    for hidden in ("--impl", "--data", "--run-dir"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    for hidden in ("--n-bins", "--batch-size"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.part is None else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    if args.part is not None:
+        return _worker(args)
+    if args.epochs < 2:
+        parser.error("--epochs: at least 2 (the first epoch is a warm-up)")
+    report = run_benchmark(args)
+    print(format_report(report))
+    print(f"\nwritten: {Path(args.out) / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The fast path's recurrent loops: forward without autograd bookkeeping, backward written out by hand.
+
+Autograd would record every small op of every time step, then run a backward
+node for each, and compute each recurrent weight's gradient once per step
+(a small matmul plus an accumulation). Here each loop is one
+`torch.autograd.Function`: the forward runs the steps with autograd off and
+keeps only the gate activations; the backward runs the steps in reverse with
+the handful of elementwise ops and matmuls each needs, and computes every
+weight gradient at the end in one matmul over all steps. The numbers are the
+ones of the plain reference path (`rnn_impl: reference`); the tests compare
+losses and every gradient.
+
+GRU step (TF LFADS form, see `lfads.model.gru`), with transposed weights:
+    z, r = sigmoid(x_zr + h @ U_zr)       n = tanh(x_n + (r * h) @ U_n)
+    h' = clip(n + z * (h - n))
+A clipped element passes no gradient (|h'| = clip counts as clipped).
+
+The decoder's loop couples a controller GRU, the inferred-input posterior and
+the generator GRU through the factors:
+    c_t = GRU_c([ci_t | f_{t-1} * mf_t], c_{t-1});  [mean_t | logvar_t] = c_t @ W_co + b_co
+    u_t = mean_t + exp(logvar_t / 2) * eps_t;       g_t = GRU_g([u_t | ext_t], g_{t-1})
+    f_t = (g_t * mg_{t+1}) @ W_fac,                 f_{-1} = (g_init * mg_0) @ W_fac
+with the ci and ext halves of the input projections (and biases) precomputed
+for all bins, dropout masks mf, mg and standard noise eps drawn before the loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm):
+    """One step; returns the new state, the gate activations [z | r] and the candidate n."""
+    gates = torch.sigmoid(mm(x_zr, h, u_zr))
+    z, r = gates.chunk(2, dim=-1)
+    n = torch.tanh(mm(x_n, r * h, u_n))
+    h_new = torch.lerp(n, h, z)
+    if not math.isinf(clip):
+        h_new = h_new.clamp_(-clip, clip)
+    return h_new, gates, n
+
+
+def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t):
+    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T (batched or not)."""
+    if not math.isinf(clip):
+        dh_new = dh_new * (h_new.abs() < clip)
+    z, r = gates.chunk(2, dim=-1)
+    dn = dh_new * (1.0 - z) * (1.0 - n * n)  # through tanh: d(x_n + (r h) U_n)
+    drh = mm_t(dn, u_n)
+    d_gates = torch.cat([dh_new * (h - n), drh * h], dim=-1) * gates * (1.0 - gates)
+    dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
+    return d_gates, dn, dh
+
+
+def _addmm(x, h, u):
+    return torch.addmm(x, h, u)
+
+
+def _baddbmm(x, h, u):
+    return torch.baddbmm(x, h, u)
+
+
+def _mm_t(a, b):
+    return a @ b.T
+
+
+def _bmm_t(a, b):
+    return torch.bmm(a, b.transpose(1, 2))
+
+
+class StackedGRUSequence(torch.autograd.Function):
+    """K independent GRUs of one size over sequences of one length, in one loop.
+
+    x_zr (K, B, T, 2H), x_n (K, B, T, H): projected inputs (with bias);
+    h0 (K, B, H); u_zr (K, H, 2H), u_n (K, H, H): transposed recurrent weights.
+    -> states (K, B, T, H).
+    """
+
+    @staticmethod
+    def forward(ctx, x_zr, x_n, h0, u_zr, u_n, clip: float):
+        keep = any(ctx.needs_input_grad)  # inference keeps no activations
+        h, states, gates, cands = h0, [], [], []
+        for t in range(x_zr.shape[2]):
+            h, g, n = _gru_forward(x_zr[:, :, t], x_n[:, :, t], h, u_zr, u_n, clip, _baddbmm)
+            states.append(h)
+            if keep:
+                gates.append(g), cands.append(n)
+        states = torch.stack(states, dim=2)
+        if keep:
+            ctx.save_for_backward(h0, states, torch.stack(gates, dim=2), torch.stack(cands, dim=2), u_zr, u_n)
+        ctx.clip = clip
+        return states
+
+    @staticmethod
+    def backward(ctx, d_states):
+        h0, states, gates, cands, u_zr, u_n = ctx.saved_tensors
+        n_bins = states.shape[2]
+        previous = torch.cat([h0.unsqueeze(2), states[:, :, :-1]], dim=2)  # (K, B, T, H) state before each step
+        d_zr, d_n = torch.empty_like(gates), torch.empty_like(cands)
+        dh = torch.zeros_like(h0)
+        for t in reversed(range(n_bins)):
+            d_zr[:, :, t], d_n[:, :, t], dh = _gru_backward(
+                d_states[:, :, t] + dh, states[:, :, t], previous[:, :, t], gates[:, :, t], cands[:, :, t],
+                u_zr, u_n, ctx.clip, _bmm_t)
+        k, batch, _, hidden = states.shape
+        r = gates[..., hidden:]
+
+        def weight_grad(inputs, grads):  # sum over steps and trials of inputs^T grads, one bmm per GRU stack
+            return torch.bmm(inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2), grads.reshape(k, -1, grads.shape[-1]))
+
+        return d_zr, d_n, dh, weight_grad(previous, d_zr), weight_grad(r * previous, d_n), None
+
+
+class DecoderLoop(torch.autograd.Function):
+    """The decoder's time loop (see the module docstring).
+
+    Inputs: con_zr (B, T, 2C), con_n (B, T, C) or None without a controller;
+    gen_zr (B, T, 2G), gen_n (B, T, G); gen_init (B, G); con_h0 (B, C);
+    transposed weights w_fac_zr (F, 2C), w_fac_n (F, C), uc_zr (C, 2C), uc_n (C, C),
+    w_co (C, 2K), b_co (2K,), w_u_zr (K, 2G), w_u_n (K, G), ug_zr (G, 2G), ug_n (G, G),
+    w_factor (G, F); eps (T, B, K) or None (u = mean); masks mf (T, B, F), mg (T + 1, B, G) or None.
+    Outputs (B, T, .): gen_states, factors, con_states, co_mean, co_std, u.
+    """
+
+    @staticmethod
+    def forward(ctx, con_zr, con_n, gen_zr, gen_n, gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, b_co,
+                w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg, clip: float):
+        controller = con_zr is not None
+        keep = any(ctx.needs_input_grad)  # inference keeps no activations
+        n_bins = gen_zr.shape[1]
+        g = gen_init
+        f = (g * mg[0] if mg is not None else g) @ w_factor
+        c = con_h0
+        saved = {name: [] for name in ("g", "f", "g_gates", "g_n", "c", "c_gates", "c_n", "mean", "std", "u")}
+        for t in range(n_bins):
+            x_zr, x_n = gen_zr[:, t], gen_n[:, t]  # the generator's projected inputs
+            if controller:
+                fi = f * mf[t] if mf is not None else f
+                c, c_gates, c_n = _gru_forward(torch.addmm(con_zr[:, t], fi, w_fac_zr),
+                                               torch.addmm(con_n[:, t], fi, w_fac_n), c, uc_zr, uc_n, clip, _addmm)
+                mean, logvar = torch.addmm(b_co, c, w_co).chunk(2, dim=1)
+                std = torch.exp(0.5 * logvar)
+                u = torch.addcmul(mean, std, eps[t]) if eps is not None else mean
+                x_zr, x_n = torch.addmm(x_zr, u, w_u_zr), torch.addmm(x_n, u, w_u_n)
+                for name, value in (("c", c), ("mean", mean), ("std", std), ("u", u)) + (
+                        (("c_gates", c_gates), ("c_n", c_n)) if keep else ()):
+                    saved[name].append(value)
+            g, g_gates, g_n = _gru_forward(x_zr, x_n, g, ug_zr, ug_n, clip, _addmm)
+            f = (g * mg[t + 1] if mg is not None else g) @ w_factor
+            for name, value in (("g", g), ("f", f)) + ((("g_gates", g_gates), ("g_n", g_n)) if keep else ()):
+                saved[name].append(value)
+        out = {name: torch.stack(values, dim=1) if values else None for name, values in saved.items()}
+        ctx.clip, ctx.controller = clip, controller
+        if keep:
+            ctx.save_for_backward(gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n,
+                                  w_factor, eps, mf, mg, *(out[k] for k in ("g", "f", "g_gates", "g_n", "c",
+                                                                            "c_gates", "c_n", "std", "u")))
+        empty = gen_zr.new_zeros(gen_zr.shape[0], n_bins, 0)
+        return tuple(out[k] if out[k] is not None else empty for k in ("g", "f", "c", "mean", "std", "u"))
+
+    @staticmethod
+    def backward(ctx, d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out):
+        (gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg,
+         gs, fs, g_gates, g_ns, cs, c_gates, c_ns, stds, us) = ctx.saved_tensors
+        clip, controller = ctx.clip, ctx.controller
+        batch, n_bins, _ = gs.shape
+        g_prev = torch.cat([gen_init.unsqueeze(1), gs[:, :-1]], dim=1)  # (B, T, G) generator state before each bin
+        d_g_zr, d_g_n = torch.empty_like(g_gates), torch.empty_like(g_ns)
+        dg, df = torch.zeros_like(gen_init), torch.zeros_like(fs[:, 0])
+        if controller:
+            c_prev = torch.cat([con_h0.unsqueeze(1), cs[:, :-1]], dim=1)
+            d_c_zr, d_c_n = torch.empty_like(c_gates), torch.empty_like(c_ns)
+            d_co = gs.new_empty(batch, n_bins, 2 * stds.shape[2])
+            dc = torch.zeros_like(con_h0)
+        d_fs = []  # total gradient of each factor f_t, newest first
+        for t in reversed(range(n_bins)):
+            df = d_f_out[:, t] + df  # f_t feeds the factors output and the controller of bin t + 1
+            d_fs.append(df)
+            d_gm = df @ w_factor.T
+            dg_new = d_g_out[:, t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
+            d_g_zr[:, t], d_g_n[:, t], dg = _gru_backward(dg_new, gs[:, t], g_prev[:, t], g_gates[:, t], g_ns[:, t],
+                                                          ug_zr, ug_n, clip, _mm_t)
+            if controller:
+                du = d_u_out[:, t] + d_g_zr[:, t] @ w_u_zr.T + d_g_n[:, t] @ w_u_n.T
+                # u = mean + std * eps, std = exp(logvar / 2)
+                d_std = d_std_out[:, t] + du * eps[t] if eps is not None else d_std_out[:, t]
+                d_co[:, t] = torch.cat([d_mean_out[:, t] + du, 0.5 * d_std * stds[:, t]], dim=1)
+                dc_new = d_c_out[:, t] + dc + d_co[:, t] @ w_co.T
+                d_c_zr[:, t], d_c_n[:, t], dc = _gru_backward(dc_new, cs[:, t], c_prev[:, t], c_gates[:, t],
+                                                              c_ns[:, t], uc_zr, uc_n, clip, _mm_t)
+                d_fi = d_c_zr[:, t] @ w_fac_zr.T + d_c_n[:, t] @ w_fac_n.T
+                df = d_fi * mf[t] if mf is not None else d_fi
+            else:
+                df = torch.zeros_like(df)
+        d_fs.append(df)  # f_{-1} = (g_init * mg_0) @ w_factor
+        d_init_factor = df @ w_factor.T
+        d_gen_init = dg + (d_init_factor * mg[0] if mg is not None else d_init_factor)
+
+        def weight_grad(inputs, grads):  # sum over bins and trials of inputs^T grads: one matmul
+            return inputs.reshape(-1, inputs.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
+
+        grads: list[torch.Tensor | None] = [None] * 21  # one per input of forward
+        hidden = gs.shape[2]
+        factor_inputs = torch.cat([gen_init.unsqueeze(1), gs], dim=1)  # (B, T + 1, G): g_{-1} = g_init .. g_{T-1}
+        if mg is not None:
+            factor_inputs = factor_inputs * mg.transpose(0, 1)
+        grads[2], grads[3], grads[4] = d_g_zr, d_g_n, d_gen_init
+        grads[14] = weight_grad(g_prev, d_g_zr)
+        grads[15] = weight_grad(g_gates[..., hidden:] * g_prev, d_g_n)
+        grads[16] = weight_grad(factor_inputs, torch.stack(d_fs[::-1], dim=1))
+        if controller:
+            fi = torch.cat([(factor_inputs[:, 0] @ w_factor).unsqueeze(1), fs[:, :-1]], dim=1)  # f_{t-1} per bin
+            if mf is not None:
+                fi = fi * mf.transpose(0, 1)
+            con_hidden = cs.shape[2]
+            grads[0], grads[1], grads[5] = d_c_zr, d_c_n, dc
+            grads[6], grads[7] = weight_grad(fi, d_c_zr), weight_grad(fi, d_c_n)
+            grads[8] = weight_grad(c_prev, d_c_zr)
+            grads[9] = weight_grad(c_gates[..., con_hidden:] * c_prev, d_c_n)
+            grads[10], grads[11] = weight_grad(cs, d_co), d_co.sum(dim=(0, 1))
+            grads[12], grads[13] = weight_grad(us, d_g_zr), weight_grad(us, d_g_n)
+        return tuple(grads)
