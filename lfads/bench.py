@@ -9,7 +9,8 @@ in its own process so that peak memory is each part's own:
 - posterior sampling of 50 samples for all 1,000 trials, and its peak RSS;
 - co-bps, fp-bps and rate R2 against the true rates on the valid trials;
 and then the seconds of one training step at the NLB sequence lengths (35,
-140, 300 bins) for two batch sizes. It prints a table and writes
+140, 300 observed bins, and the reference's 40) for two batch sizes, beside the
+time the step's matmuls alone would take at this machine's matmul rate. It prints a table and writes
 `results/bench/bench.json`. Not run in CI: it takes about ten minutes.
 """
 
@@ -33,10 +34,59 @@ log = logging.getLogger("lfads.bench")
 REFERENCE_DATA = dict(n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0)
 REFERENCE_HPARAMS = dict(batch_size=256, max_epochs=50, seed=0)  # the rest: HParams defaults (mc_maze sizes)
 N_SAMPLES = 50
-SCALING_BINS = (35, 140, 300)
+SCALING_BINS = (35, 40, 140, 300)  # observed bins: NLB's 35, 140, 300 and the reference config's 40
+
+
+def forward_bins(n_bins: int) -> int:
+    return max(1, n_bins // 4)  # the reference config's 10 forward bins for 40
 SCALING_BATCHES = (64, 256)
 SCALING_STEPS = 5
 TARGETS = {"epoch_speedup": 2.0, "sampling_speedup": 3.0, "peak_rss_gib": 0.6}
+
+
+def forward_flops(n_bins: int, n_fwd_bins: int) -> tuple[float, float]:
+    """Matmul floating-point operations of one trial's forward pass of the reference model:
+    (encoders, decoder and readout)."""
+    from lfads.model.hparams import HParams
+
+    hp = HParams.from_dict(REFERENCE_HPARAMS)
+    n_in, n_out = REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldin"] + REFERENCE_DATA["n_heldout"]
+    encoders = 2 * n_bins * 2 * (n_in + hp.ic_enc_dim) * 3 * hp.ic_enc_dim  # 2 directions, input + recurrent
+    encoders += 2 * n_bins * 2 * (n_in + hp.ci_enc_dim) * 3 * hp.ci_enc_dim
+    per_bin = (2 * (2 * hp.ci_enc_dim + hp.fac_dim + hp.con_dim) * 3 * hp.con_dim  # controller
+               + 2 * hp.con_dim * 2 * hp.co_dim  # posterior of u_t
+               + 2 * (hp.co_dim + hp.gen_dim) * 3 * hp.gen_dim  # generator
+               + 2 * hp.gen_dim * hp.fac_dim + 2 * hp.fac_dim * n_out)  # factors, readout
+    return float(encoders), float((n_bins + n_fwd_bins) * per_bin)
+
+
+def training_flops(n_bins: int, n_fwd_bins: int, batch_size: int) -> float:
+    """Matmul FLOPs of one training step, forward and backward: 3x the forward (each matmul's
+    backward computes two products of its size)."""
+    return 3.0 * batch_size * sum(forward_flops(n_bins, n_fwd_bins))
+
+
+def sampling_flops(n_trials: int, n_samples: int, encoders_per_sample: bool) -> float:
+    """Matmul FLOPs of posterior sampling of the reference data: the decoder runs once per sample; the
+    encoders once per trial (fast path) or once per sample (reference path)."""
+    encoders, decoder = forward_flops(REFERENCE_DATA["n_obs_bins"], REFERENCE_DATA["n_fwd_bins"])
+    return n_trials * (n_samples * decoder + (n_samples if encoders_per_sample else 1) * encoders)
+
+
+def matmul_rate(batch_size: int) -> float:
+    """FLOP/s of this machine's matmul at the generator's shape, (B x G) @ (G x 3G): median of 20."""
+    import torch
+
+    from lfads.model.hparams import HParams
+
+    gen = HParams.from_dict(REFERENCE_HPARAMS).gen_dim
+    a, b = torch.randn(batch_size, gen), torch.randn(gen, 3 * gen)
+    seconds = []
+    for _ in range(22):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * batch_size * gen * 3 * gen / statistics.median(seconds[2:])
 
 
 def peak_rss_gib() -> float:
@@ -45,13 +95,13 @@ def peak_rss_gib() -> float:
 
 
 # -- workers (each runs in its own process) ------------------------------------------------
-def train_worker(data: Path, run_dir: Path, impl: str, epochs: int, device: str) -> dict:
+def train_worker(data: Path, run_dir: Path, impl: str, epochs: int, device: str, seed: int = 0) -> dict:
     import csv
 
     from lfads.model.hparams import HParams
     from lfads.train import train_model
 
-    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl})
+    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl, "seed": seed})
     start = time.perf_counter()
     train_model([data], hparams, run_dir, checkpoint_dir=run_dir / "checkpoints", device=device)
     total = time.perf_counter() - start
@@ -110,7 +160,7 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
     from lfads.model.lfads import LFADS, SessionDims
 
     torch.manual_seed(0)
-    dims = SessionDims(REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, max(1, n_bins // 5))
+    dims = SessionDims(REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, forward_bins(n_bins))
     model = LFADS(HParams.from_dict({**REFERENCE_HPARAMS, "rnn_impl": impl}), [dims]).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
@@ -140,7 +190,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "train":
-        result = train_worker(Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device)
+        result = train_worker(Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device, args.seed)
     elif args.part == "sample":
         result = sample_worker(Path(args.data), Path(args.run_dir), args.impl, args.device)
     else:
@@ -177,7 +227,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(), "device": args.device,
                     "platform": platform.platform()},
-        "config": {"data": REFERENCE_DATA, "hparams": REFERENCE_HPARAMS, "epochs": args.epochs,
+        "config": {"data": REFERENCE_DATA, "hparams": {**REFERENCE_HPARAMS, "seed": args.seed}, "epochs": args.epochs,
                    "posterior_samples": N_SAMPLES},
         "paths": {}, "scaling": [],
     }
@@ -185,7 +235,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         log.info("%s path: training %d epochs", impl, args.epochs)
         run_dir = out / f"run-{impl}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
-        trained = _run_worker("train", args, impl=impl, data=data, run_dir=run_dir, epochs=args.epochs)
+        trained = _run_worker("train", args, impl=impl, data=data, run_dir=run_dir, epochs=args.epochs,
+                              seed=args.seed)
         log.info("%s path: posterior sampling, %d samples", impl, N_SAMPLES)
         sampled = _run_worker("sample", args, impl=impl, data=data, run_dir=run_dir)
         seconds = trained["epoch_seconds"]
@@ -200,13 +251,24 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                        "truth_fp_bps")}}
         log.info("%s path: %.3f s per epoch, sampling %.1f s", impl, epoch, sampled["sampling_seconds"])
     if not args.skip_scaling:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        rates = {batch_size: matmul_rate(batch_size) for batch_size in (*SCALING_BATCHES, 600)}
+        report["matmul_gflops"] = {str(b): r / 1e9 for b, r in rates.items()}
         for n_bins in SCALING_BINS:
             for batch_size in SCALING_BATCHES:
+                floor = training_flops(n_bins, forward_bins(n_bins), batch_size) / rates[batch_size]
+                report["scaling"].append({"impl": "matmul floor", "n_bins": n_bins, "batch_size": batch_size,
+                                          "step_seconds": floor, "trials_per_second": batch_size / floor,
+                                          "peak_rss_gib": float("nan")})
                 for impl in args.impls:
                     log.info("scaling: %s path, %d bins, batch %d", impl, n_bins, batch_size)
                     report["scaling"].append(_run_worker("scale", args, impl=impl, n_bins=n_bins,
                                                          batch_size=batch_size))
     paths = report["paths"]
+    rate = matmul_rate(600)  # about the rows of one sampling pass (samples x trials)
+    report["sampling_floor_seconds"] = {
+        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference") / rate for impl in paths}
     if "reference" in paths and "fast" in paths:
         ref, fast = paths["reference"], paths["fast"]
         report["ratios"] = {"epoch_speedup": ref["epoch_seconds_median"] / fast["epoch_seconds_median"],
@@ -241,6 +303,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{label:28}" + "".join(f"{fmt.format(paths[i][key]):>12}" for i in paths))
     first = next(iter(paths.values()))
     lines.append(f"{'true rates: co-bps, fp-bps':28}{first['truth_co_bps']:>12.4f}{first['truth_fp_bps']:>12.4f}")
+    floors = report.get("sampling_floor_seconds", {})
+    if floors:
+        lines.append(f"{'sampling matmul floor s':28}" + "".join(f"{floors[i]:>12.2f}" for i in paths))
     if "ratios" in report:
         ratios = report["ratios"]
         lines += ["", f"epoch speed-up (reference / fast): {ratios['epoch_speedup']:.2f}x "
@@ -251,10 +316,13 @@ def format_report(report: dict) -> str:
         lines.append(f"peak RSS of the fast path: {report['peak_rss_fast_gib']:.3f} GiB "
                      f"(target {TARGETS['peak_rss_gib']} GiB)")
     if report["scaling"]:
-        lines += ["", "one training step (forward, loss, backward, AdamW), median of 5:",
-                  f"{'bins':>6}{'batch':>7}{'path':>11}{'s per step':>12}{'trials/s':>10}{'peak GiB':>10}"]
-        for row in report["scaling"]:
-            lines.append(f"{row['n_bins']:>6}{row['batch_size']:>7}{row['impl']:>11}{row['step_seconds']:>12.3f}"
+        rates = ", ".join(f"batch {b}: {r:.0f}" for b, r in report["matmul_gflops"].items())
+        lines += ["", "one training step (forward, loss, backward, AdamW), median of 5; the matmul floor is the",
+                  f"step's matmul FLOPs at this machine's (B x 200) @ (200 x 600) rate ({rates} GFLOP/s):",
+                  f"{'bins+fwd':>9}{'batch':>7}{'path':>14}{'s per step':>12}{'trials/s':>10}{'peak GiB':>10}"]
+        for row in sorted(report["scaling"], key=lambda r: (r["n_bins"], r["batch_size"])):
+            bins = f"{row['n_bins']}+{forward_bins(row['n_bins'])}"
+            lines.append(f"{bins:>9}{row['batch_size']:>7}{row['impl']:>14}{row['step_seconds']:>12.3f}"
                          f"{row['trials_per_second']:>10.0f}{row['peak_rss_gib']:>10.3f}")
     return "\n".join(lines)
 
@@ -265,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", nargs="+", default=["reference", "fast"],
                         choices=["reference", "fast", "compiled"], help="paths to measure (rnn_impl values)")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, dropout, batch order)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--skip-scaling", action="store_true", help="leave out the sequence-length table")

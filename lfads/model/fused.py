@@ -22,6 +22,9 @@ the generator GRU through the factors:
     f_t = (g_t * mg_{t+1}) @ W_fac,                 f_{-1} = (g_init * mg_0) @ W_fac
 with the ci and ext halves of the input projections (and biases) precomputed
 for all bins, dropout masks mf, mg and standard noise eps drawn before the loop.
+
+Activations are kept time-major, (T, ..., width), so that every step reads
+and writes contiguous blocks; outputs are returned as (B, T, width) views.
 """
 
 from __future__ import annotations
@@ -31,25 +34,33 @@ import math
 import torch
 
 
-def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm):
-    """One step; returns the new state, the gate activations [z | r] and the candidate n."""
-    gates = torch.sigmoid(mm(x_zr, h, u_zr))
+def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm, out=(None, None, None)):
+    """One step; returns the new state, the gate activations [z | r] and the candidate n.
+
+    out: optional (state, gates, candidate) tensors to write into.
+    """
+    h_out, gates_out, n_out = out
+    gates = torch.sigmoid(mm(x_zr, h, u_zr), out=gates_out)
     z, r = gates.chunk(2, dim=-1)
-    n = torch.tanh(mm(x_n, r * h, u_n))
-    h_new = torch.lerp(n, h, z)
+    n = torch.tanh(mm(x_n, r * h, u_n), out=n_out)
+    h_new = torch.lerp(n, h, z, out=h_out)
     if not math.isinf(clip):
-        h_new = h_new.clamp_(-clip, clip)
+        h_new.clamp_(-clip, clip)
     return h_new, gates, n
 
 
-def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t):
-    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T (batched or not)."""
+def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, None)):
+    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T (batched or not).
+
+    out: optional (d x_zr, d x_n) tensors to write into.
+    """
+    d_zr_out, d_n_out = out
     if not math.isinf(clip):
         dh_new = dh_new * (h_new.abs() < clip)
     z, r = gates.chunk(2, dim=-1)
-    dn = dh_new * (1.0 - z) * (1.0 - n * n)  # through tanh: d(x_n + (r h) U_n)
+    dn = torch.mul(dh_new * (1.0 - z), 1.0 - n * n, out=d_n_out)  # through tanh: d(x_n + (r h) U_n)
     drh = mm_t(dn, u_n)
-    d_gates = torch.cat([dh_new * (h - n), drh * h], dim=-1) * gates * (1.0 - gates)
+    d_gates = torch.mul(torch.cat([dh_new * (h - n), drh * h], dim=-1), gates * (1.0 - gates), out=d_zr_out)
     dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
     return d_gates, dn, dh
 
@@ -70,6 +81,10 @@ def _bmm_t(a, b):
     return torch.bmm(a, b.transpose(1, 2))
 
 
+def _time_major(x: torch.Tensor | None, time_dim: int) -> torch.Tensor | None:
+    return None if x is None else x.movedim(time_dim, 0)
+
+
 class StackedGRUSequence(torch.autograd.Function):
     """K independent GRUs of one size over sequences of one length, in one loop.
 
@@ -81,36 +96,40 @@ class StackedGRUSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_zr, x_n, h0, u_zr, u_n, clip: float):
         keep = any(ctx.needs_input_grad)  # inference keeps no activations
-        h, states, gates, cands = h0, [], [], []
-        for t in range(x_zr.shape[2]):
-            h, g, n = _gru_forward(x_zr[:, :, t], x_n[:, :, t], h, u_zr, u_n, clip, _baddbmm)
-            states.append(h)
-            if keep:
-                gates.append(g), cands.append(n)
-        states = torch.stack(states, dim=2)
+        n_bins = x_zr.shape[2]
+        x_zr, x_n = _time_major(x_zr, 2), _time_major(x_n, 2)  # (T, K, B, .)
+        states = h0.new_empty(n_bins, *h0.shape)
+        gates = x_zr.new_empty(x_zr.shape) if keep else None
+        cands = x_n.new_empty(x_n.shape) if keep else None
+        h = h0
+        for t in range(n_bins):
+            h, _, _ = _gru_forward(x_zr[t], x_n[t], h, u_zr, u_n, clip, _baddbmm,
+                                   (states[t], gates[t] if keep else None, cands[t] if keep else None))
         if keep:
-            ctx.save_for_backward(h0, states, torch.stack(gates, dim=2), torch.stack(cands, dim=2), u_zr, u_n)
+            ctx.save_for_backward(h0, states, gates, cands, u_zr, u_n)
         ctx.clip = clip
-        return states
+        return states.movedim(0, 2)
 
     @staticmethod
     def backward(ctx, d_states):
         h0, states, gates, cands, u_zr, u_n = ctx.saved_tensors
-        n_bins = states.shape[2]
-        previous = torch.cat([h0.unsqueeze(2), states[:, :, :-1]], dim=2)  # (K, B, T, H) state before each step
+        d_states = _time_major(d_states, 2)
+        n_bins, k, _, hidden = states.shape
+        previous = torch.cat([h0.unsqueeze(0), states[:-1]])  # (T, K, B, H) state before each step
         d_zr, d_n = torch.empty_like(gates), torch.empty_like(cands)
         dh = torch.zeros_like(h0)
         for t in reversed(range(n_bins)):
-            d_zr[:, :, t], d_n[:, :, t], dh = _gru_backward(
-                d_states[:, :, t] + dh, states[:, :, t], previous[:, :, t], gates[:, :, t], cands[:, :, t],
-                u_zr, u_n, ctx.clip, _bmm_t)
-        k, batch, _, hidden = states.shape
+            _, _, dh = _gru_backward(d_states[t] + dh, states[t], previous[t], gates[t], cands[t], u_zr, u_n, ctx.clip,
+                                     _bmm_t, (d_zr[t], d_n[t]))
         r = gates[..., hidden:]
 
-        def weight_grad(inputs, grads):  # sum over steps and trials of inputs^T grads, one bmm per GRU stack
-            return torch.bmm(inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2), grads.reshape(k, -1, grads.shape[-1]))
+        def weight_grad(inputs, grads):  # per GRU, sum over steps and trials of inputs^T grads: one bmm
+            inputs, grads = inputs.transpose(0, 1), grads.transpose(0, 1)  # (K, T, B, .)
+            return torch.bmm(inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2),
+                             grads.reshape(k, -1, grads.shape[-1]))
 
-        return d_zr, d_n, dh, weight_grad(previous, d_zr), weight_grad(r * previous, d_n), None
+        return (d_zr.movedim(0, 2), d_n.movedim(0, 2), dh, weight_grad(previous, d_zr),
+                weight_grad(r * previous, d_n), None)
 
 
 class DecoderLoop(torch.autograd.Function):
@@ -129,72 +148,87 @@ class DecoderLoop(torch.autograd.Function):
                 w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg, clip: float):
         controller = con_zr is not None
         keep = any(ctx.needs_input_grad)  # inference keeps no activations
-        n_bins = gen_zr.shape[1]
-        g = gen_init
+        batch, n_bins = gen_zr.shape[:2]
+        gen_zr, gen_n, con_zr, con_n = (_time_major(x, 1) for x in (gen_zr, gen_n, con_zr, con_n))
+
+        def buffer(width: int, needed: bool = True) -> torch.Tensor | None:
+            return gen_init.new_empty(n_bins, batch, width) if needed else None
+
+        gs, fs = buffer(ug_n.shape[0]), buffer(w_factor.shape[1])
+        g_gates, g_ns = buffer(ug_zr.shape[1], keep), buffer(ug_n.shape[1], keep)
+        if controller:
+            n_u = w_u_zr.shape[0]
+            cs, means, stds, us = buffer(uc_n.shape[0]), buffer(n_u), buffer(n_u), buffer(n_u)
+            c_gates, c_ns = buffer(uc_zr.shape[1], keep), buffer(uc_n.shape[1], keep)
+        g, c = gen_init, con_h0
         f = (g * mg[0] if mg is not None else g) @ w_factor
-        c = con_h0
-        saved = {name: [] for name in ("g", "f", "g_gates", "g_n", "c", "c_gates", "c_n", "mean", "std", "u")}
         for t in range(n_bins):
-            x_zr, x_n = gen_zr[:, t], gen_n[:, t]  # the generator's projected inputs
+            x_zr, x_n = gen_zr[t], gen_n[t]  # the generator's projected inputs
             if controller:
                 fi = f * mf[t] if mf is not None else f
-                c, c_gates, c_n = _gru_forward(torch.addmm(con_zr[:, t], fi, w_fac_zr),
-                                               torch.addmm(con_n[:, t], fi, w_fac_n), c, uc_zr, uc_n, clip, _addmm)
+                c, _, _ = _gru_forward(torch.addmm(con_zr[t], fi, w_fac_zr), torch.addmm(con_n[t], fi, w_fac_n), c,
+                                       uc_zr, uc_n, clip, _addmm,
+                                       (cs[t], c_gates[t] if keep else None, c_ns[t] if keep else None))
                 mean, logvar = torch.addmm(b_co, c, w_co).chunk(2, dim=1)
-                std = torch.exp(0.5 * logvar)
-                u = torch.addcmul(mean, std, eps[t]) if eps is not None else mean
+                means[t] = mean
+                std = torch.exp(0.5 * logvar, out=stds[t])
+                u = torch.addcmul(mean, std, eps[t], out=us[t]) if eps is not None else means[t]
                 x_zr, x_n = torch.addmm(x_zr, u, w_u_zr), torch.addmm(x_n, u, w_u_n)
-                for name, value in (("c", c), ("mean", mean), ("std", std), ("u", u)) + (
-                        (("c_gates", c_gates), ("c_n", c_n)) if keep else ()):
-                    saved[name].append(value)
-            g, g_gates, g_n = _gru_forward(x_zr, x_n, g, ug_zr, ug_n, clip, _addmm)
-            f = (g * mg[t + 1] if mg is not None else g) @ w_factor
-            for name, value in (("g", g), ("f", f)) + ((("g_gates", g_gates), ("g_n", g_n)) if keep else ()):
-                saved[name].append(value)
-        out = {name: torch.stack(values, dim=1) if values else None for name, values in saved.items()}
+            g, _, _ = _gru_forward(x_zr, x_n, g, ug_zr, ug_n, clip, _addmm,
+                                   (gs[t], g_gates[t] if keep else None, g_ns[t] if keep else None))
+            f = torch.mm(g * mg[t + 1] if mg is not None else g, w_factor, out=fs[t])
+        if not controller:
+            cs = means = stds = us = gen_init.new_zeros(n_bins, batch, 0)
+            c_gates = c_ns = None
+        elif eps is None:
+            us = means
         ctx.clip, ctx.controller = clip, controller
         if keep:
             ctx.save_for_backward(gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n,
-                                  w_factor, eps, mf, mg, *(out[k] for k in ("g", "f", "g_gates", "g_n", "c",
-                                                                            "c_gates", "c_n", "std", "u")))
-        empty = gen_zr.new_zeros(gen_zr.shape[0], n_bins, 0)
-        return tuple(out[k] if out[k] is not None else empty for k in ("g", "f", "c", "mean", "std", "u"))
+                                  w_factor, eps, mf, mg, gs, fs, g_gates, g_ns, cs, c_gates, c_ns, stds, us)
+        outputs = tuple(x.transpose(0, 1) for x in (gs, fs, cs, means, stds, us))
+        if eps is None and controller:  # u is the mean: a second output must not be the same tensor
+            outputs = (*outputs[:5], outputs[3].clone())
+        return outputs
 
     @staticmethod
     def backward(ctx, d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out):
         (gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg,
          gs, fs, g_gates, g_ns, cs, c_gates, c_ns, stds, us) = ctx.saved_tensors
+        d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out = (
+            _time_major(x, 1) for x in (d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out))
         clip, controller = ctx.clip, ctx.controller
-        batch, n_bins, _ = gs.shape
-        g_prev = torch.cat([gen_init.unsqueeze(1), gs[:, :-1]], dim=1)  # (B, T, G) generator state before each bin
+        n_bins = gs.shape[0]
+        g_prev = torch.cat([gen_init.unsqueeze(0), gs[:-1]])  # (T, B, G) generator state before each bin
         d_g_zr, d_g_n = torch.empty_like(g_gates), torch.empty_like(g_ns)
-        dg, df = torch.zeros_like(gen_init), torch.zeros_like(fs[:, 0])
+        d_fs = torch.empty(n_bins + 1, *fs.shape[1:], dtype=fs.dtype, device=fs.device)  # f_{-1} .. f_{T-1}
+        dg, df = torch.zeros_like(gen_init), torch.zeros_like(fs[0])
         if controller:
-            c_prev = torch.cat([con_h0.unsqueeze(1), cs[:, :-1]], dim=1)
+            c_prev = torch.cat([con_h0.unsqueeze(0), cs[:-1]])
             d_c_zr, d_c_n = torch.empty_like(c_gates), torch.empty_like(c_ns)
-            d_co = gs.new_empty(batch, n_bins, 2 * stds.shape[2])
+            d_co = gs.new_empty(n_bins, gs.shape[1], 2 * stds.shape[2])
+            n_u = stds.shape[2]
             dc = torch.zeros_like(con_h0)
-        d_fs = []  # total gradient of each factor f_t, newest first
         for t in reversed(range(n_bins)):
-            df = d_f_out[:, t] + df  # f_t feeds the factors output and the controller of bin t + 1
-            d_fs.append(df)
+            df = torch.add(d_f_out[t], df, out=d_fs[t + 1])  # f_t feeds the factors output and bin t + 1
             d_gm = df @ w_factor.T
-            dg_new = d_g_out[:, t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
-            d_g_zr[:, t], d_g_n[:, t], dg = _gru_backward(dg_new, gs[:, t], g_prev[:, t], g_gates[:, t], g_ns[:, t],
-                                                          ug_zr, ug_n, clip, _mm_t)
+            dg_new = d_g_out[t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
+            _, _, dg = _gru_backward(dg_new, gs[t], g_prev[t], g_gates[t], g_ns[t], ug_zr, ug_n, clip, _mm_t,
+                                     (d_g_zr[t], d_g_n[t]))
             if controller:
-                du = d_u_out[:, t] + d_g_zr[:, t] @ w_u_zr.T + d_g_n[:, t] @ w_u_n.T
+                du = torch.addmm(torch.addmm(d_u_out[t], d_g_zr[t], w_u_zr.T), d_g_n[t], w_u_n.T)
                 # u = mean + std * eps, std = exp(logvar / 2)
-                d_std = d_std_out[:, t] + du * eps[t] if eps is not None else d_std_out[:, t]
-                d_co[:, t] = torch.cat([d_mean_out[:, t] + du, 0.5 * d_std * stds[:, t]], dim=1)
-                dc_new = d_c_out[:, t] + dc + d_co[:, t] @ w_co.T
-                d_c_zr[:, t], d_c_n[:, t], dc = _gru_backward(dc_new, cs[:, t], c_prev[:, t], c_gates[:, t],
-                                                              c_ns[:, t], uc_zr, uc_n, clip, _mm_t)
-                d_fi = d_c_zr[:, t] @ w_fac_zr.T + d_c_n[:, t] @ w_fac_n.T
+                d_std = d_std_out[t] + du * eps[t] if eps is not None else d_std_out[t]
+                torch.add(d_mean_out[t], du, out=d_co[t, :, :n_u])
+                torch.mul(d_std, 0.5 * stds[t], out=d_co[t, :, n_u:])
+                dc_new = torch.addmm(d_c_out[t] + dc, d_co[t], w_co.T)
+                _, _, dc = _gru_backward(dc_new, cs[t], c_prev[t], c_gates[t], c_ns[t], uc_zr, uc_n, clip, _mm_t,
+                                         (d_c_zr[t], d_c_n[t]))
+                d_fi = torch.addmm(d_c_zr[t] @ w_fac_zr.T, d_c_n[t], w_fac_n.T)
                 df = d_fi * mf[t] if mf is not None else d_fi
             else:
                 df = torch.zeros_like(df)
-        d_fs.append(df)  # f_{-1} = (g_init * mg_0) @ w_factor
+        d_fs[0] = df  # f_{-1} = (g_init * mg_0) @ w_factor
         d_init_factor = df @ w_factor.T
         d_gen_init = dg + (d_init_factor * mg[0] if mg is not None else d_init_factor)
 
@@ -203,19 +237,19 @@ class DecoderLoop(torch.autograd.Function):
 
         grads: list[torch.Tensor | None] = [None] * 21  # one per input of forward
         hidden = gs.shape[2]
-        factor_inputs = torch.cat([gen_init.unsqueeze(1), gs], dim=1)  # (B, T + 1, G): g_{-1} = g_init .. g_{T-1}
+        factor_inputs = torch.cat([gen_init.unsqueeze(0), gs])  # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
         if mg is not None:
-            factor_inputs = factor_inputs * mg.transpose(0, 1)
-        grads[2], grads[3], grads[4] = d_g_zr, d_g_n, d_gen_init
+            factor_inputs = factor_inputs * mg
+        grads[2], grads[3], grads[4] = d_g_zr.transpose(0, 1), d_g_n.transpose(0, 1), d_gen_init
         grads[14] = weight_grad(g_prev, d_g_zr)
         grads[15] = weight_grad(g_gates[..., hidden:] * g_prev, d_g_n)
-        grads[16] = weight_grad(factor_inputs, torch.stack(d_fs[::-1], dim=1))
+        grads[16] = weight_grad(factor_inputs, d_fs)
         if controller:
-            fi = torch.cat([(factor_inputs[:, 0] @ w_factor).unsqueeze(1), fs[:, :-1]], dim=1)  # f_{t-1} per bin
+            fi = torch.cat([(factor_inputs[0] @ w_factor).unsqueeze(0), fs[:-1]])  # f_{t-1} per bin
             if mf is not None:
-                fi = fi * mf.transpose(0, 1)
+                fi = fi * mf
             con_hidden = cs.shape[2]
-            grads[0], grads[1], grads[5] = d_c_zr, d_c_n, dc
+            grads[0], grads[1], grads[5] = d_c_zr.transpose(0, 1), d_c_n.transpose(0, 1), dc
             grads[6], grads[7] = weight_grad(fi, d_c_zr), weight_grad(fi, d_c_n)
             grads[8] = weight_grad(c_prev, d_c_zr)
             grads[9] = weight_grad(c_gates[..., con_hidden:] * c_prev, d_c_n)
