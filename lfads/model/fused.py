@@ -34,6 +34,14 @@ import math
 import torch
 
 
+def _tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """tanh; on the CPU as 2 sigmoid(2x) - 1, since torch's CPU tanh is several times slower than its
+    sigmoid (measured 125 vs 16 us on 600 x 200 floats; 46 us this way). Absolute error ~1 ulp of 1."""
+    if x.device.type != "cpu":
+        return torch.tanh(x, out=out)
+    return torch.sigmoid(x.mul_(2.0), out=out).mul_(2.0).sub_(1.0)
+
+
 def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm, out=(None, None, None)):
     """One step; returns the new state, the gate activations [z | r] and the candidate n.
 
@@ -42,7 +50,7 @@ def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm, out=(None, None, None)):
     h_out, gates_out, n_out = out
     gates = torch.sigmoid(mm(x_zr, h, u_zr), out=gates_out)
     z, r = gates.chunk(2, dim=-1)
-    n = torch.tanh(mm(x_n, r * h, u_n), out=n_out)
+    n = _tanh(mm(x_n, r * h, u_n), out=n_out)
     h_new = torch.lerp(n, h, z, out=h_out)
     if not math.isinf(clip):
         h_new.clamp_(-clip, clip)
