@@ -5,15 +5,15 @@ multiplies the state *before* the recurrent matmul of the candidate, there is
 no recurrent bias (TF has none; lfads-torch keeps one frozen at zero), the
 update and reset gates start with bias 1, and the new state is clipped.
 
-Two implementations of every recurrent loop give the same numbers (tested):
-- the plain reference path (`rnn_impl: reference`): `ClippedGRUCell.reference_step`
-  projects each step's input and computes each gate with its own matrices, and
-  `scan_reference` runs one GRU at a time;
-- the fast path (default): `scan` projects the inputs of all steps in one matmul
-  before the loop and fuses the gates' recurrent products, and `scan_together`
-  runs several independent GRUs in one loop with `bmm`.
+The recurrent loops run one of three ways (`rnn_impl`), with the same numbers (tested):
+- reference: `ClippedGRUCell.reference_step` projects each step's input and
+  computes each gate with its own matrices; `scan_reference` runs one GRU at a time;
+- fast (default): `scan_together` projects the inputs of all steps in one
+  matmul and runs several independent GRUs of one size in one loop with `bmm`,
+  as `lfads.model.fused.StackedGRUSequence` (hand-written backward);
+- compiled: the same stacked loop (`stacked_loop`) through torch.compile.
 The decoder's loop (controller and generator, coupled through the factors) is
-in `lfads.model.decoder`.
+in `lfads.model.decoder`; the overview is in lfads/README.md, "Where the time goes".
 """
 
 from __future__ import annotations
