@@ -247,7 +247,12 @@ class LaplacePrior(Prior):
 '''
 
 
-def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkeypatch):
+def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkeypatch, request):
+    from lfads.model import registry
+
+    # the plugin registers globally: undo it afterwards, so other tests see only the built-in parts
+    monkeypatch.setitem(registry._REGISTERED, "prior", dict(registry._REGISTERED["prior"]))
+    request.addfinalizer(lambda: sys.modules.pop("my_laplace_prior", None))
     (tmp_path / "my_laplace_prior.py").write_text(textwrap.dedent(LAPLACE_PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
     hp = HParams.from_dict({**TINY_HPARAMS, "plugins": ["my_laplace_prior"],
