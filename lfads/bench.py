@@ -34,6 +34,7 @@ log = logging.getLogger("lfads.bench")
 REFERENCE_DATA = dict(n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0)
 REFERENCE_HPARAMS = dict(batch_size=256, max_epochs=50, seed=0)  # the rest: HParams defaults (mc_maze sizes)
 N_SAMPLES = 50
+SAMPLING_ROWS = 600  # rows of one posterior-sampling pass at the default activation budget
 SCALING_BINS = (35, 40, 140, 300)  # observed bins: NLB's 35, 140, 300 and the reference config's 40
 
 
@@ -250,11 +251,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             **{k: sampled[k] for k in ("valid_co_bps", "valid_fp_bps", "valid_rate_r2", "truth_co_bps",
                                        "truth_fp_bps")}}
         log.info("%s path: %.3f s per epoch, sampling %.1f s", impl, epoch, sampled["sampling_seconds"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rates = {batch_size: matmul_rate(batch_size) for batch_size in (*SCALING_BATCHES, SAMPLING_ROWS)}
+    report["matmul_gflops"] = {str(b): r / 1e9 for b, r in rates.items()}
     if not args.skip_scaling:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        rates = {batch_size: matmul_rate(batch_size) for batch_size in (*SCALING_BATCHES, 600)}
-        report["matmul_gflops"] = {str(b): r / 1e9 for b, r in rates.items()}
         for n_bins in SCALING_BINS:
             for batch_size in SCALING_BATCHES:
                 floor = training_flops(n_bins, forward_bins(n_bins), batch_size) / rates[batch_size]
@@ -266,16 +267,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     report["scaling"].append(_run_worker("scale", args, impl=impl, n_bins=n_bins,
                                                          batch_size=batch_size))
     paths = report["paths"]
-    rate = matmul_rate(600)  # about the rows of one sampling pass (samples x trials)
     report["sampling_floor_seconds"] = {
-        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference") / rate for impl in paths}
+        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference") / rates[SAMPLING_ROWS]
+        for impl in paths}
     if "reference" in paths and "fast" in paths:
         ref, fast = paths["reference"], paths["fast"]
         report["ratios"] = {"epoch_speedup": ref["epoch_seconds_median"] / fast["epoch_seconds_median"],
                             "sampling_speedup": ref["sampling_seconds"] / fast["sampling_seconds"]}
-    report["peak_rss_fast_gib"] = max(paths[i][k] for i in paths if i != "reference"
-                                      for k in ("peak_rss_train_gib", "peak_rss_sampling_gib")) \
-        if any(i != "reference" for i in paths) else None
+    fast_peaks = [paths[i][k] for i in paths if i != "reference"
+                  for k in ("peak_rss_train_gib", "peak_rss_sampling_gib")]
+    report["peak_rss_fast_gib"] = max(fast_peaks, default=None)
     write_text(out / "bench.json", json.dumps(report, indent=1) + "\n")
     return report
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SMALL_SYNTHETIC, run_snakemake
+from conftest import REPO, TINY_MODEL, run_snakemake, write_tiny_config
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 RUNS = ["dropout~0.05", "dropout~0.3"]
@@ -23,21 +23,10 @@ def job_count(output: str, rule: str) -> int:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
-    config = {
-        "dataset": "tiny",
-        "nlb_layout": "mc_maze",
-        "bin_widths": [20],
-        "source": {"synthetic": dict(SMALL_SYNTHETIC)},
-        "targets": {"mem_mb": 2000},
-        "model": {"bin_width": 20, "n_samples": 10, "hparams": {
-            "ic_enc_dim": 16, "ci_enc_dim": 16, "con_dim": 16, "co_dim": 2, "ic_dim": 16, "gen_dim": 32,
-            "fac_dim": 8, "batch_size": 16, "lr": 0.01, "max_epochs": 40, "kl_increase_epoch": 10,
-            "l2_increase_epoch": 10}},
-        "search": {"grid": {"dropout": [0.05, 0.3]}},
-        "resources": {"train": {"threads": 1, "mem_mb": 1000}, "infer": {"threads": 1, "mem_mb": 1000}},
-    }
-    configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
+    configfile = write_tiny_config(
+        workdir, model={"bin_width": 20, "n_samples": 10, "hparams": dict(TINY_MODEL)},
+        search={"grid": {"dropout": [0.05, 0.3]}},
+        resources={"train": {"threads": 1, "mem_mb": 1000}, "infer": {"threads": 1, "mem_mb": 1000}})
 
     def snakemake(*args):
         return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), "--configfile",

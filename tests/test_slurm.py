@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import BIN, REPO, SMALL_SYNTHETIC
+from conftest import BIN, REPO, TINY_MODEL, write_tiny_config
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from cluster import ClusterError, LocalSlurm, available  # noqa: E402
@@ -29,8 +28,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 LOCAL_CLUSTER = ["--default-resources", "slurm_partition=debug", "slurm_account=lfads", "runtime=30", "mem_mb=1000",
                  "--slurm-init-seconds-before-status-checks", "5"]
-MODEL = {"ic_enc_dim": 16, "ci_enc_dim": 16, "con_dim": 16, "co_dim": 2, "ic_dim": 16, "gen_dim": 32, "fac_dim": 8,
-         "batch_size": 16, "lr": 0.01, "max_epochs": 40, "kl_increase_epoch": 10, "l2_increase_epoch": 10}
+MODEL = TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +52,11 @@ def cluster(tmp_path_factory):
 
 def workdir_with_config(folder: Path, **changes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "dataset": "tiny", "nlb_layout": "mc_maze", "bin_widths": [20],
-        "source": {"synthetic": dict(SMALL_SYNTHETIC)}, "targets": {"mem_mb": 2000},
-        "model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
-        "search": {"grid": {"dropout": [0.05, 0.3]}},
-        "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
-                      "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}},
-    }
-    for key, value in changes.items():
-        config[key] = value
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    defaults = {"model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
+                "search": {"grid": {"dropout": [0.05, 0.3]}},
+                "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
+                              "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}}}
+    write_tiny_config(folder, **{**defaults, **changes})
     return folder
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SMALL_SYNTHETIC, run_snakemake
+from conftest import REPO, SMALL_SYNTHETIC, run_snakemake, write_tiny_config
 from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
@@ -54,17 +54,7 @@ def test_dry_run_of_every_configfile(path, tmp_path):
 
 
 def _write_config(folder, **overrides) -> str:
-    config = {
-        "dataset": "tiny",
-        "nlb_layout": "mc_maze",
-        "bin_widths": [20],
-        "source": {"synthetic": dict(SMALL_SYNTHETIC)},
-        "targets": {"mem_mb": 2000},
-    }
-    config.update(overrides)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return str(write_tiny_config(folder, **overrides))
 
 
 @pytest.mark.slow

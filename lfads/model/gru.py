@@ -74,19 +74,11 @@ class ClippedGRUCell(nn.Module):
         u_zr, u_n = self.weight_hh.split([2 * self.hidden_size, self.hidden_size])
         return u_zr.T, u_n.T
 
-    def step(self, x_zr: torch.Tensor, x_n: torch.Tensor, h: torch.Tensor,
-             recurrent: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """One step from the projected input of the gates (B, 2H) and of the candidate (B, H), and the state
-        (B, H) -> new state (B, H). Fused: one addmm per matrix, and h' = lerp(n, h, z) = z h + (1 - z) n."""
-        u_zr_t, u_n_t = recurrent
-        z, r = torch.sigmoid(torch.addmm(x_zr, h, u_zr_t)).chunk(2, dim=1)
-        n = torch.tanh(torch.addmm(x_n, r * h, u_n_t))
-        return clip_state(torch.lerp(n, h, z), self.clip)
-
     def reference_step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The same step written plainly: each gate from its own slices of the weights, input projected here.
+        """One step written plainly: each gate from its own slices of the weights, input projected here.
 
-        x (B, input_size), h (B, H) -> new state (B, H). The baseline of the fast path (`step`).
+        x (B, input_size), h (B, H) -> new state (B, H). The baseline of the fast loops
+        (`lfads.model.fused`, `stacked_loop`).
         """
         w_z, w_r, w_n = self.weight_ih.chunk(3)
         b_z, b_r, b_n = self.bias_ih.chunk(3)
@@ -101,11 +93,7 @@ class ClippedGRUCell(nn.Module):
         return x_proj.split([2 * self.hidden_size, self.hidden_size], dim=-1)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.step(*self.split_projection(self.project_input(x)), h, self.split_recurrent())
-
-
-def clip_state(h: torch.Tensor, clip: float) -> torch.Tensor:
-    return h if math.isinf(clip) else torch.clamp(h, -clip, clip)
+        return self.reference_step(x, h)
 
 
 def scan_reference(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -158,7 +146,8 @@ def stacked_loop(x_zr, x_n, h, u_zr, u_n, clip: float) -> torch.Tensor:
     for t in range(x_zr.shape[2]):
         z, r = torch.sigmoid(torch.baddbmm(x_zr[:, :, t], h, u_zr)).chunk(2, dim=2)
         n = torch.tanh(torch.baddbmm(x_n[:, :, t], r * h, u_n))
-        h = clip_state(torch.lerp(n, h, z), clip)
+        h = torch.lerp(n, h, z)
+        h = h if math.isinf(clip) else torch.clamp(h, -clip, clip)
         steps.append(h)
     return torch.stack(steps, dim=2)
 
