@@ -13,13 +13,22 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synthetic": ("lfads.synthetic", "write the synthetic NLB-layout dataset (NWB files + true rates)"),
-    "fetch": ("lfads.fetch", "download pinned NLB assets from DANDI and verify their SHA-256"),
-    "prepare": ("lfads.prepare", "bin NWB files and write the model's train/valid/eval tensors"),
-    "targets": ("lfads.targets", "write nlb_tools evaluation targets (with PSTHs)"),
-    "train": ("lfads.train", "train one LFADS model"),
-    "infer": ("lfads.infer", "posterior sampling of a trained model"),
-    "evaluate": ("lfads.evaluate", "score a run's rates with nlb_tools (and against true rates)"),
+    "synthetic": (
+        "lfads.data.synthetic",
+        "write the synthetic NLB-layout dataset (NWB files + true rates)",
+    ),
+    "fetch": ("lfads.data.dandi", "download pinned NLB assets from DANDI and verify their SHA-256"),
+    "prepare": (
+        "lfads.data.prepare",
+        "bin NWB files and write the model's train/valid/eval tensors",
+    ),
+    "targets": ("lfads.data.targets", "write nlb_tools evaluation targets (with PSTHs)"),
+    "train": ("lfads.training.train", "train one LFADS model"),
+    "infer": ("lfads.evaluation.infer", "posterior sampling of a trained model"),
+    "evaluate": (
+        "lfads.evaluation.evaluate",
+        "score a run's rates with nlb_tools (and against true rates)",
+    ),
 }
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-TIMESTAMP = "2022-01-13T04:00:00.000000Z"  # blobDateModified: the client sets each file's mtime to it
+TIMESTAMP = (
+    "2022-01-13T04:00:00.000000Z"  # blobDateModified: the client sets each file's mtime to it
+)
 
 
 def dandi_etag(content: bytes) -> str:
@@ -59,9 +61,16 @@ class FakeDandiArchive:
         drops the connection, like a network that goes away mid-download.
     """
 
-    def __init__(self, folder: str | Path, dandiset: str, version: str, *,
-                 corrupt: dict[str, bytes] | None = None, wrong_etag: set[str] | frozenset = frozenset(),
-                 stall_after: dict[str, int] | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        dandiset: str,
+        version: str,
+        *,
+        corrupt: dict[str, bytes] | None = None,
+        wrong_etag: set[str] | frozenset = frozenset(),
+        stall_after: dict[str, int] | None = None,
+    ):
         self.folder, self.dandiset, self.version = Path(folder), dandiset, version
         self.corrupt = dict(corrupt or {})
         self.wrong_etag = set(wrong_etag)
@@ -71,8 +80,10 @@ class FakeDandiArchive:
         self._release = threading.Event()
         self._lock = threading.Lock()
         files = sorted(p for p in self.folder.rglob("*") if p.is_file())
-        self.assets = {f"{number:08d}-fake-asset": p.relative_to(self.folder).as_posix()
-                       for number, p in enumerate(files)}
+        self.assets = {
+            f"{number:08d}-fake-asset": p.relative_to(self.folder).as_posix()
+            for number, p in enumerate(files)
+        }
         self._digests: dict[str, dict] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -127,39 +138,74 @@ class FakeDandiArchive:
             etag = dandi_etag(content)
             if self.assets[asset_id] in self.wrong_etag:
                 etag = dandi_etag(content + b"x")
-            self._digests[asset_id] = {"dandi:dandi-etag": etag,
-                                       "dandi:sha2-256": hashlib.sha256(content).hexdigest()}
+            self._digests[asset_id] = {
+                "dandi:dandi-etag": etag,
+                "dandi:sha2-256": hashlib.sha256(content).hexdigest(),
+            }
         return self._digests[asset_id]
 
     def version_info(self) -> dict:
         size = sum(len(self.content(aid)) for aid in self.assets)
-        return {"version": self.version, "name": "fake NLB dandiset", "asset_count": len(self.assets),
-                "size": size, "status": "Valid", "created": TIMESTAMP, "modified": TIMESTAMP,
-                "dandiset": {"identifier": self.dandiset, "created": TIMESTAMP, "modified": TIMESTAMP,
-                             "contact_person": "Test", "embargo_status": "OPEN"}}
+        return {
+            "version": self.version,
+            "name": "fake NLB dandiset",
+            "asset_count": len(self.assets),
+            "size": size,
+            "status": "Valid",
+            "created": TIMESTAMP,
+            "modified": TIMESTAMP,
+            "dandiset": {
+                "identifier": self.dandiset,
+                "created": TIMESTAMP,
+                "modified": TIMESTAMP,
+                "contact_person": "Test",
+                "embargo_status": "OPEN",
+            },
+        }
 
     def version_metadata(self) -> dict:
-        return {"identifier": f"DANDI:{self.dandiset}", "id": f"DANDI:{self.dandiset}/{self.version}",
-                "version": self.version, "name": "fake NLB dandiset", "schemaKey": "Dandiset",
-                "schemaVersion": "0.6.4", "citation": "fake", "url": f"{self.api_url}/dandisets/{self.dandiset}/"}
+        return {
+            "identifier": f"DANDI:{self.dandiset}",
+            "id": f"DANDI:{self.dandiset}/{self.version}",
+            "version": self.version,
+            "name": "fake NLB dandiset",
+            "schemaKey": "Dandiset",
+            "schemaVersion": "0.6.4",
+            "citation": "fake",
+            "url": f"{self.api_url}/dandisets/{self.dandiset}/",
+        }
 
     def asset_info(self, asset_id: str) -> dict:
-        return {"asset_id": asset_id, "blob": f"blob-{asset_id}", "zarr": None, "path": self.assets[asset_id],
-                "size": len(self.content(asset_id)), "created": TIMESTAMP, "modified": TIMESTAMP}
+        return {
+            "asset_id": asset_id,
+            "blob": f"blob-{asset_id}",
+            "zarr": None,
+            "path": self.assets[asset_id],
+            "size": len(self.content(asset_id)),
+            "created": TIMESTAMP,
+            "modified": TIMESTAMP,
+        }
 
     def asset_metadata(self, asset_id: str) -> dict:
         return {
-            "id": f"dandiasset:{asset_id}", "identifier": asset_id, "path": self.assets[asset_id],
-            "contentSize": len(self.content(asset_id)), "encodingFormat": "application/x-nwb",
+            "id": f"dandiasset:{asset_id}",
+            "identifier": asset_id,
+            "path": self.assets[asset_id],
+            "contentSize": len(self.content(asset_id)),
+            "encodingFormat": "application/x-nwb",
             "digest": self._digest(asset_id),
             "contentUrl": [f"{self.api_url}/assets/{asset_id}/download/"],
-            "blobDateModified": TIMESTAMP, "schemaKey": "Asset", "schemaVersion": "0.6.4",
+            "blobDateModified": TIMESTAMP,
+            "schemaKey": "Asset",
+            "schemaVersion": "0.6.4",
         }
 
 
 def _make_handler(archive: FakeDandiArchive) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a real server; every reply has a Content-Length
+        protocol_version = (
+            "HTTP/1.1"  # keep-alive, as a real server; every reply has a Content-Length
+        )
 
         def log_message(self, *args) -> None:  # keep test output clean
             pass
@@ -175,41 +221,69 @@ def _make_handler(archive: FakeDandiArchive) -> type[BaseHTTPRequestHandler]:
             version = f"{base}versions/{archive.version}/"
             path = url.path
             if path == "/api/info/":
-                return self._json({"schema_version": "0.6.4", "version": "0.0.0-fake",
-                                   "cli-minimal-version": "0.60.0", "cli-bad-versions": [],
-                                   "services": {"api": {"url": archive.api_url},
-                                                "webui": {"url": archive.api_url.removesuffix("/api")}}})
+                return self._json(
+                    {
+                        "schema_version": "0.6.4",
+                        "version": "0.0.0-fake",
+                        "cli-minimal-version": "0.60.0",
+                        "cli-bad-versions": [],
+                        "services": {
+                            "api": {"url": archive.api_url},
+                            "webui": {"url": archive.api_url.removesuffix("/api")},
+                        },
+                    }
+                )
             if path == base:
                 info = archive.version_info()
-                return self._json({**info["dandiset"], "most_recent_published_version": info,
-                                   "draft_version": {**info, "version": "draft", "status": "Valid"}})
+                return self._json(
+                    {
+                        **info["dandiset"],
+                        "most_recent_published_version": info,
+                        "draft_version": {**info, "version": "draft", "status": "Valid"},
+                    }
+                )
             if path == f"{version}info/":
-                return self._json({**archive.version_info(), "metadata": archive.version_metadata(),
-                                   "asset_validation_errors": [], "version_validation_errors": []})
+                return self._json(
+                    {
+                        **archive.version_info(),
+                        "metadata": archive.version_metadata(),
+                        "asset_validation_errors": [],
+                        "version_validation_errors": [],
+                    }
+                )
             if path == version:
                 return self._json(archive.version_metadata())
             if path == f"{version}assets/":
                 return self._asset_list(query)
             for prefix in (f"{version}assets/", "/api/assets/"):
                 if path.startswith(prefix):
-                    asset_id, _, rest = path[len(prefix):].partition("/")
+                    asset_id, _, rest = path[len(prefix) :].partition("/")
                     if asset_id in archive.assets:
                         if rest == "":
                             return self._json(archive.asset_metadata(asset_id))
                         if rest == "info/":
-                            return self._json({**archive.asset_info(asset_id),
-                                               "metadata": archive.asset_metadata(asset_id)})
+                            return self._json(
+                                {
+                                    **archive.asset_info(asset_id),
+                                    "metadata": archive.asset_metadata(asset_id),
+                                }
+                            )
                         if rest == "download/":
                             return self._download(asset_id)
             return self._json({"detail": "Not found."}, 404)
 
         def _asset_list(self, query: dict[str, list[str]]) -> None:
             prefix = query.get("path", [""])[0]
-            results = [archive.asset_info(aid) for aid, rel in sorted(archive.assets.items(), key=lambda x: x[1])
-                       if rel.startswith(prefix)]
+            results = [
+                archive.asset_info(aid)
+                for aid, rel in sorted(archive.assets.items(), key=lambda x: x[1])
+                if rel.startswith(prefix)
+            ]
             if "metadata" in query:
-                results = [{**result, "metadata": archive.asset_metadata(result["asset_id"])}
-                           for result in results]
+                results = [
+                    {**result, "metadata": archive.asset_metadata(result["asset_id"])}
+                    for result in results
+                ]
             self._json({"count": len(results), "next": None, "previous": None, "results": results})
 
         def _download(self, asset_id: str) -> None:
@@ -226,7 +300,7 @@ def _make_handler(archive: FakeDandiArchive) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-            body = content[start:end + 1]
+            body = content[start : end + 1]
             self.send_response(206 if requested else 200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
@@ -236,7 +310,9 @@ def _make_handler(archive: FakeDandiArchive) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
-            stall = archive.stall_after.pop(archive.assets[asset_id], None) if not requested else None
+            stall = (
+                archive.stall_after.pop(archive.assets[asset_id], None) if not requested else None
+            )
             if stall is not None:
                 self.wfile.write(body[:stall])
                 self.wfile.flush()

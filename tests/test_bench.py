@@ -7,7 +7,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lfads import bench
+from lfads.bench import benchmark as bench
 from lfads.model.batch import SessionBatch
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
@@ -15,18 +15,32 @@ from lfads.model.lfads import LFADS, SessionDims
 
 def test_training_flops_match_the_counted_matmuls_of_a_step():
     n_bins, batch_size = 12, 8
-    dims = SessionDims(bench.REFERENCE_DATA["n_heldin"], bench.REFERENCE_DATA["n_heldout"], n_bins,
-                       bench.forward_bins(n_bins))
+    dims = SessionDims(
+        bench.REFERENCE_DATA["n_heldin"],
+        bench.REFERENCE_DATA["n_heldout"],
+        n_bins,
+        bench.forward_bins(n_bins),
+    )
     torch.manual_seed(0)
     model = LFADS(HParams.from_dict({**bench.REFERENCE_HPARAMS, "rnn_impl": "reference"}), [dims])
     counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
-    batch = {0: SessionBatch(counts[:, :n_bins, :dims.n_heldin].contiguous(), counts,
-                             counts.new_zeros(batch_size, dims.n_recon_bins, 0), torch.arange(batch_size))}
+    batch = {
+        0: SessionBatch(
+            counts[:, :n_bins, : dims.n_heldin].contiguous(),
+            counts,
+            counts.new_zeros(batch_size, dims.n_recon_bins, 0),
+            torch.arange(batch_size),
+        )
+    }
     with FlopCounterMode(display=False) as counter:
         outputs = model(batch, sample_posteriors=True)
-        model.loss(batch, outputs, model.infer_augmentations, {0: []}, epoch=0, metrics={}).loss.backward()
+        model.loss(
+            batch, outputs, model.infer_augmentations, {0: []}, epoch=0, metrics={}
+        ).loss.backward()
     counted = counter.get_total_flops()
-    assert math.isclose(bench.training_flops(n_bins, dims.n_fwd_bins, batch_size), counted, rel_tol=0.03)
+    assert math.isclose(
+        bench.training_flops(n_bins, dims.n_fwd_bins, batch_size), counted, rel_tol=0.03
+    )
 
 
 def test_scaling_worker_times_a_training_step_of_both_paths():
@@ -37,14 +51,30 @@ def test_scaling_worker_times_a_training_step_of_both_paths():
 
 
 def test_report_states_ratios_and_targets():
-    path = {"epoch_seconds_median": 1.0, "epoch_seconds_first": 1.2, "train_trials_per_second": 800.0,
-            "sampling_seconds": 6.0, "peak_rss_train_gib": 0.7, "peak_rss_sampling_gib": 0.5,
-            "valid_co_bps": 0.5, "valid_fp_bps": 0.4, "valid_rate_r2": 0.8, "truth_co_bps": 0.6,
-            "truth_fp_bps": 0.5}
-    report = {"machine": {"cpus": 2, "torch_threads": 2, "torch": "x", "device": "cpu"}, "config": {"epochs": 50},
-              "paths": {"reference": {**path, "epoch_seconds_median": 2.5, "sampling_seconds": 12.0},
-                        "fast": path},
-              "ratios": {"epoch_speedup": 2.5, "sampling_speedup": 2.0}, "peak_rss_fast_gib": 0.7, "scaling": []}
+    path = {
+        "epoch_seconds_median": 1.0,
+        "epoch_seconds_first": 1.2,
+        "train_trials_per_second": 800.0,
+        "sampling_seconds": 6.0,
+        "peak_rss_train_gib": 0.7,
+        "peak_rss_sampling_gib": 0.5,
+        "valid_co_bps": 0.5,
+        "valid_fp_bps": 0.4,
+        "valid_rate_r2": 0.8,
+        "truth_co_bps": 0.6,
+        "truth_fp_bps": 0.5,
+    }
+    report = {
+        "machine": {"cpus": 2, "torch_threads": 2, "torch": "x", "device": "cpu"},
+        "config": {"epochs": 50},
+        "paths": {
+            "reference": {**path, "epoch_seconds_median": 2.5, "sampling_seconds": 12.0},
+            "fast": path,
+        },
+        "ratios": {"epoch_speedup": 2.5, "sampling_speedup": 2.0},
+        "peak_rss_fast_gib": 0.7,
+        "scaling": [],
+    }
     text = bench.format_report(report)
     assert "epoch speed-up (reference / fast): 2.50x (target 2.0x)" in text
     assert "sampling speed-up (reference / fast): 2.00x (target 3.0x)" in text

@@ -4,13 +4,21 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO, run_snakemake
-from lfads.config import ConfigError, load_yaml, validate_config
+
+from lfads.infra.config import ConfigError, load_yaml, validate_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
-NLB_NAMES = ["area2_bump", "dmfc_rsg", "mc_maze", "mc_maze_large", "mc_maze_medium", "mc_maze_small", "mc_rtt"]
+NLB_NAMES = [
+    "area2_bump",
+    "dmfc_rsg",
+    "mc_maze",
+    "mc_maze_large",
+    "mc_maze_medium",
+    "mc_maze_small",
+    "mc_rtt",
+]
 
 
 def test_one_configfile_per_nlb_dataset_plus_the_default():
@@ -25,7 +33,9 @@ def test_shipped_configfiles_are_valid(path):
 
 
 def test_defaults_are_filled_in():
-    config = validate_config({"dataset": "x", "nlb_layout": "mc_rtt", "source": {"synthetic": {}}}, SCHEMA)
+    config = validate_config(
+        {"dataset": "x", "nlb_layout": "mc_rtt", "source": {"synthetic": {}}}, SCHEMA
+    )
     assert config["phase"] == "val"
     assert config["bin_widths"] == [5, 20]
     assert config["prepare"] == {"valid_fraction": 0.2, "split_seed": 0}

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lfads.aggregate import best_run, write_summary
-from lfads.evaluate import evaluate_run, nlb_submission, write_submission
-from lfads.figures import all_figures, figure_names
-from lfads.prepare import prepare
-from lfads.synthetic import ASSET_PATHS, TRUTH_PATHS
-from lfads.targets import write_targets
+from lfads.data.prepare import prepare
+from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
+from lfads.data.targets import write_targets
+from lfads.evaluation.aggregate import best_run, write_summary
+from lfads.evaluation.evaluate import evaluate_run
+from lfads.evaluation.figures import all_figures, figure_names
+from lfads.evaluation.submission import nlb_submission, write_submission
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,9 @@ def prepared(synthetic_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluation")
     nwb = {role: synthetic_dir / path for role, path in ASSET_PATHS.items()}
     truth = {role: synthetic_dir / path for role, path in TRUTH_PATHS.items()}
-    prepared = prepare(nwb["train"], nwb["test"], folder / "prepared_20ms.h5", "mc_maze", 20, truth_files=truth)
+    prepared = prepare(
+        nwb["train"], nwb["test"], folder / "prepared_20ms.h5", "mc_maze", 20, truth_files=truth
+    )
     targets = write_targets(nwb["train"], folder / "targets_20ms.h5", "mc_maze", 20)
     return folder, prepared, targets
 
@@ -40,13 +43,20 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
         for split in ("train", "valid", "eval"):
             truth = prepared[f"{split}/truth"][()]
             group = out.create_group(split)
-            group["rates"] = (truth * np.exp(noise * rng.normal(size=truth.shape))).astype(np.float32)
+            group["rates"] = (truth * np.exp(noise * rng.normal(size=truth.shape))).astype(
+                np.float32
+            )
             group["factors"] = rng.normal(size=truth.shape[:2] + (5,)).astype(np.float32)
             group["nlb_index"] = prepared[f"{split}/nlb_index"][()]
     epochs = np.arange(len(valid_losses))
-    pd.DataFrame({"epoch": epochs, "train_loss": np.array(valid_losses) * 0.9, "valid_loss": valid_losses,
-                  "valid_recon_smoothed": valid_losses}).to_csv(
-        folder / "metrics.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": np.array(valid_losses) * 0.9,
+            "valid_loss": valid_losses,
+            "valid_recon_smoothed": valid_losses,
+        }
+    ).to_csv(folder / "metrics.csv", index=False)
 
 
 def test_nlb_submission_restores_nlb_trial_order(prepared):
@@ -57,8 +67,10 @@ def test_nlb_submission_restores_nlb_trial_order(prepared):
         n_obs, n_heldin = handle.attrs["n_obs_bins"], handle.attrs["n_heldin"]
         for split in ("train", "valid"):
             rows = handle[f"{split}/nlb_index"][()]
-            np.testing.assert_allclose(submission["train_rates_heldin"][rows],
-                                       np.maximum(handle[f"{split}/truth"][:, :n_obs, :n_heldin], 1e-9))
+            np.testing.assert_allclose(
+                submission["train_rates_heldin"][rows],
+                np.maximum(handle[f"{split}/truth"][:, :n_obs, :n_heldin], 1e-9),
+            )
         assert submission["eval_rates_heldout_forward"].shape[1] == handle.attrs["n_fwd_bins"]
 
 
@@ -70,9 +82,15 @@ def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
     fake_run(tmp_path / "noise~0.8", prepared_path, 0.8, [3.0, 1.8, 1.2], seed=2)
     scores = {}
     for name in runs:
-        scores[name] = evaluate_run(prepared_path, tmp_path / name / "inferred.h5", targets,
-                                    tmp_path / name / "metrics.json")
-        assert json.loads((tmp_path / name / "metrics.json").read_text()) == pytest.approx(scores[name])
+        scores[name] = evaluate_run(
+            prepared_path,
+            tmp_path / name / "inferred.h5",
+            targets,
+            tmp_path / name / "metrics.json",
+        )
+        assert json.loads((tmp_path / name / "metrics.json").read_text()) == pytest.approx(
+            scores[name]
+        )
     assert scores["noise~0.1"]["co-bps"] > scores["noise~0.8"]["co-bps"] + 0.1
     assert scores["noise~0.1"]["rate R2"] > 0.9 > scores["noise~0.8"]["rate R2"]
     assert {"co-bps", "vel R2", "psth R2", "fp-bps", "rate R2"} <= set(scores["noise~0.1"])
@@ -85,12 +103,18 @@ def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
 
     names = figure_names("val", has_truth=True, has_psth=True, has_velocity=True)
     outputs = {name: tmp_path / "figures" / f"{name}.png" for name in names}
-    all_figures(tmp_path / "summary.tsv", tmp_path, runs, prepared_path, targets, "mc_maze_20", outputs)
+    all_figures(
+        tmp_path / "summary.tsv", tmp_path, runs, prepared_path, targets, "mc_maze_20", outputs
+    )
     for path in outputs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
-    submission = write_submission(prepared_path, tmp_path / "noise~0.8" / "inferred.h5", tmp_path / "sub.h5")
+    submission = write_submission(
+        prepared_path, tmp_path / "noise~0.8" / "inferred.h5", tmp_path / "sub.h5"
+    )
     from nlb_tools.evaluation import evaluate
 
     (result,) = evaluate(str(targets), str(submission))
-    assert result["mc_maze_20_split"]["co-bps"] == pytest.approx(scores["noise~0.8"]["co-bps"], abs=1e-6)
+    assert result["mc_maze_20_split"]["co-bps"] == pytest.approx(
+        scores["noise~0.8"]["co-bps"], abs=1e-6
+    )

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from model_helpers import TINY_HPARAMS, smoothed_rates, write_lorenz_prepared
 
-from lfads.infer import posterior_sample
+from lfads.evaluation.infer import posterior_sample
 from lfads.model.hparams import HParams
 from lfads.model.metrics import BitsPerSpike, RateR2
-from lfads.train import train_model
+from lfads.training.train import train_model
 
 
 def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
@@ -35,10 +35,23 @@ def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        data = write_lorenz_prepared(tmp_path / "lorenz.h5", n_trials=400, n_obs_bins=25, n_fwd_bins=5,
-                                     n_heldin=24, n_heldout=8)
-        hp = HParams.from_dict({**TINY_HPARAMS, "batch_size": 50, "kl_increase_epoch": 10,
-                                "l2_increase_epoch": 10, "max_epochs": 40})
+        data = write_lorenz_prepared(
+            tmp_path / "lorenz.h5",
+            n_trials=400,
+            n_obs_bins=25,
+            n_fwd_bins=5,
+            n_heldin=24,
+            n_heldout=8,
+        )
+        hp = HParams.from_dict(
+            {
+                **TINY_HPARAMS,
+                "batch_size": 50,
+                "kl_increase_epoch": 10,
+                "l2_increase_epoch": 10,
+                "max_epochs": 40,
+            }
+        )
         model = train_model([data], hp, tmp_path / "run", device="cpu")
         posterior_sample(model, [data], [tmp_path / "inferred.h5"], n_samples=20, device="cpu")
     finally:

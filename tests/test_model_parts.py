@@ -10,8 +10,14 @@ import torch
 from torch.distributions import Gamma, MultivariateNormal, Normal, Poisson
 
 from lfads.model import registry
-from lfads.model.augmentations import (AugmentationStack, CoordinatedDropout, SampleValidation, SelectiveBackprop,
-                                       SpikeJitter, TemporalShift)
+from lfads.model.augmentations import (
+    AugmentationStack,
+    CoordinatedDropout,
+    SampleValidation,
+    SelectiveBackprop,
+    SpikeJitter,
+    TemporalShift,
+)
 from lfads.model.batch import SessionBatch
 from lfads.model.decoder import Decoder
 from lfads.model.encoders import Encoder
@@ -19,9 +25,24 @@ from lfads.model.gru import BidirectionalGRU, ClippedGRUCell, scan, scan_togethe
 from lfads.model.hparams import Component, HParams
 from lfads.model.lfads import LFADS, SessionDims, _sample_major_rows, ramp
 from lfads.model.metrics import BitsPerSpike, RateR2
-from lfads.model.priors import AutoregressiveNormalPrior, MultivariateNormalPrior, MultivariateStudentTPrior, NullPrior
+from lfads.model.priors import (
+    AutoregressiveNormalPrior,
+    MultivariateNormalPrior,
+    MultivariateStudentTPrior,
+    NullPrior,
+)
 from lfads.model.readin import pcr_readins
-from lfads.model.recons import MSE, Gamma as GammaRecon, Gaussian, Poisson as PoissonRecon, ZeroInflatedGamma
+from lfads.model.recons import (
+    MSE,
+    Gaussian,
+    ZeroInflatedGamma,
+)
+from lfads.model.recons import (
+    Gamma as GammaRecon,
+)
+from lfads.model.recons import (
+    Poisson as PoissonRecon,
+)
 
 SMALL = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=7, co_dim=3, ic_dim=5, gen_dim=12, fac_dim=4)
 
@@ -30,42 +51,62 @@ def make_batch(dims: SessionDims, n: int, seed: int = 0) -> SessionBatch:
     g = torch.Generator().manual_seed(seed)
     return SessionBatch(
         encod_data=torch.poisson(torch.full((n, dims.n_obs_bins, dims.n_heldin), 1.0), generator=g),
-        recon_data=torch.poisson(torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g),
+        recon_data=torch.poisson(
+            torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g
+        ),
         ext_input=torch.randn(n, dims.n_recon_bins, dims.ext_input_dim, generator=g),
-        index=torch.arange(n))
+        index=torch.arange(n),
+    )
 
 
 # -- hyperparameters and registry -----------------------------------------------------------------
 def test_hparams_round_trip_plain_data_and_yaml(tmp_path):
-    hp = HParams.from_dict({**SMALL, "reconstruction": "gaussian", "infer_augmentations": ["selective_backprop"]})
+    hp = HParams.from_dict(
+        {**SMALL, "reconstruction": "gaussian", "infer_augmentations": ["selective_backprop"]}
+    )
     data = hp.to_dict()
-    assert data["reconstruction"] == {"name": "gaussian"} and data["infer_augmentations"] == [{"name": "selective_backprop"}]
+    assert data["reconstruction"] == {"name": "gaussian"} and data["infer_augmentations"] == [
+        {"name": "selective_backprop"}
+    ]
     assert HParams.from_dict(data) == hp
     (tmp_path / "hp.yaml").write_text(hp.to_yaml())
     assert HParams.from_yaml(tmp_path / "hp.yaml") == hp
     defaults = HParams()  # lfads-torch's mc_maze sizes
-    assert (defaults.ic_enc_dim, defaults.ci_enc_dim, defaults.con_dim, defaults.co_dim, defaults.ic_dim,
-            defaults.gen_dim, defaults.fac_dim, defaults.batch_size) == (64, 64, 64, 4, 64, 200, 100, 256)
+    assert (
+        defaults.ic_enc_dim,
+        defaults.ci_enc_dim,
+        defaults.con_dim,
+        defaults.co_dim,
+        defaults.ic_dim,
+        defaults.gen_dim,
+        defaults.fac_dim,
+        defaults.batch_size,
+    ) == (64, 64, 64, 4, 64, 200, 100, 256)
     assert defaults.ic_prior == Component("multivariate_normal", {"mean": 0.0, "variance": 0.1})
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"learning_rate": 0.1}, r"unknown hyperparameter\(s\) \['learning_rate'\]"),
-    ({"dropout": 1.5}, "dropout: must be in"),
-    ({"gen_dim": 2.5}, "gen_dim: expected an integer"),
-    ({"variational": "yes"}, "variational: expected true or false"),
-    ({"ic_prior": "laplace"}, "ic_prior: no prior named 'laplace'"),
-    ({"train_augmentations": "coordinated_dropout"}, "train_augmentations: expected a list"),
-    ({"variational": False}, "variational: false needs null priors"),
-    ({"plugins": ["no_such_module_xyz"]}, "plugins: cannot import 'no_such_module_xyz'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"learning_rate": 0.1}, r"unknown hyperparameter\(s\) \['learning_rate'\]"),
+        ({"dropout": 1.5}, "dropout: must be in"),
+        ({"gen_dim": 2.5}, "gen_dim: expected an integer"),
+        ({"variational": "yes"}, "variational: expected true or false"),
+        ({"ic_prior": "laplace"}, "ic_prior: no prior named 'laplace'"),
+        ({"train_augmentations": "coordinated_dropout"}, "train_augmentations: expected a list"),
+        ({"variational": False}, "variational: false needs null priors"),
+        ({"plugins": ["no_such_module_xyz"]}, "plugins: cannot import 'no_such_module_xyz'"),
+    ],
+)
 def test_hparams_errors_name_the_key(data, message):
     with pytest.raises(ValueError, match=message):
         HParams.from_dict(data)
 
 
 def test_yaml_numbers_without_dot_and_bad_file(tmp_path):
-    (tmp_path / "hp.yaml").write_text("kl_co_scale: 1e-5\nlr: 1\n")  # YAML 1.1 reads 1e-5 as a string
+    (tmp_path / "hp.yaml").write_text(
+        "kl_co_scale: 1e-5\nlr: 1\n"
+    )  # YAML 1.1 reads 1e-5 as a string
     hp = HParams.from_yaml(tmp_path / "hp.yaml")
     assert hp.kl_co_scale == 1e-5 and hp.lr == 1.0
     (tmp_path / "bad.yaml").write_text("gen_dimm: 3\n")
@@ -86,7 +127,9 @@ def test_every_builtin_resolves_to_its_interface():
 
 def test_bad_component_option_names_the_part():
     hp = HParams.from_dict({**SMALL, "ic_prior": {"name": "multivariate_normal", "varaince": 0.1}})
-    with pytest.raises(ValueError, match="prior 'multivariate_normal': bad options \\['varaince'\\]"):
+    with pytest.raises(
+        ValueError, match="prior 'multivariate_normal': bad options \\['varaince'\\]"
+    ):
         LFADS(hp, [SessionDims(4, 2, 6, 2)])
 
 
@@ -94,7 +137,9 @@ def test_bad_component_option_names_the_part():
 def test_gru_cell_formula_init_and_clip():
     torch.manual_seed(0)
     cell = ClippedGRUCell(3, 4, clip=5.0)
-    assert torch.equal(cell.bias_ih[:8], torch.ones(8)) and torch.equal(cell.bias_ih[8:], torch.zeros(4))
+    assert torch.equal(cell.bias_ih[:8], torch.ones(8)) and torch.equal(
+        cell.bias_ih[8:], torch.zeros(4)
+    )
     x, h = torch.randn(2, 3), torch.randn(2, 4)
     w_z, w_r, w_n = cell.weight_ih.chunk(3)
     u_z, u_r, u_n = cell.weight_hh.chunk(3)
@@ -114,15 +159,30 @@ def test_gru_cell_formula_init_and_clip():
 
 def test_scan_together_equals_one_scan_per_gru_values_and_gradients():
     torch.manual_seed(0)
-    cells = [ClippedGRUCell(3, 4, 5.0), ClippedGRUCell(2, 4, 5.0), ClippedGRUCell(3, 6, 5.0), ClippedGRUCell(3, 4, 5.0)]
-    inputs = [torch.randn(5, 9, 3), torch.randn(5, 9, 2), torch.randn(5, 9, 3), torch.randn(5, 7, 3)]
+    cells = [
+        ClippedGRUCell(3, 4, 5.0),
+        ClippedGRUCell(2, 4, 5.0),
+        ClippedGRUCell(3, 6, 5.0),
+        ClippedGRUCell(3, 4, 5.0),
+    ]
+    inputs = [
+        torch.randn(5, 9, 3),
+        torch.randn(5, 9, 2),
+        torch.randn(5, 9, 3),
+        torch.randn(5, 7, 3),
+    ]
     h0s = [torch.randn(5, c.hidden_size) for c in cells]
     together = scan_together(cells, inputs, h0s)  # cells 0 and 1 share a loop; 2 and 3 run alone
     separate = [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)]
     for a, b in zip(together, separate):
         torch.testing.assert_close(a, b)
-    grads = [torch.autograd.grad(sum(s.square().sum() for s in states), cells[0].weight_hh)[0]
-             for states in (scan_together(cells, inputs, h0s), [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)])]
+    grads = [
+        torch.autograd.grad(sum(s.square().sum() for s in states), cells[0].weight_hh)[0]
+        for states in (
+            scan_together(cells, inputs, h0s),
+            [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)],
+        )
+    ]
     torch.testing.assert_close(grads[0], grads[1])
 
 
@@ -132,23 +192,40 @@ def test_bidirectional_gru_backward_half_runs_in_reverse():
     x = torch.randn(2, 7, 3)
     forward, backward = gru(x)
     assert forward.shape == backward.shape == (2, 7, 4)
-    # the backward state at bin 0 has seen every bin; changing the last bin changes it, not forward[:, 0]
+    # the backward state at bin 0 has seen every bin; changing the last bin changes it, not
+    # forward[:, 0]
     x2 = x.clone()
     x2[:, -1] += 1.0
     forward2, backward2 = gru(x2)
-    assert torch.equal(forward2[:, :-1], forward[:, :-1]) and not torch.allclose(backward2[:, 0], backward[:, 0])
+    assert torch.equal(forward2[:, :-1], forward[:, :-1]) and not torch.allclose(
+        backward2[:, 0], backward[:, 0]
+    )
 
 
 # -- encoders and decoder -------------------------------------------------------------------------
 def test_encoder_shapes_std_floor_and_ci_lag():
     torch.manual_seed(0)
-    enc = Encoder(5, n_obs_bins=10, n_recon_bins=13, ic_enc_dim=6, ic_dim=4, ci_enc_dim=3, ci_lag=2,
-                  ic_enc_seq_len=0, use_controller=True, dropout=0.0, cell_clip=5.0, ic_post_var_min=0.01)
+    enc = Encoder(
+        5,
+        n_obs_bins=10,
+        n_recon_bins=13,
+        ic_enc_dim=6,
+        ic_dim=4,
+        ci_enc_dim=3,
+        ci_lag=2,
+        ic_enc_seq_len=0,
+        use_controller=True,
+        dropout=0.0,
+        cell_clip=5.0,
+        ic_post_var_min=0.01,
+    )
     x = torch.randn(2, 10, 5)
     ic_mean, ic_std, ci = enc(x)
     assert ic_mean.shape == ic_std.shape == (2, 4) and ci.shape == (2, 13, 6)
     assert (ic_std >= 0.1 - 1e-6).all()  # sqrt(ic_post_var_min)
-    assert torch.equal(ci[:, 10:], torch.zeros(2, 3, 6))  # no inputs over the forward-prediction bins
+    assert torch.equal(
+        ci[:, 10:], torch.zeros(2, 3, 6)
+    )  # no inputs over the forward-prediction bins
     x2 = x.clone()
     x2[:, 5] += 3.0
     _, _, ci2 = enc(x2)
@@ -160,8 +237,20 @@ def test_encoder_shapes_std_floor_and_ci_lag():
 
 
 def test_encoder_ic_only_segment():
-    enc = Encoder(5, 10, 12, 6, 4, 3, 1, ic_enc_seq_len=4, use_controller=True, dropout=0.0, cell_clip=5.0,
-                  ic_post_var_min=1e-4)
+    enc = Encoder(
+        5,
+        10,
+        12,
+        6,
+        4,
+        3,
+        1,
+        ic_enc_seq_len=4,
+        use_controller=True,
+        dropout=0.0,
+        cell_clip=5.0,
+        ic_post_var_min=1e-4,
+    )
     x = torch.randn(2, 10, 5)
     _, _, ci = enc(x)
     assert ci.shape == (2, 12, 6) and torch.equal(ci[:, :4], torch.zeros(2, 4, 6))
@@ -174,24 +263,41 @@ def test_encoder_ic_only_segment():
 
 def test_decoder_shapes_factors_normalised_and_clipped():
     torch.manual_seed(0)
-    dec = Decoder(ic_dim=4, gen_dim=9, fac_dim=3, con_dim=5, co_dim=2, ci_dim=6, ext_input_dim=1,
-                  use_controller=True, dropout=0.0, cell_clip=0.5)
+    dec = Decoder(
+        ic_dim=4,
+        gen_dim=9,
+        fac_dim=3,
+        con_dim=5,
+        co_dim=2,
+        ci_dim=6,
+        ext_input_dim=1,
+        use_controller=True,
+        dropout=0.0,
+        cell_clip=0.5,
+    )
     out = dec(torch.randn(3, 4), torch.randn(3, 11, 6), torch.randn(3, 11, 1), co_prior=None)
     assert out.gen_states.shape == (3, 11, 9) and out.factors.shape == (3, 11, 3)
-    assert out.co_mean.shape == out.co_std.shape == (3, 11, 2) and out.gen_inputs.shape == (3, 11, 3)
+    assert out.co_mean.shape == out.co_std.shape == (3, 11, 2) and out.gen_inputs.shape == (
+        3,
+        11,
+        3,
+    )
     assert out.gen_states.abs().max() <= 0.5
     rows = torch.nn.functional.normalize(dec.factor_linear.weight, dim=1)
     torch.testing.assert_close(out.factors, out.gen_states @ rows.T)
 
 
-@pytest.mark.parametrize("changes, ext", [
-    ({}, 0),
-    ({"co_dim": 0}, 0),  # autonomous
-    ({"co_dim": 0}, 2),  # autonomous, driven by external inputs only
-    ({}, 3),
-    ({"variational": False, "ic_prior": "null", "co_prior": "null"}, 0),
-    ({"reconstruction": "zero_inflated_gamma"}, 0),
-])
+@pytest.mark.parametrize(
+    "changes, ext",
+    [
+        ({}, 0),
+        ({"co_dim": 0}, 0),  # autonomous
+        ({"co_dim": 0}, 2),  # autonomous, driven by external inputs only
+        ({}, 3),
+        ({"variational": False, "ic_prior": "null", "co_prior": "null"}, 0),
+        ({"reconstruction": "zero_inflated_gamma"}, 0),
+    ],
+)
 def test_lfads_forward_shapes(changes, ext):
     torch.manual_seed(0)
     hp = HParams.from_dict({**SMALL, **changes})
@@ -208,7 +314,9 @@ def test_lfads_forward_shapes(changes, ext):
 
 
 def test_non_variational_is_deterministic():
-    hp = HParams.from_dict({**SMALL, "variational": False, "ic_prior": "null", "co_prior": "null", "dropout": 0.0})
+    hp = HParams.from_dict(
+        {**SMALL, "variational": False, "ic_prior": "null", "co_prior": "null", "dropout": 0.0}
+    )
     dims = SessionDims(6, 2, 9, 3)
     model = LFADS(hp, [dims])
     batch = {0: make_batch(dims, 3)}
@@ -222,8 +330,12 @@ def test_posterior_average_equals_mean_of_repeated_trials():
     batch = make_batch(dims, 4)
     torch.manual_seed(1)
     averaged = model.posterior_average({0: batch}, n_samples=5)[0]
-    repeated = SessionBatch(batch.encod_data.repeat(5, 1, 1), batch.recon_data.repeat(5, 1, 1),
-                            batch.ext_input.repeat(5, 1, 1), batch.index.repeat(5))
+    repeated = SessionBatch(
+        batch.encod_data.repeat(5, 1, 1),
+        batch.recon_data.repeat(5, 1, 1),
+        batch.ext_input.repeat(5, 1, 1),
+        batch.index.repeat(5),
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         out = model({0: repeated}, sample_posteriors=True)[0]
@@ -265,14 +377,26 @@ def test_autoregressive_prior_is_an_ar1_gaussian_and_its_kl_estimate_is_unbiased
     torch.testing.assert_close(prior.log_prob(u).double(), expected, rtol=1e-5, atol=1e-5)
     # one-sample KL estimate, averaged, against the exact Gaussian KL
     mean, std = torch.randn(1, n_bins, 2) * 0.5, torch.rand(1, n_bins, 2) * 0.5 + 0.2
-    estimate = torch.stack([prior(mean.expand(2000, -1, -1), std.expand(2000, -1, -1)) for _ in range(10)]).mean()
-    exact = sum(torch.distributions.kl_divergence(
-        MultivariateNormal(mean[0, :, d].double(), torch.diag(std[0, :, d].double() ** 2)), mvn) for d in range(2))
+    estimate = torch.stack(
+        [prior(mean.expand(2000, -1, -1), std.expand(2000, -1, -1)) for _ in range(10)]
+    ).mean()
+    exact = sum(
+        torch.distributions.kl_divergence(
+            MultivariateNormal(mean[0, :, d].double(), torch.diag(std[0, :, d].double() ** 2)), mvn
+        )
+        for d in range(2)
+    )
     assert abs(estimate.item() - exact.item()) < 0.02 * exact.item()
 
 
-@pytest.mark.parametrize("prior", [MultivariateStudentTPrior(3, loc=0.0, scale=0.5, df=4),
-                                   MultivariateNormalPrior(3, 0.0, 0.25), AutoregressiveNormalPrior(3, 1e-9, 0.25)])
+@pytest.mark.parametrize(
+    "prior",
+    [
+        MultivariateStudentTPrior(3, loc=0.0, scale=0.5, df=4),
+        MultivariateNormalPrior(3, 0.0, 0.25),
+        AutoregressiveNormalPrior(3, 1e-9, 0.25),
+    ],
+)
 def test_kl_is_zero_when_posterior_equals_prior(prior):
     mean, std = torch.zeros(6, 3), torch.full((6, 3), 0.5)
     if isinstance(prior, AutoregressiveNormalPrior):  # tau -> 0: independent bins
@@ -285,7 +409,9 @@ def test_student_t_samples_are_heavy_tailed_and_null_prior_passes_the_mean():
     prior = MultivariateStudentTPrior(1, df=3.0)
     samples = prior.sample(torch.zeros(200_000, 1), torch.ones(200_000, 1))
     assert (samples.abs() > 5).float().mean() > 0.005  # Normal: 6e-7
-    assert torch.allclose(MultivariateStudentTPrior(2, loc=0.3, scale=2.0).loc, torch.tensor([0.3, 0.3]))  # loc from loc, not scale
+    assert torch.allclose(
+        MultivariateStudentTPrior(2, loc=0.3, scale=2.0).loc, torch.tensor([0.3, 0.3])
+    )  # loc from loc, not scale
     null = NullPrior(2)
     mean = torch.randn(3, 2)
     assert torch.equal(null.sample(mean, torch.ones(3, 2)), mean) and null(mean, mean).item() == 0
@@ -297,23 +423,34 @@ def test_reconstruction_losses_equal_torch_distributions():
     counts = torch.poisson(torch.full((2, 5, 3), 2.0))
     positive = torch.rand(2, 5, 3) + 0.2
     log_rate = torch.randn(2, 5, 3, 1)
-    torch.testing.assert_close(PoissonRecon(3).compute_loss(counts, log_rate),
-                               -Poisson(log_rate[..., 0].exp()).log_prob(counts))
+    torch.testing.assert_close(
+        PoissonRecon(3).compute_loss(counts, log_rate),
+        -Poisson(log_rate[..., 0].exp()).log_prob(counts),
+    )
     params = torch.randn(2, 5, 3, 2)
-    torch.testing.assert_close(Gaussian(3).compute_loss(positive, params),
-                               -Normal(params[..., 0], params[..., 1].mul(0.5).exp()).log_prob(positive))
-    torch.testing.assert_close(GammaRecon(3).compute_loss(positive, params),
-                               -Gamma(params[..., 0].exp(), params[..., 1].exp()).log_prob(positive))
-    torch.testing.assert_close(MSE(3).compute_loss(positive, params[..., :1]),
-                               -Normal(params[..., 0], math.sqrt(0.5)).log_prob(positive) - 0.5 * math.log(math.pi))
+    torch.testing.assert_close(
+        Gaussian(3).compute_loss(positive, params),
+        -Normal(params[..., 0], params[..., 1].mul(0.5).exp()).log_prob(positive),
+    )
+    torch.testing.assert_close(
+        GammaRecon(3).compute_loss(positive, params),
+        -Gamma(params[..., 0].exp(), params[..., 1].exp()).log_prob(positive),
+    )
+    torch.testing.assert_close(
+        MSE(3).compute_loss(positive, params[..., :1]),
+        -Normal(params[..., 0], math.sqrt(0.5)).log_prob(positive) - 0.5 * math.log(math.pi),
+    )
     zig = ZeroInflatedGamma(3, gamma_loc=0.1, scale_init=20.0)
     data = torch.where(torch.rand(2, 5, 3) < 0.4, torch.zeros(2, 5, 3), positive)
     zparams = torch.randn(2, 5, 3, 3)
     unit = torch.sigmoid(zparams)
     alpha, beta, q = unit[..., 0] * 20, unit[..., 1] * 20, unit[..., 2]
     gamma = Gamma(alpha, beta)
-    expected = torch.where(data == 0, -torch.log(1 - q),
-                           -torch.log(q) - gamma.log_prob(torch.where(data == 0, torch.ones_like(data), data - 0.1)))
+    expected = torch.where(
+        data == 0,
+        -torch.log(1 - q),
+        -torch.log(q) - gamma.log_prob(torch.where(data == 0, torch.ones_like(data), data - 0.1)),
+    )
     torch.testing.assert_close(zig.compute_loss(data, zparams), expected)
     torch.testing.assert_close(zig.compute_means(zparams), q * (alpha / beta + 0.1))
 
@@ -336,7 +473,9 @@ def test_coordinated_dropout_gradients_flow_only_through_masked_elements():
     nonzero_input = batch.encod_data != 0
     # kept inputs are scaled by 1/(1 - rate), masked ones zeroed
     torch.testing.assert_close(dropped.encod_data[kept], batch.encod_data[kept] / 0.6)
-    assert torch.equal((grad_mask == 1)[nonzero_input], ~kept[nonzero_input])  # gradient where input was masked
+    assert torch.equal(
+        (grad_mask == 1)[nonzero_input], ~kept[nonzero_input]
+    )  # gradient where input was masked
     predictions = torch.randn(6, 10, 7, requires_grad=True)
     losses = (predictions - batch.recon_data) ** 2
     total = cd.process_losses(losses, dropped, grad_mask, {})
@@ -344,9 +483,13 @@ def test_coordinated_dropout_gradients_flow_only_through_masked_elements():
     total.sum().backward()
     grad = predictions.grad
     observed = grad[:, :8, :5]
-    assert (observed[grad_mask == 0] == 0).all() and (observed[grad_mask == 1] != 0).float().mean() > 0.9
+    assert (observed[grad_mask == 0] == 0).all() and (
+        observed[grad_mask == 1] != 0
+    ).float().mean() > 0.9
     assert (grad[:, 8:] != 0).float().mean() > 0.9 and (grad[:, :, 5:] != 0).float().mean() > 0.9
-    assert abs((grad_mask == 0).float().mean().item() - 0.6) < 0.1  # kept (no gradient) fraction 1 - rate
+    assert (
+        abs((grad_mask == 0).float().mean().item() - 0.6) < 0.1
+    )  # kept (no gradient) fraction 1 - rate
 
 
 def test_selective_backprop_masks_nan_targets():
@@ -391,11 +534,16 @@ def test_temporal_shift_and_spike_jitter():
     assert shifted.encod_data.shape == batch.encod_data.shape
     # every channel is its own time series moved by at most 2 bins (edges repeated)
     x, y = batch.encod_data, shifted.encod_data
-    matches = [any(torch.equal(y[b, 2:-2, n], x[b, 2 - s: 18 - s, n]) for s in range(-2, 3))
-               for b in range(8) for n in range(30)]
+    matches = [
+        any(torch.equal(y[b, 2:-2, n], x[b, 2 - s : 18 - s, n]) for s in range(-2, 3))
+        for b in range(8)
+        for n in range(30)
+    ]
     assert all(matches) and not torch.equal(x, y)
     jittered, _ = SpikeJitter(width=2).process_batch(batch)
-    assert torch.equal(jittered.encod_data.sum(dim=1), batch.encod_data.sum(dim=1))  # spikes kept per channel
+    assert torch.equal(
+        jittered.encod_data.sum(dim=1), batch.encod_data.sum(dim=1)
+    )  # spikes kept per channel
     assert not torch.equal(jittered.encod_data, batch.encod_data)
 
 
@@ -420,9 +568,19 @@ def test_ramps():
 
 def test_loss_combines_terms_with_ramps_and_scales():
     torch.manual_seed(0)
-    hp = HParams.from_dict({**SMALL, "l2_gen_scale": 0.5, "l2_con_scale": 0.25, "kl_ic_scale": 1e-3,
-                            "kl_co_scale": 2e-3, "kl_increase_epoch": 3, "l2_increase_epoch": 1, "loss_scale": 10.0,
-                            "train_augmentations": []})
+    hp = HParams.from_dict(
+        {
+            **SMALL,
+            "l2_gen_scale": 0.5,
+            "l2_con_scale": 0.25,
+            "kl_ic_scale": 1e-3,
+            "kl_co_scale": 2e-3,
+            "kl_increase_epoch": 3,
+            "l2_increase_epoch": 1,
+            "loss_scale": 10.0,
+            "train_augmentations": [],
+        }
+    )
     dims = SessionDims(6, 2, 9, 3)
     model = LFADS(hp, [dims])
     batch = {0: make_batch(dims, 4)}
@@ -431,7 +589,9 @@ def test_loss_combines_terms_with_ramps_and_scales():
     out = outputs[0]
     recon = PoissonRecon(8).compute_loss(batch[0].recon_data, out.params).mean()
     gen, con = model.decoder.generator.weight_hh, model.decoder.controller.weight_hh
-    l2 = (0.5 * 0.5 * gen.pow(2).sum() + 0.25 * 0.5 * con.pow(2).sum()) / (gen.numel() + con.numel())
+    l2 = (0.5 * 0.5 * gen.pow(2).sum() + 0.25 * 0.5 * con.pow(2).sum()) / (
+        gen.numel() + con.numel()
+    )
     torch.testing.assert_close(terms.recon, recon)
     torch.testing.assert_close(terms.l2, l2)
     torch.testing.assert_close(terms.kl_ic, 1e-3 * model.ic_prior(out.ic_mean, out.ic_std))

@@ -6,17 +6,23 @@ import copy
 
 import pytest
 import torch
+from test_model_parts import SMALL, make_batch
 
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
-from test_model_parts import SMALL, make_batch
 
 CASES = [
     pytest.param({}, 0, id="controller"),
     pytest.param({"co_dim": 0}, 2, id="autonomous-with-external-inputs"),
     pytest.param({"ic_enc_seq_len": 3, "ci_lag": 2}, 3, id="ic-only-bins-lag-2-external-inputs"),
-    pytest.param({"variational": False, "ic_prior": "null", "co_prior": "null"}, 0, id="non-variational"),
-    pytest.param({"co_prior": "multivariate_student_t", "reconstruction": "gaussian"}, 0, id="student-t-gaussian"),
+    pytest.param(
+        {"variational": False, "ic_prior": "null", "co_prior": "null"}, 0, id="non-variational"
+    ),
+    pytest.param(
+        {"co_prior": "multivariate_student_t", "reconstruction": "gaussian"},
+        0,
+        id="student-t-gaussian",
+    ),
     pytest.param({"ci_enc_dim": 8}, 0, id="encoders-of-equal-size"),
     pytest.param({"cell_clip": 0.3}, 1, id="states-clipped"),
 ]
@@ -29,35 +35,58 @@ def loss_and_gradients(model: LFADS, impl: str, batch: dict, seed: int) -> tuple
     model.zero_grad()
     torch.manual_seed(seed)
     outputs = model(batch, sample_posteriors=True)
-    terms = model.loss(batch, outputs, model.train_augmentations, {s: [] for s in batch}, epoch=3, metrics={})
+    terms = model.loss(
+        batch, outputs, model.train_augmentations, {s: [] for s in batch}, epoch=3, metrics={}
+    )
     terms.loss.backward()
-    values = {"loss": terms.loss, "recon": terms.recon, "kl_ic": terms.kl_ic, "kl_co": terms.kl_co,
-              "factors": outputs[0].factors, "gen_states": outputs[0].gen_states}
+    values = {
+        "loss": terms.loss,
+        "recon": terms.recon,
+        "kl_ic": terms.kl_ic,
+        "kl_co": terms.kl_co,
+        "factors": outputs[0].factors,
+        "gen_states": outputs[0].gen_states,
+    }
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach().clone() for k, v in values.items()}, grads
 
 
 @pytest.mark.parametrize("changes, ext", CASES)
 def test_reference_and_fast_paths_give_the_same_loss_and_gradients(changes, ext):
-    hp = HParams.from_dict({**SMALL, "dropout": 0.2, "train_augmentations": [], "kl_increase_epoch": 1,
-                            "l2_gen_scale": 0.5, "l2_con_scale": 0.5, "l2_ic_enc_scale": 0.5,
-                            "l2_ci_enc_scale": 0.5, **changes})
+    hp = HParams.from_dict(
+        {
+            **SMALL,
+            "dropout": 0.2,
+            "train_augmentations": [],
+            "kl_increase_epoch": 1,
+            "l2_gen_scale": 0.5,
+            "l2_con_scale": 0.5,
+            "l2_ic_enc_scale": 0.5,
+            "l2_ci_enc_scale": 0.5,
+            **changes,
+        }
+    )
     dims = SessionDims(6, 2, 9, 3, ext)
     torch.manual_seed(0)
     model = LFADS(hp, [dims]).double()
     batch = {0: make_batch(dims, 5)}
-    batch[0] = batch[0].replace(**{f: getattr(batch[0], f).double() for f in ("encod_data", "recon_data",
-                                                                              "ext_input")})
+    batch[0] = batch[0].replace(
+        **{f: getattr(batch[0], f).double() for f in ("encod_data", "recon_data", "ext_input")}
+    )
     fast_values, fast_grads = loss_and_gradients(model, "fast", batch, seed=7)
     ref_values, ref_grads = loss_and_gradients(model, "reference", batch, seed=7)
     for name in fast_values:
-        torch.testing.assert_close(fast_values[name], ref_values[name], rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            fast_values[name], ref_values[name], rtol=1e-10, atol=1e-12, msg=name
+        )
     assert set(fast_grads) == set(ref_grads)
     assert sum(g.abs().sum() for g in fast_grads.values()) > 0
     if model.hparams.cell_clip < 1:  # the clip really acts
         assert (fast_values["gen_states"].abs() == model.hparams.cell_clip).float().mean() > 0.05
     for name in fast_grads:
-        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, msg=name)
+        torch.testing.assert_close(
+            fast_grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, msg=name
+        )
 
 
 def test_the_paths_agree_in_float32_within_rounding():
@@ -71,7 +100,9 @@ def test_the_paths_agree_in_float32_within_rounding():
     torch.testing.assert_close(fast_values["loss"], ref_values["loss"], rtol=1e-5, atol=1e-6)
     for name in fast_grads:  # float32 rounding: relative to each gradient's scale
         scale = float(ref_grads[name].abs().max())
-        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(
+            fast_grads[name], ref_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name
+        )
 
 
 def test_one_posterior_sample_is_identical_on_both_paths():
@@ -92,8 +123,15 @@ def test_one_posterior_sample_is_identical_on_both_paths():
 def test_many_posterior_samples_agree_within_monte_carlo_error():
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
-    model = LFADS(HParams.from_dict({**SMALL, "co_prior": {"name": "autoregressive_normal", "tau": 10.0,
-                                                           "noise_variance": 0.1}}), [dims]).eval()
+    model = LFADS(
+        HParams.from_dict(
+            {
+                **SMALL,
+                "co_prior": {"name": "autoregressive_normal", "tau": 10.0, "noise_variance": 0.1},
+            }
+        ),
+        [dims],
+    ).eval()
     batch = {0: make_batch(dims, 6)}
     n = 400
     results = {}
@@ -105,11 +143,14 @@ def test_many_posterior_samples_agree_within_monte_carlo_error():
     # the spread of single samples bounds the error of a mean of n of them
     model.set_rnn_impl("fast")
     torch.manual_seed(8)
-    single = torch.stack([model.posterior_average(batch, n_samples=1)[0]["rates"] for _ in range(50)])
+    single = torch.stack(
+        [model.posterior_average(batch, n_samples=1)[0]["rates"] for _ in range(50)]
+    )
     spread = single.std(0)
     assert spread.mean() > 1e-3  # the samples do differ
     difference = (results["fast"]["rates"] - results["reference"]["rates"]).abs()
-    # difference of two independent means: std sqrt(2/n) * spread; 5 sigma, with a floor for tiny spreads
+    # difference of two independent means: std sqrt(2/n) * spread; 5 sigma, with a floor for tiny
+    # spreads
     assert (difference <= 5 * (2 / n) ** 0.5 * spread + 1e-6).float().mean() > 0.999
     assert difference.max() < 10 * (2 / n) ** 0.5 * spread.max()
 
@@ -139,10 +180,14 @@ def test_compiled_path_gives_the_numbers_of_eager():
     compiled_values, compiled_grads = loss_and_gradients(model, "compiled", batch, seed=3)
     eager_values, eager_grads = loss_and_gradients(model, "reference", batch, seed=3)
     for name in eager_values:
-        torch.testing.assert_close(compiled_values[name], eager_values[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            compiled_values[name], eager_values[name], rtol=1e-5, atol=1e-6, msg=name
+        )
     assert set(compiled_grads) == set(eager_grads)
     for name in eager_grads:
-        torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name
+        )
     model.eval()
     with torch.no_grad():
         for impl in ("compiled", "fast"):

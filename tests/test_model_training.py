@@ -16,13 +16,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from model_helpers import TINY_HPARAMS, write_lorenz_prepared
 
 from lfads.cli import main
 from lfads.model.hparams import HParams
 from lfads.model.recons import Poisson
 from lfads.model.registry import register_reconstruction
-from lfads.train import load_checkpoint, load_model, train_model
-from model_helpers import TINY_HPARAMS, write_lorenz_prepared
+from lfads.training.train import load_checkpoint, load_model, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,9 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 def comparable(rows: list[dict[str, str]]) -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in row.items() if k != "epoch_seconds" and v != ""} for row in rows]
+    return [
+        {k: float(v) for k, v in row.items() if k != "epoch_seconds" and v != ""} for row in rows
+    ]
 
 
 def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp_path):
@@ -70,9 +72,24 @@ def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp
     assert model_path == tmp_path / "run" / "model.ckpt"
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    for column in ("train_loss", "train_recon", "train_kl_ic", "train_kl_co", "train_l2", "valid_loss",
-                   "valid_recon", "valid_bps", "valid_co_bps", "valid_fp_bps", "valid_rate_r2", "l2_ramp",
-                   "kl_ramp", "lr", "valid_recon_smoothed", "train_bps"):
+    for column in (
+        "train_loss",
+        "train_recon",
+        "train_kl_ic",
+        "train_kl_co",
+        "train_l2",
+        "valid_loss",
+        "valid_recon",
+        "valid_bps",
+        "valid_co_bps",
+        "valid_fp_bps",
+        "valid_rate_r2",
+        "l2_ramp",
+        "kl_ramp",
+        "lr",
+        "valid_recon_smoothed",
+        "train_bps",
+    ):
         assert all(math.isfinite(float(r[column])) for r in rows), column
     assert [float(r["kl_ramp"]) for r in rows] == [1 / 3, 2 / 3, 1.0]  # kl_increase_epoch 2
     assert HParams.from_yaml(tmp_path / "run" / "hparams.yaml") == hp.replace(max_epochs=3)
@@ -93,9 +110,13 @@ def test_seeded_cpu_run_is_deterministic(lorenz_file, tmp_path):
     hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1})
     train_model([lorenz_file], hp, tmp_path / "a", max_epochs=2, device="cpu")
     train_model([lorenz_file], hp, tmp_path / "b", max_epochs=2, device="cpu")
-    assert comparable(read_metrics(tmp_path / "a" / "metrics.csv")) == \
-        comparable(read_metrics(tmp_path / "b" / "metrics.csv"))
-    a, b = load_checkpoint(tmp_path / "a" / "model.ckpt"), load_checkpoint(tmp_path / "b" / "model.ckpt")
+    assert comparable(read_metrics(tmp_path / "a" / "metrics.csv")) == comparable(
+        read_metrics(tmp_path / "b" / "metrics.csv")
+    )
+    a, b = (
+        load_checkpoint(tmp_path / "a" / "model.ckpt"),
+        load_checkpoint(tmp_path / "b" / "model.ckpt"),
+    )
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
@@ -104,54 +125,86 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
     hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1, "lr_scheduler": True, "lr_patience": 0})
     train_model([lorenz_file], hp, tmp_path / "whole", max_epochs=4, device="cpu")
     train_model([lorenz_file], hp, tmp_path / "parts", max_epochs=2, device="cpu")
-    caplog.set_level("INFO", logger="lfads.train")
+    caplog.set_level("INFO", logger="lfads.training.train")
     train_model([lorenz_file], hp, tmp_path / "parts", max_epochs=4, device="cpu")
     assert "resumed from epoch 2 (" in caplog.text and "continuing at epoch 3 of 4" in caplog.text
-    whole, parts = read_metrics(tmp_path / "whole" / "metrics.csv"), read_metrics(tmp_path / "parts" / "metrics.csv")
+    whole, parts = (
+        read_metrics(tmp_path / "whole" / "metrics.csv"),
+        read_metrics(tmp_path / "parts" / "metrics.csv"),
+    )
     assert comparable(whole) == comparable(parts)
     with pytest.raises(ValueError, match=r"other hyperparameters \(\['lr'\]\)"):
-        train_model([lorenz_file], hp.replace(lr=0.5), tmp_path / "parts", max_epochs=5, device="cpu")
+        train_model(
+            [lorenz_file], hp.replace(lr=0.5), tmp_path / "parts", max_epochs=5, device="cpu"
+        )
     # the recurrent implementation does not change the numbers, so it may change on resume
     caplog.clear()
-    train_model([lorenz_file], hp.replace(rnn_impl="reference"), tmp_path / "parts", max_epochs=5, device="cpu")
+    train_model(
+        [lorenz_file],
+        hp.replace(rnn_impl="reference"),
+        tmp_path / "parts",
+        max_epochs=5,
+        device="cpu",
+    )
     assert "resumed from epoch 4 (" in caplog.text
     assert load_checkpoint(tmp_path / "parts" / "model.ckpt")["hparams"]["rnn_impl"] == "reference"
     train_model([lorenz_file], hp, tmp_path / "whole", max_epochs=5, device="cpu")
-    fast, reference = (comparable(read_metrics(tmp_path / run / "metrics.csv"))[-1] for run in ("whole", "parts"))
+    fast, reference = (
+        comparable(read_metrics(tmp_path / run / "metrics.csv"))[-1] for run in ("whole", "parts")
+    )
     assert fast.keys() == reference.keys()
     for key in fast:  # the same numbers up to float32 rounding
         assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-5), key
 
 
 def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path):
-    from lfads.model.module import NonFiniteLossError
+    from lfads.training.module import NonFiniteLossError
 
     # 4 train batches + 1 valid batch per epoch: the 13th loss evaluation is in epoch 2
-    hp = HParams.from_dict({**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 12}})
+    hp = HParams.from_dict(
+        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 12}}
+    )
     with pytest.raises(NonFiniteLossError, match="train loss term 'recon' is nan at epoch 2"):
         train_model([lorenz_file], hp, tmp_path / "run", max_epochs=5, device="cpu")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert len(last["lfads"]["history"]) == 2 and all(
-        math.isfinite(row["train_loss"]) for row in last["lfads"]["history"])
+        math.isfinite(row["train_loss"]) for row in last["lfads"]["history"]
+    )
     assert not (tmp_path / "run" / "model.ckpt").exists()
 
 
-def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_not_continued(lorenz_file, tmp_path, caplog):
-    # lr ~ 0 and no sampling or dropout: the valid loss never improves, so patience 1 stops as soon as it may
-    hp = HParams.from_dict({**TINY_HPARAMS, "lr": 1e-30, "variational": False, "ic_prior": "null",
-                            "co_prior": "null", "kl_increase_epoch": 2, "l2_increase_epoch": 0,
-                            "early_stopping_patience": 1, "valid_smoothing": 1.0})
+def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_not_continued(
+    lorenz_file, tmp_path, caplog
+):
+    # lr ~ 0 and no sampling or dropout: the valid loss never improves, so patience 1 stops as soon
+    # as it may
+    hp = HParams.from_dict(
+        {
+            **TINY_HPARAMS,
+            "lr": 1e-30,
+            "variational": False,
+            "ic_prior": "null",
+            "co_prior": "null",
+            "kl_increase_epoch": 2,
+            "l2_increase_epoch": 0,
+            "early_stopping_patience": 1,
+            "valid_smoothing": 1.0,
+        }
+    )
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert len(rows) == 4  # ramps end at epoch 2 (the first counted); no better loss at epoch 3
-    assert "early stopping at epoch 4" in load_checkpoint(tmp_path / "run" / "model.ckpt")["stop_reason"]
-    caplog.set_level("INFO", logger="lfads.train")
+    assert (
+        "early stopping at epoch 4"
+        in load_checkpoint(tmp_path / "run" / "model.ckpt")["stop_reason"]
+    )
+    caplog.set_level("INFO", logger="lfads.training.train")
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
     assert "had stopped" in caplog.text and len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4
 
 
 def test_external_inputs_and_nan_targets(tmp_path):
-    from lfads.data import load_session
+    from lfads.training.datamodule import load_session
 
     path = write_lorenz_prepared(tmp_path / "prepared.h5", n_trials=60)
     with h5py.File(path, "a") as file:
@@ -168,11 +221,15 @@ def test_external_inputs_and_nan_targets(tmp_path):
     hp = HParams.from_dict(TINY_HPARAMS)
     with pytest.raises(ValueError, match="NaN \\(unobserved\\) targets; add selective_backprop"):
         train_model([path], hp, tmp_path / "run", max_epochs=1, device="cpu")
-    hp = hp.replace(train_augmentations=["selective_backprop", "coordinated_dropout"],
-                    infer_augmentations=["selective_backprop"])
+    hp = hp.replace(
+        train_augmentations=["selective_backprop", "coordinated_dropout"],
+        infer_augmentations=["selective_backprop"],
+    )
     model_path = train_model([path], hp, tmp_path / "run", max_epochs=2, device="cpu")
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert all(math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["train_bps"])) for r in rows)
+    assert all(
+        math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["train_bps"])) for r in rows
+    )
     model, _ = load_model(model_path)
     assert model.decoder.generator.input_size == 2 + 2  # co_dim + ext_input_dim
 
@@ -180,12 +237,46 @@ def test_external_inputs_and_nan_targets(tmp_path):
 def test_cli_train_and_infer(lorenz_file, tmp_path, caplog):
     config = tmp_path / "hp.yaml"
     config.write_text(HParams.from_dict(TINY_HPARAMS).to_yaml())
-    assert main(["train", "--data", str(lorenz_file), "--config", str(config), "--out", str(tmp_path / "run"),
-                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--device", "cpu", "--max-epochs", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(lorenz_file),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "run"),
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+                "--device",
+                "cpu",
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "ckpt" / "last.ckpt").exists() and (tmp_path / "run" / "model.ckpt").exists()
     out = tmp_path / "run" / "inferred.h5"
-    assert main(["infer", "--model", str(tmp_path / "run" / "model.ckpt"), "--data", str(lorenz_file),
-                 "--out", str(out), "--samples", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(tmp_path / "run" / "model.ckpt"),
+                "--data",
+                str(lorenz_file),
+                "--out",
+                str(out),
+                "--samples",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with h5py.File(out, "r") as inferred, h5py.File(lorenz_file, "r") as prepared:
         assert inferred.attrs["n_samples"] == 4 and inferred.attrs["bin_width_ms"] == 20
         for split, n in (("train", 160), ("valid", 40), ("eval", 20)):
@@ -195,22 +286,48 @@ def test_cli_train_and_infer(lorenz_file, tmp_path, caplog):
             assert group["ic_mean"].shape == group["ic_std"].shape == (n, 8)
             assert group["co_mean"].shape == group["co_std"].shape == (n, 25, 2)
             assert (group["rates"][()] > 0).all()
-            np.testing.assert_array_equal(group["nlb_index"][()], prepared[f"{split}/nlb_index"][()])
+            np.testing.assert_array_equal(
+                group["nlb_index"][()], prepared[f"{split}/nlb_index"][()]
+            )
     bad = tmp_path / "bad.yaml"
     bad.write_text("gen_dimm: 3\n")
-    assert main(["train", "--data", str(lorenz_file), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(lorenz_file),
+                "--config",
+                str(bad),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "bad.yaml: unknown hyperparameter(s) ['gen_dimm']" in caplog.text
 
 
 def test_posterior_sample_is_seeded_and_averages(lorenz_file, tmp_path):
-    from lfads.infer import posterior_sample
+    from lfads.evaluation.infer import posterior_sample
 
-    model_path = train_model([lorenz_file], HParams.from_dict(TINY_HPARAMS), tmp_path / "run", max_epochs=1,
-                             device="cpu")
+    model_path = train_model(
+        [lorenz_file], HParams.from_dict(TINY_HPARAMS), tmp_path / "run", max_epochs=1, device="cpu"
+    )
     outs = [tmp_path / f"{name}.h5" for name in ("a", "b", "c")]
-    posterior_sample(model_path, [lorenz_file], [outs[0]], n_samples=3, batch_size=7, device="cpu", seed=1)
-    posterior_sample(model_path, [lorenz_file], [outs[1]], n_samples=3, batch_size=7, device="cpu", seed=1,
-                     mantissa_bits=23)
+    posterior_sample(
+        model_path, [lorenz_file], [outs[0]], n_samples=3, batch_size=7, device="cpu", seed=1
+    )
+    posterior_sample(
+        model_path,
+        [lorenz_file],
+        [outs[1]],
+        n_samples=3,
+        batch_size=7,
+        device="cpu",
+        seed=1,
+        mantissa_bits=23,
+    )
     posterior_sample(model_path, [lorenz_file], [outs[2]], n_samples=30, device="cpu", seed=2)
     with h5py.File(outs[0]) as a, h5py.File(outs[1]) as b, h5py.File(outs[2]) as c:
         np.testing.assert_array_equal(a["valid/rates"][()], b["valid/rates"][()])
@@ -219,11 +336,14 @@ def test_posterior_sample_is_seeded_and_averages(lorenz_file, tmp_path):
         assert 0 < np.max(np.abs(rounded - exact) / np.abs(exact)) <= 2**-13
         assert a.attrs["mantissa_bits"] == 12 and b.attrs["mantissa_bits"] == 23
         # deterministic encoder outputs do not depend on samples or batch size
-        np.testing.assert_allclose(a["valid/ic_mean"][()], c["valid/ic_mean"][()], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            a["valid/ic_mean"][()], c["valid/ic_mean"][()], rtol=1e-5, atol=1e-6
+        )
         assert not np.allclose(a["valid/rates"][()], c["valid/rates"][()])
 
 
-# -- custom parts from outside the package -------------------------------------------------------------
+# -- custom parts from outside the package
+# -------------------------------------------------------------
 LAPLACE_PLUGIN = '''
 """A Laplace prior on the initial condition, registered from outside the lfads package."""
 import torch
@@ -255,8 +375,13 @@ def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkey
     request.addfinalizer(lambda: sys.modules.pop("my_laplace_prior", None))
     (tmp_path / "my_laplace_prior.py").write_text(textwrap.dedent(LAPLACE_PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
-    hp = HParams.from_dict({**TINY_HPARAMS, "plugins": ["my_laplace_prior"],
-                            "ic_prior": {"name": "laplace", "scale": 0.5}})
+    hp = HParams.from_dict(
+        {
+            **TINY_HPARAMS,
+            "plugins": ["my_laplace_prior"],
+            "ic_prior": {"name": "laplace", "scale": 0.5},
+        }
+    )
     model_path = train_model([lorenz_file], hp, tmp_path / "run", max_epochs=2, device="cpu")
     model, checkpoint = load_model(model_path)
     assert type(model.ic_prior).__name__ == "LaplacePrior"
@@ -267,11 +392,13 @@ def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkey
 
 # -- several sessions ----------------------------------------------------------------------
 def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
-    from lfads.data import LFADSDataModule
-    from lfads.infer import posterior_sample
+    from lfads.evaluation.infer import posterior_sample
+    from lfads.training.datamodule import LFADSDataModule
 
-    files = [write_lorenz_prepared(tmp_path / "s0.h5", n_trials=100, n_heldin=20, n_heldout=6, seed=1),
-             write_lorenz_prepared(tmp_path / "s1.h5", n_trials=60, n_heldin=12, n_heldout=4, seed=2)]
+    files = [
+        write_lorenz_prepared(tmp_path / "s0.h5", n_trials=100, n_heldin=20, n_heldout=6, seed=1),
+        write_lorenz_prepared(tmp_path / "s1.h5", n_trials=60, n_heldin=12, n_heldout=4, seed=2),
+    ]
     data = LFADSDataModule(files, batch_size=40, seed=0)
     data.setup()
     batches = list(data.train_dataloader())
@@ -283,13 +410,17 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     model_path = train_model(files, hp, tmp_path / "run", max_epochs=2, device="cpu")
     model, checkpoint = load_model(model_path)
     assert [tuple(r.weight.shape) for r in model.readins] == [(10, 20), (10, 12)]
-    assert not any(p.requires_grad for r in model.readins for p in r.parameters())  # PCR readins stay frozen
+    assert not any(
+        p.requires_grad for r in model.readins for p in r.parameters()
+    )  # PCR readins stay frozen
     assert [tuple(r.weight.shape) for r in model.readouts] == [(26, 8), (16, 8)]
     # the frozen readins are still the PCR start after training
     from lfads.model.readin import pcr_readins, session_averages
 
-    averages = [session_averages(s.splits["train"]["encod_data"].numpy(), s.conditions["train"], [0])
-                for s in data.sessions]
+    averages = [
+        session_averages(s.splits["train"]["encod_data"].numpy(), s.conditions["train"], [0])
+        for s in data.sessions
+    ]
     for layer, (weight, bias) in zip(model.readins, pcr_readins(averages, 10, seed=hp.seed)):
         torch.testing.assert_close(layer.weight, torch.from_numpy(weight))
     outs = [tmp_path / "i0.h5", tmp_path / "i1.h5"]
@@ -304,31 +435,58 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     data = write_lorenz_prepared(tmp_path / "prepared.h5", n_trials=400)
     config = tmp_path / "hp.yaml"
-    config.write_text(HParams.from_dict({**TINY_HPARAMS, "gen_dim": 64, "dropout": 0.1, "lr_scheduler": True,
-                                         "max_epochs": 8}).to_yaml())
+    config.write_text(
+        HParams.from_dict(
+            {**TINY_HPARAMS, "gen_dim": 64, "dropout": 0.1, "lr_scheduler": True, "max_epochs": 8}
+        ).to_yaml()
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "lfads", "train", "--data", str(data), "--config", str(config),
-                "--out", str(out), "--device", "cpu"]
+        return [
+            sys.executable,
+            "-m",
+            "lfads",
+            "train",
+            "--data",
+            str(data),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
 
     subprocess.run(command(tmp_path / "whole"), check=True, env=env, cwd=REPO, capture_output=True)
-    process = subprocess.Popen(command(tmp_path / "killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tmp_path / "killed"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     progress = tmp_path / "killed" / "checkpoints" / "metrics.csv"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if progress.exists() and len(read_metrics(progress)) >= 3:  # a checkpoint past epoch 3 is on disk
+        if (
+            progress.exists() and len(read_metrics(progress)) >= 3
+        ):  # a checkpoint past epoch 3 is on disk
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     assert process.wait() == -signal.SIGKILL, "training ended before it could be killed"
-    done = len(load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["lfads"]["history"])
+    done = len(
+        load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["lfads"]["history"]
+    )
     assert 3 <= done < 8 and not (tmp_path / "killed" / "model.ckpt").exists()
-    resumed = subprocess.run(command(tmp_path / "killed"), check=True, env=env, cwd=REPO, capture_output=True,
-                             text=True)
-    assert f"resumed from epoch {done} ({tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}); " \
+    resumed = subprocess.run(
+        command(tmp_path / "killed"), check=True, env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert (
+        f"resumed from epoch {done} ({tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}); "
         f"continuing at epoch {done + 1} of 8" in resumed.stderr
+    )
     whole = comparable(read_metrics(tmp_path / "whole" / "metrics.csv"))
     killed = comparable(read_metrics(tmp_path / "killed" / "metrics.csv"))
     assert len(whole) == len(killed) == 8

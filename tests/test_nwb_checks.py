@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads.nwb_checks import NWBLayoutError, check_nwb_file
-from lfads.prepare import prepare
-from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.data.nwb_checks import NWBLayoutError, check_nwb_file
+from lfads.data.prepare import prepare
+from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import tomllib
 
 import yaml
-
 from conftest import REPO
 
 
@@ -13,6 +12,7 @@ def test_conda_env_matches_pyproject():
     pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
     requirements = [line for line in pip_section if not line.startswith("-")]
     assert sorted(requirements) == sorted(pyproject["project"]["dependencies"])
-    python = next(item for item in env["dependencies"] if isinstance(item, str) and item.startswith("python"))
+    python = next(
+        item for item in env["dependencies"] if isinstance(item, str) and item.startswith("python")
+    )
     assert pyproject["project"]["requires-python"].lstrip(">=") in python
-

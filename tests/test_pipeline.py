@@ -8,7 +8,6 @@ import re
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_MODEL, run_snakemake, write_tiny_config
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
@@ -24,13 +23,25 @@ def job_count(output: str, rule: str) -> int:
 def pipeline(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
     configfile = write_tiny_config(
-        workdir, model={"bin_width": 20, "n_samples": 10, "hparams": dict(TINY_MODEL)},
+        workdir,
+        model={"bin_width": 20, "n_samples": 10, "hparams": dict(TINY_MODEL)},
         search={"grid": {"dropout": [0.05, 0.3]}},
-        resources={"train": {"threads": 1, "mem_mb": 1000}, "infer": {"threads": 1, "mem_mb": 1000}})
+        resources={
+            "train": {"threads": 1, "mem_mb": 1000},
+            "infer": {"threads": 1, "mem_mb": 1000},
+        },
+    )
 
     def snakemake(*args):
-        return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), "--configfile",
-                             str(configfile), *args)
+        return run_snakemake(
+            "--snakefile",
+            SNAKEFILE,
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(configfile),
+            *args,
+        )
 
     result = snakemake("--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -45,7 +56,9 @@ def test_every_output_and_metrics(pipeline):
         folder = results / "runs" / run
         for name in ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json"):
             assert (folder / name).stat().st_size > 0, folder / name
-        assert yaml.safe_load((folder / "hparams.yaml").read_text())["dropout"] == float(run.split("~")[1])
+        assert yaml.safe_load((folder / "hparams.yaml").read_text())["dropout"] == float(
+            run.split("~")[1]
+        )
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["co-bps"] > 0.1  # the binned true rates score about 0.46 on this dataset
         assert metrics["rate R2"] > 0.3
@@ -54,8 +67,15 @@ def test_every_output_and_metrics(pipeline):
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert sorted(table.run) == RUNS and table.best.sum() == 1
     assert table.valid_recon_smoothed.is_monotonic_increasing
-    for figure in ("metrics_vs_hyperparameters", "training_curves", "best_raster", "best_factors", "best_psth",
-                   "best_velocity", "best_rates_vs_truth"):
+    for figure in (
+        "metrics_vs_hyperparameters",
+        "training_curves",
+        "best_raster",
+        "best_factors",
+        "best_psth",
+        "best_velocity",
+        "best_rates_vs_truth",
+    ):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
 
 

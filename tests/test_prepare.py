@@ -5,15 +5,17 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from conftest import SMALL_SYNTHETIC
-from lfads.prepare import prepare, split_indices
-from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
-from lfads.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
-from lfads.targets import group_name, write_targets
+
+from lfads.data.prepare import prepare, split_indices
+from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
+from lfads.data.targets import group_name, write_targets
 
 N_HELDIN, N_HELDOUT = SMALL_SYNTHETIC["n_heldin"], SMALL_SYNTHETIC["n_heldout"]
-N_TRAIN, N_VAL, N_TEST = (SMALL_SYNTHETIC[k] for k in ("n_train_trials", "n_val_trials", "n_test_trials"))
+N_TRAIN, N_VAL, N_TEST = (
+    SMALL_SYNTHETIC[k] for k in ("n_train_trials", "n_val_trials", "n_test_trials")
+)
 BINS = {5: (140, 40), 20: (35, 10)}  # observed and forward bins of the mc_maze window
 
 
@@ -28,8 +30,18 @@ def prepared(request, synthetic_dir, tmp_path_factory):
     bin_width = request.param
     nwb, truth = _paths(synthetic_dir)
     out = tmp_path_factory.mktemp("prepared") / f"prepared_{bin_width}ms.h5"
-    prepare(nwb["train"], nwb["test"], out, "mc_maze", bin_width, "val", "synthetic",
-            valid_fraction=0.25, split_seed=1, truth_files=truth)
+    prepare(
+        nwb["train"],
+        nwb["test"],
+        out,
+        "mc_maze",
+        bin_width,
+        "val",
+        "synthetic",
+        valid_fraction=0.25,
+        split_seed=1,
+        truth_files=truth,
+    )
     return bin_width, out, nwb
 
 
@@ -41,8 +53,12 @@ def test_keys_and_shapes(prepared):
     with h5py.File(path) as handle:
         attrs = dict(handle.attrs)
         assert attrs["bin_width_ms"] == bin_width and attrs["phase"] == "val"
-        assert (attrs["n_heldin"], attrs["n_heldout"], attrs["n_obs_bins"], attrs["n_fwd_bins"]) == (
-            N_HELDIN, N_HELDOUT, n_obs, n_fwd)
+        assert (
+            attrs["n_heldin"],
+            attrs["n_heldout"],
+            attrs["n_obs_bins"],
+            attrs["n_fwd_bins"],
+        ) == (N_HELDIN, N_HELDOUT, n_obs, n_fwd)
         expected = {
             "train/encod_data": (N_TRAIN - n_valid, n_obs, N_HELDIN),
             "train/recon_data": (N_TRAIN - n_valid, n_obs + n_fwd, n_all),
@@ -66,8 +82,9 @@ def test_keys_and_shapes(prepared):
         expected_train, expected_valid = split_indices(N_TRAIN, 0.25, 1)
         np.testing.assert_array_equal(valid_index, expected_valid)
         # encoder input is the held-in, observed part of the reconstruction target
-        np.testing.assert_array_equal(handle["train/encod_data"][()],
-                                      handle["train/recon_data"][:, :n_obs, :N_HELDIN])
+        np.testing.assert_array_equal(
+            handle["train/encod_data"][()], handle["train/recon_data"][:, :n_obs, :N_HELDIN]
+        )
         assert np.isfinite(handle["train/recon_data"][()]).all()
         assert handle["train/condition"][()].min() >= 0
 
@@ -85,7 +102,9 @@ def test_truth_matches_spike_counts(prepared):
 
 def test_test_phase_uses_train_and_val_trials_and_the_test_file(synthetic_dir, tmp_path):
     nwb, truth = _paths(synthetic_dir)
-    out = prepare(nwb["train"], nwb["test"], tmp_path / "p.h5", "mc_maze", 20, "test", truth_files=truth)
+    out = prepare(
+        nwb["train"], nwb["test"], tmp_path / "p.h5", "mc_maze", 20, "test", truth_files=truth
+    )
     with h5py.File(out) as handle:
         n_model = handle["train/encod_data"].shape[0] + handle["valid/encod_data"].shape[0]
         assert n_model == N_TRAIN + N_VAL
@@ -103,17 +122,21 @@ def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_pa
     n_obs, _ = BINS[bin_width]
     with h5py.File(path) as handle:
         rows = np.concatenate([handle["train/nlb_index"][()], handle["valid/nlb_index"][()]])
-        truth = np.concatenate([handle["train/truth"][()], handle["valid/truth"][()]])[np.argsort(rows)]
+        truth = np.concatenate([handle["train/truth"][()], handle["valid/truth"][()]])[
+            np.argsort(rows)
+        ]
         eval_truth = handle["eval/truth"][()]
     name = group_name("mc_maze", bin_width)
-    submission = {name: {
-        "train_rates_heldin": truth[:, :n_obs, :N_HELDIN],
-        "train_rates_heldout": truth[:, :n_obs, N_HELDIN:],
-        "eval_rates_heldin": eval_truth[:, :n_obs, :N_HELDIN],
-        "eval_rates_heldout": eval_truth[:, :n_obs, N_HELDIN:],
-        "eval_rates_heldin_forward": eval_truth[:, n_obs:, :N_HELDIN],
-        "eval_rates_heldout_forward": eval_truth[:, n_obs:, N_HELDIN:],
-    }}
+    submission = {
+        name: {
+            "train_rates_heldin": truth[:, :n_obs, :N_HELDIN],
+            "train_rates_heldout": truth[:, :n_obs, N_HELDIN:],
+            "eval_rates_heldin": eval_truth[:, :n_obs, :N_HELDIN],
+            "eval_rates_heldout": eval_truth[:, :n_obs, N_HELDIN:],
+            "eval_rates_heldin_forward": eval_truth[:, n_obs:, :N_HELDIN],
+            "eval_rates_heldout_forward": eval_truth[:, n_obs:, N_HELDIN:],
+        }
+    }
     (result,) = evaluate(str(targets), submission)
     scores = result[f"{name}_split"]
     # measured on this dataset: co-bps 0.46, fp-bps 0.91, vel R2 0.99, psth R2 0.43 (few trials
@@ -123,8 +146,10 @@ def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_pa
     assert scores["vel R2"] > 0.9
     assert scores["psth R2"] > 0.3
     # each neuron's mean rate, the baseline co-bps is measured against, scores about 0
-    flat = {key: np.broadcast_to(value.mean(axis=(0, 1), keepdims=True), value.shape)
-            for key, value in submission[name].items()}
+    flat = {
+        key: np.broadcast_to(value.mean(axis=(0, 1), keepdims=True), value.shape)
+        for key, value in submission[name].items()
+    }
     (baseline,) = evaluate(str(targets), {name: flat})
     assert abs(baseline[f"{name}_split"]["co-bps"]) < 0.05
     with h5py.File(targets) as handle:

@@ -2,25 +2,39 @@
 
 import pytest
 
-from lfads.search import expand_search, run_name
+from lfads.search.space import expand_search, run_name
 
 
 def test_grid_is_crossed_with_stable_names():
     runs = expand_search({"grid": {"lr": [0.004, 0.001], "dropout": [0.1, 0.3]}})
     assert [run.name for run in runs] == [
-        "dropout~0.1_lr~0.004", "dropout~0.1_lr~0.001", "dropout~0.3_lr~0.004", "dropout~0.3_lr~0.001"]
+        "dropout~0.1_lr~0.004",
+        "dropout~0.1_lr~0.001",
+        "dropout~0.3_lr~0.004",
+        "dropout~0.3_lr~0.001",
+    ]
     assert runs[1].params == {"dropout": 0.1, "lr": 0.001}
 
 
 def test_changing_one_value_renames_only_its_runs():
-    before = {run.name for run in expand_search({"grid": {"lr": [0.004, 0.001], "dropout": [0.1, 0.3]}})}
-    after = {run.name for run in expand_search({"grid": {"lr": [0.004, 0.002], "dropout": [0.1, 0.3]}})}
+    before = {
+        run.name for run in expand_search({"grid": {"lr": [0.004, 0.001], "dropout": [0.1, 0.3]}})
+    }
+    after = {
+        run.name for run in expand_search({"grid": {"lr": [0.004, 0.002], "dropout": [0.1, 0.3]}})
+    }
     assert before & after == {"dropout~0.1_lr~0.004", "dropout~0.3_lr~0.004"}
 
 
 def test_random_search_is_seeded_and_within_range():
-    search = {"random": {"n": 5, "seed": 7, "log_uniform": {"kl_co_scale": [1e-6, 1e-4]},
-                         "uniform": {"dropout": [0.0, 0.6]}}}
+    search = {
+        "random": {
+            "n": 5,
+            "seed": 7,
+            "log_uniform": {"kl_co_scale": [1e-6, 1e-4]},
+            "uniform": {"dropout": [0.0, 0.6]},
+        }
+    }
     runs = expand_search(search)
     assert runs == expand_search(search)
     assert len({run.name for run in runs}) == 5
@@ -33,7 +47,9 @@ def test_random_search_is_seeded_and_within_range():
 
 
 def test_grid_crossed_with_random_points():
-    runs = expand_search({"grid": {"lr": [0.01, 0.001]}, "random": {"n": 3, "uniform": {"dropout": [0, 1]}}})
+    runs = expand_search(
+        {"grid": {"lr": [0.01, 0.001]}, "random": {"n": 3, "uniform": {"dropout": [0, 1]}}}
+    )
     assert len(runs) == 6
 
 
@@ -44,4 +60,6 @@ def test_no_search_is_one_base_run():
 
 def test_a_key_in_grid_and_random_is_refused():
     with pytest.raises(ValueError, match="dropout"):
-        expand_search({"grid": {"dropout": [0.1]}, "random": {"n": 2, "uniform": {"dropout": [0, 1]}}})
+        expand_search(
+            {"grid": {"dropout": [0.1]}, "random": {"n": 2, "uniform": {"dropout": [0, 1]}}}
+        )

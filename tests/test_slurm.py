@@ -13,21 +13,27 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, TINY_MODEL, write_tiny_config
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
-from cluster import ClusterError, LocalSlurm, available  # noqa: E402
+from cluster import ClusterError, LocalSlurm, available
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
-LOCAL_CLUSTER = ["--default-resources", "slurm_partition=debug", "slurm_account=lfads", "runtime=30", "mem_mb=1000",
-                 "--slurm-init-seconds-before-status-checks", "5"]
+LOCAL_CLUSTER = [
+    "--default-resources",
+    "slurm_partition=debug",
+    "slurm_account=lfads",
+    "runtime=30",
+    "mem_mb=1000",
+    "--slurm-init-seconds-before-status-checks",
+    "5",
+]
 MODEL = TINY_MODEL
 
 
@@ -52,17 +58,29 @@ def cluster(tmp_path_factory):
 
 def workdir_with_config(folder: Path, **changes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    defaults = {"model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
-                "search": {"grid": {"dropout": [0.05, 0.3]}},
-                "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
-                              "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}}}
+    defaults = {
+        "model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
+        "search": {"grid": {"dropout": [0.05, 0.3]}},
+        "resources": {
+            "train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
+            "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30},
+        },
+    }
     write_tiny_config(folder, **{**defaults, **changes})
     return folder
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    return [str(BIN / "snakemake"), "--snakefile", SNAKEFILE, "--directory", str(workdir),
-            "--configfile", str(workdir / "config.yaml"), *args]
+    return [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        SNAKEFILE,
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
 
 
 def environment(cluster: LocalSlurm) -> dict:
@@ -71,25 +89,50 @@ def environment(cluster: LocalSlurm) -> dict:
 
 def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
     # SIGINT, not SIGTERM, stops a hung `snakemake --executor slurm`
-    return subprocess.run(["timeout", "-s", "INT", "-k", "30", str(int(timeout)), *command], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["timeout", "-s", "INT", "-k", "30", str(int(timeout)), *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def sacct(cluster: LocalSlurm) -> list[dict]:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-1days", "-o", "JobID,Partition,State,AllocTRES,Comment"],
-                         capture_output=True, text=True, env=environment(cluster), check=True).stdout
+    out = subprocess.run(
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "-a",
+            "-S",
+            "now-1days",
+            "-o",
+            "JobID,Partition,State,AllocTRES,Comment",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(cluster),
+        check=True,
+    ).stdout
     keys = ["job", "partition", "state", "tres", "comment"]
     return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
 def rule_of(job: dict) -> str:
-    match = re.match(r"rule_(\w+?)_wildcards", job["comment"]) or re.match(r"rule_(\w+)", job["comment"])
+    match = re.match(r"rule_(\w+?)_wildcards", job["comment"]) or re.match(
+        r"rule_(\w+)", job["comment"]
+    )
     return match.group(1) if match else ""
 
 
 def metrics(workdir: Path) -> dict[str, dict]:
     runs = workdir / "results" / "tiny" / "val" / "runs"
-    return {folder.name: json.loads((folder / "metrics.json").read_text()) for folder in sorted(runs.iterdir())}
+    return {
+        folder.name: json.loads((folder / "metrics.json").read_text())
+        for folder in sorted(runs.iterdir())
+    }
 
 
 def assert_same_metrics(a: dict, b: dict) -> None:
@@ -101,7 +144,9 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
     submitted_before = {job["job"] for job in sacct(cluster)}
     on_slurm = workdir_with_config(tmp_path / "slurm")
-    result = run(snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster))
+    result = run(
+        snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster)
+    )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
 
     jobs = [job for job in sacct(cluster) if job["job"] not in submitted_before]
@@ -110,7 +155,11 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
         by_rule.setdefault(rule_of(job), []).append(job)
     assert len(by_rule["train"]) == 2 and len(by_rule["infer"]) == 2
     for job in by_rule["train"] + by_rule["infer"]:
-        assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"] and job["state"] == "COMPLETED"
+        assert (
+            job["partition"] == "gpu"
+            and "gres/gpu=1" in job["tres"]
+            and job["state"] == "COMPLETED"
+        )
     for rule in ("prepare", "targets", "evaluate"):
         assert by_rule[rule] and all(job["partition"] == "debug" for job in by_rule[rule]), rule
     for rule in ("fetch", "aggregate", "figures"):
@@ -133,17 +182,37 @@ def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
     one_run = {"grid": {"dropout": [0.1]}}
     workdir = workdir_with_config(tmp_path / "cancel", model=long, search=one_run)
     env = environment(cluster)
-    command = ["timeout", "-s", "INT", "-k", "30", "600",
-               *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER)]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        "timeout",
+        "-s",
+        "INT",
+        "-k",
+        "30",
+        "600",
+        *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while _checkpoint_epochs(workdir, "dropout~0.1") < 30:
-            assert process.poll() is None and time.monotonic() < deadline, "training never reached epoch 30"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "training never reached epoch 30"
+            )
             time.sleep(0.5)
-        queue = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True,
-                               env=env, check=True).stdout
-        running = [line.split("|")[0] for line in queue.splitlines() if line.split("|")[1].startswith("rule_train")]
+        queue = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        running = [
+            line.split("|")[0]
+            for line in queue.splitlines()
+            if line.split("|")[1].startswith("rule_train")
+        ]
         assert len(running) == 1, queue
         subprocess.run(["scancel", running[0]], env=env, check=True)
         cancelled_after = _checkpoint_epochs(workdir, "dropout~0.1")
@@ -165,13 +234,22 @@ def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
 
 def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
     """A train job over its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues from the checkpoint."""
-    # about 100 s of epochs at ~0.1 s each (no early stopping): SLURM kills the first attempt after 60-90 s,
+    # about 100 s of epochs at ~0.1 s each (no early stopping): SLURM kills the first attempt after
+    # 60-90 s,
     # the second finishes well within its minute
-    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 1000, "early_stopping_patience": 0}}
+    long = {
+        "bin_width": 20,
+        "n_samples": 10,
+        "hparams": {**MODEL, "max_epochs": 1000, "early_stopping_patience": 0},
+    }
     one_run = {"grid": {"dropout": [0.1]}}
-    resources = {"train": {"threads": 1, "mem_mb": 1000, "runtime": 1},
-                 "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30}}
-    workdir = workdir_with_config(tmp_path / "timeout", model=long, search=one_run, resources=resources)
+    resources = {
+        "train": {"threads": 1, "mem_mb": 1000, "runtime": 1},
+        "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30},
+    }
+    workdir = workdir_with_config(
+        tmp_path / "timeout", model=long, search=one_run, resources=resources
+    )
     env = environment(cluster)
     result = run(snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER), env, timeout=900)
     output = result.stdout + result.stderr
@@ -188,9 +266,16 @@ def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_pa
 
 def test_bad_config_value_submits_nothing(cluster, tmp_path):
     submitted_before = len(sacct(cluster))
-    workdir = workdir_with_config(tmp_path / "bad", search={"grid": {"dropout": [0.1]}},
-                                  model={"bin_width": 20, "hparams": {**MODEL, "gen_dimm": 3}})
-    result = run(snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster), timeout=120)
+    workdir = workdir_with_config(
+        tmp_path / "bad",
+        search={"grid": {"dropout": [0.1]}},
+        model={"bin_width": 20, "hparams": {**MODEL, "gen_dimm": 3}},
+    )
+    result = run(
+        snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER),
+        environment(cluster),
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "gen_dimm" in result.stdout + result.stderr
     assert len(sacct(cluster)) == submitted_before

@@ -9,12 +9,18 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lfads.cli import main
-from lfads.config import load_yaml
-from lfads.synthetic import ASSET_PATHS, TRUTH_PATHS, SyntheticSettings, bin_true_rates, write_synthetic_dataset
-from lfads.targets import ragged_index_arrays
+from lfads.data.synthetic import (
+    ASSET_PATHS,
+    TRUTH_PATHS,
+    SyntheticSettings,
+    bin_true_rates,
+    write_synthetic_dataset,
+)
+from lfads.data.targets import ragged_index_arrays
+from lfads.infra.config import load_yaml
 
 N_HELDIN, N_HELDOUT = 20, 6
 # 2 x 2 conditions, so 15 train and 5 val trials per condition: balanced, the case in which
@@ -38,7 +44,9 @@ BINS = {20: (35, 10), 5: (140, 40)}
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, Path]:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), SyntheticSettings.from_dict(SETTINGS))
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), SyntheticSettings.from_dict(SETTINGS)
+    )
 
 
 def load(path: Path):
@@ -55,7 +63,9 @@ def test_nlb_tools_loads_the_train_file_with_every_field(written):
     assert len(dataset.data) == TRAIN_MS
     assert not dataset.data.isna().any().any()
     assert [int(c) for c in dataset.data["spikes"].columns] == list(range(N_HELDIN))
-    assert [int(c) for c in dataset.data["heldout_spikes"].columns] == list(range(N_HELDIN, N_HELDIN + N_HELDOUT))
+    assert [int(c) for c in dataset.data["heldout_spikes"].columns] == list(
+        range(N_HELDIN, N_HELDIN + N_HELDOUT)
+    )
     info = dataset.trial_info
     assert info.split.value_counts().to_dict() == {"train": 60, "val": 20}
     per_condition = info.groupby(["split", "trial_type", "trial_version"]).size()
@@ -63,7 +73,9 @@ def test_nlb_tools_loads_the_train_file_with_every_field(written):
     # the NLB window (-250..+450 ms) and forward window (+450..+650 ms) lie inside every trial
     assert ((info.move_onset_time - info.start_time).dt.total_seconds() >= 0.25).all()
     assert ((info.end_time - info.move_onset_time).dt.total_seconds() >= 0.65).all()
-    assert (info.start_time < info.target_on_time).all() and (info.target_on_time < info.go_cue_time).all()
+    assert (info.start_time < info.target_on_time).all() and (
+        info.target_on_time < info.go_cue_time
+    ).all()
     assert (info.go_cue_time < info.move_onset_time).all()
 
 
@@ -76,7 +88,11 @@ def test_nlb_tools_loads_the_test_file(written):
     assert not {"trial_type", "trial_version", "maze_id"} & set(info.columns)
     # observed only during the trials: the grid ends at the last trial's stop, gaps are NaN
     with h5py.File(written["test_truth"]) as truth:
-        assert len(dataset.data) == truth["latents"].shape[0] == round(info.end_time.iloc[-1].total_seconds() * 1000)
+        assert (
+            len(dataset.data)
+            == truth["latents"].shape[0]
+            == round(info.end_time.iloc[-1].total_seconds() * 1000)
+        )
     observed = ~dataset.data["spikes"].isna().any(axis=1).to_numpy()
     assert observed.sum() == 20 * 1100
 
@@ -84,8 +100,9 @@ def test_nlb_tools_loads_the_test_file(written):
 def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
     """nlb_tools' 1 ms counts equal floor(spike_time * 1000) counts, and match the truth within Poisson noise."""
     dataset = load(written["train"])
-    counts = np.concatenate([dataset.data["spikes"].to_numpy(), dataset.data["heldout_spikes"].to_numpy()],
-                            axis=1).astype(np.float64)
+    counts = np.concatenate(
+        [dataset.data["spikes"].to_numpy(), dataset.data["heldout_spikes"].to_numpy()], axis=1
+    ).astype(np.float64)
     with h5py.File(written["train"]) as nwb:
         times = nwb["units/spike_times"][()]
         ends = nwb["units/spike_times_index"][()]
@@ -102,9 +119,11 @@ def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
     mean_rate_hz = observed.sum() / counts.shape[1] / (TRAIN_MS / 1000)
     assert 5 < mean_rate_hz < 30  # measured 8.6 Hz
     # true rates explain the spike counts in 20 ms bins far better than a constant would
-    binned_counts = counts[:TRAIN_MS // 20 * 20].reshape(-1, 20, counts.shape[1]).sum(axis=1)
-    binned_rates = rates[:TRAIN_MS // 20 * 20].reshape(-1, 20, counts.shape[1]).sum(axis=1)
-    correlations = [np.corrcoef(binned_counts[:, u], binned_rates[:, u])[0, 1] for u in range(counts.shape[1])]
+    binned_counts = counts[: TRAIN_MS // 20 * 20].reshape(-1, 20, counts.shape[1]).sum(axis=1)
+    binned_rates = rates[: TRAIN_MS // 20 * 20].reshape(-1, 20, counts.shape[1]).sum(axis=1)
+    correlations = [
+        np.corrcoef(binned_counts[:, u], binned_rates[:, u])[0, 1] for u in range(counts.shape[1])
+    ]
     assert np.median(correlations) > 0.25  # measured 0.34
 
 
@@ -120,21 +139,35 @@ def test_bin_true_rates_bins_like_nlb_tools_resample(written, bin_width):
     np.testing.assert_allclose(ours, by_nlb_tools, rtol=1e-4)
     # the last bin is partial (TRAIN_MS is not a multiple of the bin) and summed over what it has
     partial = TRAIN_MS % bin_width
-    assert partial and ours[-1] == pytest.approx(bin_true_rates(written["train_truth"], 1)[-partial:].sum(0), rel=1e-4)
+    assert partial and ours[-1] == pytest.approx(
+        bin_true_rates(written["train_truth"], 1)[-partial:].sum(0), rel=1e-4
+    )
 
 
 @pytest.fixture(scope="module", params=[20, 5], ids=["20ms", "5ms"])
 def nlb(request, written) -> dict:
     """nlb_tools' tensors, targets (with PSTHs) and the true-rate submission at one bin width."""
-    from nlb_tools.make_tensors import make_eval_input_tensors, make_eval_target_tensors, make_train_input_tensors
+    from nlb_tools.make_tensors import (
+        make_eval_input_tensors,
+        make_eval_target_tensors,
+        make_train_input_tensors,
+    )
 
     bin_width = request.param
     dataset = load(written["train"])
     dataset.resample(bin_width)
-    train = make_train_input_tensors(dataset, "mc_maze", "train", include_behavior=True,
-                                     include_forward_pred=True, save_file=False)
+    train = make_train_input_tensors(
+        dataset,
+        "mc_maze",
+        "train",
+        include_behavior=True,
+        include_forward_pred=True,
+        save_file=False,
+    )
     val = make_eval_input_tensors(dataset, "mc_maze", "val", save_file=False)
-    targets = make_eval_target_tensors(dataset, "mc_maze", "train", "val", include_psth=True, save_file=False)
+    targets = make_eval_target_tensors(
+        dataset, "mc_maze", "train", "val", include_psth=True, save_file=False
+    )
     test_dataset = load(written["test"])
     test_dataset.resample(bin_width)
     test = make_eval_input_tensors(test_dataset, "mc_maze", "test", save_file=False)
@@ -144,9 +177,12 @@ def nlb(request, written) -> dict:
     dataset.add_continuous_data(rates[:, :N_HELDIN], "truth_heldin")
     dataset.add_continuous_data(rates[:, N_HELDIN:], "truth_heldout")
     fields = {"spk_field": "truth_heldin", "hospk_field": "truth_heldout"}
-    true_train = make_train_input_tensors(dataset, "mc_maze", "train", update_params=fields, save_file=False)
-    true_eval = make_train_input_tensors(dataset, "mc_maze", "val", update_params=fields,
-                                         include_forward_pred=True, save_file=False)
+    true_train = make_train_input_tensors(
+        dataset, "mc_maze", "train", update_params=fields, save_file=False
+    )
+    true_eval = make_train_input_tensors(
+        dataset, "mc_maze", "val", update_params=fields, include_forward_pred=True, save_file=False
+    )
     submission = {
         "train_rates_heldin": true_train["train_spikes_heldin"],
         "train_rates_heldout": true_train["train_spikes_heldout"],
@@ -156,8 +192,16 @@ def nlb(request, written) -> dict:
         "eval_rates_heldout_forward": true_eval["train_spikes_heldout_forward"],
     }
     group = "mc_maze" if bin_width == 5 else f"mc_maze_{bin_width}"
-    return {"bin_width": bin_width, "group": group, "dataset": dataset, "train": train, "val": val,
-            "test": test, "targets": targets, "truth": {group: submission}}
+    return {
+        "bin_width": bin_width,
+        "group": group,
+        "dataset": dataset,
+        "train": train,
+        "val": val,
+        "test": test,
+        "targets": targets,
+        "truth": {group: submission},
+    }
 
 
 def test_nlb_tensors_have_the_mc_maze_shapes(nlb):
@@ -170,15 +214,21 @@ def test_nlb_tensors_have_the_mc_maze_shapes(nlb):
     assert train["train_spikes_heldout_forward"].shape == (60, n_fwd, N_HELDOUT)
     assert val["eval_spikes_heldin"].shape == (20, n_obs, N_HELDIN)
     assert val["eval_spikes_heldout"].shape == (20, n_obs, N_HELDOUT)
-    assert test["eval_spikes_heldin"].shape == (20, n_obs, N_HELDIN) and "eval_spikes_heldout" not in test
+    assert (
+        test["eval_spikes_heldin"].shape == (20, n_obs, N_HELDIN)
+        and "eval_spikes_heldout" not in test
+    )
     targets = nlb["targets"][nlb["group"]]
     assert targets["eval_spikes_heldout"].shape == (20, n_obs, N_HELDOUT)
     assert targets["eval_behavior"].shape == (20, n_obs, 2)
     assert targets["eval_spikes_heldin_forward"].shape == (20, n_fwd, N_HELDIN)
     assert targets["psth"].shape == (4, n_obs, N_HELDIN + N_HELDOUT)
     for tensors in (train, val, test, targets):
-        assert all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for key, value in tensors.items()
-                   if "cond_idx" not in key)
+        assert all(
+            np.isfinite(np.asarray(value, dtype=np.float64)).all()
+            for key, value in tensors.items()
+            if "cond_idx" not in key
+        )
 
 
 def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb, tmp_path):
@@ -192,8 +242,11 @@ def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb,
     assert sorted(np.concatenate(list(targets["eval_cond_idx"])).tolist()) == list(range(20))
     with pytest.raises(TypeError, match="no native HDF5 equivalent"):
         save_to_h5(nlb["targets"], str(tmp_path / "raw.h5"))
-    # lfads.targets makes them 1-D object arrays of index arrays, which save and read back
-    fixed = {key: ragged_index_arrays(value) if "cond_idx" in key else value for key, value in targets.items()}
+    # lfads.data.targets makes them 1-D object arrays of index arrays, which save and read back
+    fixed = {
+        key: ragged_index_arrays(value) if "cond_idx" in key else value
+        for key, value in targets.items()
+    }
     save_to_h5({nlb["group"]: fixed}, str(tmp_path / "fixed.h5"))
     with h5py.File(tmp_path / "fixed.h5") as handle:
         loaded = h5_to_dict(handle)[nlb["group"]]["eval_cond_idx"]
@@ -209,7 +262,9 @@ def smoothing_baseline(nlb) -> dict:
     if "spikes_smooth" not in dataset.data.columns.get_level_values(0):
         dataset.smooth_spk(50, name="smooth", parallelized=False)
     fields = {"spk_field": "spikes_smooth", "hospk_field": "heldout_spikes_smooth"}
-    train = make_train_input_tensors(dataset, "mc_maze", "train", update_params=fields, save_file=False)
+    train = make_train_input_tensors(
+        dataset, "mc_maze", "train", update_params=fields, save_file=False
+    )
     val = make_train_input_tensors(dataset, "mc_maze", "val", update_params=fields, save_file=False)
     train_in, eval_in = train["train_spikes_heldin"], val["train_spikes_heldin"]
     # standardised inputs, so that one L2 penalty suits every bin width
@@ -220,10 +275,18 @@ def smoothing_baseline(nlb) -> dict:
     for unit in range(N_HELDOUT):
         glm = PoissonRegressor(alpha=0.01, max_iter=500)
         glm.fit(features.reshape(-1, N_HELDIN), spikes_out[..., unit].reshape(-1))
-        eval_out[..., unit] = glm.predict(eval_features.reshape(-1, N_HELDIN)).reshape(eval_in.shape[:2])
+        eval_out[..., unit] = glm.predict(eval_features.reshape(-1, N_HELDIN)).reshape(
+            eval_in.shape[:2]
+        )
     train_out = np.broadcast_to(spikes_out.mean(axis=(0, 1)), spikes_out.shape)
-    return {nlb["group"]: {"train_rates_heldin": train_in, "train_rates_heldout": train_out,
-                           "eval_rates_heldin": eval_in, "eval_rates_heldout": eval_out}}
+    return {
+        nlb["group"]: {
+            "train_rates_heldin": train_in,
+            "train_rates_heldout": train_out,
+            "eval_rates_heldin": eval_in,
+            "eval_rates_heldout": eval_out,
+        }
+    }
 
 
 def test_true_rates_score_well_and_beat_the_smoothing_baseline(nlb):
@@ -231,7 +294,8 @@ def test_true_rates_score_well_and_beat_the_smoothing_baseline(nlb):
 
     (truth,) = evaluate(nlb["targets"], nlb["truth"])
     truth = truth[f"{nlb['group']}_split"]
-    # measured, 20 ms / 5 ms: co-bps 0.95 / 0.96, fp-bps 0.59 / 0.58, vel R2 0.998 / 0.991, psth R2 0.72 / 0.73
+    # measured, 20 ms / 5 ms: co-bps 0.95 / 0.96, fp-bps 0.59 / 0.58, vel R2 0.998 / 0.991, psth R2
+    # 0.72 / 0.73
     # (psth R2 is capped by nlb_tools' targets: 70 ms-smoothed spikes of 20 trials per condition)
     assert truth["co-bps"] > 0.8
     assert truth["fp-bps"] > 0.45
@@ -243,42 +307,75 @@ def test_true_rates_score_well_and_beat_the_smoothing_baseline(nlb):
     # 20 smoothed units; the truth's margin is what a dynamical model can add.
     assert 0.5 < baseline["co-bps"] < truth["co-bps"] - 0.08
     # each neuron's mean rate, the reference of co-bps, scores 0
-    flat = {group: {key: np.broadcast_to(value.mean(axis=(0, 1)), value.shape) for key, value in rates.items()}
-            for group, rates in nlb["truth"].items()}
+    flat = {
+        group: {
+            key: np.broadcast_to(value.mean(axis=(0, 1)), value.shape)
+            for key, value in rates.items()
+        }
+        for group, rates in nlb["truth"].items()
+    }
     (mean_rate,) = evaluate(nlb["targets"], flat)
     assert abs(mean_rate[f"{nlb['group']}_split"]["co-bps"]) < 0.02
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
-    settings = SyntheticSettings.from_dict({"seed": 11, "n_heldin": 6, "n_heldout": 2, "n_train_trials": 8,
-                                            "n_val_trials": 4, "n_test_trials": 4})
+    settings = SyntheticSettings.from_dict(
+        {
+            "seed": 11,
+            "n_heldin": 6,
+            "n_heldout": 2,
+            "n_train_trials": 8,
+            "n_val_trials": 4,
+            "n_test_trials": 4,
+        }
+    )
 
     def content(paths: dict[str, Path]) -> dict[str, np.ndarray]:
         """Every dataset of the four files (NWB attributes hold pynwb's random object_ids)."""
         arrays = {}
         for role in ("train", "test", "train_truth", "test_truth"):
             with h5py.File(paths[role]) as handle:
+
                 def keep(name, item, role=role):
                     if isinstance(item, h5py.Dataset):
                         arrays[f"{role}/{name}"] = item[()]
+
                 handle.visititems(keep)
         return arrays
 
     first = content(write_synthetic_dataset(tmp_path / "a", settings))
     second = content(write_synthetic_dataset(tmp_path / "b", settings))
     assert first.keys() == second.keys()
-    assert {"train/units/spike_times", "test/units/spike_times", "train/processing/behavior/hand_vel/data",
-            "train/intervals/trials/trial_type", "train_truth/latents", "test_truth/latents"} <= set(first)
+    assert {
+        "train/units/spike_times",
+        "test/units/spike_times",
+        "train/processing/behavior/hand_vel/data",
+        "train/intervals/trials/trial_type",
+        "train_truth/latents",
+        "test_truth/latents",
+    } <= set(first)
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
 
-    other_seed = content(write_synthetic_dataset(tmp_path / "c", dataclasses.replace(settings, seed=12)))
-    for key in ("train/units/spike_times", "test/units/spike_times", "train_truth/latents",
-                "train_truth/readout_weight"):
+    other_seed = content(
+        write_synthetic_dataset(tmp_path / "c", dataclasses.replace(settings, seed=12))
+    )
+    for key in (
+        "train/units/spike_times",
+        "test/units/spike_times",
+        "train_truth/latents",
+        "train_truth/readout_weight",
+    ):
         assert not np.array_equal(first[key], other_seed[key]), key
     # each file has its own random streams: more test trials leave the train file alone
-    more_test = content(write_synthetic_dataset(tmp_path / "d", dataclasses.replace(settings, n_test_trials=5)))
-    for key in ("train/units/spike_times", "train/processing/behavior/hand_vel/data", "train_truth/latents"):
+    more_test = content(
+        write_synthetic_dataset(tmp_path / "d", dataclasses.replace(settings, n_test_trials=5))
+    )
+    for key in (
+        "train/units/spike_times",
+        "train/processing/behavior/hand_vel/data",
+        "train_truth/latents",
+    ):
         np.testing.assert_array_equal(first[key], more_test[key], err_msg=key)
 
 
@@ -307,14 +404,28 @@ def test_settings_errors_name_the_key_and_value():
 
 def test_config_schema_lists_exactly_the_settings():
     schema = load_yaml(REPO / "workflow" / "schemas" / "config.schema.yaml")
-    assert set(schema["$defs"]["synthetic"]["properties"]) == {f.name for f in dataclasses.fields(SyntheticSettings)}
+    assert set(schema["$defs"]["synthetic"]["properties"]) == {
+        f.name for f in dataclasses.fields(SyntheticSettings)
+    }
 
 
 def test_command_line_writes_the_dataset(tmp_path, capsys):
     config = tmp_path / "settings.yaml"
-    config.write_text(yaml.safe_dump({"n_heldin": 4, "n_heldout": 2, "n_train_trials": 4, "n_val_trials": 2,
-                                      "n_test_trials": 2}))
-    assert main(["synthetic", "--out", str(tmp_path / "out"), "--seed", "7", "--config", str(config)]) == 0
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "n_heldin": 4,
+                "n_heldout": 2,
+                "n_train_trials": 4,
+                "n_val_trials": 2,
+                "n_test_trials": 2,
+            }
+        )
+    )
+    assert (
+        main(["synthetic", "--out", str(tmp_path / "out"), "--seed", "7", "--config", str(config)])
+        == 0
+    )
     printed = capsys.readouterr().out
     for role, path in {**ASSET_PATHS, **{f"{r}_truth": p for r, p in TRUTH_PATHS.items()}}.items():
         assert (tmp_path / "out" / path).is_file()

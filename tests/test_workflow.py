@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, SMALL_SYNTHETIC, run_snakemake, write_tiny_config
-from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+
+from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -19,7 +19,9 @@ CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 
 def nothing_to_do(result) -> bool:
     output = result.stdout + result.stderr
-    return result.returncode == 0 and ("Nothing to be done" in output or re.search(r"^total\s+0$", output, re.M))
+    return result.returncode == 0 and (
+        "Nothing to be done" in output or re.search(r"^total\s+0$", output, re.M)
+    )
 
 
 def job_count(output: str, rule: str) -> int:
@@ -46,10 +48,16 @@ def test_dry_run_of_every_configfile(path, tmp_path):
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
     n_runs = config.get("search", {}).get("random", {}).get("n", 1) * max(
-        1, np.prod([len(v) for v in config.get("search", {}).get("grid", {}).values()]))
+        1, np.prod([len(v) for v in config.get("search", {}).get("grid", {}).values()])
+    )
     assert job_count(output, "fetch") == 1
     assert job_count(output, "prepare") == job_count(output, "targets") == n_bins
-    assert job_count(output, "train") == job_count(output, "infer") == job_count(output, "evaluate") == n_runs
+    assert (
+        job_count(output, "train")
+        == job_count(output, "infer")
+        == job_count(output, "evaluate")
+        == n_runs
+    )
     assert job_count(output, "aggregate") == job_count(output, "figures") == 1
 
 
@@ -60,7 +68,9 @@ def _write_config(folder, **overrides) -> str:
 @pytest.mark.slow
 def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
     configfile = _write_config(tmp_path)
-    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare", "targets")
+    result = snakemake_in(
+        tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare", "targets"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     results = tmp_path / "results" / "tiny" / "val"
     with h5py.File(results / "prepared_20ms.h5") as handle:
@@ -73,7 +83,9 @@ def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
         assert (results / "logs" / f"{rule}.log").exists()
         assert (results / "benchmarks" / f"{rule}.tsv").exists()
 
-    again = snakemake_in(tmp_path, "-n", "--configfile", configfile, "--until", "prepare", "targets")
+    again = snakemake_in(
+        tmp_path, "-n", "--configfile", configfile, "--until", "prepare", "targets"
+    )
     assert nothing_to_do(again)
 
 
@@ -83,10 +95,17 @@ def test_local_source_skips_the_download(synthetic_dir, tmp_path):
     folder = tmp_path / "nlb"
     folder.mkdir()
     (folder / "000128").symlink_to(synthetic_dir, target_is_directory=True)
-    source = {"local": {"folder": str(folder), "dandiset": "000128", "assets": {
-        role: {"path": path} for role, path in SYNTHETIC_ASSETS.items()}}}
+    source = {
+        "local": {
+            "folder": str(folder),
+            "dandiset": "000128",
+            "assets": {role: {"path": path} for role, path in SYNTHETIC_ASSETS.items()},
+        }
+    }
     configfile = _write_config(tmp_path, source=source)
-    result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare")
+    result = snakemake_in(
+        tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "results" / "tiny" / "val" / "prepared_20ms.h5").exists()
     assert not (tmp_path / "resources" / "data" / "tiny" / "sub-Synth").exists()
@@ -101,13 +120,26 @@ def test_dandi_source_through_the_real_client(synthetic_dir, tmp_path):
 
     from dandi_server import FakeDandiArchive
 
-    assets = {role: {"path": path, "sha256": hashlib.sha256((synthetic_dir / path).read_bytes()).hexdigest()}
-              for role, path in SYNTHETIC_ASSETS.items()}
+    assets = {
+        role: {
+            "path": path,
+            "sha256": hashlib.sha256((synthetic_dir / path).read_bytes()).hexdigest(),
+        }
+        for role, path in SYNTHETIC_ASSETS.items()
+    }
     with FakeDandiArchive(synthetic_dir, "000128", "0.220113.0400") as archive:
-        source = {"dandi": {"dandiset": "000128", "version": "0.220113.0400", "instance_url": archive.api_url,
-                            "assets": assets}}
+        source = {
+            "dandi": {
+                "dandiset": "000128",
+                "version": "0.220113.0400",
+                "instance_url": archive.api_url,
+                "assets": assets,
+            }
+        }
         configfile = _write_config(tmp_path, source=source)
-        result = snakemake_in(tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare")
+        result = snakemake_in(
+            tmp_path, "--cores", "2", "--configfile", configfile, "--until", "prepare"
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert archive.downloads() == 2
         again = snakemake_in(tmp_path, "-n", "--configfile", configfile, "--until", "prepare")

@@ -21,7 +21,9 @@ from lfads.model.batch import SessionBatch
 
 def pad_to(mask: torch.Tensor, like: torch.Tensor, value: float) -> torch.Tensor:
     """Extend an encoder-shaped mask (B, T, n_heldin) to the reconstruction shape (B, T + F, H)."""
-    return F.pad(mask, (0, like.shape[2] - mask.shape[2], 0, like.shape[1] - mask.shape[1]), value=value)
+    return F.pad(
+        mask, (0, like.shape[2] - mask.shape[2], 0, like.shape[1] - mask.shape[1]), value=value
+    )
 
 
 class Augmentation:
@@ -31,8 +33,9 @@ class Augmentation:
     def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, Any]:
         return batch, None
 
-    def process_losses(self, losses: torch.Tensor, batch: SessionBatch, memo: Any,
-                       metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    def process_losses(
+        self, losses: torch.Tensor, batch: SessionBatch, memo: Any, metrics: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         return losses
 
 
@@ -47,8 +50,13 @@ class AugmentationStack:
             memos.append(memo)
         return batch, memos
 
-    def process_losses(self, losses: torch.Tensor, batch: SessionBatch, memos: list[Any],
-                       metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    def process_losses(
+        self,
+        losses: torch.Tensor,
+        batch: SessionBatch,
+        memos: list[Any],
+        metrics: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         for augmentation, memo in zip(self.augmentations, memos):
             losses = augmentation.process_losses(losses, batch, memo, metrics)
         return losses
@@ -61,7 +69,11 @@ class CoordinatedDropout(Augmentation):
     Bins the IC encoder sees alone (`ic_enc_seq_len`) are never masked.
     """
 
-    hparam_options = {"rate": "cd_rate", "pass_rate": "cd_pass_rate", "ic_enc_seq_len": "ic_enc_seq_len"}
+    hparam_options = {
+        "rate": "cd_rate",
+        "pass_rate": "cd_pass_rate",
+        "ic_enc_seq_len": "ic_enc_seq_len",
+    }
 
     def __init__(self, rate: float = 0.3, pass_rate: float = 0.0, ic_enc_seq_len: int = 0):
         self.rate, self.pass_rate, self.ic_enc_seq_len = rate, pass_rate, ic_enc_seq_len
@@ -99,7 +111,9 @@ class SampleValidation(Augmentation):
         if self.rate == 0:
             return None
         if batch.sv_mask is None:
-            raise ValueError("sample_validation needs the data's sv_mask: set sv_rate > 0 in the hyperparameters")
+            raise ValueError(
+                "sample_validation needs the data's sv_mask: set sv_rate > 0 in the hyperparameters"
+            )
         mask = batch.sv_mask.clone()
         mask[:, : self.ic_enc_seq_len] = 1.0
         return mask
@@ -115,7 +129,9 @@ class SampleValidation(Augmentation):
             return losses
         heldout = 1.0 - memo
         n_bins, n_heldin = memo.shape[1:]
-        metrics["recon_sv"] = (losses[:, :n_bins, :n_heldin] * heldout).sum() / heldout.sum().clamp_min(1.0)
+        metrics["recon_sv"] = (
+            losses[:, :n_bins, :n_heldin] * heldout
+        ).sum() / heldout.sum().clamp_min(1.0)
         return losses * pad_to(memo / (1.0 - self.rate), losses, value=1.0)
 
 
@@ -128,13 +144,19 @@ class TemporalShift(Augmentation):
 
     def _shift(self, data: torch.Tensor) -> torch.Tensor:
         batch, n_bins, n_channels = data.shape
-        shifts = torch.round(torch.randn(batch, 1, n_channels, device=data.device) * self.std).long()
+        shifts = torch.round(
+            torch.randn(batch, 1, n_channels, device=data.device) * self.std
+        ).long()
         shifts = shifts.clamp(-self.max_shift, self.max_shift)
-        source = (torch.arange(n_bins, device=data.device)[None, :, None] - shifts).clamp(0, n_bins - 1)
+        source = (torch.arange(n_bins, device=data.device)[None, :, None] - shifts).clamp(
+            0, n_bins - 1
+        )
         return torch.gather(data, 1, source)
 
     def process_batch(self, batch):
-        return batch.replace(encod_data=self._shift(batch.encod_data), recon_data=self._shift(batch.recon_data)), None
+        return batch.replace(
+            encod_data=self._shift(batch.encod_data), recon_data=self._shift(batch.recon_data)
+        ), None
 
 
 class SpikeJitter(Augmentation):
@@ -149,7 +171,9 @@ class SpikeJitter(Augmentation):
         n_bins = data.shape[1]
         trial, time, channel = [], [], []
         for level in range(1, int(counts.max().item()) + 1 if counts.numel() else 1):
-            b, t, n = torch.nonzero(counts >= level, as_tuple=True)  # one entry per spike at this level
+            b, t, n = torch.nonzero(
+                counts >= level, as_tuple=True
+            )  # one entry per spike at this level
             trial.append(b), time.append(t), channel.append(n)
         if not trial:
             return data
@@ -158,11 +182,15 @@ class SpikeJitter(Augmentation):
         time = time.abs()  # reflect below 0
         time = torch.where(time > n_bins - 1, 2 * (n_bins - 1) - time, time)  # and above T - 1
         jittered = torch.zeros_like(data)
-        jittered.index_put_((trial, time, channel), torch.ones_like(time, dtype=data.dtype), accumulate=True)
+        jittered.index_put_(
+            (trial, time, channel), torch.ones_like(time, dtype=data.dtype), accumulate=True
+        )
         return jittered.masked_fill(missing, float("nan"))
 
     def process_batch(self, batch):
-        return batch.replace(encod_data=self._jitter(batch.encod_data), recon_data=self._jitter(batch.recon_data)), None
+        return batch.replace(
+            encod_data=self._jitter(batch.encod_data), recon_data=self._jitter(batch.recon_data)
+        ), None
 
 
 class SelectiveBackprop(Augmentation):
@@ -170,12 +198,16 @@ class SelectiveBackprop(Augmentation):
     out of the loss, which is rescaled so that its mean over elements is unchanged; NaN inputs are 0."""
 
     def __init__(self, fill_value: float = 1.0):
-        self.fill_value = fill_value  # placeholder target where data are NaN (any value in every model's support)
+        self.fill_value = (
+            fill_value  # placeholder target where data are NaN (any value in every model's support)
+        )
 
     def process_batch(self, batch):
         missing = torch.isnan(batch.recon_data)
-        batch = batch.replace(encod_data=torch.nan_to_num(batch.encod_data, nan=0.0),
-                              recon_data=batch.recon_data.masked_fill(missing, self.fill_value))
+        batch = batch.replace(
+            encod_data=torch.nan_to_num(batch.encod_data, nan=0.0),
+            recon_data=batch.recon_data.masked_fill(missing, self.fill_value),
+        )
         return batch, missing
 
     def process_losses(self, losses, batch, memo, metrics):

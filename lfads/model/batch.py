@@ -20,8 +20,12 @@ class SessionBatch:
         return replace(self, **changes)
 
     def to(self, device: torch.device | str) -> SessionBatch:
-        return SessionBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                               for f in fields(self)})
+        return SessionBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
+        )
 
     def __len__(self) -> int:
         return self.encod_data.shape[0]

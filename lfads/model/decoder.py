@@ -55,14 +55,29 @@ def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.
     generator calls of `bernoulli_` (measured 3-4x faster for a whole unroll's masks on CPU).
     """
     count = math.prod(shape)
-    words = torch.randint(-2**63, 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=like.device)
-    keep = words.view(torch.int16)[:count] >= round(p * 65536) - 32768  # int16 is uniform on [-32768, 32767]
+    words = torch.randint(
+        -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=like.device
+    )
+    keep = (
+        words.view(torch.int16)[:count] >= round(p * 65536) - 32768
+    )  # int16 is uniform on [-32768, 32767]
     return (keep.to(like.dtype) * (1.0 / (1.0 - p))).view(shape)
 
 
 class Decoder(nn.Module):
-    def __init__(self, ic_dim: int, gen_dim: int, fac_dim: int, con_dim: int, co_dim: int, ci_dim: int,
-                 ext_input_dim: int, use_controller: bool, dropout: float, cell_clip: float):
+    def __init__(
+        self,
+        ic_dim: int,
+        gen_dim: int,
+        fac_dim: int,
+        con_dim: int,
+        co_dim: int,
+        ci_dim: int,
+        ext_input_dim: int,
+        use_controller: bool,
+        dropout: float,
+        cell_clip: float,
+    ):
         super().__init__()
         self.use_controller = use_controller
         self.co_dim = co_dim if use_controller else 0
@@ -79,8 +94,13 @@ class Decoder(nn.Module):
             self.con_h0 = nn.Parameter(torch.zeros(con_dim))
         self.impl = "fast"  # "fast" (lfads.model.fused), "reference" (plain loop), "compiled" (plain loop compiled)
 
-    def forward(self, ic_sample: torch.Tensor, ci: torch.Tensor, ext_input: torch.Tensor,
-                co_prior: Prior | None = None) -> DecoderOutput:
+    def forward(
+        self,
+        ic_sample: torch.Tensor,
+        ci: torch.Tensor,
+        ext_input: torch.Tensor,
+        co_prior: Prior | None = None,
+    ) -> DecoderOutput:
         """Unroll over T + F bins.
 
         ic_sample (B, ic_dim); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
@@ -97,22 +117,31 @@ class Decoder(nn.Module):
             columns = _unroll_plain(self, gen_init, ci, ext_input, noise)
         return DecoderOutput(gen_init, *columns)
 
-    def draw_noise(self, batch: int, n_bins: int, co_prior: Prior | None, like: torch.Tensor) -> DecoderNoise:
+    def draw_noise(
+        self, batch: int, n_bins: int, co_prior: Prior | None, like: torch.Tensor
+    ) -> DecoderNoise:
         dropout = self.training and self.dropout.p > 0
 
         def mask(*shape: int) -> torch.Tensor | None:
             return dropout_mask(shape, self.dropout.p, like) if dropout else None
 
         gen_masks = mask(n_bins + 1, batch, self.generator.hidden_size)
-        factor_masks = mask(n_bins, batch, self.factor_linear.out_features) if self.use_controller else None
+        factor_masks = (
+            mask(n_bins, batch, self.factor_linear.out_features) if self.use_controller else None
+        )
         if not self.use_controller or co_prior is None:
             return DecoderNoise(None, factor_masks, gen_masks)
         if not co_prior.location_scale:
             return DecoderNoise(None, factor_masks, gen_masks, sampler=co_prior)
-        return DecoderNoise(co_prior.standard_noise(like.new_empty(n_bins, batch, self.co_dim)), factor_masks,
-                            gen_masks)
+        return DecoderNoise(
+            co_prior.standard_noise(like.new_empty(n_bins, batch, self.co_dim)),
+            factor_masks,
+            gen_masks,
+        )
 
-    def _unroll_fused(self, gen_init, ci, ext_input, noise: DecoderNoise) -> tuple[torch.Tensor, ...]:
+    def _unroll_fused(
+        self, gen_init, ci, ext_input, noise: DecoderNoise
+    ) -> tuple[torch.Tensor, ...]:
         """The fast path: `lfads.model.fused.DecoderLoop`, with the inputs known before the loop (ci,
         external inputs, biases) projected for all bins in one matmul, and weights split and transposed."""
         gen, n_u = self.generator, self.co_dim
@@ -137,8 +166,28 @@ class Decoder(nn.Module):
         else:
             con_zr = con_n = con_h0 = w_fac_zr = w_fac_n = uc_zr = uc_n = w_co = b_co = None
         gen_states, factors, con_states, co_mean, co_std, u = DecoderLoop.apply(
-            con_zr, con_n, gen_zr, gen_n, gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, b_co, w_u_zr,
-            w_u_n, ug_zr, ug_n, w_factor, noise.eps, noise.factor_masks, noise.gen_masks, gen.clip)
+            con_zr,
+            con_n,
+            gen_zr,
+            gen_n,
+            gen_init,
+            con_h0,
+            w_fac_zr,
+            w_fac_n,
+            uc_zr,
+            uc_n,
+            w_co,
+            b_co,
+            w_u_zr,
+            w_u_n,
+            ug_zr,
+            ug_n,
+            w_factor,
+            noise.eps,
+            noise.factor_masks,
+            noise.gen_masks,
+            gen.clip,
+        )
         gen_inputs = torch.cat([u, ext_input], dim=2) if self.use_controller else ext_input
         return gen_states, factors, con_states, co_mean, co_std, gen_inputs
 
@@ -149,7 +198,9 @@ class Decoder(nn.Module):
         return weights
 
 
-def _unroll_plain(decoder: Decoder, gen_init, ci, ext_input, noise: DecoderNoise) -> tuple[torch.Tensor, ...]:
+def _unroll_plain(
+    decoder: Decoder, gen_init, ci, ext_input, noise: DecoderNoise
+) -> tuple[torch.Tensor, ...]:
     """The plain path: every bin concatenates its inputs and calls the cells' `reference_step`.
 
     -> gen_states, factors, con_states, co_mean, co_std, gen_inputs, each (B, T + F, .).
@@ -164,7 +215,9 @@ def _unroll_plain(decoder: Decoder, gen_init, ci, ext_input, noise: DecoderNoise
     for t in range(n_bins):
         if decoder.use_controller:
             factor_in = factor * masks_f[t] if masks_f is not None else factor
-            con_state = decoder.controller.reference_step(torch.cat([ci[:, t], factor_in], dim=1), con_state)
+            con_state = decoder.controller.reference_step(
+                torch.cat([ci[:, t], factor_in], dim=1), con_state
+            )
             co_mean, co_logvar = decoder.co_linear(con_state).chunk(2, dim=1)
             co_std = torch.exp(0.5 * co_logvar)
             if noise.eps is not None:
@@ -178,11 +231,19 @@ def _unroll_plain(decoder: Decoder, gen_init, ci, ext_input, noise: DecoderNoise
         else:
             gen_input = ext_input[:, t]
         gen_state = decoder.generator.reference_step(gen_input, gen_state)
-        factor = decoder.factor_linear(gen_state * masks_g[t + 1] if masks_g is not None else gen_state)
+        factor = decoder.factor_linear(
+            gen_state * masks_g[t + 1] if masks_g is not None else gen_state
+        )
         gen_states.append(gen_state), factors.append(factor), gen_inputs.append(gen_input)
 
     def stacked(column: list[torch.Tensor]) -> torch.Tensor:  # per-bin (B, D) -> (B, T + F, D)
         return torch.stack(column, dim=1) if column else ci.new_zeros(batch, n_bins, 0)
 
-    return (stacked(gen_states), stacked(factors), stacked(con_states), stacked(co_means), stacked(co_stds),
-            stacked(gen_inputs))
+    return (
+        stacked(gen_states),
+        stacked(factors),
+        stacked(con_states),
+        stacked(co_means),
+        stacked(co_stds),
+        stacked(gen_inputs),
+    )

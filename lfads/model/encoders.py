@@ -16,26 +16,48 @@ class Encoder(nn.Module):
     n_recon_bins: T + F (the CI are zero over the F forward-prediction bins).
     """
 
-    def __init__(self, input_dim: int, n_obs_bins: int, n_recon_bins: int, ic_enc_dim: int, ic_dim: int,
-                 ci_enc_dim: int, ci_lag: int, ic_enc_seq_len: int, use_controller: bool, dropout: float,
-                 cell_clip: float, ic_post_var_min: float):
+    def __init__(
+        self,
+        input_dim: int,
+        n_obs_bins: int,
+        n_recon_bins: int,
+        ic_enc_dim: int,
+        ic_dim: int,
+        ci_enc_dim: int,
+        ci_lag: int,
+        ic_enc_seq_len: int,
+        use_controller: bool,
+        dropout: float,
+        cell_clip: float,
+        ic_post_var_min: float,
+    ):
         super().__init__()
         if not 0 <= ic_enc_seq_len < n_obs_bins:
-            raise ValueError(f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, got {ic_enc_seq_len}")
+            raise ValueError(
+                f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, got {ic_enc_seq_len}"
+            )
         self.n_obs_bins, self.n_recon_bins = n_obs_bins, n_recon_bins
-        self.ic_enc_seq_len, self.ci_lag, self.ic_post_var_min = ic_enc_seq_len, ci_lag, ic_post_var_min
+        self.ic_enc_seq_len, self.ci_lag, self.ic_post_var_min = (
+            ic_enc_seq_len,
+            ci_lag,
+            ic_post_var_min,
+        )
         self.ci_enc_dim = ci_enc_dim if use_controller else 0
         self.dropout = nn.Dropout(dropout)
         self.ic_encoder = BidirectionalGRU(input_dim, ic_enc_dim, cell_clip)
         self.ic_linear = fan_in_linear(2 * ic_enc_dim, 2 * ic_dim)  # -> [mean | log-variance]
-        self.ci_encoder = BidirectionalGRU(input_dim, ci_enc_dim, cell_clip) if use_controller else None
+        self.ci_encoder = (
+            BidirectionalGRU(input_dim, ci_enc_dim, cell_clip) if use_controller else None
+        )
         self.impl = "fast"  # rnn_impl: "reference" runs each GRU in its own plain loop
 
     def forward(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """data (B, T, input_dim) -> ic_mean (B, ic_dim), ic_std (B, ic_dim), ci (B, T + F, 2 * ci_enc_dim)."""
         batch, n_bins, _ = data.shape
         if n_bins != self.n_obs_bins:
-            raise ValueError(f"encoder data has {n_bins} bins; the model was built for {self.n_obs_bins}")
+            raise ValueError(
+                f"encoder data has {n_bins} bins; the model was built for {self.n_obs_bins}"
+            )
         data = self.dropout(data)
         split = self.ic_enc_seq_len
         ic_data, ci_data = (data[:, :split], data[:, split:]) if split > 0 else (data, data)
@@ -49,8 +71,10 @@ class Encoder(nn.Module):
             runs = self.ic_encoder.runs(ic_data)
             if self.ci_encoder is not None:
                 runs += self.ci_encoder.runs(ci_data)
-            states = scan_together(*zip(*runs), impl=self.impl)  # the four GRUs in one loop when sizes allow
-            pairs = [BidirectionalGRU.align(*states[i:i + 2]) for i in range(0, len(states), 2)]
+            states = scan_together(
+                *zip(*runs), impl=self.impl
+            )  # the four GRUs in one loop when sizes allow
+            pairs = [BidirectionalGRU.align(*states[i : i + 2]) for i in range(0, len(states), 2)]
         forward, backward = pairs[0]  # (B, T_ic, H) each
         last_states = torch.cat([forward[:, -1], backward[:, 0]], dim=1)  # (B, 2H)
         ic_mean, ic_logvar = self.ic_linear(self.dropout(last_states)).chunk(2, dim=1)

@@ -69,7 +69,9 @@ def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, 
     z, r = gates.chunk(2, dim=-1)
     dn = torch.mul(dh_new * (1.0 - z), 1.0 - n * n, out=d_n_out)  # through tanh: d(x_n + (r h) U_n)
     drh = mm_t(dn, u_n)
-    d_gates = torch.mul(torch.cat([dh_new * (h - n), drh * h], dim=-1), gates * (1.0 - gates), out=d_zr_out)
+    d_gates = torch.mul(
+        torch.cat([dh_new * (h - n), drh * h], dim=-1), gates * (1.0 - gates), out=d_zr_out
+    )
     dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
     return d_gates, dn, dh
 
@@ -112,8 +114,16 @@ class StackedGRUSequence(torch.autograd.Function):
         cands = x_n.new_empty(x_n.shape) if keep else None
         h = h0
         for t in range(n_bins):
-            h, _, _ = _gru_forward(x_zr[t], x_n[t], h, u_zr, u_n, clip, _baddbmm,
-                                   (states[t], gates[t] if keep else None, cands[t] if keep else None))
+            h, _, _ = _gru_forward(
+                x_zr[t],
+                x_n[t],
+                h,
+                u_zr,
+                u_n,
+                clip,
+                _baddbmm,
+                (states[t], gates[t] if keep else None, cands[t] if keep else None),
+            )
         if keep:
             ctx.save_for_backward(h0, states, gates, cands, u_zr, u_n)
         ctx.clip = clip
@@ -128,17 +138,37 @@ class StackedGRUSequence(torch.autograd.Function):
         d_zr, d_n = torch.empty_like(gates), torch.empty_like(cands)
         dh = torch.zeros_like(h0)
         for t in reversed(range(n_bins)):
-            _, _, dh = _gru_backward(d_states[t] + dh, states[t], previous[t], gates[t], cands[t], u_zr, u_n, ctx.clip,
-                                     _bmm_t, (d_zr[t], d_n[t]))
+            _, _, dh = _gru_backward(
+                d_states[t] + dh,
+                states[t],
+                previous[t],
+                gates[t],
+                cands[t],
+                u_zr,
+                u_n,
+                ctx.clip,
+                _bmm_t,
+                (d_zr[t], d_n[t]),
+            )
         r = gates[..., hidden:]
 
-        def weight_grad(inputs, grads):  # per GRU, sum over steps and trials of inputs^T grads: one bmm
+        def weight_grad(
+            inputs, grads
+        ):  # per GRU, sum over steps and trials of inputs^T grads: one bmm
             inputs, grads = inputs.transpose(0, 1), grads.transpose(0, 1)  # (K, T, B, .)
-            return torch.bmm(inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2),
-                             grads.reshape(k, -1, grads.shape[-1]))
+            return torch.bmm(
+                inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2),
+                grads.reshape(k, -1, grads.shape[-1]),
+            )
 
-        return (d_zr.movedim(0, 2), d_n.movedim(0, 2), dh, weight_grad(previous, d_zr),
-                weight_grad(r * previous, d_n), None)
+        return (
+            d_zr.movedim(0, 2),
+            d_n.movedim(0, 2),
+            dh,
+            weight_grad(previous, d_zr),
+            weight_grad(r * previous, d_n),
+            None,
+        )
 
 
 class DecoderLoop(torch.autograd.Function):
@@ -153,8 +183,30 @@ class DecoderLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, con_zr, con_n, gen_zr, gen_n, gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, b_co,
-                w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg, clip: float):
+    def forward(
+        ctx,
+        con_zr,
+        con_n,
+        gen_zr,
+        gen_n,
+        gen_init,
+        con_h0,
+        w_fac_zr,
+        w_fac_n,
+        uc_zr,
+        uc_n,
+        w_co,
+        b_co,
+        w_u_zr,
+        w_u_n,
+        ug_zr,
+        ug_n,
+        w_factor,
+        eps,
+        mf,
+        mg,
+        clip: float,
+    ):
         controller = con_zr is not None
         keep = any(ctx.needs_input_grad)  # inference keeps no activations
         batch, n_bins = gen_zr.shape[:2]
@@ -175,16 +227,31 @@ class DecoderLoop(torch.autograd.Function):
             x_zr, x_n = gen_zr[t], gen_n[t]  # the generator's projected inputs
             if controller:
                 fi = f * mf[t] if mf is not None else f
-                c, _, _ = _gru_forward(torch.addmm(con_zr[t], fi, w_fac_zr), torch.addmm(con_n[t], fi, w_fac_n), c,
-                                       uc_zr, uc_n, clip, _addmm,
-                                       (cs[t], c_gates[t] if keep else None, c_ns[t] if keep else None))
+                c, _, _ = _gru_forward(
+                    torch.addmm(con_zr[t], fi, w_fac_zr),
+                    torch.addmm(con_n[t], fi, w_fac_n),
+                    c,
+                    uc_zr,
+                    uc_n,
+                    clip,
+                    _addmm,
+                    (cs[t], c_gates[t] if keep else None, c_ns[t] if keep else None),
+                )
                 mean, logvar = torch.addmm(b_co, c, w_co).chunk(2, dim=1)
                 means[t] = mean
                 std = torch.exp(0.5 * logvar, out=stds[t])
                 u = torch.addcmul(mean, std, eps[t], out=us[t]) if eps is not None else mean
                 x_zr, x_n = torch.addmm(x_zr, u, w_u_zr), torch.addmm(x_n, u, w_u_n)
-            g, _, _ = _gru_forward(x_zr, x_n, g, ug_zr, ug_n, clip, _addmm,
-                                   (gs[t], g_gates[t] if keep else None, g_ns[t] if keep else None))
+            g, _, _ = _gru_forward(
+                x_zr,
+                x_n,
+                g,
+                ug_zr,
+                ug_n,
+                clip,
+                _addmm,
+                (gs[t], g_gates[t] if keep else None, g_ns[t] if keep else None),
+            )
             f = torch.mm(g * mg[t + 1] if mg is not None else g, w_factor, out=fs[t])
         if not controller:
             cs = means = stds = us = gen_init.new_zeros(n_bins, batch, 0)
@@ -193,21 +260,74 @@ class DecoderLoop(torch.autograd.Function):
             us = means.clone()
         ctx.clip, ctx.controller = clip, controller
         if keep:
-            ctx.save_for_backward(gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n,
-                                  w_factor, eps, mf, mg, gs, fs, g_gates, g_ns, cs, c_gates, c_ns, stds, us)
+            ctx.save_for_backward(
+                gen_init,
+                con_h0,
+                w_fac_zr,
+                w_fac_n,
+                uc_zr,
+                uc_n,
+                w_co,
+                w_u_zr,
+                w_u_n,
+                ug_zr,
+                ug_n,
+                w_factor,
+                eps,
+                mf,
+                mg,
+                gs,
+                fs,
+                g_gates,
+                g_ns,
+                cs,
+                c_gates,
+                c_ns,
+                stds,
+                us,
+            )
         return tuple(x.transpose(0, 1) for x in (gs, fs, cs, means, stds, us))
 
     @staticmethod
     def backward(ctx, d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out):
-        (gen_init, con_h0, w_fac_zr, w_fac_n, uc_zr, uc_n, w_co, w_u_zr, w_u_n, ug_zr, ug_n, w_factor, eps, mf, mg,
-         gs, fs, g_gates, g_ns, cs, c_gates, c_ns, stds, us) = ctx.saved_tensors
+        (
+            gen_init,
+            con_h0,
+            w_fac_zr,
+            w_fac_n,
+            uc_zr,
+            uc_n,
+            w_co,
+            w_u_zr,
+            w_u_n,
+            ug_zr,
+            ug_n,
+            w_factor,
+            eps,
+            mf,
+            mg,
+            gs,
+            fs,
+            g_gates,
+            g_ns,
+            cs,
+            c_gates,
+            c_ns,
+            stds,
+            us,
+        ) = ctx.saved_tensors
         d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out = (
-            _time_major(x, 1) for x in (d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out))
+            _time_major(x, 1) for x in (d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out)
+        )
         clip, controller = ctx.clip, ctx.controller
         n_bins = gs.shape[0]
-        g_prev = torch.cat([gen_init.unsqueeze(0), gs[:-1]])  # (T, B, G) generator state before each bin
+        g_prev = torch.cat(
+            [gen_init.unsqueeze(0), gs[:-1]]
+        )  # (T, B, G) generator state before each bin
         d_g_zr, d_g_n = torch.empty_like(g_gates), torch.empty_like(g_ns)
-        d_fs = torch.empty(n_bins + 1, *fs.shape[1:], dtype=fs.dtype, device=fs.device)  # f_{-1} .. f_{T-1}
+        d_fs = torch.empty(
+            n_bins + 1, *fs.shape[1:], dtype=fs.dtype, device=fs.device
+        )  # f_{-1} .. f_{T-1}
         dg, df = torch.zeros_like(gen_init), torch.zeros_like(fs[0])
         if controller:
             c_prev = torch.cat([con_h0.unsqueeze(0), cs[:-1]])
@@ -216,11 +336,23 @@ class DecoderLoop(torch.autograd.Function):
             n_u = stds.shape[2]
             dc = torch.zeros_like(con_h0)
         for t in reversed(range(n_bins)):
-            df = torch.add(d_f_out[t], df, out=d_fs[t + 1])  # f_t feeds the factors output and bin t + 1
+            df = torch.add(
+                d_f_out[t], df, out=d_fs[t + 1]
+            )  # f_t feeds the factors output and bin t + 1
             d_gm = df @ w_factor.T
             dg_new = d_g_out[t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
-            _, _, dg = _gru_backward(dg_new, gs[t], g_prev[t], g_gates[t], g_ns[t], ug_zr, ug_n, clip, _mm_t,
-                                     (d_g_zr[t], d_g_n[t]))
+            _, _, dg = _gru_backward(
+                dg_new,
+                gs[t],
+                g_prev[t],
+                g_gates[t],
+                g_ns[t],
+                ug_zr,
+                ug_n,
+                clip,
+                _mm_t,
+                (d_g_zr[t], d_g_n[t]),
+            )
             if controller:
                 du = torch.addmm(torch.addmm(d_u_out[t], d_g_zr[t], w_u_zr.T), d_g_n[t], w_u_n.T)
                 # u = mean + std * eps, std = exp(logvar / 2)
@@ -228,8 +360,18 @@ class DecoderLoop(torch.autograd.Function):
                 torch.add(d_mean_out[t], du, out=d_co[t, :, :n_u])
                 torch.mul(d_std, 0.5 * stds[t], out=d_co[t, :, n_u:])
                 dc_new = torch.addmm(d_c_out[t] + dc, d_co[t], w_co.T)
-                _, _, dc = _gru_backward(dc_new, cs[t], c_prev[t], c_gates[t], c_ns[t], uc_zr, uc_n, clip, _mm_t,
-                                         (d_c_zr[t], d_c_n[t]))
+                _, _, dc = _gru_backward(
+                    dc_new,
+                    cs[t],
+                    c_prev[t],
+                    c_gates[t],
+                    c_ns[t],
+                    uc_zr,
+                    uc_n,
+                    clip,
+                    _mm_t,
+                    (d_c_zr[t], d_c_n[t]),
+                )
                 d_fi = torch.addmm(d_c_zr[t] @ w_fac_zr.T, d_c_n[t], w_fac_n.T)
                 df = d_fi * mf[t] if mf is not None else d_fi
             else:
@@ -243,7 +385,9 @@ class DecoderLoop(torch.autograd.Function):
 
         grads: list[torch.Tensor | None] = [None] * 21  # one per input of forward
         hidden = gs.shape[2]
-        factor_inputs = torch.cat([gen_init.unsqueeze(0), gs])  # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
+        factor_inputs = torch.cat(
+            [gen_init.unsqueeze(0), gs]
+        )  # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
         if mg is not None:
             factor_inputs = factor_inputs * mg
         grads[2], grads[3], grads[4] = d_g_zr.transpose(0, 1), d_g_n.transpose(0, 1), d_gen_init

@@ -49,7 +49,9 @@ class ClippedGRUCell(nn.Module):
     each matrix's own fan-in (None).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, clip: float = math.inf, fan_in: int | None = None):
+    def __init__(
+        self, input_size: int, hidden_size: int, clip: float = math.inf, fan_in: int | None = None
+    ):
         super().__init__()
         self.input_size, self.hidden_size, self.clip = input_size, hidden_size, clip
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
@@ -59,7 +61,7 @@ class ClippedGRUCell(nn.Module):
         init_fan_in_(self.weight_hh, fan_in or hidden_size)
         with torch.no_grad():
             self.bias_ih.fill_(1.0)
-            self.bias_ih[2 * hidden_size:] = 0.0  # candidate bias starts at 0
+            self.bias_ih[2 * hidden_size :] = 0.0  # candidate bias starts at 0
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         """(..., input_size) -> (..., 3 * hidden): the input half of every gate, for all steps at once."""
@@ -105,13 +107,19 @@ def scan_reference(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> t
     return torch.stack(states, dim=1)
 
 
-def scan(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor, impl: str = "fast") -> torch.Tensor:
+def scan(
+    cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor, impl: str = "fast"
+) -> torch.Tensor:
     """Run `cell` over time on the fast (or compiled) path. x: (B, T, I), h0: (B, H) -> (B, T, H)."""
     return scan_together([cell], [x], [h0], impl)[0]
 
 
-def scan_together(cells: list[ClippedGRUCell], inputs: list[torch.Tensor], h0s: list[torch.Tensor],
-                  impl: str = "fast") -> list[torch.Tensor]:
+def scan_together(
+    cells: list[ClippedGRUCell],
+    inputs: list[torch.Tensor],
+    h0s: list[torch.Tensor],
+    impl: str = "fast",
+) -> list[torch.Tensor]:
     """Run independent GRUs over their own sequences; same results as `scan_reference` on each.
 
     GRUs with the same hidden size, clip and sequence length share one time loop,
@@ -127,7 +135,9 @@ def scan_together(cells: list[ClippedGRUCell], inputs: list[torch.Tensor], h0s: 
     states: list[torch.Tensor | None] = [None] * len(cells)
     for (hidden, clip, n_bins), members in groups.items():
         # projected inputs of every step, one matmul per GRU: (K, B, T, 2H) and (K, B, T, H)
-        x_zr, x_n = torch.stack([cells[k].project_input(inputs[k]) for k in members]).split([2 * hidden, hidden], 3)
+        x_zr, x_n = torch.stack([cells[k].project_input(inputs[k]) for k in members]).split(
+            [2 * hidden, hidden], 3
+        )
         u = torch.stack([cells[k].weight_hh for k in members]).transpose(1, 2)  # (K, H, 3H)
         u_zr, u_n = u.split([2 * hidden, hidden], dim=2)
         h0 = torch.stack([h0s[k] for k in members])  # (K, B, H)
@@ -170,18 +180,26 @@ class BidirectionalGRU(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, clip: float):
         super().__init__()
         self.hidden_size = hidden_size
-        self.forward_cell = ClippedGRUCell(input_size, hidden_size, clip, fan_in=input_size + hidden_size)
-        self.backward_cell = ClippedGRUCell(input_size, hidden_size, clip, fan_in=input_size + hidden_size)
+        self.forward_cell = ClippedGRUCell(
+            input_size, hidden_size, clip, fan_in=input_size + hidden_size
+        )
+        self.backward_cell = ClippedGRUCell(
+            input_size, hidden_size, clip, fan_in=input_size + hidden_size
+        )
         self.h0 = nn.Parameter(torch.zeros(2, hidden_size))  # (direction, H)
 
     def runs(self, x: torch.Tensor) -> list[tuple[ClippedGRUCell, torch.Tensor, torch.Tensor]]:
         """(cell, input, h0) of both directions, for `scan_together`; the backward input is time-reversed."""
         batch = x.shape[0]
-        return [(self.forward_cell, x, self.h0[0].expand(batch, -1)),
-                (self.backward_cell, x.flip(1), self.h0[1].expand(batch, -1))]
+        return [
+            (self.forward_cell, x, self.h0[0].expand(batch, -1)),
+            (self.backward_cell, x.flip(1), self.h0[1].expand(batch, -1)),
+        ]
 
     @staticmethod
-    def align(forward: torch.Tensor, backward_reversed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def align(
+        forward: torch.Tensor, backward_reversed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """States of `runs` -> forward (B, T, H), backward (B, T, H) both aligned with the input's time."""
         return forward, backward_reversed.flip(1)
 

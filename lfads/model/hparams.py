@@ -36,7 +36,9 @@ class Component:
         elif isinstance(value, dict) and isinstance(value.get("name"), str):
             name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
         else:
-            raise ValueError(f"{where}: expected a name or a mapping with a 'name' key, got {value!r}")
+            raise ValueError(
+                f"{where}: expected a name or a mapping with a 'name' key, got {value!r}"
+            )
         if name not in registry.names(kind):
             raise ValueError(
                 f"{where}: no {kind} named {name!r}; known: {registry.names(kind)}. "
@@ -88,10 +90,14 @@ class HParams:
     ic_dim: int = 64  # initial-condition latent
     gen_dim: int = 200  # generator GRU units
     fac_dim: int = 100  # factors
-    readin_dim: int | None = None  # per-session readin width; None: no readin for one session, fac_dim for several
+    readin_dim: int | None = (
+        None  # per-session readin width; None: no readin for one session, fac_dim for several
+    )
     readin_init: str = "pcr"  # "pcr" (principal-components regression) or "random"
     readin_trainable: bool = False  # PCR readins stay frozen unless True
-    dropout: float = 0.02  # dropout on encoder inputs and outputs, controller input, generator state
+    dropout: float = (
+        0.02  # dropout on encoder inputs and outputs, controller input, generator state
+    )
     cell_clip: float = 5.0  # every recurrent state is clipped to +-cell_clip
     ic_post_var_min: float = 1e-4  # floor of the IC posterior variance
     variational: bool = True  # False: posterior means are used everywhere; priors must be "null"
@@ -107,11 +113,15 @@ class HParams:
     infer_augmentations: tuple[Component, ...] = ()
     plugins: tuple[str, ...] = ()  # modules imported first, to register your own parts
     cd_rate: float = 0.3  # coordinated dropout: fraction of input elements masked
-    cd_pass_rate: float = 0.0  # coordinated dropout: fraction of masked elements that still pass gradients
+    cd_pass_rate: float = (
+        0.0  # coordinated dropout: fraction of masked elements that still pass gradients
+    )
     sv_rate: float = 0.0  # sample validation: fraction of input elements held out of training
     # -- loss ------------------------------------------------------------------------
     loss_scale: float = 1e4  # multiplies the whole loss (keeps AdamW in a good range)
-    recon_reduce_mean: bool = True  # mean over elements (False: sum over bins and neurons, mean over trials)
+    recon_reduce_mean: bool = (
+        True  # mean over elements (False: sum over bins and neurons, mean over trials)
+    )
     l2_start_epoch: int = 0
     l2_increase_epoch: int = 80
     l2_ic_enc_scale: float = 0.0
@@ -134,7 +144,9 @@ class HParams:
     lr_stop: float = 1e-5  # training stops when the learning rate falls to this
     valid_smoothing: float = 0.3  # weight of the newest epoch in the smoothed validation loss
     gradient_clip: float = 200.0  # max norm of all gradients together (0: no clipping)
-    early_stopping_patience: int = 200  # epochs without a better smoothed valid loss (0: off); never during ramps
+    early_stopping_patience: int = (
+        200  # epochs without a better smoothed valid loss (0: off); never during ramps
+    )
 
     # ---------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -160,7 +172,9 @@ class HParams:
         path = Path(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+            raise ValueError(
+                f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}"
+            )
         try:
             return cls.from_dict(data)
         except ValueError as error:
@@ -212,13 +226,18 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         kind = _COMPONENT_KIND[name]
         if hint is Component:
             return Component.parse(value, name, kind)
-        return tuple(Component.parse(item, f"{name}[{i}]", kind) for i, item in enumerate(_as_list(value, name)))
+        return tuple(
+            Component.parse(item, f"{name}[{i}]", kind)
+            for i, item in enumerate(_as_list(value, name))
+        )
     if name == "plugins":
         items = _as_list(value, name)
         if not all(isinstance(item, str) for item in items):
             raise ValueError(f"plugins: expected module names, got {items!r}")
         return tuple(items)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(hint)
     if optional:
         if value is None:
             return None
@@ -228,7 +247,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ValueError(f"{name}: expected true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
             raise ValueError(f"{name}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
@@ -244,7 +265,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{name}: expected a string, got {value!r}")
         return value
-    raise TypeError(f"{name}: no conversion for type {hint}")  # a new field type needs a branch here
+    raise TypeError(
+        f"{name}: no conversion for type {hint}"
+    )  # a new field type needs a branch here
 
 
 def _validate(hp: HParams) -> None:
@@ -254,25 +277,52 @@ def _validate(hp: HParams) -> None:
 
     for key in ("batch_size", "max_epochs", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"):
         check(getattr(hp, key) >= 1, key, "must be at least 1")
-    for key in ("ic_enc_seq_len", "ci_enc_dim", "ci_lag", "con_dim", "co_dim", "l2_start_epoch",
-                "l2_increase_epoch", "kl_start_epoch", "kl_increase_epoch", "lr_patience", "early_stopping_patience",
-                "seed"):
+    for key in (
+        "ic_enc_seq_len",
+        "ci_enc_dim",
+        "ci_lag",
+        "con_dim",
+        "co_dim",
+        "l2_start_epoch",
+        "l2_increase_epoch",
+        "kl_start_epoch",
+        "kl_increase_epoch",
+        "lr_patience",
+        "early_stopping_patience",
+        "seed",
+    ):
         check(getattr(hp, key) >= 0, key, "must be >= 0")
     for key in ("dropout", "cd_rate", "sv_rate"):
         check(0.0 <= getattr(hp, key) < 1.0, key, "must be in [0, 1)")
     check(0.0 <= hp.cd_pass_rate <= 1.0, "cd_pass_rate", "must be in [0, 1]")
     for key in ("cell_clip", "lr", "loss_scale", "adam_epsilon", "lr_stop"):
         check(getattr(hp, key) > 0 and not math.isnan(getattr(hp, key)), key, "must be > 0")
-    for key in ("ic_post_var_min", "weight_decay", "gradient_clip", "l2_ic_enc_scale", "l2_ci_enc_scale",
-                "l2_gen_scale", "l2_con_scale", "kl_ic_scale", "kl_co_scale"):
+    for key in (
+        "ic_post_var_min",
+        "weight_decay",
+        "gradient_clip",
+        "l2_ic_enc_scale",
+        "l2_ci_enc_scale",
+        "l2_gen_scale",
+        "l2_con_scale",
+        "kl_ic_scale",
+        "kl_co_scale",
+    ):
         check(getattr(hp, key) >= 0, key, "must be >= 0")
     for key in ("adam_beta1", "adam_beta2", "lr_decay", "valid_smoothing"):
-        check(0.0 < getattr(hp, key) <= 1.0 if key == "valid_smoothing" else 0.0 <= getattr(hp, key) < 1.0,
-              key, "must be in [0, 1)" if key != "valid_smoothing" else "must be in (0, 1]")
+        check(
+            0.0 < getattr(hp, key) <= 1.0
+            if key == "valid_smoothing"
+            else 0.0 <= getattr(hp, key) < 1.0,
+            key,
+            "must be in [0, 1)" if key != "valid_smoothing" else "must be in (0, 1]",
+        )
     check(hp.readin_dim is None or hp.readin_dim >= 1, "readin_dim", "must be at least 1 or null")
     check(hp.readin_init in ("pcr", "random"), "readin_init", "must be 'pcr' or 'random'")
     check(hp.rnn_impl in RNN_IMPLS, "rnn_impl", f"must be one of {list(RNN_IMPLS)}")
-    if not hp.variational and (hp.ic_prior.name != "null" or (hp.use_controller and hp.co_prior.name != "null")):
+    if not hp.variational and (
+        hp.ic_prior.name != "null" or (hp.use_controller and hp.co_prior.name != "null")
+    ):
         raise ValueError(
             f"variational: false needs null priors (ic_prior: null, co_prior: null), "
             f"got ic_prior {hp.ic_prior.name!r}, co_prior {hp.co_prior.name!r}"

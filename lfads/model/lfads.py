@@ -80,7 +80,9 @@ class LFADS(nn.Module):
             raise ValueError("LFADS needs at least one session")
         shared = {(s.n_obs_bins, s.n_fwd_bins, s.ext_input_dim) for s in sessions}
         if len(shared) != 1:
-            raise ValueError(f"sessions must share bins and external inputs (T, F, ext_input_dim); got {sorted(shared)}")
+            raise ValueError(
+                f"sessions must share bins and external inputs (T, F, ext_input_dim); got {sorted(shared)}"
+            )
         hp, first = hparams, sessions[0]
         self.hparams, self.sessions = hp, list(sessions)
         self.use_controller = hp.use_controller
@@ -93,21 +95,52 @@ class LFADS(nn.Module):
             encoder_dim = readin_dim
             for readin in self.readins:
                 readin.requires_grad_(hp.readin_trainable or hp.readin_init == "random")
-        self.encoder = Encoder(encoder_dim, first.n_obs_bins, first.n_recon_bins, hp.ic_enc_dim, hp.ic_dim,
-                               hp.ci_enc_dim, hp.ci_lag, hp.ic_enc_seq_len, hp.use_controller, hp.dropout,
-                               hp.cell_clip, hp.ic_post_var_min)
-        self.decoder = Decoder(hp.ic_dim, hp.gen_dim, hp.fac_dim, hp.con_dim, hp.co_dim, 2 * hp.ci_enc_dim,
-                               first.ext_input_dim, hp.use_controller, hp.dropout, hp.cell_clip)
-        self.recons = nn.ModuleList(registry.build("reconstruction", hp.reconstruction, n_neurons=s.n_neurons)
-                                    for s in sessions)
-        self.readouts = nn.ModuleList(fan_in_linear(hp.fac_dim, recon.n_params * s.n_neurons)
-                                      for recon, s in zip(self.recons, sessions))
+        self.encoder = Encoder(
+            encoder_dim,
+            first.n_obs_bins,
+            first.n_recon_bins,
+            hp.ic_enc_dim,
+            hp.ic_dim,
+            hp.ci_enc_dim,
+            hp.ci_lag,
+            hp.ic_enc_seq_len,
+            hp.use_controller,
+            hp.dropout,
+            hp.cell_clip,
+            hp.ic_post_var_min,
+        )
+        self.decoder = Decoder(
+            hp.ic_dim,
+            hp.gen_dim,
+            hp.fac_dim,
+            hp.con_dim,
+            hp.co_dim,
+            2 * hp.ci_enc_dim,
+            first.ext_input_dim,
+            hp.use_controller,
+            hp.dropout,
+            hp.cell_clip,
+        )
+        self.recons = nn.ModuleList(
+            registry.build("reconstruction", hp.reconstruction, n_neurons=s.n_neurons)
+            for s in sessions
+        )
+        self.readouts = nn.ModuleList(
+            fan_in_linear(hp.fac_dim, recon.n_params * s.n_neurons)
+            for recon, s in zip(self.recons, sessions)
+        )
         self.ic_prior = registry.build("prior", hp.ic_prior, dim=hp.ic_dim)
-        self.co_prior = registry.build("prior", hp.co_prior, dim=hp.co_dim) if hp.use_controller else NullPrior(0)
+        self.co_prior = (
+            registry.build("prior", hp.co_prior, dim=hp.co_dim)
+            if hp.use_controller
+            else NullPrior(0)
+        )
         self.train_augmentations = AugmentationStack(
-            [registry.build("augmentation", spec, hparams=hp) for spec in hp.train_augmentations])
+            [registry.build("augmentation", spec, hparams=hp) for spec in hp.train_augmentations]
+        )
         self.infer_augmentations = AugmentationStack(
-            [registry.build("augmentation", spec, hparams=hp) for spec in hp.infer_augmentations])
+            [registry.build("augmentation", spec, hparams=hp) for spec in hp.infer_augmentations]
+        )
         self.set_rnn_impl(hp.rnn_impl)
 
     def set_rnn_impl(self, name: str) -> None:
@@ -118,7 +151,9 @@ class LFADS(nn.Module):
         self.encoder.impl = self.decoder.impl = name
 
     # -- forward -------------------------------------------------------------------------
-    def encode(self, batch: dict[int, SessionBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self, batch: dict[int, SessionBatch]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All sessions' trials through readins and encoders -> ic_mean, ic_std (B, ic_dim), ci (B, T + F, 2C).
 
         Rows follow `sorted(batch)` sessions, each session's trials in order.
@@ -126,8 +161,15 @@ class LFADS(nn.Module):
         data = torch.cat([self._readin(s)(batch[s].encod_data) for s in sorted(batch)])
         return self.encoder(data)
 
-    def decode(self, sizes: dict[int, int], ext_input: torch.Tensor, ic_mean: torch.Tensor, ic_std: torch.Tensor,
-               ci: torch.Tensor, sample_posteriors: bool) -> dict[int, SessionOutput]:
+    def decode(
+        self,
+        sizes: dict[int, int],
+        ext_input: torch.Tensor,
+        ic_mean: torch.Tensor,
+        ic_std: torch.Tensor,
+        ci: torch.Tensor,
+        sample_posteriors: bool,
+    ) -> dict[int, SessionOutput]:
         """Posterior sample (or mean) of g0 and u_t -> decoder -> readouts, split back by session.
 
         sizes: rows of each session, in sorted session order; ext_input (rows, T + F, ext_input_dim).
@@ -135,22 +177,38 @@ class LFADS(nn.Module):
         sessions = sorted(sizes)
         ic_sample = self.ic_prior.sample(ic_mean, ic_std) if sample_posteriors else ic_mean
         out = self.decoder(ic_sample, ci, ext_input, self.co_prior if sample_posteriors else None)
-        pieces = {name: value.split([sizes[s] for s in sessions]) for name, value in (
-            ("factors", out.factors), ("ic_mean", ic_mean), ("ic_std", ic_std), ("co_mean", out.co_mean),
-            ("co_std", out.co_std), ("gen_init", out.gen_init), ("gen_states", out.gen_states),
-            ("con_states", out.con_states), ("gen_inputs", out.gen_inputs))}
+        pieces = {
+            name: value.split([sizes[s] for s in sessions])
+            for name, value in (
+                ("factors", out.factors),
+                ("ic_mean", ic_mean),
+                ("ic_std", ic_std),
+                ("co_mean", out.co_mean),
+                ("co_std", out.co_std),
+                ("gen_init", out.gen_init),
+                ("gen_states", out.gen_states),
+                ("con_states", out.con_states),
+                ("gen_inputs", out.gen_inputs),
+            )
+        }
         outputs = {}
         for i, s in enumerate(sessions):
             factors = pieces["factors"][i]
             params = self.recons[s].reshape_output_params(self.readouts[s](factors))
-            outputs[s] = SessionOutput(params=params, **{name: piece[i] for name, piece in pieces.items()})
+            outputs[s] = SessionOutput(
+                params=params, **{name: piece[i] for name, piece in pieces.items()}
+            )
         return outputs
 
-    def forward(self, batch: dict[int, SessionBatch], sample_posteriors: bool = False) -> dict[int, SessionOutput]:
+    def forward(
+        self, batch: dict[int, SessionBatch], sample_posteriors: bool = False
+    ) -> dict[int, SessionOutput]:
         ic_mean, ic_std, ci = self.encode(batch)
         sizes = {s: len(b) for s, b in batch.items()}
         ext_input = torch.cat([batch[s].ext_input for s in sorted(batch)])
-        return self.decode(sizes, ext_input, ic_mean, ic_std, ci, sample_posteriors and self.hparams.variational)
+        return self.decode(
+            sizes, ext_input, ic_mean, ic_std, ci, sample_posteriors and self.hparams.variational
+        )
 
     def _readin(self, session: int) -> nn.Module:
         return self.readins[session if len(self.readins) > 1 else 0]
@@ -160,7 +218,9 @@ class LFADS(nn.Module):
         return self.recons[session].compute_means(output.params)
 
     @torch.no_grad()
-    def posterior_average(self, batch: dict[int, SessionBatch], n_samples: int) -> dict[int, dict[str, torch.Tensor]]:
+    def posterior_average(
+        self, batch: dict[int, SessionBatch], n_samples: int
+    ) -> dict[int, dict[str, torch.Tensor]]:
         """Average over `n_samples` posterior samples, all in one decoder pass of (samples x trials) rows.
 
         The encoders are deterministic in eval mode, so they run once per trial.
@@ -168,54 +228,80 @@ class LFADS(nn.Module):
         samples, and ic_mean, ic_std (B, ic_dim). Non-variational models use the means (one pass).
         """
         if self.training:
-            raise RuntimeError("posterior_average needs eval mode (model.eval()): dropout would vary per trial")
+            raise RuntimeError(
+                "posterior_average needs eval mode (model.eval()): dropout would vary per trial"
+            )
         samples = n_samples if self.hparams.variational else 1
         if self.rnn_impl == "reference":
             return self._posterior_average_one_by_one(batch, samples)
         ic_mean, ic_std, ci = self.encode(batch)
         sizes = {s: samples * len(b) for s, b in batch.items()}
         ext_input = torch.cat([batch[s].ext_input.repeat(samples, 1, 1) for s in sorted(batch)])
-        # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits samples off.
+        # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits samples
+        # off.
         order = _sample_major_rows([len(batch[s]) for s in sorted(batch)], samples, ic_mean.device)
 
         def rows(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (samples x B, ...) in `order`
             return x.repeat(samples, *([1] * (x.dim() - 1)))[order]
 
-        outputs = self.decode(sizes, ext_input, rows(ic_mean), rows(ic_std), rows(ci), self.hparams.variational)
+        outputs = self.decode(
+            sizes, ext_input, rows(ic_mean), rows(ic_std), rows(ci), self.hparams.variational
+        )
         result = {}
         for s, out in outputs.items():
+
             def mean(x: torch.Tensor) -> torch.Tensor:
                 return x.reshape(samples, -1, *x.shape[1:]).mean(0)
 
-            result[s] = {"rates": mean(self.rates(s, out)), "factors": mean(out.factors),
-                         "gen_states": mean(out.gen_states), "co_mean": mean(out.co_mean),
-                         "co_std": mean(out.co_std), "ic_mean": out.ic_mean[: len(batch[s])],
-                         "ic_std": out.ic_std[: len(batch[s])]}
+            result[s] = {
+                "rates": mean(self.rates(s, out)),
+                "factors": mean(out.factors),
+                "gen_states": mean(out.gen_states),
+                "co_mean": mean(out.co_mean),
+                "co_std": mean(out.co_std),
+                "ic_mean": out.ic_mean[: len(batch[s])],
+                "ic_std": out.ic_std[: len(batch[s])],
+            }
         return result
 
-    def _posterior_average_one_by_one(self, batch: dict[int, SessionBatch],
-                                      samples: int) -> dict[int, dict[str, torch.Tensor]]:
+    def _posterior_average_one_by_one(
+        self, batch: dict[int, SessionBatch], samples: int
+    ) -> dict[int, dict[str, torch.Tensor]]:
         """The reference path of `posterior_average`: the whole model once per sample."""
         sums: dict[int, dict[str, torch.Tensor]] = {}
         for _ in range(samples):
             for s, out in self(batch, sample_posteriors=True).items():
-                values = {"rates": self.rates(s, out), "factors": out.factors, "gen_states": out.gen_states,
-                          "co_mean": out.co_mean, "co_std": out.co_std}
+                values = {
+                    "rates": self.rates(s, out),
+                    "factors": out.factors,
+                    "gen_states": out.gen_states,
+                    "co_mean": out.co_mean,
+                    "co_std": out.co_std,
+                }
                 if s not in sums:
                     sums[s] = {**values, "ic_mean": out.ic_mean, "ic_std": out.ic_std}
                 else:
                     for name, value in values.items():
                         sums[s][name] = sums[s][name] + value
-        return {s: {name: value / samples if name not in ("ic_mean", "ic_std") else value
-                    for name, value in found.items()} for s, found in sums.items()}
+        return {
+            s: {
+                name: value / samples if name not in ("ic_mean", "ic_std") else value
+                for name, value in found.items()
+            }
+            for s, found in sums.items()
+        }
 
     # -- loss ----------------------------------------------------------------------------
     def recurrent_l2(self) -> torch.Tensor:
         """Scaled 0.5 * ||W||^2 of the recurrent matrices, over the count of penalised weights,
         plus the reconstructions' own penalties."""
         hp = self.hparams
-        scales = {"ic_enc": hp.l2_ic_enc_scale, "ci_enc": hp.l2_ci_enc_scale, "gen": hp.l2_gen_scale,
-                  "con": hp.l2_con_scale}
+        scales = {
+            "ic_enc": hp.l2_ic_enc_scale,
+            "ci_enc": hp.l2_ci_enc_scale,
+            "gen": hp.l2_gen_scale,
+            "con": hp.l2_con_scale,
+        }
         weights = {**self.encoder.recurrent_weights(), **self.decoder.recurrent_weights()}
         penalty, size = self.decoder.generator.weight_hh.new_zeros(()), 0
         for name, matrices in weights.items():
@@ -226,9 +312,15 @@ class LFADS(nn.Module):
         penalty = penalty / max(size, 1)
         return penalty + sum(recon.penalty() for recon in self.recons)
 
-    def loss(self, batch: dict[int, SessionBatch], outputs: dict[int, SessionOutput],
-             stack: AugmentationStack, memos: dict[int, list], epoch: int,
-             metrics: dict[str, torch.Tensor]) -> LossTerms:
+    def loss(
+        self,
+        batch: dict[int, SessionBatch],
+        outputs: dict[int, SessionOutput],
+        stack: AugmentationStack,
+        memos: dict[int, list],
+        epoch: int,
+        metrics: dict[str, torch.Tensor],
+    ) -> LossTerms:
         """loss_scale * (recon + l2_ramp * L2 + kl_ramp * (kl_ic_scale * KL_ic + kl_co_scale * KL_co)).
 
         `batch` is the augmented batch the outputs came from; `memos` the stack's notes per session.
@@ -236,7 +328,9 @@ class LFADS(nn.Module):
         hp = self.hparams
         session_recon = []
         for s in sorted(batch):
-            losses = self.recons[s].compute_loss(batch[s].recon_data, outputs[s].params)  # (B, T + F, H)
+            losses = self.recons[s].compute_loss(
+                batch[s].recon_data, outputs[s].params
+            )  # (B, T + F, H)
             losses = stack.process_losses(losses, batch[s], memos[s], metrics)
             per_trial = losses.mean(dim=(1, 2)) if hp.recon_reduce_mean else losses.sum(dim=(1, 2))
             session_recon.append(per_trial.mean())
@@ -247,8 +341,11 @@ class LFADS(nn.Module):
             return torch.cat([getattr(outputs[s], name) for s in sessions])
 
         kl_ic = hp.kl_ic_scale * self.ic_prior(cat("ic_mean"), cat("ic_std"))
-        kl_co = hp.kl_co_scale * self.co_prior(cat("co_mean"), cat("co_std")) if self.use_controller \
+        kl_co = (
+            hp.kl_co_scale * self.co_prior(cat("co_mean"), cat("co_std"))
+            if self.use_controller
             else recon.new_zeros(())
+        )
         l2 = self.recurrent_l2()
         l2_ramp = ramp(epoch, hp.l2_start_epoch, hp.l2_increase_epoch)
         kl_ramp = ramp(epoch, hp.kl_start_epoch, hp.kl_increase_epoch)
@@ -259,7 +356,9 @@ class LFADS(nn.Module):
     def set_readins(self, readins: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Load per-session readin (weight (readin_dim, n_heldin), bias (readin_dim,)), e.g. from PCR."""
         if len(readins) != len(self.readins) or isinstance(self.readins[0], nn.Identity):
-            raise ValueError("set_readins: the model has no per-session readin layers for these sessions")
+            raise ValueError(
+                "set_readins: the model has no per-session readin layers for these sessions"
+            )
         with torch.no_grad():
             for layer, (weight, bias) in zip(self.readins, readins):
                 layer.weight.copy_(torch.as_tensor(weight))

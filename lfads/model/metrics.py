@@ -79,9 +79,16 @@ class RegionMetrics:
 
     def __init__(self, n_heldin: int, n_obs_bins: int) -> None:
         self.n_heldin, self.n_obs_bins = n_heldin, n_obs_bins
-        self.bps, self.co_bps, self.fp_bps, self.r2 = BitsPerSpike(), BitsPerSpike(), BitsPerSpike(), RateR2()
+        self.bps, self.co_bps, self.fp_bps, self.r2 = (
+            BitsPerSpike(),
+            BitsPerSpike(),
+            BitsPerSpike(),
+            RateR2(),
+        )
 
-    def update(self, rates: torch.Tensor, recon_data: torch.Tensor, truth: torch.Tensor | None) -> None:
+    def update(
+        self, rates: torch.Tensor, recon_data: torch.Tensor, truth: torch.Tensor | None
+    ) -> None:
         """rates, recon_data, truth: (B, T + F, H) spikes per bin."""
         n_in, n_obs = self.n_heldin, self.n_obs_bins
         self.bps.update(rates[:, :n_obs, :n_in], recon_data[:, :n_obs, :n_in])
@@ -93,8 +100,12 @@ class RegionMetrics:
             self.r2.update(rates, truth)
 
     def compute(self) -> dict[str, float]:
-        return {"bps": self.bps.compute(), "co_bps": self.co_bps.compute(), "fp_bps": self.fp_bps.compute(),
-                "rate_r2": self.r2.compute()}
+        return {
+            "bps": self.bps.compute(),
+            "co_bps": self.co_bps.compute(),
+            "fp_bps": self.fp_bps.compute(),
+            "rate_r2": self.r2.compute(),
+        }
 
 
 def mean_over_sessions(values: list[dict[str, float]]) -> dict[str, float]:

@@ -119,7 +119,9 @@ class MultivariateStudentTPrior(Prior):
 
     def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
         """Student-t(df, 0, 1) noise: StudentT(df, mean, std) = mean + std * noise."""
-        return StudentT(torch.tensor(self.df, dtype=like.dtype, device=like.device)).sample(like.shape)
+        return StudentT(torch.tensor(self.df, dtype=like.dtype, device=like.device)).sample(
+            like.shape
+        )
 
     def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         posterior = StudentT(self.df, mean, std)

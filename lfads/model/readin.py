@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def session_averages(encod_data: np.ndarray, condition: np.ndarray | None, conditions: list[int] | None) -> np.ndarray:
+def session_averages(
+    encod_data: np.ndarray, condition: np.ndarray | None, conditions: list[int] | None
+) -> np.ndarray:
     """Rows of time-aligned average activity: (n_conditions * T, n_heldin), or (T, n_heldin) without conditions.
 
     encod_data: (N, T, n_heldin) spikes per bin; condition: (N,) condition index per trial.
@@ -28,12 +30,15 @@ def shared_conditions(conditions: list[np.ndarray | None]) -> list[int] | None:
     """Condition indices (>= 0) present in every session, or None when any session lacks them."""
     if any(c is None for c in conditions):
         return None
-    common = set.intersection(*(set(np.asarray(c)[np.asarray(c) >= 0].tolist()) for c in conditions))
+    common = set.intersection(
+        *(set(np.asarray(c)[np.asarray(c) >= 0].tolist()) for c in conditions)
+    )
     return sorted(common) or None
 
 
-def pcr_readins(averages: list[np.ndarray], readin_dim: int, ridge: float = 1e-2,
-                seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def pcr_readins(
+    averages: list[np.ndarray], readin_dim: int, ridge: float = 1e-2, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Readin (weight (readin_dim, n_s), bias (readin_dim,)) for each session from its averages (R, n_s).
 
     All sessions' averages must have the same rows R (same bins and conditions).

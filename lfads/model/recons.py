@@ -55,7 +55,9 @@ class Gaussian(Reconstruction):
 
     def compute_loss(self, data: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         mean, log_variance = params.unbind(-1)
-        return 0.5 * (log_variance + (data - mean) ** 2 * torch.exp(-log_variance) + math.log(2 * math.pi))
+        return 0.5 * (
+            log_variance + (data - mean) ** 2 * torch.exp(-log_variance) + math.log(2 * math.pi)
+        )
 
     def compute_means(self, params: torch.Tensor) -> torch.Tensor:
         return params[..., 0]
@@ -84,11 +86,19 @@ class ZeroInflatedGamma(Reconstruction):
 
     n_params = 3
 
-    def __init__(self, n_neurons: int, gamma_loc: float = 0.1, scale_init: float = 20.0,
-                 scale_prior: float = 20.0, scale_penalty: float = 1e-4):
+    def __init__(
+        self,
+        n_neurons: int,
+        gamma_loc: float = 0.1,
+        scale_init: float = 20.0,
+        scale_prior: float = 20.0,
+        scale_penalty: float = 1e-4,
+    ):
         super().__init__(n_neurons)
         self.gamma_loc, self.scale_prior, self.scale_penalty = gamma_loc, scale_prior, scale_penalty
-        self.scale = nn.Parameter(torch.full((2, n_neurons), float(scale_init)))  # (alpha | beta, H)
+        self.scale = nn.Parameter(
+            torch.full((2, n_neurons), float(scale_init))
+        )  # (alpha | beta, H)
 
     def _scaled(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit = torch.clamp_min(torch.sigmoid(params), 1e-5)  # keeps alpha, beta, q away from 0

@@ -62,7 +62,9 @@ def register(kind: str, name: str) -> Callable[[type], type]:
 
     def decorator(cls: type) -> type:
         if name in _BUILTINS[kind]:
-            raise ValueError(f"{kind} {name!r} is a built-in name; choose another name for {cls.__qualname__}")
+            raise ValueError(
+                f"{kind} {name!r} is a built-in name; choose another name for {cls.__qualname__}"
+            )
         _REGISTERED[kind][name] = cls
         return cls
 
@@ -110,7 +112,9 @@ def import_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ValueError(f"plugins: cannot import {module!r} ({error}); is it on PYTHONPATH?") from error
+            raise ValueError(
+                f"plugins: cannot import {module!r} ({error}); is it on PYTHONPATH?"
+            ) from error
 
 
 def build(kind: str, spec: Any, hparams: Any = None, **sizes: Any) -> Any:
@@ -125,13 +129,20 @@ def build(kind: str, spec: Any, hparams: Any = None, **sizes: Any) -> Any:
     import inspect
 
     cls = lookup(kind, spec.name)
-    options = {option: getattr(hparams, field) for option, field in getattr(cls, "hparam_options", {}).items()
-               if hparams is not None}
+    options = {
+        option: getattr(hparams, field)
+        for option, field in getattr(cls, "hparam_options", {}).items()
+        if hparams is not None
+    }
     options.update(spec.options)
     try:
         return cls(**sizes, **options)
     except TypeError as error:
-        parameters = [p for p in inspect.signature(cls).parameters if p not in sizes and p not in ("self", "kwargs")]
+        parameters = [
+            p
+            for p in inspect.signature(cls).parameters
+            if p not in sizes and p not in ("self", "kwargs")
+        ]
         raise ValueError(
             f"{kind} {spec.name!r}: bad options {sorted(spec.options)} ({error}); it accepts {parameters}"
         ) from error

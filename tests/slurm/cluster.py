@@ -35,8 +35,11 @@ class ClusterError(RuntimeError):
 
 def available() -> str | None:
     """None when the SLURM, munge and MariaDB programs are installed and we are root, else the reason."""
-    missing = [name for name in DAEMONS + ("sacctmgr", "sbatch", "sacct", "mariadb-install-db")
-               if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()]
+    missing = [
+        name
+        for name in DAEMONS + ("sacctmgr", "sbatch", "sacct", "mariadb-install-db")
+        if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()
+    ]
     if missing:
         return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm slurmdbd munge mariadb-server)"
     if os.geteuid() != 0:
@@ -51,7 +54,9 @@ def _free_port() -> int:
 
 
 def _node_line() -> str:
-    line = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    line = subprocess.run(
+        ["slurmd", "-C"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
     # leave memory headroom: jobs ask for mem_mb and the node must fit them
     return line + " Gres=gpu:1 State=UNKNOWN"
 
@@ -73,53 +78,63 @@ class LocalSlurm:
         etc, state, log = self.root / "etc", self.root / "state", self.root / "log"
         for folder in (etc, state / "ctld", state / "d", log):
             folder.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text("\n".join([
-            f"ClusterName={CLUSTER}",
-            f"SlurmctldHost={self.host}",
-            "AuthType=auth/munge",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core_Memory",
-            "GresTypes=gpu",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/slurmdbd",
-            f"AccountingStorageHost={self.host}",
-            "AccountingStorageTRES=gres/gpu",
-            "AccountingStoreFlags=job_comment",
-            "ReturnToService=2",
-            "MinJobAge=600",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            f"StateSaveLocation={state / 'ctld'}",
-            f"SlurmdSpoolDir={state / 'd'}",
-            f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.root / 'slurmd.pid'}",
-            f"SlurmctldLogFile={log / 'slurmctld.log'}",
-            f"SlurmdLogFile={log / 'slurmd.log'}",
-            "SchedulerType=sched/backfill",
-            "SchedulerParameters=sched_interval=2",
-            _node_line(),
-            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
-            f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
-            "",
-        ]))
-        (etc / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null\n")
+        self.conf.write_text(
+            "\n".join(
+                [
+                    f"ClusterName={CLUSTER}",
+                    f"SlurmctldHost={self.host}",
+                    "AuthType=auth/munge",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "GresTypes=gpu",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/slurmdbd",
+                    f"AccountingStorageHost={self.host}",
+                    "AccountingStorageTRES=gres/gpu",
+                    "AccountingStoreFlags=job_comment",
+                    "ReturnToService=2",
+                    "MinJobAge=600",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"StateSaveLocation={state / 'ctld'}",
+                    f"SlurmdSpoolDir={state / 'd'}",
+                    f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={log / 'slurmctld.log'}",
+                    f"SlurmdLogFile={log / 'slurmd.log'}",
+                    "SchedulerType=sched/backfill",
+                    "SchedulerParameters=sched_interval=2",
+                    _node_line(),
+                    f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                    f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
+        (etc / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null\n"
+        )
         dbd = etc / "slurmdbd.conf"
-        dbd.write_text("\n".join([
-            "AuthType=auth/munge",
-            f"DbdHost={self.host}",
-            "SlurmUser=root",
-            f"LogFile={log / 'slurmdbd.log'}",
-            f"PidFile={self.root / 'slurmdbd.pid'}",
-            "StorageType=accounting_storage/mysql",
-            "StorageHost=127.0.0.1",
-            f"StoragePort={db_port}",
-            "StorageUser=slurm",
-            "StoragePass=slurm",
-            "StorageLoc=slurm_acct_db",
-            "",
-        ]))
+        dbd.write_text(
+            "\n".join(
+                [
+                    "AuthType=auth/munge",
+                    f"DbdHost={self.host}",
+                    "SlurmUser=root",
+                    f"LogFile={log / 'slurmdbd.log'}",
+                    f"PidFile={self.root / 'slurmdbd.pid'}",
+                    "StorageType=accounting_storage/mysql",
+                    "StorageHost=127.0.0.1",
+                    f"StoragePort={db_port}",
+                    "StorageUser=slurm",
+                    "StoragePass=slurm",
+                    "StorageLoc=slurm_acct_db",
+                    "",
+                ]
+            )
+        )
         dbd.chmod(0o600)
         # Job steps (`srun` inside an allocation) do not see SLURM_CONF from the submitting
         # shell and look in /etc/slurm: point it at this cluster's files while it runs.
@@ -130,15 +145,22 @@ class LocalSlurm:
                 system.unlink(missing_ok=True)
                 system.symlink_to(etc / name)
             else:
-                raise ClusterError(f"{system} exists and is not ours; this test cluster would override it")
+                raise ClusterError(
+                    f"{system} exists and is not ours; this test cluster would override it"
+                )
 
     # -- processes --------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], pids: dict, user: str | None = None) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")
         if user:
             argv = ["runuser", "-u", user, "--"] + argv
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
         pids[name] = process.pid
         self.pids_file.write_text(json.dumps(pids))
 
@@ -148,12 +170,17 @@ class LocalSlurm:
             if check():
                 return
             time.sleep(0.5)
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((self.root / "log").glob("*")))
+        logs = "\n".join(
+            f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((self.root / "log").glob("*"))
+        )
         raise ClusterError(f"{what} did not come up within {timeout:.0f} s\n{logs}")
 
     @staticmethod
     def _ok(argv: list[str], env: dict | None = None) -> bool:
-        return subprocess.run(argv, capture_output=True, env={**os.environ, **(env or {})}).returncode == 0
+        return (
+            subprocess.run(argv, capture_output=True, env={**os.environ, **(env or {})}).returncode
+            == 0
+        )
 
     def start(self) -> LocalSlurm:
         reason = available()
@@ -170,33 +197,76 @@ class LocalSlurm:
             # munge: its socket lives in /run/munge, owned by the munge user
             Path("/run/munge").mkdir(exist_ok=True)
             shutil.chown("/run/munge", "munge", "munge")
-            self._spawn("munged", ["/usr/sbin/munged", "--foreground", "--force"], pids, user="munge")
+            self._spawn(
+                "munged", ["/usr/sbin/munged", "--foreground", "--force"], pids, user="munge"
+            )
             self._wait_for("munged", lambda: self._ok(["munge", "-n"]))
             # MariaDB with its own data folder on a loopback port
             datadir = self.root / "mysql"
             sock = datadir / "mysql.sock"  # the mysql user must be able to create it
-            subprocess.run(["mariadb-install-db", f"--datadir={datadir}", "--user=mysql",
-                            "--auth-root-authentication-method=socket"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "mariadb-install-db",
+                    f"--datadir={datadir}",
+                    "--user=mysql",
+                    "--auth-root-authentication-method=socket",
+                ],
+                check=True,
+                capture_output=True,
+            )
             shutil.chown(self.root, "root", "root")
             self.root.chmod(0o755)
-            self._spawn("mariadbd", ["/usr/sbin/mariadbd", f"--datadir={datadir}", f"--socket={sock}",
-                                     f"--port={db_port}", "--bind-address=127.0.0.1", "--user=mysql",
-                                     f"--pid-file={datadir / 'mariadbd.pid'}"], pids)
-            self._wait_for("mariadbd", lambda: self._ok(["mariadb", f"--socket={sock}", "-e", "select 1"]))
-            sql = ("CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';"
-                   "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;")
-            subprocess.run(["mariadb", f"--socket={sock}", "-e", sql], check=True, capture_output=True)
+            self._spawn(
+                "mariadbd",
+                [
+                    "/usr/sbin/mariadbd",
+                    f"--datadir={datadir}",
+                    f"--socket={sock}",
+                    f"--port={db_port}",
+                    "--bind-address=127.0.0.1",
+                    "--user=mysql",
+                    f"--pid-file={datadir / 'mariadbd.pid'}",
+                ],
+                pids,
+            )
+            self._wait_for(
+                "mariadbd", lambda: self._ok(["mariadb", f"--socket={sock}", "-e", "select 1"])
+            )
+            sql = (
+                "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';"
+                "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"
+            )
+            subprocess.run(
+                ["mariadb", f"--socket={sock}", "-e", sql], check=True, capture_output=True
+            )
             self._spawn("slurmdbd", ["/usr/sbin/slurmdbd", "-D"], pids)
-            self._wait_for("slurmdbd", lambda: self._ok(["sacctmgr", "-n", "list", "cluster"], self.env))
-            for command in (["add", "cluster", CLUSTER], ["add", "account", ACCOUNT, f"Cluster={CLUSTER}"],
-                            ["add", "user", "root", f"Account={ACCOUNT}", f"Cluster={CLUSTER}"]):
-                subprocess.run(["sacctmgr", "-i", *command], env={**os.environ, **self.env}, capture_output=True)
+            self._wait_for(
+                "slurmdbd", lambda: self._ok(["sacctmgr", "-n", "list", "cluster"], self.env)
+            )
+            for command in (
+                ["add", "cluster", CLUSTER],
+                ["add", "account", ACCOUNT, f"Cluster={CLUSTER}"],
+                ["add", "user", "root", f"Account={ACCOUNT}", f"Cluster={CLUSTER}"],
+            ):
+                subprocess.run(
+                    ["sacctmgr", "-i", *command],
+                    env={**os.environ, **self.env},
+                    capture_output=True,
+                )
             self._spawn("slurmctld", ["/usr/sbin/slurmctld", "-D", "-i"], pids)
             self._spawn("slurmd", ["/usr/sbin/slurmd", "-D"], pids)
-            self._wait_for("the node", lambda: "idle" in subprocess.run(
-                ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                env={**os.environ, **self.env}).stdout)
+            self._wait_for(
+                "the node",
+                lambda: (
+                    "idle"
+                    in subprocess.run(
+                        ["sinfo", "-h", "-o", "%T"],
+                        capture_output=True,
+                        text=True,
+                        env={**os.environ, **self.env},
+                    ).stdout
+                ),
+            )
         except BaseException:
             self.stop()
             raise

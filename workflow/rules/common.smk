@@ -3,13 +3,11 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from lfads.config import ConfigError, validate_config
-from lfads.sources import nwb_paths, source_kind, truth_paths
+from lfads.infra.config import ConfigError, validate_config
+from lfads.data.fetch import nwb_paths, source_kind, truth_paths
 
 try:
-    config = validate_config(
-        config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    )
+    config = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -50,9 +48,9 @@ def data_outputs():
 
 
 # -- runs of the hyperparameter search ---------------------------------------------
-from lfads.figures import figure_names
-from lfads.search import expand_search
-from lfads.targets import group_name
+from lfads.evaluation.figures import figure_names
+from lfads.search.space import expand_search
+from lfads.data.targets import group_name
 
 MODEL_BIN = config["model"]["bin_width"]
 if MODEL_BIN not in config["bin_widths"]:

@@ -11,15 +11,15 @@ rule fetch:
     output:
         marker=FETCH_MARKER,
         files=fetched_files(),
-    params:
-        source=SOURCE,
-        data_dir=lambda wildcards, output: Path(output.marker).parent,
     log:
         f"{LOGS}/fetch.log",
     benchmark:
         f"{BENCHMARKS}/fetch.tsv"
     conda:
         "../../envs/lfads.yaml"
+    params:
+        source=SOURCE,
+        data_dir=lambda wildcards, output: Path(output.marker).parent,
     script:
         "../scripts/fetch.py"
 
@@ -32,6 +32,12 @@ rule prepare:
         truth=list(TRUTH.values()),
     output:
         f"{RESULTS}/prepared_{{bin}}ms.h5",
+    log:
+        f"{LOGS}/prepare_{{bin}}ms.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare_{{bin}}ms.tsv"
+    conda:
+        "../../envs/lfads.yaml"
     params:
         dataset=DATASET,
         layout=LAYOUT,
@@ -39,12 +45,6 @@ rule prepare:
         valid_fraction=config["prepare"]["valid_fraction"],
         split_seed=config["prepare"]["split_seed"],
         truth=TRUTH or None,
-    log:
-        f"{LOGS}/prepare_{{bin}}ms.log",
-    benchmark:
-        f"{BENCHMARKS}/prepare_{{bin}}ms.tsv"
-    conda:
-        "../../envs/lfads.yaml"
     script:
         "../scripts/prepare.py"
 
@@ -55,15 +55,15 @@ rule targets:
         train=NWB["train"],
     output:
         f"{RESULTS}/targets_{{bin}}ms.h5",
-    params:
-        layout=LAYOUT,
-    resources:
-        mem_mb=config["targets"]["mem_mb"],
     log:
         f"{LOGS}/targets_{{bin}}ms.log",
     benchmark:
         f"{BENCHMARKS}/targets_{{bin}}ms.tsv"
     conda:
         "../../envs/lfads.yaml"
+    resources:
+        mem_mb=config["targets"]["mem_mb"],
+    params:
+        layout=LAYOUT,
     script:
         "../scripts/targets.py"

@@ -34,15 +34,15 @@ rule aggregate:
             category="1. Summary",
             labels={"dataset": DATASET, "table": "all runs"},
         ),
-    params:
-        runs=RUNS,
-        run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCHMARKS}/aggregate.tsv"
     conda:
         "../../envs/lfads.yaml"
+    params:
+        runs=RUNS,
+        run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
     script:
         "../scripts/aggregate.py"
 
@@ -63,16 +63,16 @@ rule figures:
             )
             for name in FIGURES
         },
-    params:
-        runs=RUNS,
-        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
-        group=NLB_GROUP,
     log:
         f"{LOGS}/figures.log",
     benchmark:
         f"{BENCHMARKS}/figures.tsv"
     conda:
         "../../envs/lfads.yaml"
+    params:
+        runs=RUNS,
+        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
+        group=NLB_GROUP,
     script:
         "../scripts/figures.py"
 
@@ -84,13 +84,13 @@ rule submission:
         inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
     output:
         f"{RESULTS}/submission_{DATASET}.h5",
-    params:
-        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
     log:
         f"{LOGS}/submission.log",
     benchmark:
         f"{BENCHMARKS}/submission.tsv"
     conda:
         "../../envs/lfads.yaml"
+    params:
+        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
     script:
         "../scripts/submission.py"

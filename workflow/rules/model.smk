@@ -8,21 +8,21 @@ rule train:
         model=f"{RUNS_DIR}/{{run}}/model.ckpt",
         metrics=f"{RUNS_DIR}/{{run}}/metrics.csv",
         hparams=f"{RUNS_DIR}/{{run}}/hparams.yaml",
-    params:
-        hparams=lambda wildcards: run_hparams(wildcards.run),
-        # Outside the declared outputs, so a killed job resumes when Snakemake reruns it.
-        checkpoint_dir=lambda wildcards: f"{CHECKPOINTS_DIR}/{wildcards.run}",
-    threads: config["resources"]["train"]["threads"]
-    resources:
-        gpu=config["resources"]["train"]["gpu"],
-        runtime=config["resources"]["train"]["runtime"],
-        mem_mb=config["resources"]["train"]["mem_mb"],
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
         f"{BENCHMARKS}/train/{{run}}.tsv"
     conda:
         "../../envs/lfads.yaml"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        gpu=config["resources"]["train"]["gpu"],
+        runtime=config["resources"]["train"]["runtime"],
+        mem_mb=config["resources"]["train"]["mem_mb"],
+    params:
+        hparams=lambda wildcards: run_hparams(wildcards.run),
+        # Outside the declared outputs, so a killed job resumes when Snakemake reruns it.
+        checkpoint_dir=lambda wildcards: f"{CHECKPOINTS_DIR}/{wildcards.run}",
     script:
         "../scripts/train.py"
 
@@ -33,18 +33,18 @@ rule infer:
         data=PREPARED_FOR_MODEL,
     output:
         f"{RUNS_DIR}/{{run}}/inferred.h5",
-    params:
-        n_samples=config["model"]["n_samples"],
-    threads: config["resources"]["infer"]["threads"]
-    resources:
-        gpu=config["resources"]["infer"]["gpu"],
-        runtime=config["resources"]["infer"]["runtime"],
-        mem_mb=config["resources"]["infer"]["mem_mb"],
     log:
         f"{LOGS}/infer/{{run}}.log",
     benchmark:
         f"{BENCHMARKS}/infer/{{run}}.tsv"
     conda:
         "../../envs/lfads.yaml"
+    threads: config["resources"]["infer"]["threads"]
+    resources:
+        gpu=config["resources"]["infer"]["gpu"],
+        runtime=config["resources"]["infer"]["runtime"],
+        mem_mb=config["resources"]["infer"]["mem_mb"],
+    params:
+        n_samples=config["model"]["n_samples"],
     script:
         "../scripts/infer.py"

@@ -1,5 +1,5 @@
-from lfads.evaluate import evaluate_run
-from lfads.logs import log_to_file
+from lfads.evaluation.evaluate import evaluate_run
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     evaluate_run(

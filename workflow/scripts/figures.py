@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from lfads.figures import all_figures
-from lfads.logs import log_to_file
+from lfads.evaluation.figures import all_figures
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     all_figures(

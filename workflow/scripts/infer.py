@@ -1,11 +1,11 @@
 from pathlib import Path
 
-from lfads.logs import log_to_file
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     import torch
 
-    from lfads.infer import posterior_sample
+    from lfads.evaluation.infer import posterior_sample
 
     torch.set_num_threads(snakemake.threads)
     posterior_sample(

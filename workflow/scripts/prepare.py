@@ -1,5 +1,5 @@
-from lfads.logs import log_to_file
-from lfads.prepare import prepare
+from lfads.data.prepare import prepare
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     prepare(

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from lfads.aggregate import best_run
-from lfads.evaluate import write_submission
-from lfads.logs import log_to_file
+from lfads.evaluation.aggregate import best_run
+from lfads.evaluation.submission import write_submission
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     run = best_run(snakemake.input.summary)

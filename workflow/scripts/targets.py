@@ -1,5 +1,5 @@
-from lfads.logs import log_to_file
-from lfads.targets import write_targets
+from lfads.data.targets import write_targets
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     write_targets(

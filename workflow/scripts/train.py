@@ -1,12 +1,12 @@
 from pathlib import Path
 
-from lfads.logs import log_to_file
+from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     import torch
 
     from lfads.model.hparams import HParams
-    from lfads.train import train_model
+    from lfads.training.train import train_model
 
     torch.set_num_threads(snakemake.threads)
     train_model(

@@ -1,6 +1,6 @@
 """Small prepared-format datasets without NWB files: Lorenz latents -> log-linear rates -> Poisson counts.
 
-Used by the benchmark (`lfads.bench`) and the model tests. The files follow the
+Used by the benchmark (`lfads.bench.benchmark`) and the model tests. The files follow the
 layout `prepare` writes (lfads/README.md), with the true rates under `truth`.
 """
 
@@ -12,8 +12,9 @@ import h5py
 import numpy as np
 
 
-def lorenz_latents(n_trials: int, n_bins: int, rng: np.random.Generator, steps_per_bin: int = 6,
-                   dt: float = 0.01) -> np.ndarray:
+def lorenz_latents(
+    n_trials: int, n_bins: int, rng: np.random.Generator, steps_per_bin: int = 6, dt: float = 0.01
+) -> np.ndarray:
     """(n_trials, n_bins, 3) z-scored Lorenz trajectories from random points on the attractor."""
     sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
     state = rng.normal(0, 1, (n_trials, 3)) + np.array([0.0, 0.0, 25.0])
@@ -32,9 +33,19 @@ def _lorenz(s: np.ndarray, sigma: float, rho: float, beta: float) -> np.ndarray:
     return np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], axis=1)
 
 
-def write_lorenz_prepared(path: Path, n_trials: int = 200, n_obs_bins: int = 20, n_fwd_bins: int = 5,
-                          n_heldin: int = 20, n_heldout: int = 6, n_eval: int = 20, valid_fraction: float = 0.2,
-                          seed: int = 0, base_rate: float = 0.3, weight_scale: float = 0.8) -> Path:
+def write_lorenz_prepared(
+    path: Path,
+    n_trials: int = 200,
+    n_obs_bins: int = 20,
+    n_fwd_bins: int = 5,
+    n_heldin: int = 20,
+    n_heldout: int = 6,
+    n_eval: int = 20,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    base_rate: float = 0.3,
+    weight_scale: float = 0.8,
+) -> Path:
     """Write a prepared file (lfads/README.md layout) with true rates; rates in spikes per bin.
 
     log rate = latents @ W + log(base_rate), W ~ N(0, weight_scale^2) per latent and neuron.
@@ -47,12 +58,26 @@ def write_lorenz_prepared(path: Path, n_trials: int = 200, n_obs_bins: int = 20,
     spikes = rng.poisson(rates).astype(np.float32)
     order = rng.permutation(n_trials)
     n_valid = round(valid_fraction * n_trials)
-    rows = {"valid": np.sort(order[:n_valid]), "train": np.sort(order[n_valid:]),
-            "eval": np.arange(n_trials, n_trials + n_eval)}
+    rows = {
+        "valid": np.sort(order[:n_valid]),
+        "train": np.sort(order[n_valid:]),
+        "eval": np.arange(n_trials, n_trials + n_eval),
+    }
     with h5py.File(path, "w") as file:
-        file.attrs.update(dataset="lorenz_test", nlb_layout="mc_maze", phase="val", bin_width_ms=20,
-                          n_heldin=n_heldin, n_heldout=n_heldout, n_obs_bins=n_obs_bins, n_fwd_bins=n_fwd_bins,
-                          valid_fraction=valid_fraction, split_seed=seed, has_truth=True, format_version=1)
+        file.attrs.update(
+            dataset="lorenz_test",
+            nlb_layout="mc_maze",
+            phase="val",
+            bin_width_ms=20,
+            n_heldin=n_heldin,
+            n_heldout=n_heldout,
+            n_obs_bins=n_obs_bins,
+            n_fwd_bins=n_fwd_bins,
+            valid_fraction=valid_fraction,
+            split_seed=seed,
+            has_truth=True,
+            format_version=1,
+        )
         for split, index in rows.items():
             group = file.create_group(split)
             group["encod_data"] = spikes[index, :n_obs_bins, :n_heldin]

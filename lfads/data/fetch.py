@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lfads.fetch import sha256_of, write_fetch_marker
-from lfads.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
-from lfads.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
+from lfads.data.dandi import sha256_of, write_fetch_marker
+from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
 
 log = logging.getLogger(__name__)
+
 
 def source_kind(source: dict) -> str:
     (kind,) = source
@@ -45,23 +46,32 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
     data_dir = Path(data_dir)
     verified: dict[Path, str] = {}  # hashes fetch already checked against their pins
     if kind == "dandi":
-        from lfads.fetch import fetch_dandi_assets  # imports the dandi client
+        from lfads.data.dandi import fetch_dandi_assets  # imports the dandi client
 
         assets = {asset["path"]: asset["sha256"] for asset in settings["assets"].values()}
-        files = fetch_dandi_assets(settings["dandiset"], settings["version"], assets, data_dir,
-                                   instance_url=settings.get("instance_url"))
+        files = fetch_dandi_assets(
+            settings["dandiset"],
+            settings["version"],
+            assets,
+            data_dir,
+            instance_url=settings.get("instance_url"),
+        )
         verified = dict(zip(files, assets.values()))
     elif kind == "local":
-        from lfads.fetch import verify_local_assets
+        from lfads.data.dandi import verify_local_assets
 
         assets = {asset["path"]: asset.get("sha256") for asset in settings["assets"].values()}
-        files = verify_local_assets(Path(settings["folder"]).expanduser(), settings["dandiset"], assets)
+        files = verify_local_assets(
+            Path(settings["folder"]).expanduser(), settings["dandiset"], assets
+        )
         verified = {path: sha for path, sha in zip(files, assets.values()) if sha}
     else:
-        from lfads.synthetic import SyntheticSettings, write_synthetic_dataset
+        from lfads.data.synthetic import SyntheticSettings, write_synthetic_dataset
 
         written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(settings))
         files = sorted(written.values())
-    write_fetch_marker(marker, {path: verified.get(path) or sha256_of(path) for path in files}, kind)
+    write_fetch_marker(
+        marker, {path: verified.get(path) or sha256_of(path) for path in files}, kind
+    )
     log.info("%s source ready: %d files", kind, len(files))
     return files

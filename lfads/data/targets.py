@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lfads.io import atomic_path
-from lfads.nwb_checks import check_nwb_file
+from lfads.data.nwb_checks import check_nwb_file
+from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,24 @@ def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
     """nlb_tools' target dict {group: {...}} for the val split, with PSTHs where the layout has them."""
     from nlb_tools.make_tensors import PARAMS, make_eval_target_tensors
 
-    from lfads.prepare import load_dataset
+    from lfads.data.prepare import load_dataset
 
     dataset = load_dataset(train_nwb, bin_width_ms)
     include_psth = "psth_params" in PARAMS[nlb_layout]
     started = time.perf_counter()
-    targets = make_eval_target_tensors(dataset, nlb_layout, train_trial_split="train",
-                                       eval_trial_split="val", include_psth=include_psth,
-                                       save_file=False)
-    log.info("made targets%s in %.1f s", " with PSTHs" if include_psth else "", time.perf_counter() - started)
+    targets = make_eval_target_tensors(
+        dataset,
+        nlb_layout,
+        train_trial_split="train",
+        eval_trial_split="val",
+        include_psth=include_psth,
+        save_file=False,
+    )
+    log.info(
+        "made targets%s in %.1f s",
+        " with PSTHs" if include_psth else "",
+        time.perf_counter() - started,
+    )
     for group in targets.values():
         for key in ("train_cond_idx", "eval_cond_idx"):
             if key in group:
@@ -59,7 +68,9 @@ def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
     return targets
 
 
-def write_targets(train_nwb: str | Path, out_path: str | Path, nlb_layout: str, bin_width_ms: int) -> Path:
+def write_targets(
+    train_nwb: str | Path, out_path: str | Path, nlb_layout: str, bin_width_ms: int
+) -> Path:
     """Write the evaluation targets of the val split, readable by nlb_tools.evaluation.evaluate."""
     from nlb_tools.make_tensors import save_to_h5
 
@@ -80,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.logs import configure
+    from lfads.infra.logs import configure
 
     configure()
     write_targets(args.train_nwb, args.out, args.nlb_layout, args.bin_width)

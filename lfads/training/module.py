@@ -24,7 +24,7 @@ from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, LossTerms, SessionDims, ramp
 from lfads.model.metrics import RegionMetrics, mean_over_sessions
 
-log = logging.getLogger("lfads.train")
+log = logging.getLogger("lfads.training.train")
 
 LOSS_TERMS = ("loss", "recon", "kl_ic", "kl_co", "l2")
 
@@ -38,7 +38,9 @@ class LFADSModule(L.LightningModule):
         super().__init__()
         self.config = hparams  # (`self.hparams` is Lightning's own)
         self.model = LFADS(hparams, sessions)
-        self.history: list[dict[str, float]] = []  # one row per finished epoch: the metrics.csv rows
+        self.history: list[
+            dict[str, float]
+        ] = []  # one row per finished epoch: the metrics.csv rows
         self.valid_smoothed = math.nan  # exponentially smoothed valid reconstruction
         self.best_smoothed = math.inf  # best valid_smoothed since the ramps ended
         self.epochs_since_best = 0
@@ -48,18 +50,26 @@ class LFADSModule(L.LightningModule):
         self._reset_epoch()
 
     # -- batches ---------------------------------------------------------------------------
-    def transfer_batch_to_device(self, batch: dict[int, SessionBatch], device: torch.device,
-                                 dataloader_idx: int) -> dict[int, SessionBatch]:
+    def transfer_batch_to_device(
+        self, batch: dict[int, SessionBatch], device: torch.device, dataloader_idx: int
+    ) -> dict[int, SessionBatch]:
         return {s: b.to(device) for s, b in batch.items()}
 
     def _reset_epoch(self) -> None:
-        self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "valid": defaultdict(float)}
-        self._metrics = {split: [RegionMetrics(d.n_heldin, d.n_obs_bins) for d in self.model.sessions]
-                         for split in ("train", "valid")}
+        self._sums: dict[str, dict[str, float]] = {
+            "train": defaultdict(float),
+            "valid": defaultdict(float),
+        }
+        self._metrics = {
+            split: [RegionMetrics(d.n_heldin, d.n_obs_bins) for d in self.model.sessions]
+            for split in ("train", "valid")
+        }
         self._epoch_start = time.perf_counter()
 
     def _step(self, batch: dict[int, SessionBatch], split: str) -> LossTerms:
-        stack = self.model.train_augmentations if split == "train" else self.model.infer_augmentations
+        stack = (
+            self.model.train_augmentations if split == "train" else self.model.infer_augmentations
+        )
         augmented, memos = {}, {}
         for s in sorted(batch):
             augmented[s], memos[s] = stack.process_batch(batch[s])
@@ -76,7 +86,9 @@ class LFADSModule(L.LightningModule):
             sums[name] += float(value.detach()) * size
         if split == "train":  # bits/spike of the training outputs (with augmentations and sampling)
             for s, out in outputs.items():
-                self._metrics["train"][s].update(self.model.rates(s, out).detach(), batch[s].recon_data, None)
+                self._metrics["train"][s].update(
+                    self.model.rates(s, out).detach(), batch[s].recon_data, None
+                )
         return terms
 
     def _check_finite(self, terms: LossTerms, split: str) -> None:
@@ -86,7 +98,8 @@ class LFADSModule(L.LightningModule):
                 raise NonFiniteLossError(
                     f"{split} loss term {name!r} is {value} at epoch {self.current_epoch}; training stopped. "
                     "The last good checkpoint is kept. Try a lower lr, a smaller cell_clip or a stronger "
-                    "gradient_clip.")
+                    "gradient_clip."
+                )
 
     def training_step(self, batch: dict[int, SessionBatch], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train").loss
@@ -94,36 +107,59 @@ class LFADSModule(L.LightningModule):
     def validation_step(self, batch: dict[int, SessionBatch], batch_idx: int) -> None:
         self._step(batch, "valid")
         # Metrics of the posterior means: the rates a single deterministic pass would report.
-        processed = {s: self.model.infer_augmentations.process_batch(b)[0] for s, b in batch.items()}
+        processed = {
+            s: self.model.infer_augmentations.process_batch(b)[0] for s, b in batch.items()
+        }
         outputs = self.model(processed, sample_posteriors=False)
         for s, out in outputs.items():
-            self._metrics["valid"][s].update(self.model.rates(s, out), batch[s].recon_data, batch[s].truth)
+            self._metrics["valid"][s].update(
+                self.model.rates(s, out), batch[s].recon_data, batch[s].truth
+            )
 
     # -- optimiser -------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=(hp.adam_beta1, hp.adam_beta2),
-                                      eps=hp.adam_epsilon, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameters(),
+            lr=hp.lr,
+            betas=(hp.adam_beta1, hp.adam_beta2),
+            eps=hp.adam_epsilon,
+            weight_decay=hp.weight_decay,
+        )
         if hp.lr_scheduler:
-            # Stepped by hand once per epoch on the smoothed validation loss (see on_train_epoch_end).
+            # Stepped by hand once per epoch on the smoothed validation loss (see
+            # on_train_epoch_end).
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=hp.lr_decay, patience=hp.lr_patience, threshold=0.0,
-                min_lr=hp.lr_stop)
+                optimizer,
+                mode="min",
+                factor=hp.lr_decay,
+                patience=hp.lr_patience,
+                threshold=0.0,
+                min_lr=hp.lr_stop,
+            )
         return optimizer
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # AdamW's weight decay ramps up with the L2 penalty.
         hp = self.config
         for group in optimizer.param_groups:
-            group["weight_decay"] = ramp(self.current_epoch, hp.l2_start_epoch, hp.l2_increase_epoch) * hp.weight_decay
+            group["weight_decay"] = (
+                ramp(self.current_epoch, hp.l2_start_epoch, hp.l2_increase_epoch) * hp.weight_decay
+            )
 
     # -- epochs ----------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        if self._restored is not None and self.scheduler is not None and self._restored["scheduler"] is not None:
+        if (
+            self._restored is not None
+            and self.scheduler is not None
+            and self._restored["scheduler"] is not None
+        ):
             self.scheduler.load_state_dict(self._restored["scheduler"])
 
     def on_train_epoch_start(self) -> None:
-        if self._restored is not None:  # continue the random streams exactly where the checkpoint left them
+        if (
+            self._restored is not None
+        ):  # continue the random streams exactly where the checkpoint left them
             set_rng_state(self._restored["rng"])
             self._restored = None
         self._reset_epoch()
@@ -139,12 +175,23 @@ class LFADSModule(L.LightningModule):
             for k, v in mean_over_sessions(per_session).items():
                 if split == "valid" or k != "rate_r2":  # no true rates go into the training metrics
                     row[f"{split}_{k}"] = v
-            if split == "valid" and len(per_session) > 1:  # every session's NLB metrics, not just the first's
-                row.update({f"valid_{k}_session{s}": v for s, m in enumerate(per_session) for k, v in m.items()})
+            if (
+                split == "valid" and len(per_session) > 1
+            ):  # every session's NLB metrics, not just the first's
+                row.update(
+                    {
+                        f"valid_{k}_session{s}": v
+                        for s, m in enumerate(per_session)
+                        for k, v in m.items()
+                    }
+                )
         valid_recon = row["valid_recon"]
         a = hp.valid_smoothing
-        self.valid_smoothed = valid_recon if math.isnan(self.valid_smoothed) else \
-            a * valid_recon + (1 - a) * self.valid_smoothed
+        self.valid_smoothed = (
+            valid_recon
+            if math.isnan(self.valid_smoothed)
+            else a * valid_recon + (1 - a) * self.valid_smoothed
+        )
         row["valid_recon_smoothed"] = self.valid_smoothed
         row["l2_ramp"] = ramp(epoch, hp.l2_start_epoch, hp.l2_increase_epoch)
         row["kl_ramp"] = ramp(epoch, hp.kl_start_epoch, hp.kl_increase_epoch)
@@ -154,20 +201,36 @@ class LFADSModule(L.LightningModule):
         self.history.append(row)
         self._update_schedule_and_stopping(optimizer)
         if self.logger is not None:
-            self.log_dict({k.replace("_", "/", 1): float(v) for k, v in row.items() if k != "epoch"})
-        log.info("epoch %d/%d: train loss %.4g, valid loss %.4g (recon %.4g), valid co-bps %.4f, fp-bps %.4f, "
-                 "rate R2 %.4f, lr %.3g, %.1f s", epoch + 1, self.trainer.max_epochs, row["train_loss"],
-                 row["valid_loss"], valid_recon, row["valid_co_bps"], row["valid_fp_bps"], row["valid_rate_r2"],
-                 row["lr"], row["epoch_seconds"])
+            self.log_dict(
+                {k.replace("_", "/", 1): float(v) for k, v in row.items() if k != "epoch"}
+            )
+        log.info(
+            "epoch %d/%d: train loss %.4g, valid loss %.4g (recon %.4g), valid co-bps %.4f, fp-bps %.4f, "
+            "rate R2 %.4f, lr %.3g, %.1f s",
+            epoch + 1,
+            self.trainer.max_epochs,
+            row["train_loss"],
+            row["valid_loss"],
+            valid_recon,
+            row["valid_co_bps"],
+            row["valid_fp_bps"],
+            row["valid_rate_r2"],
+            row["lr"],
+            row["epoch_seconds"],
+        )
 
     def _update_schedule_and_stopping(self, optimizer: torch.optim.Optimizer) -> None:
         hp, epoch = self.config, self.current_epoch
         if self.scheduler is not None:
             self.scheduler.step(self.valid_smoothed)
             if optimizer.param_groups[0]["lr"] <= hp.lr_stop * (1 + 1e-9):
-                self.stop_reason = f"learning rate reached lr_stop {hp.lr_stop:g} at epoch {epoch + 1}"
+                self.stop_reason = (
+                    f"learning rate reached lr_stop {hp.lr_stop:g} at epoch {epoch + 1}"
+                )
                 self.trainer.should_stop = True
-        ramps_done = epoch >= max(hp.l2_start_epoch + hp.l2_increase_epoch, hp.kl_start_epoch + hp.kl_increase_epoch)
+        ramps_done = epoch >= max(
+            hp.l2_start_epoch + hp.l2_increase_epoch, hp.kl_start_epoch + hp.kl_increase_epoch
+        )
         if not ramps_done:  # no early stopping while the penalties ramp up
             return
         if self.valid_smoothed < self.best_smoothed:
@@ -175,8 +238,10 @@ class LFADSModule(L.LightningModule):
         else:
             self.epochs_since_best += 1
         if hp.early_stopping_patience and self.epochs_since_best >= hp.early_stopping_patience:
-            self.stop_reason = (f"no better smoothed valid recon for {self.epochs_since_best} epochs "
-                                f"(early stopping at epoch {epoch + 1})")
+            self.stop_reason = (
+                f"no better smoothed valid recon for {self.epochs_since_best} epochs "
+                f"(early stopping at epoch {epoch + 1})"
+            )
             self.trainer.should_stop = True
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -209,9 +274,17 @@ def get_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
-        "python": {"version": python_state[0], "state": list(python_state[1]), "gauss_next": python_state[2]},
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "python": {
+            "version": python_state[0],
+            "state": list(python_state[1]),
+            "gauss_next": python_state[2],
+        },
     }
 
 
@@ -220,7 +293,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))

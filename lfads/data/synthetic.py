@@ -24,13 +24,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from lfads.io import atomic_path
+from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,13 @@ TRUTH_PATHS = {
 LORENZ_SIGMA, LORENZ_RHO, LORENZ_BETA = 10.0, 28.0, 8.0 / 3.0
 MAX_LORENZ_SPEED = 0.01  # Lorenz time units per 1 ms RK4 step; larger steps lose accuracy
 
-# nlb_tools' mc_maze windows around move onset (make_tensors.PARAMS): -250..+450 ms, then 200 ms forward.
+# nlb_tools' mc_maze windows around move onset (make_tensors.PARAMS): -250..+450 ms, then 200 ms
+# forward.
 NLB_WINDOW_BEFORE_MS, NLB_WINDOW_AFTER_MS, NLB_FORWARD_MS = 250, 450, 200
 
-BASE_RATE_SPREAD = 0.3  # std across units of log baseline rate: baselines span about 0.5x..2x base_rate_hz
+BASE_RATE_SPREAD = (
+    0.3  # std across units of log baseline rate: baselines span about 0.5x..2x base_rate_hz
+)
 MODULATION_SPREAD = 0.5  # a unit's log-rate std is rate_modulation times U(1 - spread, 1 + spread)
 VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
 CHUNK_MS = 10_000  # spikes and binned truth are computed this many ms at a time
@@ -60,7 +63,7 @@ CHUNK_MS = 10_000  # spikes and binned truth are computed this many ms at a time
 # A fixed session start and creation date, and identifiers derived from the
 # settings, keep the NWB files as reproducible as pynwb allows (it gives every
 # object a random object_id).
-SESSION_START = datetime(2020, 1, 1, tzinfo=timezone.utc)
+SESSION_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,11 @@ class SyntheticSettings:
     # About 2 loops per 1.1 s trial; faster makes rates too sharp for nlb_tools'
     # 70 ms-smoothed PSTH targets (psth R2 of the truth fell from 0.76 to 0.08 at 0.002).
     lorenz_speed: float = 0.0012  # Lorenz time units per ms
-    # Chaos amplifies this: about a fifth of the latent's variance in the NLB window is trial-to-trial.
-    initial_state_noise: float = 0.05  # std of per-trial noise on the condition's initial state (latent units)
+    # Chaos amplifies this: about a fifth of the latent's variance in the NLB window is trial-to-
+    # trial.
+    initial_state_noise: float = (
+        0.05  # std of per-trial noise on the condition's initial state (latent units)
+    )
     behavior_lag_ms: int = 100  # hand velocity follows the latent by this lag (NLB mc_maze: 100)
     behavior_noise: float = 0.2  # white noise on hand velocity, relative to its std
 
@@ -99,42 +105,70 @@ class SyntheticSettings:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             expected = type(field.default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    expected is int and not isinstance(value, int)) or not math.isfinite(value):
-                raise ValueError(f"synthetic setting {field.name}={value!r} must be a finite {expected.__name__}")
-        at_least_one = ("n_heldin", "n_heldout", "n_train_trials", "n_val_trials", "n_test_trials",
-                        "n_trial_types", "n_trial_versions", "trial_length_ms")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (expected is int and not isinstance(value, int))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(
+                    f"synthetic setting {field.name}={value!r} must be a finite {expected.__name__}"
+                )
+        at_least_one = (
+            "n_heldin",
+            "n_heldout",
+            "n_train_trials",
+            "n_val_trials",
+            "n_test_trials",
+            "n_trial_types",
+            "n_trial_versions",
+            "trial_length_ms",
+        )
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 1")
         for name in ("base_rate_hz", "lorenz_speed"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be > 0")
-        for name in ("seed", "move_onset_ms", "gap_ms", "rate_modulation", "initial_state_noise",
-                     "behavior_lag_ms", "behavior_noise"):
+        for name in (
+            "seed",
+            "move_onset_ms",
+            "gap_ms",
+            "rate_modulation",
+            "initial_state_noise",
+            "behavior_lag_ms",
+            "behavior_noise",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 0")
         if self.lorenz_speed > MAX_LORENZ_SPEED:
-            raise ValueError(f"synthetic setting lorenz_speed={self.lorenz_speed!r} must be <= "
-                             f"{MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)")
+            raise ValueError(
+                f"synthetic setting lorenz_speed={self.lorenz_speed!r} must be <= "
+                f"{MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)"
+            )
         if self.base_rate_hz >= 200:
-            raise ValueError(f"synthetic setting base_rate_hz={self.base_rate_hz!r} must be < 200 "
-                             "(rates are Poisson draws per 1 ms bin)")
+            raise ValueError(
+                f"synthetic setting base_rate_hz={self.base_rate_hz!r} must be < 200 "
+                "(rates are Poisson draws per 1 ms bin)"
+            )
         needed = self.move_onset_ms + NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS
         if self.move_onset_ms < NLB_WINDOW_BEFORE_MS or needed > self.trial_length_ms:
             raise ValueError(
                 f"synthetic settings move_onset_ms={self.move_onset_ms}, trial_length_ms={self.trial_length_ms}: "
                 f"each trial must hold move onset -{NLB_WINDOW_BEFORE_MS}..+{NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS}"
                 " ms (the NLB window plus forward prediction); use move_onset_ms >= 250 and "
-                "trial_length_ms >= move_onset_ms + 650")
-        # nlb_tools reads behaviour over the window shifted by the lag and cuts it at the next trial's start.
+                "trial_length_ms >= move_onset_ms + 650"
+            )
+        # nlb_tools reads behaviour over the window shifted by the lag and cuts it at the next
+        # trial's start.
         behavior_end = self.move_onset_ms + NLB_WINDOW_AFTER_MS + self.behavior_lag_ms
         if behavior_end > self.trial_length_ms + self.gap_ms:
             raise ValueError(
                 f"synthetic setting behavior_lag_ms={self.behavior_lag_ms}: the lagged behaviour window ends "
                 f"{behavior_end} ms after trial start, past the next trial's start "
                 f"(trial_length_ms + gap_ms = {self.trial_length_ms + self.gap_ms}); shorten the lag "
-                "or lengthen gap_ms")
+                "or lengthen gap_ms"
+            )
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SyntheticSettings:
@@ -146,12 +180,16 @@ class SyntheticSettings:
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ValueError(f"synthetic settings must be a mapping of setting names to values, "
-                             f"got {type(values).__name__}")
+            raise ValueError(
+                f"synthetic settings must be a mapping of setting names to values, "
+                f"got {type(values).__name__}"
+            )
         fields = {field.name: field for field in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in set(values) - set(fields))
         if unknown:
-            raise ValueError(f"unknown synthetic setting(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+            raise ValueError(
+                f"unknown synthetic setting(s) {', '.join(unknown)}; allowed: {', '.join(fields)}"
+            )
         converted = {}
         for name, value in values.items():
             expected = type(fields[name].default)
@@ -180,7 +218,9 @@ def _lorenz_step(state: np.ndarray, dt: float) -> np.ndarray:
 
     def derivative(s: np.ndarray) -> np.ndarray:
         x, y, z = s[..., 0], s[..., 1], s[..., 2]
-        return np.stack([LORENZ_SIGMA * (y - x), x * (LORENZ_RHO - z) - y, x * y - LORENZ_BETA * z], axis=-1)
+        return np.stack(
+            [LORENZ_SIGMA * (y - x), x * (LORENZ_RHO - z) - y, x * y - LORENZ_BETA * z], axis=-1
+        )
 
     k1 = derivative(state)
     k2 = derivative(state + dt / 2 * k1)
@@ -212,7 +252,11 @@ class _Attractor:
             state = _lorenz_step(state, dt)
         trajectory = trajectory[n_burn_in:]
         eigenvalues, eigenvectors = np.linalg.eigh(np.cov(trajectory.T))
-        return cls(trajectory, trajectory.mean(axis=0), eigenvectors / np.sqrt(eigenvalues) @ eigenvectors.T)
+        return cls(
+            trajectory,
+            trajectory.mean(axis=0),
+            eigenvectors / np.sqrt(eigenvalues) @ eigenvectors.T,
+        )
 
     def whiten(self, states: np.ndarray) -> np.ndarray:
         return (states - self.mean) @ self.whitening
@@ -251,8 +295,14 @@ def _balanced_conditions(rng: np.random.Generator, n_trials: int, n_conditions: 
     return rng.permutation(np.resize(rng.permutation(n_conditions), n_trials))
 
 
-def _layout_recording(settings: SyntheticSettings, rng: np.random.Generator, attractor: _Attractor,
-                      condition_states: np.ndarray, splits: np.ndarray, trailing_gap: bool) -> _Recording:
+def _layout_recording(
+    settings: SyntheticSettings,
+    rng: np.random.Generator,
+    attractor: _Attractor,
+    condition_states: np.ndarray,
+    splits: np.ndarray,
+    trailing_gap: bool,
+) -> _Recording:
     """Lay trials out one after another with gaps and integrate each trial's latent.
 
     trailing_gap: end the recording a gap after the last trial (train file,
@@ -265,7 +315,9 @@ def _layout_recording(settings: SyntheticSettings, rng: np.random.Generator, att
     n_ms = int(starts[-1] + settings.trial_length_ms + (settings.gap_ms if trailing_gap else 0))
 
     conditions = np.empty(n_trials, dtype=np.int64)
-    for split in np.unique(splits):  # balanced within each split, as nlb_tools builds PSTHs per split
+    for split in np.unique(
+        splits
+    ):  # balanced within each split, as nlb_tools builds PSTHs per split
         members = np.flatnonzero(splits == split)
         conditions[members] = _balanced_conditions(rng, len(members), settings.n_conditions)
     noise = rng.normal(size=(n_trials, 3)) * settings.initial_state_noise  # latent (whitened) units
@@ -285,8 +337,13 @@ def _layout_recording(settings: SyntheticSettings, rng: np.random.Generator, att
 # Spikes and behaviour
 
 
-def _draw_spike_times(latents: np.ndarray, weight: np.ndarray, bias: np.ndarray, rng: np.random.Generator,
-                      observed: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _draw_spike_times(
+    latents: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    rng: np.random.Generator,
+    observed: list[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Poisson spikes per ms from rate exp(latents @ weight + bias) spikes/ms, CHUNK_MS at a time.
 
     latents (n_ms, 3), weight (3, n_units), bias (n_units,). observed: [start,
@@ -306,24 +363,30 @@ def _draw_spike_times(latents: np.ndarray, weight: np.ndarray, bias: np.ndarray,
             keep[start:stop] = True
     pieces: list[list[np.ndarray]] = [[] for _ in range(n_units)]
     for first in range(0, n_ms, CHUNK_MS):
-        rates = np.exp(latents[first:first + CHUNK_MS].astype(np.float64) @ weight + bias)  # (chunk, n_units)
+        rates = np.exp(
+            latents[first : first + CHUNK_MS].astype(np.float64) @ weight + bias
+        )  # (chunk, n_units)
         counts = rng.poisson(rates).T  # (n_units, chunk)
         if keep is not None:
-            counts[:, ~keep[first:first + CHUNK_MS]] = 0
+            counts[:, ~keep[first : first + CHUNK_MS]] = 0
         unit, ms = np.nonzero(counts)  # row-major: sorted by unit, then ms
         repeats = counts[unit, ms]
         ms = np.repeat(ms.astype(np.int32) + first, repeats)
         bounds = np.searchsorted(np.repeat(unit, repeats), np.arange(n_units + 1))
         for index in range(n_units):
-            pieces[index].append(ms[bounds[index]:bounds[index + 1]])
+            pieces[index].append(ms[bounds[index] : bounds[index + 1]])
     per_unit = [np.concatenate(unit_pieces) for unit_pieces in pieces]
     ends = np.cumsum([len(times) for times in per_unit], dtype=np.int64)
     spike_times = (np.concatenate(per_unit) + 0.5) / 1000.0
     return spike_times, ends
 
 
-def _behavior(settings: SyntheticSettings, latents: np.ndarray, velocity_readout: np.ndarray,
-              rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _behavior(
+    settings: SyntheticSettings,
+    latents: np.ndarray,
+    velocity_readout: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """Behaviour series on the 1 ms grid, each (n_ms, 2) float32.
 
     hand_vel (mm/s) = velocity_readout applied to the latent `behavior_lag_ms`
@@ -333,13 +396,19 @@ def _behavior(settings: SyntheticSettings, latents: np.ndarray, velocity_readout
     """
     lag, n_ms = settings.behavior_lag_ms, latents.shape[0]
     velocity = np.zeros((n_ms, 2))  # the latent rests at 0 before the recording
-    velocity[lag:] = latents[:n_ms - lag] @ velocity_readout
-    noise_std = settings.behavior_noise * np.linalg.norm(velocity_readout, axis=0)  # latents have unit std
+    velocity[lag:] = latents[: n_ms - lag] @ velocity_readout
+    noise_std = settings.behavior_noise * np.linalg.norm(
+        velocity_readout, axis=0
+    )  # latents have unit std
     velocity += rng.normal(size=velocity.shape) * noise_std
     position = np.cumsum(velocity, axis=0) / 1000.0
     eye = np.concatenate([position[lag:], np.repeat(position[-1:], min(lag, n_ms), axis=0)])
-    return {"hand_vel": velocity.astype(np.float32), "hand_pos": position.astype(np.float32),
-            "cursor_pos": position.astype(np.float32), "eye_pos": eye.astype(np.float32)}
+    return {
+        "hand_vel": velocity.astype(np.float32),
+        "hand_pos": position.astype(np.float32),
+        "cursor_pos": position.astype(np.float32),
+        "eye_pos": eye.astype(np.float32),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -350,13 +419,18 @@ def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
     from pynwb import NWBFile
     from pynwb.file import Subject
 
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()
+    ).hexdigest()[:12]
     return NWBFile(
         session_description=f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})",
         identifier=f"lfads-synthetic-{SESSION}-{role}-seed{settings.seed}-{digest}",
-        session_start_time=SESSION_START, file_create_date=SESSION_START, session_id=SESSION,
+        session_start_time=SESSION_START,
+        file_create_date=SESSION_START,
+        session_id=SESSION,
         subject=Subject(subject_id=SUBJECT, description="synthetic"),
-        units=units, trials=trials,
+        units=units,
+        trials=trials,
     )
 
 
@@ -368,22 +442,40 @@ def _ragged_column(name: str, description: str, data: np.ndarray, ends: np.ndarr
     return [column, VectorIndex(name=f"{name}_index", data=ends, target=column)]
 
 
-def _units_table(spike_times: np.ndarray, ends: np.ndarray, unit_ids: np.ndarray, heldout: np.ndarray,
-                 obs_intervals: np.ndarray):
+def _units_table(
+    spike_times: np.ndarray,
+    ends: np.ndarray,
+    unit_ids: np.ndarray,
+    heldout: np.ndarray,
+    obs_intervals: np.ndarray,
+):
     """Units table; every unit has the same obs_intervals (n_intervals, 2) seconds."""
     from hdmf.common import VectorData
     from pynwb.misc import Units
 
     n_units, n_intervals = len(unit_ids), len(obs_intervals)
     columns = [
-        *_ragged_column("spike_times", "the spike times for each unit in seconds", spike_times, ends),
-        *_ragged_column("obs_intervals", "the observation intervals for each unit",
-                        np.tile(obs_intervals, (n_units, 1)), n_intervals * np.arange(1, n_units + 1)),
-        VectorData(name="heldout", description="held-out unit (its spikes are predicted, not seen)",
-                   data=np.asarray(heldout, dtype=bool)),
+        *_ragged_column(
+            "spike_times", "the spike times for each unit in seconds", spike_times, ends
+        ),
+        *_ragged_column(
+            "obs_intervals",
+            "the observation intervals for each unit",
+            np.tile(obs_intervals, (n_units, 1)),
+            n_intervals * np.arange(1, n_units + 1),
+        ),
+        VectorData(
+            name="heldout",
+            description="held-out unit (its spikes are predicted, not seen)",
+            data=np.asarray(heldout, dtype=bool),
+        ),
     ]
-    return Units(name="units", description="synthetic Poisson units", id=unit_ids.astype(np.int64),
-                 columns=columns)
+    return Units(
+        name="units",
+        description="synthetic Poisson units",
+        id=unit_ids.astype(np.int64),
+        columns=columns,
+    )
 
 
 def _trials_table(settings: SyntheticSettings, recording: _Recording, with_conditions: bool):
@@ -410,18 +502,29 @@ def _trials_table(settings: SyntheticSettings, recording: _Recording, with_condi
         trial_type = recording.conditions // settings.n_trial_versions + 1
         trial_version = recording.conditions % settings.n_trial_versions
         n_trials = len(start)
-        values.update({
-            "trial_type": ("maze condition (1-based)", trial_type),
-            "trial_version": ("version of the maze condition (0-based)", trial_version),
-            "maze_id": ("maze identifier, one per condition", recording.conditions + 1),
-            "success": ("trial succeeded", np.ones(n_trials, dtype=bool)),
-            "num_targets": ("number of targets shown", np.ones(n_trials, dtype=np.int64)),
-            "active_target": ("index of the target reached", np.zeros(n_trials, dtype=np.int64)),
-        })
-    columns = [VectorData(name=name, description=description, data=data)
-               for name, (description, data) in values.items()]
-    return TimeIntervals(name="trials", description="synthetic maze trials", id=np.arange(len(start)),
-                         columns=columns)
+        values.update(
+            {
+                "trial_type": ("maze condition (1-based)", trial_type),
+                "trial_version": ("version of the maze condition (0-based)", trial_version),
+                "maze_id": ("maze identifier, one per condition", recording.conditions + 1),
+                "success": ("trial succeeded", np.ones(n_trials, dtype=bool)),
+                "num_targets": ("number of targets shown", np.ones(n_trials, dtype=np.int64)),
+                "active_target": (
+                    "index of the target reached",
+                    np.zeros(n_trials, dtype=np.int64),
+                ),
+            }
+        )
+    columns = [
+        VectorData(name=name, description=description, data=data)
+        for name, (description, data) in values.items()
+    ]
+    return TimeIntervals(
+        name="trials",
+        description="synthetic maze trials",
+        id=np.arange(len(start)),
+        columns=columns,
+    )
 
 
 def _add_behavior(nwbfile, series: dict[str, np.ndarray], n_ms: int) -> None:
@@ -433,11 +536,21 @@ def _add_behavior(nwbfile, series: dict[str, np.ndarray], n_ms: int) -> None:
     for name, data in series.items():
         # nlb_tools silently drops a series with even one sample past the last obs_interval end.
         if data.shape != (n_ms, 2):
-            raise ValueError(f"behaviour series {name} has shape {data.shape}, expected ({n_ms}, 2) "
-                             "(one sample per ms of the recording)")
-        module.add(TimeSeries(name=name, data=H5DataIO(data, compression="gzip", shuffle=True),
-                              unit=units[name], rate=1000.0, starting_time=0.0,
-                              comments="columns=[x,y]", description=f"synthetic {name}"))
+            raise ValueError(
+                f"behaviour series {name} has shape {data.shape}, expected ({n_ms}, 2) "
+                "(one sample per ms of the recording)"
+            )
+        module.add(
+            TimeSeries(
+                name=name,
+                data=H5DataIO(data, compression="gzip", shuffle=True),
+                unit=units[name],
+                rate=1000.0,
+                starting_time=0.0,
+                comments="columns=[x,y]",
+                description=f"synthetic {name}",
+            )
+        )
 
 
 def _write_nwb(nwbfile, path: Path) -> None:
@@ -447,13 +560,25 @@ def _write_nwb(nwbfile, path: Path) -> None:
         io.write(nwbfile)
 
 
-def _write_truth(path: Path, recording: _Recording, weight: np.ndarray, bias: np.ndarray,
-                 velocity_readout: np.ndarray, unit_ids: np.ndarray, heldout: np.ndarray,
-                 settings: SyntheticSettings) -> None:
+def _write_truth(
+    path: Path,
+    recording: _Recording,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    velocity_readout: np.ndarray,
+    unit_ids: np.ndarray,
+    heldout: np.ndarray,
+    settings: SyntheticSettings,
+) -> None:
     """Ground truth of one NWB file; format in lfads/README.md."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("latents", data=recording.latents, compression="gzip", shuffle=True,
-                              chunks=(min(CHUNK_MS, recording.n_ms), 3))
+        handle.create_dataset(
+            "latents",
+            data=recording.latents,
+            compression="gzip",
+            shuffle=True,
+            chunks=(min(CHUNK_MS, recording.n_ms), 3),
+        )
         handle["readout_weight"] = weight.astype(np.float32)
         handle["readout_bias"] = bias.astype(np.float32)
         handle["unit_ids"] = unit_ids.astype(np.int64)
@@ -469,7 +594,9 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
-def write_synthetic_dataset(out_dir: str | Path, settings: SyntheticSettings | None = None) -> dict[str, Path]:
+def write_synthetic_dataset(
+    out_dir: str | Path, settings: SyntheticSettings | None = None
+) -> dict[str, Path]:
     """Write the train/test NWB files and their truth files under `out_dir`; return their paths.
 
     Keys of the result: "train", "test" (NWB) and "train_truth", "test_truth".
@@ -481,19 +608,33 @@ def write_synthetic_dataset(out_dir: str | Path, settings: SyntheticSettings | N
     out_dir = Path(out_dir)
     started = time.perf_counter()
     streams = np.random.SeedSequence(settings.seed).spawn(6)
-    parameters_rng, train_layout_rng, test_layout_rng, train_spike_rng, behavior_rng, test_spike_rng = (
-        np.random.default_rng(stream) for stream in streams)
+    (
+        parameters_rng,
+        train_layout_rng,
+        test_layout_rng,
+        train_spike_rng,
+        behavior_rng,
+        test_spike_rng,
+    ) = (np.random.default_rng(stream) for stream in streams)
 
     attractor = _Attractor.build()
     condition_states = attractor.sample(parameters_rng, settings.n_conditions)
     directions = parameters_rng.normal(size=(3, settings.n_units))
-    depths = settings.rate_modulation * parameters_rng.uniform(1 - MODULATION_SPREAD, 1 + MODULATION_SPREAD,
-                                                               size=settings.n_units)
-    weight = directions / np.linalg.norm(directions, axis=0) * depths  # (3, n_units); log-rate std = depths
-    bias = np.log(settings.base_rate_hz / 1000.0) + BASE_RATE_SPREAD * parameters_rng.normal(size=settings.n_units)
+    depths = settings.rate_modulation * parameters_rng.uniform(
+        1 - MODULATION_SPREAD, 1 + MODULATION_SPREAD, size=settings.n_units
+    )
+    weight = (
+        directions / np.linalg.norm(directions, axis=0) * depths
+    )  # (3, n_units); log-rate std = depths
+    bias = np.log(settings.base_rate_hz / 1000.0) + BASE_RATE_SPREAD * parameters_rng.normal(
+        size=settings.n_units
+    )
     velocity_readout = parameters_rng.normal(size=(3, 2)) * VELOCITY_GAIN_MM_S
     # The stored (float32) parameters are the ones spikes are drawn from, so the truth is exact.
-    weight, bias = weight.astype(np.float32).astype(np.float64), bias.astype(np.float32).astype(np.float64)
+    weight, bias = (
+        weight.astype(np.float32).astype(np.float64),
+        bias.astype(np.float32).astype(np.float64),
+    )
     unit_ids = np.arange(settings.n_units)
     heldout = unit_ids >= settings.n_heldin
 
@@ -502,35 +643,72 @@ def write_synthetic_dataset(out_dir: str | Path, settings: SyntheticSettings | N
 
     # Train file: train and val trials interleaved, every unit, observed throughout.
     splits = train_layout_rng.permutation(
-        np.array(["train"] * settings.n_train_trials + ["val"] * settings.n_val_trials))
-    train = _layout_recording(settings, train_layout_rng, attractor, condition_states, splits, trailing_gap=True)
-    log.info("train file: %d trials, %.1f s of latent (%.1f s)", len(splits), train.n_ms / 1000,
-             time.perf_counter() - started)
+        np.array(["train"] * settings.n_train_trials + ["val"] * settings.n_val_trials)
+    )
+    train = _layout_recording(
+        settings, train_layout_rng, attractor, condition_states, splits, trailing_gap=True
+    )
+    log.info(
+        "train file: %d trials, %.1f s of latent (%.1f s)",
+        len(splits),
+        train.n_ms / 1000,
+        time.perf_counter() - started,
+    )
     spike_times, ends = _draw_spike_times(train.latents, weight, bias, train_spike_rng)
-    log.info("train file: %d spikes, %.1f Hz mean rate (%.1f s)", len(spike_times),
-             len(spike_times) / settings.n_units / (train.n_ms / 1000), time.perf_counter() - started)
-    nwbfile = _nwb_file(settings, "train",
-                        _units_table(spike_times, ends, unit_ids, heldout, np.array([[0.0, train.n_ms / 1000]])),
-                        _trials_table(settings, train, with_conditions=True))
-    _add_behavior(nwbfile, _behavior(settings, train.latents, velocity_readout, behavior_rng), train.n_ms)
+    log.info(
+        "train file: %d spikes, %.1f Hz mean rate (%.1f s)",
+        len(spike_times),
+        len(spike_times) / settings.n_units / (train.n_ms / 1000),
+        time.perf_counter() - started,
+    )
+    nwbfile = _nwb_file(
+        settings,
+        "train",
+        _units_table(spike_times, ends, unit_ids, heldout, np.array([[0.0, train.n_ms / 1000]])),
+        _trials_table(settings, train, with_conditions=True),
+    )
+    _add_behavior(
+        nwbfile, _behavior(settings, train.latents, velocity_readout, behavior_rng), train.n_ms
+    )
     _write_nwb(nwbfile, paths["train"])
-    _write_truth(paths["train_truth"], train, weight, bias, velocity_readout, unit_ids, heldout, settings)
+    _write_truth(
+        paths["train_truth"], train, weight, bias, velocity_readout, unit_ids, heldout, settings
+    )
     del nwbfile, spike_times, ends
-    log.info("wrote %s (%s) (%.1f s)", paths["train"], _size(paths["train"]), time.perf_counter() - started)
+    log.info(
+        "wrote %s (%s) (%.1f s)",
+        paths["train"],
+        _size(paths["train"]),
+        time.perf_counter() - started,
+    )
 
     # Test file: its own timeline, held-in units only, observed during the test trials only.
-    test = _layout_recording(settings, test_layout_rng, attractor, condition_states,
-                             np.array(["test"] * settings.n_test_trials), trailing_gap=False)
-    spike_times, ends = _draw_spike_times(test.latents, weight[:, ~heldout], bias[~heldout], test_spike_rng,
-                                          test.observed)
+    test = _layout_recording(
+        settings,
+        test_layout_rng,
+        attractor,
+        condition_states,
+        np.array(["test"] * settings.n_test_trials),
+        trailing_gap=False,
+    )
+    spike_times, ends = _draw_spike_times(
+        test.latents, weight[:, ~heldout], bias[~heldout], test_spike_rng, test.observed
+    )
     intervals = np.array(test.observed, dtype=np.float64) / 1000.0
-    nwbfile = _nwb_file(settings, "test", _units_table(spike_times, ends, unit_ids[~heldout],
-                                                       heldout[~heldout], intervals),
-                        _trials_table(settings, test, with_conditions=False))
+    nwbfile = _nwb_file(
+        settings,
+        "test",
+        _units_table(spike_times, ends, unit_ids[~heldout], heldout[~heldout], intervals),
+        _trials_table(settings, test, with_conditions=False),
+    )
     _write_nwb(nwbfile, paths["test"])
     # The test truth covers the held-out units too (their rates are what NLB scores).
-    _write_truth(paths["test_truth"], test, weight, bias, velocity_readout, unit_ids, heldout, settings)
-    log.info("wrote %s (%s) (%.1f s)", paths["test"], _size(paths["test"]), time.perf_counter() - started)
+    _write_truth(
+        paths["test_truth"], test, weight, bias, velocity_readout, unit_ids, heldout, settings
+    )
+    log.info(
+        "wrote %s (%s) (%.1f s)", paths["test"], _size(paths["test"]), time.perf_counter() - started
+    )
     return paths
 
 
@@ -558,12 +736,16 @@ def bin_true_rates(truth_path: str | Path, bin_width_ms: int) -> np.ndarray:
         out = np.empty((-(-n_ms // bin_width_ms), weight.shape[1]), dtype=np.float32)
         chunk = max(1, CHUNK_MS // bin_width_ms) * bin_width_ms  # whole bins per chunk
         for first in range(0, n_ms, chunk):
-            rates = np.exp(latents[first:first + chunk].astype(np.float64) @ weight + bias)  # (chunk, n_units)
+            rates = np.exp(
+                latents[first : first + chunk].astype(np.float64) @ weight + bias
+            )  # (chunk, n_units)
             n_full = rates.shape[0] // bin_width_ms
             row = first // bin_width_ms
-            out[row:row + n_full] = rates[:n_full * bin_width_ms].reshape(n_full, bin_width_ms, -1).sum(axis=1)
+            out[row : row + n_full] = (
+                rates[: n_full * bin_width_ms].reshape(n_full, bin_width_ms, -1).sum(axis=1)
+            )
             if rates.shape[0] % bin_width_ms:  # only the recording's last chunk
-                out[row + n_full] = rates[n_full * bin_width_ms:].sum(axis=0)
+                out[row + n_full] = rates[n_full * bin_width_ms :].sum(axis=0)
     return out
 
 
@@ -572,7 +754,9 @@ def bin_true_rates(truth_path: str | Path, bin_width_ms: int) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="folder to write sub-Synth/... into")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder to write sub-Synth/... into"
+    )
     parser.add_argument("--seed", type=int, help="overrides the settings' seed")
     parser.add_argument("--config", type=Path, help="YAML mapping of SyntheticSettings fields")
 
@@ -580,13 +764,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from lfads.logs import configure
+    from lfads.infra.logs import configure
 
     configure()
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise SystemExit(f"lfads synthetic: {args.config} must hold a mapping of SyntheticSettings fields")
+        raise SystemExit(
+            f"lfads synthetic: {args.config} must hold a mapping of SyntheticSettings fields"
+        )
     if args.seed is not None:
         values["seed"] = args.seed
     try:

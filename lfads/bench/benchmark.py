@@ -29,10 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger("lfads.bench")
+log = logging.getLogger("lfads.bench.benchmark")
 
-REFERENCE_DATA = dict(n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0)
-REFERENCE_HPARAMS = dict(batch_size=256, max_epochs=50, seed=0)  # the rest: HParams defaults (mc_maze sizes)
+REFERENCE_DATA = dict(
+    n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0
+)
+REFERENCE_HPARAMS = dict(
+    batch_size=256, max_epochs=50, seed=0
+)  # the rest: HParams defaults (mc_maze sizes)
 N_SAMPLES = 50
 SAMPLING_ROWS = 600  # rows of one posterior-sampling pass at the default activation budget
 SCALING_BINS = (35, 40, 140, 300)  # observed bins: NLB's 35, 140, 300 and the reference config's 40
@@ -40,6 +44,8 @@ SCALING_BINS = (35, 40, 140, 300)  # observed bins: NLB's 35, 140, 300 and the r
 
 def forward_bins(n_bins: int) -> int:
     return max(1, n_bins // 4)  # the reference config's 10 forward bins for 40
+
+
 SCALING_BATCHES = (64, 256)
 SCALING_STEPS = 5
 TARGETS = {"epoch_speedup": 2.0, "sampling_speedup": 3.0, "peak_rss_gib": 0.6}
@@ -51,13 +57,21 @@ def forward_flops(n_bins: int, n_fwd_bins: int) -> tuple[float, float]:
     from lfads.model.hparams import HParams
 
     hp = HParams.from_dict(REFERENCE_HPARAMS)
-    n_in, n_out = REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldin"] + REFERENCE_DATA["n_heldout"]
-    encoders = 2 * n_bins * 2 * (n_in + hp.ic_enc_dim) * 3 * hp.ic_enc_dim  # 2 directions, input + recurrent
+    n_in, n_out = (
+        REFERENCE_DATA["n_heldin"],
+        REFERENCE_DATA["n_heldin"] + REFERENCE_DATA["n_heldout"],
+    )
+    encoders = (
+        2 * n_bins * 2 * (n_in + hp.ic_enc_dim) * 3 * hp.ic_enc_dim
+    )  # 2 directions, input + recurrent
     encoders += 2 * n_bins * 2 * (n_in + hp.ci_enc_dim) * 3 * hp.ci_enc_dim
-    per_bin = (2 * (2 * hp.ci_enc_dim + hp.fac_dim + hp.con_dim) * 3 * hp.con_dim  # controller
-               + 2 * hp.con_dim * 2 * hp.co_dim  # posterior of u_t
-               + 2 * (hp.co_dim + hp.gen_dim) * 3 * hp.gen_dim  # generator
-               + 2 * hp.gen_dim * hp.fac_dim + 2 * hp.fac_dim * n_out)  # factors, readout
+    per_bin = (
+        2 * (2 * hp.ci_enc_dim + hp.fac_dim + hp.con_dim) * 3 * hp.con_dim  # controller
+        + 2 * hp.con_dim * 2 * hp.co_dim  # posterior of u_t
+        + 2 * (hp.co_dim + hp.gen_dim) * 3 * hp.gen_dim  # generator
+        + 2 * hp.gen_dim * hp.fac_dim
+        + 2 * hp.fac_dim * n_out
+    )  # factors, readout
     return float(encoders), float((n_bins + n_fwd_bins) * per_bin)
 
 
@@ -96,13 +110,17 @@ def peak_rss_gib() -> float:
 
 
 # -- workers (each runs in its own process) ------------------------------------------------
-def train_worker(data: Path, run_dir: Path, impl: str, epochs: int, device: str, seed: int = 0) -> dict:
+def train_worker(
+    data: Path, run_dir: Path, impl: str, epochs: int, device: str, seed: int = 0
+) -> dict:
     import csv
 
     from lfads.model.hparams import HParams
-    from lfads.train import train_model
+    from lfads.training.train import train_model
 
-    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl, "seed": seed})
+    hparams = HParams.from_dict(
+        {**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl, "seed": seed}
+    )
     start = time.perf_counter()
     train_model([data], hparams, run_dir, checkpoint_dir=run_dir / "checkpoints", device=device)
     total = time.perf_counter() - start
@@ -115,10 +133,10 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
     import numpy as np
     import torch
 
-    from lfads.data import load_session
-    from lfads.infer import auto_batch_size, sample_splits
+    from lfads.evaluation.infer import auto_batch_size, sample_splits
     from lfads.model.metrics import BitsPerSpike, RateR2
-    from lfads.train import load_model
+    from lfads.training.datamodule import load_session
+    from lfads.training.train import load_model
 
     model, _ = load_model(run_dir / "model.ckpt", device)
     model.set_rnn_impl(impl)
@@ -144,12 +162,17 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
 
     r2 = RateR2()
     r2.update(torch.as_tensor(rates), torch.as_tensor(truth))
-    return {"sampling_seconds": seconds, "n_trials": n_trials, "batch_size": batch_size, "peak_rss_gib": peak_rss_gib(),
-            "valid_co_bps": bits_per_spike(rates[:, :obs, heldin:], spikes[:, :obs, heldin:]),
-            "valid_fp_bps": bits_per_spike(rates[:, obs:], spikes[:, obs:]),
-            "valid_rate_r2": float(r2.compute()),
-            "truth_co_bps": bits_per_spike(truth[:, :obs, heldin:], spikes[:, :obs, heldin:]),
-            "truth_fp_bps": bits_per_spike(truth[:, obs:], spikes[:, obs:])}
+    return {
+        "sampling_seconds": seconds,
+        "n_trials": n_trials,
+        "batch_size": batch_size,
+        "peak_rss_gib": peak_rss_gib(),
+        "valid_co_bps": bits_per_spike(rates[:, :obs, heldin:], spikes[:, :obs, heldin:]),
+        "valid_fp_bps": bits_per_spike(rates[:, obs:], spikes[:, obs:]),
+        "valid_rate_r2": float(r2.compute()),
+        "truth_co_bps": bits_per_spike(truth[:, :obs, heldin:], spikes[:, :obs, heldin:]),
+        "truth_fp_bps": bits_per_spike(truth[:, obs:], spikes[:, obs:]),
+    }
 
 
 def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict:
@@ -161,19 +184,30 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
     from lfads.model.lfads import LFADS, SessionDims
 
     torch.manual_seed(0)
-    dims = SessionDims(REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, forward_bins(n_bins))
-    model = LFADS(HParams.from_dict({**REFERENCE_HPARAMS, "rnn_impl": impl}), [dims]).to(device).train()
+    dims = SessionDims(
+        REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, forward_bins(n_bins)
+    )
+    model = (
+        LFADS(HParams.from_dict({**REFERENCE_HPARAMS, "rnn_impl": impl}), [dims]).to(device).train()
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
-    batch = {0: SessionBatch(encod_data=counts[:, :n_bins, :dims.n_heldin].contiguous(), recon_data=counts,
-                             ext_input=counts.new_zeros(batch_size, dims.n_recon_bins, 0),
-                             index=torch.arange(batch_size)).to(device)}
+    batch = {
+        0: SessionBatch(
+            encod_data=counts[:, :n_bins, : dims.n_heldin].contiguous(),
+            recon_data=counts,
+            ext_input=counts.new_zeros(batch_size, dims.n_recon_bins, 0),
+            index=torch.arange(batch_size),
+        ).to(device)
+    }
     seconds = []
     for _ in range(SCALING_STEPS + 1):
         start = time.perf_counter()
         augmented, memo = model.train_augmentations.process_batch(batch[0])
         outputs = model({0: augmented}, sample_posteriors=True)
-        terms = model.loss({0: augmented}, outputs, model.train_augmentations, {0: memo}, epoch=0, metrics={})
+        terms = model.loss(
+            {0: augmented}, outputs, model.train_augmentations, {0: memo}, epoch=0, metrics={}
+        )
         optimizer.zero_grad()
         terms.loss.backward()
         optimizer.step()
@@ -181,8 +215,14 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     step = statistics.median(seconds[1:])
-    return {"impl": impl, "n_bins": n_bins, "batch_size": batch_size, "step_seconds": step,
-            "trials_per_second": batch_size / step, "peak_rss_gib": peak_rss_gib()}
+    return {
+        "impl": impl,
+        "n_bins": n_bins,
+        "batch_size": batch_size,
+        "step_seconds": step,
+        "trials_per_second": batch_size / step,
+        "peak_rss_gib": peak_rss_gib(),
+    }
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -191,7 +231,9 @@ def _worker(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "train":
-        result = train_worker(Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device, args.seed)
+        result = train_worker(
+            Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device, args.seed
+        )
     elif args.part == "sample":
         result = sample_worker(Path(args.data), Path(args.run_dir), args.impl, args.device)
     else:
@@ -202,80 +244,134 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _run_worker(part: str, args: argparse.Namespace, **options) -> dict:
     """Run one measurement in a fresh interpreter; its last `RESULT` line is the answer."""
-    command = [sys.executable, "-m", "lfads.bench", "--worker", part, "--device", args.device,
-               "--threads", str(args.threads or 0)]
+    command = [
+        sys.executable,
+        "-m",
+        "lfads.bench",
+        "--worker",
+        part,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads or 0),
+    ]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     process = subprocess.run(command, capture_output=True, text=True)
     if process.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed ({' '.join(command)}):\n{process.stderr[-3000:]}")
+        raise RuntimeError(
+            f"benchmark worker failed ({' '.join(command)}):\n{process.stderr[-3000:]}"
+        )
     lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # -- the driver --------------------------------------------------------------------------
 def run_benchmark(args: argparse.Namespace) -> dict:
     import torch
 
-    from lfads.io import write_text
-    from lfads.toydata import write_lorenz_prepared
+    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.infra.io import write_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "lorenz.h5"
     write_lorenz_prepared(data, **REFERENCE_DATA)
     report: dict = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version(), "device": args.device,
-                    "platform": platform.platform()},
-        "config": {"data": REFERENCE_DATA, "hparams": {**REFERENCE_HPARAMS, "seed": args.seed}, "epochs": args.epochs,
-                   "posterior_samples": N_SAMPLES},
-        "paths": {}, "scaling": [],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads or torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": args.device,
+            "platform": platform.platform(),
+        },
+        "config": {
+            "data": REFERENCE_DATA,
+            "hparams": {**REFERENCE_HPARAMS, "seed": args.seed},
+            "epochs": args.epochs,
+            "posterior_samples": N_SAMPLES,
+        },
+        "paths": {},
+        "scaling": [],
     }
     for impl in args.impls:
         log.info("%s path: training %d epochs", impl, args.epochs)
         run_dir = out / f"run-{impl}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
-        trained = _run_worker("train", args, impl=impl, data=data, run_dir=run_dir, epochs=args.epochs,
-                              seed=args.seed)
+        trained = _run_worker(
+            "train", args, impl=impl, data=data, run_dir=run_dir, epochs=args.epochs, seed=args.seed
+        )
         log.info("%s path: posterior sampling, %d samples", impl, N_SAMPLES)
         sampled = _run_worker("sample", args, impl=impl, data=data, run_dir=run_dir)
         seconds = trained["epoch_seconds"]
         epoch = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
         train_trials = round(REFERENCE_DATA["n_trials"] * 0.8)
         report["paths"][impl] = {
-            "epoch_seconds_median": epoch, "epoch_seconds_first": seconds[0],
-            "train_trials_per_second": train_trials / epoch, "train_seconds": trained["train_seconds"],
-            "sampling_seconds": sampled["sampling_seconds"], "peak_rss_train_gib": trained["peak_rss_gib"],
+            "epoch_seconds_median": epoch,
+            "epoch_seconds_first": seconds[0],
+            "train_trials_per_second": train_trials / epoch,
+            "train_seconds": trained["train_seconds"],
+            "sampling_seconds": sampled["sampling_seconds"],
+            "peak_rss_train_gib": trained["peak_rss_gib"],
             "peak_rss_sampling_gib": sampled["peak_rss_gib"],
-            **{k: sampled[k] for k in ("valid_co_bps", "valid_fp_bps", "valid_rate_r2", "truth_co_bps",
-                                       "truth_fp_bps")}}
-        log.info("%s path: %.3f s per epoch, sampling %.1f s", impl, epoch, sampled["sampling_seconds"])
+            **{
+                k: sampled[k]
+                for k in (
+                    "valid_co_bps",
+                    "valid_fp_bps",
+                    "valid_rate_r2",
+                    "truth_co_bps",
+                    "truth_fp_bps",
+                )
+            },
+        }
+        log.info(
+            "%s path: %.3f s per epoch, sampling %.1f s", impl, epoch, sampled["sampling_seconds"]
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    rates = {batch_size: matmul_rate(batch_size) for batch_size in (*SCALING_BATCHES, SAMPLING_ROWS)}
+    rates = {
+        batch_size: matmul_rate(batch_size) for batch_size in (*SCALING_BATCHES, SAMPLING_ROWS)
+    }
     report["matmul_gflops"] = {str(b): r / 1e9 for b, r in rates.items()}
     if not args.skip_scaling:
         for n_bins in SCALING_BINS:
             for batch_size in SCALING_BATCHES:
                 floor = training_flops(n_bins, forward_bins(n_bins), batch_size) / rates[batch_size]
-                report["scaling"].append({"impl": "matmul floor", "n_bins": n_bins, "batch_size": batch_size,
-                                          "step_seconds": floor, "trials_per_second": batch_size / floor,
-                                          "peak_rss_gib": float("nan")})
+                report["scaling"].append(
+                    {
+                        "impl": "matmul floor",
+                        "n_bins": n_bins,
+                        "batch_size": batch_size,
+                        "step_seconds": floor,
+                        "trials_per_second": batch_size / floor,
+                        "peak_rss_gib": float("nan"),
+                    }
+                )
                 for impl in args.impls:
                     log.info("scaling: %s path, %d bins, batch %d", impl, n_bins, batch_size)
-                    report["scaling"].append(_run_worker("scale", args, impl=impl, n_bins=n_bins,
-                                                         batch_size=batch_size))
+                    report["scaling"].append(
+                        _run_worker("scale", args, impl=impl, n_bins=n_bins, batch_size=batch_size)
+                    )
     paths = report["paths"]
     report["sampling_floor_seconds"] = {
-        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference") / rates[SAMPLING_ROWS]
-        for impl in paths}
+        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference")
+        / rates[SAMPLING_ROWS]
+        for impl in paths
+    }
     if "reference" in paths and "fast" in paths:
         ref, fast = paths["reference"], paths["fast"]
-        report["ratios"] = {"epoch_speedup": ref["epoch_seconds_median"] / fast["epoch_seconds_median"],
-                            "sampling_speedup": ref["sampling_seconds"] / fast["sampling_seconds"]}
-    fast_peaks = [paths[i][k] for i in paths if i != "reference"
-                  for k in ("peak_rss_train_gib", "peak_rss_sampling_gib")]
+        report["ratios"] = {
+            "epoch_speedup": ref["epoch_seconds_median"] / fast["epoch_seconds_median"],
+            "sampling_speedup": ref["sampling_seconds"] / fast["sampling_seconds"],
+        }
+    fast_peaks = [
+        paths[i][k]
+        for i in paths
+        if i != "reference"
+        for k in ("peak_rss_train_gib", "peak_rss_sampling_gib")
+    ]
     report["peak_rss_fast_gib"] = max(fast_peaks, default=None)
     write_text(out / "bench.json", json.dumps(report, indent=1) + "\n")
     return report
@@ -284,68 +380,105 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 def format_report(report: dict) -> str:
     paths = report["paths"]
     machine = report["machine"]
-    lines = [f"LFADS benchmark: {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
-             f"torch {machine['torch']}, device {machine['device']}",
-             f"reference config: {REFERENCE_DATA['n_trials']} trials x "
-             f"{REFERENCE_DATA['n_obs_bins'] + REFERENCE_DATA['n_fwd_bins']} bins x "
-             f"{REFERENCE_DATA['n_heldin'] + REFERENCE_DATA['n_heldout']} neurons, batch "
-             f"{REFERENCE_HPARAMS['batch_size']}, {report['config']['epochs']} epochs, {N_SAMPLES} posterior samples",
-             "", f"{'':28}" + "".join(f"{impl:>12}" for impl in paths)]
-    rows = [("s per epoch (median)", "epoch_seconds_median", "{:.3f}"),
-            ("first epoch s", "epoch_seconds_first", "{:.3f}"),
-            ("train trials per s", "train_trials_per_second", "{:.0f}"),
-            ("posterior sampling s", "sampling_seconds", "{:.2f}"),
-            ("peak RSS training GiB", "peak_rss_train_gib", "{:.3f}"),
-            ("peak RSS sampling GiB", "peak_rss_sampling_gib", "{:.3f}"),
-            ("valid co-bps", "valid_co_bps", "{:.4f}"),
-            ("valid fp-bps", "valid_fp_bps", "{:.4f}"),
-            ("valid rate R2 vs truth", "valid_rate_r2", "{:.4f}")]
+    lines = [
+        f"LFADS benchmark: {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch']}, device {machine['device']}",
+        f"reference config: {REFERENCE_DATA['n_trials']} trials x "
+        f"{REFERENCE_DATA['n_obs_bins'] + REFERENCE_DATA['n_fwd_bins']} bins x "
+        f"{REFERENCE_DATA['n_heldin'] + REFERENCE_DATA['n_heldout']} neurons, batch "
+        f"{REFERENCE_HPARAMS['batch_size']}, {report['config']['epochs']} epochs, {N_SAMPLES} posterior samples",
+        "",
+        f"{'':28}" + "".join(f"{impl:>12}" for impl in paths),
+    ]
+    rows = [
+        ("s per epoch (median)", "epoch_seconds_median", "{:.3f}"),
+        ("first epoch s", "epoch_seconds_first", "{:.3f}"),
+        ("train trials per s", "train_trials_per_second", "{:.0f}"),
+        ("posterior sampling s", "sampling_seconds", "{:.2f}"),
+        ("peak RSS training GiB", "peak_rss_train_gib", "{:.3f}"),
+        ("peak RSS sampling GiB", "peak_rss_sampling_gib", "{:.3f}"),
+        ("valid co-bps", "valid_co_bps", "{:.4f}"),
+        ("valid fp-bps", "valid_fp_bps", "{:.4f}"),
+        ("valid rate R2 vs truth", "valid_rate_r2", "{:.4f}"),
+    ]
     for label, key, fmt in rows:
         lines.append(f"{label:28}" + "".join(f"{fmt.format(paths[i][key]):>12}" for i in paths))
     first = next(iter(paths.values()))
-    lines.append(f"{'true rates: co-bps, fp-bps':28}{first['truth_co_bps']:>12.4f}{first['truth_fp_bps']:>12.4f}")
+    lines.append(
+        f"{'true rates: co-bps, fp-bps':28}{first['truth_co_bps']:>12.4f}{first['truth_fp_bps']:>12.4f}"
+    )
     floors = report.get("sampling_floor_seconds", {})
     if floors:
-        lines.append(f"{'sampling matmul floor s':28}" + "".join(f"{floors[i]:>12.2f}" for i in paths))
+        lines.append(
+            f"{'sampling matmul floor s':28}" + "".join(f"{floors[i]:>12.2f}" for i in paths)
+        )
     if "ratios" in report:
         ratios = report["ratios"]
-        lines += ["", f"epoch speed-up (reference / fast): {ratios['epoch_speedup']:.2f}x "
-                      f"(target {TARGETS['epoch_speedup']}x)",
-                  f"sampling speed-up (reference / fast): {ratios['sampling_speedup']:.2f}x "
-                  f"(target {TARGETS['sampling_speedup']}x)"]
+        lines += [
+            "",
+            f"epoch speed-up (reference / fast): {ratios['epoch_speedup']:.2f}x "
+            f"(target {TARGETS['epoch_speedup']}x)",
+            f"sampling speed-up (reference / fast): {ratios['sampling_speedup']:.2f}x "
+            f"(target {TARGETS['sampling_speedup']}x)",
+        ]
     if report.get("peak_rss_fast_gib") is not None:
-        lines.append(f"peak RSS of the fast path: {report['peak_rss_fast_gib']:.3f} GiB "
-                     f"(target {TARGETS['peak_rss_gib']} GiB)")
+        lines.append(
+            f"peak RSS of the fast path: {report['peak_rss_fast_gib']:.3f} GiB "
+            f"(target {TARGETS['peak_rss_gib']} GiB)"
+        )
     if report["scaling"]:
         rates = ", ".join(f"batch {b}: {r:.0f}" for b, r in report["matmul_gflops"].items())
-        lines += ["", "one training step (forward, loss, backward, AdamW), median of 5; the matmul floor is the",
-                  f"step's matmul FLOPs at this machine's (B x 200) @ (200 x 600) rate ({rates} GFLOP/s):",
-                  f"{'bins+fwd':>9}{'batch':>7}{'path':>14}{'s per step':>12}{'trials/s':>10}{'peak GiB':>10}"]
+        lines += [
+            "",
+            "one training step (forward, loss, backward, AdamW), median of 5; the matmul floor is the",
+            f"step's matmul FLOPs at this machine's (B x 200) @ (200 x 600) rate ({rates} GFLOP/s):",
+            f"{'bins+fwd':>9}{'batch':>7}{'path':>14}{'s per step':>12}{'trials/s':>10}{'peak GiB':>10}",
+        ]
         for row in sorted(report["scaling"], key=lambda r: (r["n_bins"], r["batch_size"])):
             bins = f"{row['n_bins']}+{forward_bins(row['n_bins'])}"
-            lines.append(f"{bins:>9}{row['batch_size']:>7}{row['impl']:>14}{row['step_seconds']:>12.3f}"
-                         f"{row['trials_per_second']:>10.0f}{row['peak_rss_gib']:>10.3f}")
+            lines.append(
+                f"{bins:>9}{row['batch_size']:>7}{row['impl']:>14}{row['step_seconds']:>12.3f}"
+                f"{row['trials_per_second']:>10.0f}{row['peak_rss_gib']:>10.3f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lfads.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/bench", help="folder for the data, runs and bench.json")
-    parser.add_argument("--impls", nargs="+", default=["reference", "fast"],
-                        choices=["reference", "fast", "compiled"], help="paths to measure (rnn_impl values)")
+    parser = argparse.ArgumentParser(
+        prog="python -m lfads.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", default="results/bench", help="folder for the data, runs and bench.json"
+    )
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=["reference", "fast"],
+        choices=["reference", "fast", "compiled"],
+        help="paths to measure (rnn_impl values)",
+    )
     parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, dropout, batch order)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed (weights, dropout, batch order)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--skip-scaling", action="store_true", help="leave out the sequence-length table")
-    parser.add_argument("--worker", choices=["train", "sample", "scale"], dest="part", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-scaling", action="store_true", help="leave out the sequence-length table"
+    )
+    parser.add_argument(
+        "--worker", choices=["train", "sample", "scale"], dest="part", help=argparse.SUPPRESS
+    )
     for hidden in ("--impl", "--data", "--run-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     for hidden in ("--n-bins", "--batch-size"):
         parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.part is None else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if args.part is None else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if args.part is not None:
         return _worker(args)
     if args.epochs < 2:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from lfads.io import atomic_path
+from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +43,39 @@ def _save(figure, path: str | Path) -> None:
     _pyplot().close(figure)
 
 
-def metrics_vs_hyperparameters(summary_tsv: str | Path, searched: list[str], out: str | Path) -> None:
+def metrics_vs_hyperparameters(
+    summary_tsv: str | Path, searched: list[str], out: str | Path
+) -> None:
     """One panel per (metric, searched hyperparameter); the best run is marked."""
     plt = _pyplot()
     table = pd.read_csv(summary_tsv, sep="\t")
     metrics = [m for m in METRICS if m in table]
     searched = searched or ["run"]
-    figure, axes = plt.subplots(len(metrics), len(searched), squeeze=False,
-                                figsize=(3.2 * len(searched), 2.4 * len(metrics)))
+    figure, axes = plt.subplots(
+        len(metrics),
+        len(searched),
+        squeeze=False,
+        figsize=(3.2 * len(searched), 2.4 * len(metrics)),
+    )
     for row, metric in enumerate(metrics):
         for column, key in enumerate(searched):
             ax = axes[row, column]
             x = table[key] if key in table else np.arange(len(table))
             ax.scatter(x, table[metric], s=18, color="0.3")
-            ax.scatter(x[table.best], table[metric][table.best], s=60, facecolor="none", edgecolor="C3",
-                       label="best (valid recon)")
-            if key in table and np.issubdtype(table[key].dtype, np.number) and (table[key] > 0).all() \
-                    and table[key].max() / table[key].min() > 20:
+            ax.scatter(
+                x[table.best],
+                table[metric][table.best],
+                s=60,
+                facecolor="none",
+                edgecolor="C3",
+                label="best (valid recon)",
+            )
+            if (
+                key in table
+                and np.issubdtype(table[key].dtype, np.number)
+                and (table[key] > 0).all()
+                and table[key].max() / table[key].min() > 20
+            ):
                 ax.set_xscale("log")
             ax.set_xlabel(key)
             ax.set_ylabel(metric)
@@ -100,7 +116,9 @@ def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: 
     figure, axes = plt.subplots(2, len(spikes), figsize=(4 * len(spikes), 6), squeeze=False)
     for trial in range(len(spikes)):
         axes[0, trial].imshow(spikes[trial].T, aspect="auto", cmap="Greys", interpolation="nearest")
-        image = axes[1, trial].imshow(rates[trial].T, aspect="auto", cmap="viridis", interpolation="nearest")
+        image = axes[1, trial].imshow(
+            rates[trial].T, aspect="auto", cmap="viridis", interpolation="nearest"
+        )
         for ax in axes[:, trial]:
             ax.axvline(n_obs - 0.5, color="C3", lw=0.8)
             ax.axhline(n_heldin - 0.5, color="C1", lw=0.8)
@@ -112,11 +130,20 @@ def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: 
     _save(figure, out)
 
 
-def psths(targets_path: str | Path, group: str, inferred_path: str | Path, prepared_path: str | Path,
-          out: str | Path) -> None:
+def psths(
+    targets_path: str | Path,
+    group: str,
+    inferred_path: str | Path,
+    prepared_path: str | Path,
+    out: str | Path,
+) -> None:
     """nlb_tools' target PSTHs and PSTHs of the inferred eval rates, per condition, for example neurons."""
     plt = _pyplot()
-    with h5py.File(targets_path) as targets, h5py.File(inferred_path) as inferred, h5py.File(prepared_path) as prep:
+    with (
+        h5py.File(targets_path) as targets,
+        h5py.File(inferred_path) as inferred,
+        h5py.File(prepared_path) as prep,
+    ):
         true = targets[group]["psth"][()] * _bin_hz(prep)  # (conditions, T, neurons)
         cond_idx = targets[group]["eval_cond_idx"][()]
         n_obs = int(prep.attrs["n_obs_bins"])
@@ -129,7 +156,9 @@ def psths(targets_path: str | Path, group: str, inferred_path: str | Path, prepa
                 continue
             color = f"C{condition % 10}"
             ax.plot(true[condition, :, neuron], color=color, lw=1)
-            ax.plot(rates[np.asarray(trials, dtype=int), :, neuron].mean(0), color=color, lw=1, ls="--")
+            ax.plot(
+                rates[np.asarray(trials, dtype=int), :, neuron].mean(0), color=color, lw=1, ls="--"
+            )
         ax.set_title(f"neuron {neuron}")
         ax.set_xlabel("bin")
     axes[0, 0].set_ylabel("rate (Hz)")
@@ -137,13 +166,17 @@ def psths(targets_path: str | Path, group: str, inferred_path: str | Path, prepa
     _save(figure, out)
 
 
-def factor_trajectories(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
+def factor_trajectories(
+    prepared_path: str | Path, inferred_path: str | Path, out: str | Path
+) -> None:
     """Condition-averaged factors projected on their top principal components, coloured by condition."""
     plt = _pyplot()
     with h5py.File(prepared_path) as prepared, h5py.File(inferred_path) as inferred:
         factors = np.concatenate([inferred["train/factors"][()], inferred["valid/factors"][()]])
         if "condition" in prepared["train"]:
-            conditions = np.concatenate([prepared["train/condition"][()], prepared["valid/condition"][()]])
+            conditions = np.concatenate(
+                [prepared["train/condition"][()], prepared["valid/condition"][()]]
+            )
         else:
             conditions = np.zeros(len(factors), dtype=int)
     n_trials, n_bins, n_factors = factors.shape
@@ -165,26 +198,44 @@ def factor_trajectories(prepared_path: str | Path, inferred_path: str | Path, ou
     _save(figure, out)
 
 
-def decoded_velocity(targets_path: str | Path, group: str, inferred_path: str | Path,
-                     prepared_path: str | Path, out: str | Path) -> None:
+def decoded_velocity(
+    targets_path: str | Path,
+    group: str,
+    inferred_path: str | Path,
+    prepared_path: str | Path,
+    out: str | Path,
+) -> None:
     """Ridge decoding of behaviour from the inferred rates (fit on train trials), against the truth on eval trials."""
     from sklearn.linear_model import Ridge
 
-    from lfads.evaluate import nlb_submission
+    from lfads.evaluation.submission import nlb_submission
 
     plt = _pyplot()
     submission = nlb_submission(prepared_path, inferred_path)[group]
     with h5py.File(targets_path) as targets:
         train_behavior = targets[group]["train_behavior"][()]
         eval_behavior = targets[group]["eval_behavior"][()]
-    train_rates = np.concatenate([submission["train_rates_heldin"], submission["train_rates_heldout"]], axis=2)
-    eval_rates = np.concatenate([submission["eval_rates_heldin"], submission["eval_rates_heldout"]], axis=2)
-    x, y = train_rates.reshape(-1, train_rates.shape[2]), train_behavior.reshape(-1, train_behavior.shape[2])
+    train_rates = np.concatenate(
+        [submission["train_rates_heldin"], submission["train_rates_heldout"]], axis=2
+    )
+    eval_rates = np.concatenate(
+        [submission["eval_rates_heldin"], submission["eval_rates_heldout"]], axis=2
+    )
+    x, y = (
+        train_rates.reshape(-1, train_rates.shape[2]),
+        train_behavior.reshape(-1, train_behavior.shape[2]),
+    )
     keep = np.isfinite(y).all(1)
     decoder = Ridge(alpha=1.0).fit(x[keep], y[keep])
-    predicted = decoder.predict(eval_rates.reshape(-1, eval_rates.shape[2])).reshape(eval_behavior.shape)
-    figure, axes = plt.subplots(eval_behavior.shape[2], N_EXAMPLE_TRIALS, squeeze=False,
-                                figsize=(4 * N_EXAMPLE_TRIALS, 2.6 * eval_behavior.shape[2]))
+    predicted = decoder.predict(eval_rates.reshape(-1, eval_rates.shape[2])).reshape(
+        eval_behavior.shape
+    )
+    figure, axes = plt.subplots(
+        eval_behavior.shape[2],
+        N_EXAMPLE_TRIALS,
+        squeeze=False,
+        figsize=(4 * N_EXAMPLE_TRIALS, 2.6 * eval_behavior.shape[2]),
+    )
     for trial in range(min(N_EXAMPLE_TRIALS, len(eval_behavior))):
         for axis in range(eval_behavior.shape[2]):
             ax = axes[axis, trial]
@@ -201,14 +252,24 @@ def rates_vs_truth(prepared_path: str | Path, inferred_path: str | Path, out: st
     with h5py.File(prepared_path) as prepared, h5py.File(inferred_path) as inferred:
         truth = prepared["eval/truth"][()] * _bin_hz(prepared)
         rates = inferred["eval/rates"][()] * _bin_hz(prepared)
-    figure, axes = plt.subplots(1, 1 + N_EXAMPLE_NEURONS, figsize=(4 * (1 + N_EXAMPLE_NEURONS), 3.4))
+    figure, axes = plt.subplots(
+        1, 1 + N_EXAMPLE_NEURONS, figsize=(4 * (1 + N_EXAMPLE_NEURONS), 3.4)
+    )
     limit = float(np.percentile(truth, 99.5))
-    axes[0].hist2d(truth.ravel(), rates.ravel(), bins=60, range=[[0, limit], [0, limit]], cmap="Greys",
-                   norm=_log_norm())
+    axes[0].hist2d(
+        truth.ravel(),
+        rates.ravel(),
+        bins=60,
+        range=[[0, limit], [0, limit]],
+        cmap="Greys",
+        norm=_log_norm(),
+    )
     axes[0].plot([0, limit], [0, limit], color="C3", lw=0.8)
     axes[0].set_xlabel("true rate (Hz)")
     axes[0].set_ylabel("inferred rate (Hz)")
-    for ax, neuron in zip(axes[1:], np.linspace(0, truth.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)):
+    for ax, neuron in zip(
+        axes[1:], np.linspace(0, truth.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
+    ):
         ax.plot(truth[0, :, neuron], color="k", lw=1, label="true")
         ax.plot(rates[0, :, neuron], color="C0", lw=1, label="inferred")
         ax.set_title(f"eval trial 0, neuron {neuron}")
@@ -216,21 +277,34 @@ def rates_vs_truth(prepared_path: str | Path, inferred_path: str | Path, out: st
     _save(figure, out)
 
 
-def all_figures(summary_tsv: Path, run_dir: Path, runs: dict[str, dict], prepared_path: Path,
-                targets_path: Path | None, group: str, outputs: dict[str, Path]) -> None:
+def all_figures(
+    summary_tsv: Path,
+    run_dir: Path,
+    runs: dict[str, dict],
+    prepared_path: Path,
+    targets_path: Path | None,
+    group: str,
+    outputs: dict[str, Path],
+) -> None:
     """Write every figure named in `outputs` (keys as in `figure_names`)."""
-    from lfads.aggregate import best_run
+    from lfads.evaluation.aggregate import best_run
 
     best = Path(run_dir) / best_run(summary_tsv)
     searched = sorted({key for params in runs.values() for key in params})
     inferred = best / "inferred.h5"
     makers = {
-        "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(summary_tsv, searched, out),
-        "training_curves": lambda out: training_curves({name: Path(run_dir) / name for name in runs}, out),
+        "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
+            summary_tsv, searched, out
+        ),
+        "training_curves": lambda out: training_curves(
+            {name: Path(run_dir) / name for name in runs}, out
+        ),
         "best_raster": lambda out: raster_and_rates(prepared_path, inferred, out),
         "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),
         "best_psth": lambda out: psths(targets_path, group, inferred, prepared_path, out),
-        "best_velocity": lambda out: decoded_velocity(targets_path, group, inferred, prepared_path, out),
+        "best_velocity": lambda out: decoded_velocity(
+            targets_path, group, inferred, prepared_path, out
+        ),
         "best_rates_vs_truth": lambda out: rates_vs_truth(prepared_path, inferred, out),
     }
     for name, out in outputs.items():
@@ -248,4 +322,3 @@ def figure_names(phase: str, has_truth: bool, has_psth: bool, has_velocity: bool
     if has_truth:
         names.append("best_rates_vs_truth")
     return names
-

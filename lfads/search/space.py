@@ -41,8 +41,13 @@ def _grid_points(grid: dict) -> list[dict]:
 def _random_points(random: dict) -> list[dict]:
     """`n` points drawn with `seed` from `log_uniform` and `uniform` ranges {key: [low, high]}."""
     rng = np.random.default_rng(random.get("seed", 0))
-    ranges = [(key, "log_uniform", bounds) for key, bounds in sorted(random.get("log_uniform", {}).items())]
-    ranges += [(key, "uniform", bounds) for key, bounds in sorted(random.get("uniform", {}).items())]
+    ranges = [
+        (key, "log_uniform", bounds)
+        for key, bounds in sorted(random.get("log_uniform", {}).items())
+    ]
+    ranges += [
+        (key, "uniform", bounds) for key, bounds in sorted(random.get("uniform", {}).items())
+    ]
     points = []
     for _ in range(random["n"]):
         point = {}
@@ -66,13 +71,23 @@ def expand_search(search: dict | None) -> list[Run]:
     grid = _grid_points(search["grid"]) if search.get("grid") else [{}]
     random = _random_points(search["random"]) if search.get("random") else [{}]
     overlap = set(search.get("grid", {})) & (
-        set(search.get("random", {}).get("log_uniform", {})) | set(search.get("random", {}).get("uniform", {})))
+        set(search.get("random", {}).get("log_uniform", {}))
+        | set(search.get("random", {}).get("uniform", {}))
+    )
     if overlap:
-        raise ValueError(f"search: {sorted(overlap)} appear in both grid and random; keep each in one")
-    runs = [Run(run_name(params), params) for params in
-            ({**grid_point, **random_point} for grid_point in grid for random_point in random)]
+        raise ValueError(
+            f"search: {sorted(overlap)} appear in both grid and random; keep each in one"
+        )
+    runs = [
+        Run(run_name(params), params)
+        for params in (
+            {**grid_point, **random_point} for grid_point in grid for random_point in random
+        )
+    ]
     names = [run.name for run in runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"search: several runs share the name(s) {duplicates}; remove repeated grid values")
+        raise ValueError(
+            f"search: several runs share the name(s) {duplicates}; remove repeated grid values"
+        )
     return runs

@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
-from lfads.io import atomic_path, write_text
+from lfads.infra.io import atomic_path, write_text
 from lfads.model.hparams import HParams
 
-log = logging.getLogger("lfads.train")
+log = logging.getLogger("lfads.training.train")
 
 MODEL_FORMAT = "lfads-model"
 MODEL_FORMAT_VERSION = 1
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -72,7 +72,9 @@ def _epoch_checkpoint(checkpoint_dir: Path):
         """
 
         def on_train_epoch_end(self, trainer, module) -> None:
-            trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)  # (False: full state)
+            trainer.save_checkpoint(
+                checkpoint_dir / "last.ckpt", weights_only=False
+            )  # (False: full state)
             write_metrics_csv(checkpoint_dir / "metrics.csv", module.history)
 
     return EpochCheckpoint()
@@ -86,8 +88,16 @@ def write_metrics_csv(path: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (int(v) if k == "epoch" else ("" if isinstance(v, float) and math.isnan(v) else repr(v)))
-                         for k, v in row.items()})
+        writer.writerow(
+            {
+                k: (
+                    int(v)
+                    if k == "epoch"
+                    else ("" if isinstance(v, float) and math.isnan(v) else repr(v))
+                )
+                for k, v in row.items()
+            }
+        )
     write_text(path, buffer.getvalue())
 
 
@@ -117,7 +127,9 @@ def load_model(path: str | Path, device: str = "cpu"):
 
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not an LFADS model file (no format {MODEL_FORMAT!r}); pass out_dir/model.ckpt")
+        raise ValueError(
+            f"{path}: not an LFADS model file (no format {MODEL_FORMAT!r}); pass out_dir/model.ckpt"
+        )
     hparams = HParams.from_dict(checkpoint["hparams"])
     model = LFADS(hparams, [SessionDims(**d) for d in checkpoint["sessions"]])
     model.load_state_dict(checkpoint["state_dict"])
@@ -133,12 +145,19 @@ def _initial_readins(module, sessions, hparams: HParams) -> None:
     if isinstance(module.model.readins[0], nn.Identity) or hparams.readin_init != "pcr":
         return
     conditions = shared_conditions([s.conditions.get("train") for s in sessions])
-    averages = [session_averages(s.splits["train"]["encod_data"].numpy(), s.conditions.get("train"), conditions)
-                for s in sessions]
+    averages = [
+        session_averages(
+            s.splits["train"]["encod_data"].numpy(), s.conditions.get("train"), conditions
+        )
+        for s in sessions
+    ]
     readin_dim = module.model.readins[0].out_features
     module.model.set_readins(pcr_readins(averages, readin_dim, seed=hparams.seed))
-    log.info("readins of %d sessions set by PCR on %s", len(sessions),
-             f"{len(conditions)} shared conditions" if conditions else "trial-averaged activity")
+    log.info(
+        "readins of %d sessions set by PCR on %s",
+        len(sessions),
+        f"{len(conditions)} shared conditions" if conditions else "trial-averaged activity",
+    )
 
 
 def _check_resume(checkpoint_path: Path, hparams: HParams) -> tuple[int, str]:
@@ -147,16 +166,25 @@ def _check_resume(checkpoint_path: Path, hparams: HParams) -> tuple[int, str]:
     checkpoint = load_checkpoint(checkpoint_path)
     saved = checkpoint["lfads"]["hparams"]
     given = hparams.to_dict()
-    differing = sorted(k for k in given if k not in ("max_epochs", "rnn_impl") and saved.get(k) != given[k])
+    differing = sorted(
+        k for k in given if k not in ("max_epochs", "rnn_impl") and saved.get(k) != given[k]
+    )
     if differing:
         raise ValueError(
             f"{checkpoint_path} was trained with other hyperparameters ({differing}); "
-            "delete it to start afresh or use another checkpoint directory")
+            "delete it to start afresh or use another checkpoint directory"
+        )
     return len(checkpoint["lfads"]["history"]), checkpoint["lfads"]["stop_reason"]
 
 
-def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpoint_dir: Path | None = None,
-                device: str = "auto", max_epochs: int | None = None) -> Path:
+def train_model(
+    data_files: list[Path],
+    hparams: HParams,
+    out_dir: Path,
+    checkpoint_dir: Path | None = None,
+    device: str = "auto",
+    max_epochs: int | None = None,
+) -> Path:
     """Train on the prepared files (session i = data_files[i]); returns out_dir / "model.ckpt".
 
     A `last.ckpt` already in checkpoint_dir (default out_dir / "checkpoints") is resumed:
@@ -165,8 +193,8 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
     """
     import lightning as L
 
-    from lfads.data import LFADSDataModule
-    from lfads.model.module import LFADSModule
+    from lfads.training.datamodule import LFADSDataModule
+    from lfads.training.module import LFADSModule
 
     data_files = [Path(p) for p in data_files]
     out_dir = Path(out_dir)
@@ -191,27 +219,51 @@ def train_model(data_files: list[Path], hparams: HParams, out_dir: Path, checkpo
             epochs = done
         else:
             # N = epochs already done (the checkpoint's last epoch, counting from 1)
-            log.info("resumed from epoch %d (%s); continuing at epoch %d of %d", done, last, done + 1,
-                     hparams.max_epochs)
+            log.info(
+                "resumed from epoch %d (%s); continuing at epoch %d of %d",
+                done,
+                last,
+                done + 1,
+                hparams.max_epochs,
+            )
     else:
         _initial_readins(module, data.sessions, hparams)
-    log.info("training %d parameters on %s: %s", sum(p.numel() for p in module.parameters()), device,
-             ", ".join(f"{s.path.name} ({s.n_trials('train')} train, {s.n_trials('valid')} valid trials)"
-                       for s in data.sessions))
+    log.info(
+        "training %d parameters on %s: %s",
+        sum(p.numel() for p in module.parameters()),
+        device,
+        ", ".join(
+            f"{s.path.name} ({s.n_trials('train')} train, {s.n_trials('valid')} valid trials)"
+            for s in data.sessions
+        ),
+    )
 
     interactive = sys.stderr.isatty()
     _quiet_lightning()
     with warnings.catch_warnings():
-        for noise in (".*`srun` command is available.*", ".*overridden `transfer_batch_to_device`.*",
-                      ".*isinstance.treespec, LeafSpec.*"):
+        for noise in (
+            ".*`srun` command is available.*",
+            ".*overridden `transfer_batch_to_device`.*",
+            ".*isinstance.treespec, LeafSpec.*",
+        ):
             warnings.filterwarnings("ignore", message=noise)
         trainer = L.Trainer(
-            accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs,
-            gradient_clip_val=hparams.gradient_clip or None, logger=_tensorboard_logger(out_dir),
-            callbacks=[_epoch_checkpoint(checkpoint_dir)], plugins=[_atomic_checkpoint_io(), _plain_environment()],
-            num_sanity_val_steps=0, enable_progress_bar=interactive, enable_model_summary=False,
-            default_root_dir=str(checkpoint_dir), log_every_n_steps=1)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+            max_epochs=epochs,
+            gradient_clip_val=hparams.gradient_clip or None,
+            logger=_tensorboard_logger(out_dir),
+            callbacks=[_epoch_checkpoint(checkpoint_dir)],
+            plugins=[_atomic_checkpoint_io(), _plain_environment()],
+            num_sanity_val_steps=0,
+            enable_progress_bar=interactive,
+            enable_model_summary=False,
+            default_root_dir=str(checkpoint_dir),
+            log_every_n_steps=1,
+        )
+        trainer.fit(
+            module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True
+        )
 
     if module.stop_reason:
         log.info("stopped: %s", module.stop_reason)
@@ -231,7 +283,8 @@ def _check_missing_targets(sessions, hparams: HParams) -> None:
         if not handled and session.has_missing_targets():
             raise ValueError(
                 f"{session.path}: recon_data has NaN (unobserved) targets; add selective_backprop to both "
-                "train_augmentations and infer_augmentations so they are left out of the loss")
+                "train_augmentations and infer_augmentations so they are left out of the loss"
+            )
 
 
 class _DropLightningTips(logging.Filter):
@@ -269,18 +322,32 @@ def _tensorboard_logger(out_dir: Path):
 
 # -- command line -------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, action="append", required=True,
-                        help="prepared HDF5 file; repeat for several sessions")
-    parser.add_argument("--config", type=Path, help="hyperparameters YAML (HParams fields); defaults if omitted")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (model.ckpt, metrics.csv, hparams.yaml)")
-    parser.add_argument("--checkpoint-dir", type=Path, help="where last.ckpt lives (default OUT/checkpoints)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="prepared HDF5 file; repeat for several sessions",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="hyperparameters YAML (HParams fields); defaults if omitted"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (model.ckpt, metrics.csv, hparams.yaml)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, help="where last.ckpt lives (default OUT/checkpoints)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-epochs", type=int, help="override max_epochs of the config")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.logs import configure
-    from lfads.model.module import NonFiniteLossError
+    from lfads.infra.logs import configure
+    from lfads.training.module import NonFiniteLossError
 
     configure()
     try:

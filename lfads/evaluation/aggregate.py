@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lfads.io import atomic_path
+from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ def final_epoch(metrics_csv: Path) -> dict:
     """The last row of a run's per-epoch metrics that has a validation loss."""
     table = pd.read_csv(metrics_csv)
     if SELECTION_COLUMN not in table:
-        raise ValueError(f"{metrics_csv}: no column {SELECTION_COLUMN!r}; columns are {list(table.columns)}")
+        raise ValueError(
+            f"{metrics_csv}: no column {SELECTION_COLUMN!r}; columns are {list(table.columns)}"
+        )
     table = table.dropna(subset=[SELECTION_COLUMN])
     if table.empty:
         raise ValueError(f"{metrics_csv}: no epoch has a validation loss; did training run?")
@@ -56,8 +58,13 @@ def write_summary(runs: dict[str, dict], run_dir: str | Path, out_path: str | Pa
     table = summary_table(runs, Path(run_dir))
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    log.info("best of %d runs: %s (%s %.4f)", len(table), table.run[0], SELECTION_COLUMN,
-             table[SELECTION_COLUMN][0])
+    log.info(
+        "best of %d runs: %s (%s %.4f)",
+        len(table),
+        table.run[0],
+        SELECTION_COLUMN,
+        table[SELECTION_COLUMN][0],
+    )
     return table
 
 

@@ -26,9 +26,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lfads.io import write_json
+from lfads.infra.io import write_json
 
-os.environ.setdefault("DANDI_NO_ET", "1")  # no version check against the internet when dandi is imported
+os.environ.setdefault(
+    "DANDI_NO_ET", "1"
+)  # no version check against the internet when dandi is imported
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,13 @@ def sha256_of(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
             done += len(chunk)
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
-                log.info("hashing %s: %.0f%% of %.2f GB (%.0f MB/s)", path.name, 100 * done / size,
-                         size / 1e9, done / 1e6 / (now - started))
+                log.info(
+                    "hashing %s: %.0f%% of %.2f GB (%.0f MB/s)",
+                    path.name,
+                    100 * done / size,
+                    size / 1e9,
+                    done / 1e6 / (now - started),
+                )
                 last_report = now
     return digest.hexdigest()
 
@@ -88,9 +95,15 @@ def _mismatch(path: Path, expected: str, actual: str, user_file: bool) -> FetchE
 def _checked_relative(asset_path: str) -> str:
     """An asset path must stay below the output folder: relative, no `..`."""
     parts = asset_path.split("/")
-    if not asset_path or asset_path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise FetchError(f"invalid asset path {asset_path!r}: expected a relative path like "
-                         "sub-Jenkins/sub-Jenkins_ses-full_desc-test_ecephys.nwb")
+    if (
+        not asset_path
+        or asset_path.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise FetchError(
+            f"invalid asset path {asset_path!r}: expected a relative path like "
+            "sub-Jenkins/sub-Jenkins_ses-full_desc-test_ecephys.nwb"
+        )
     return asset_path
 
 
@@ -103,12 +116,16 @@ def api_url_of(instance_url: str | None) -> str:
         return DEFAULT_INSTANCE
     from dandi.consts import known_instances, known_instances_rev
 
-    name = known_instances_rev.get(instance_url.rstrip("/"), instance_url)  # web URL -> instance name
+    name = known_instances_rev.get(
+        instance_url.rstrip("/"), instance_url
+    )  # web URL -> instance name
     if name in known_instances:
         return known_instances[name].api.rstrip("/")
     if "://" not in instance_url:
-        raise FetchError(f"unknown DANDI instance {instance_url!r}: give its API URL "
-                         f"(e.g. {DEFAULT_INSTANCE}) or one of {', '.join(sorted(known_instances))}")
+        raise FetchError(
+            f"unknown DANDI instance {instance_url!r}: give its API URL "
+            f"(e.g. {DEFAULT_INSTANCE}) or one of {', '.join(sorted(known_instances))}"
+        )
     return instance_url.rstrip("/")
 
 
@@ -141,8 +158,9 @@ def asset_download_url(api_url: str, dandiset: str, version: str, asset_id: str)
     return f"{api_url}/dandisets/{dandiset}/versions/{version}/assets/{asset_id}/download/"
 
 
-def _resolve_asset_ids(api_url: str, dandiset: str, version: str,
-                       assets: dict[str, str]) -> dict[str, tuple[str, int]]:
+def _resolve_asset_ids(
+    api_url: str, dandiset: str, version: str, assets: dict[str, str]
+) -> dict[str, tuple[str, int]]:
     """{asset path: (asset id, bytes)} of the wanted assets of `dandiset`@`version`, matched by exact path."""
     from dandi.dandiapi import DandiAPIClient
     from dandi.exceptions import NotFoundError
@@ -152,17 +170,26 @@ def _resolve_asset_ids(api_url: str, dandiset: str, version: str,
         try:
             remote = client.get_dandiset(dandiset, version, lazy=False)
         except NotFoundError as error:
-            raise FetchError(f"DANDI:{dandiset} has no version {version} on {api_url} ({error})") from error
+            raise FetchError(
+                f"DANDI:{dandiset} has no version {version} on {api_url} ({error})"
+            ) from error
         for asset_path, expected in assets.items():
             try:
                 asset = remote.get_asset_by_path(asset_path)
             except NotFoundError as error:
-                raise FetchError(f"DANDI:{dandiset}/{version} on {api_url} has no asset {asset_path}; "
-                                 "check the asset path in the configfile") from error
+                raise FetchError(
+                    f"DANDI:{dandiset}/{version} on {api_url} has no asset {asset_path}; "
+                    "check the asset path in the configfile"
+                ) from error
             server_sha = asset.get_raw_metadata().get("digest", {}).get("dandi:sha2-256")
             if server_sha and server_sha != expected:
-                log.warning("the server reports SHA-256 %s for %s, not the pinned %s: the download "
-                            "will be rejected", server_sha, asset_path, expected)
+                log.warning(
+                    "the server reports SHA-256 %s for %s, not the pinned %s: the download "
+                    "will be rejected",
+                    server_sha,
+                    asset_path,
+                    expected,
+                )
             ids[asset_path] = (asset.identifier, asset.size)
     return ids
 
@@ -203,7 +230,12 @@ class _ClientRecords(io.TextIOBase):
             log.error("dandi: %s: %s", self.name, record.get("message", record))
         elif "done%" in record:
             if record["done%"] >= self._next_percent:
-                log.info("downloading %s: %.0f%% (%.1f MB)", self.name, record["done%"], record["done"] / 1e6)
+                log.info(
+                    "downloading %s: %.0f%% (%.1f MB)",
+                    self.name,
+                    record["done%"],
+                    record["done"] / 1e6,
+                )
                 while self._next_percent <= record["done%"]:
                     self._next_percent += 10.0
         elif record.keys() & {"status", "checksum", "message"}:
@@ -218,44 +250,84 @@ def _client_records_to_log(name: str) -> Iterator[_ClientRecords]:
         yield records
 
 
-def _download_one(api_url: str, dandiset: str, version: str, asset_path: str, asset_id: str,
-                  size: int, expected: str, path: Path) -> None:
+def _download_one(
+    api_url: str,
+    dandiset: str,
+    version: str,
+    asset_path: str,
+    asset_id: str,
+    size: int,
+    expected: str,
+    path: Path,
+) -> None:
     """Download one asset (`size` bytes) to `path` with the dandi client, then check its SHA-256."""
     from dandi.download import DownloadExisting, DownloadFormat, download
 
     partial = path.with_name(path.name + ".dandidownload")
-    log.info("starting download of %s (%.1f MB) of DANDI:%s/%s from %s%s", asset_path, size / 1e6, dandiset,
-             version, api_url, " (resuming a partial download)" if partial.exists() else "")
+    log.info(
+        "starting download of %s (%.1f MB) of DANDI:%s/%s from %s%s",
+        asset_path,
+        size / 1e6,
+        dandiset,
+        version,
+        api_url,
+        " (resuming a partial download)" if partial.exists() else "",
+    )
     started = time.perf_counter()
     client_error: Exception | None = None
     with _client_records_to_log(asset_path) as records:
         try:
-            download(asset_download_url(api_url, dandiset, version, asset_id), path.parent,
-                     format=DownloadFormat.DEBUG, existing=DownloadExisting.OVERWRITE_DIFFERENT)
+            download(
+                asset_download_url(api_url, dandiset, version, asset_id),
+                path.parent,
+                format=DownloadFormat.DEBUG,
+                existing=DownloadExisting.OVERWRITE_DIFFERENT,
+            )
         except Exception as error:  # the client raises RuntimeError, HTTP and schema errors
             client_error = error
     reported = "; ".join(records.failures) or str(client_error)
     if not path.exists():
         if client_error is None:
-            raise FetchError(f"the dandi client finished but {path} does not exist "
-                             f"(asset {asset_id} of DANDI:{dandiset}/{version})")
-        kept = f" The partial download in {partial} is kept: run again to resume." if partial.exists() else ""
-        raise FetchError(f"downloading {asset_path} of DANDI:{dandiset}/{version} from {api_url} failed: "
-                         f"{reported}.{kept}") from client_error
+            raise FetchError(
+                f"the dandi client finished but {path} does not exist "
+                f"(asset {asset_id} of DANDI:{dandiset}/{version})"
+            )
+        kept = (
+            f" The partial download in {partial} is kept: run again to resume."
+            if partial.exists()
+            else ""
+        )
+        raise FetchError(
+            f"downloading {asset_path} of DANDI:{dandiset}/{version} from {api_url} failed: "
+            f"{reported}.{kept}"
+        ) from client_error
     actual = sha256_of(path)
     if actual != expected:
         error = _mismatch(path, expected, actual, user_file=False)
         if client_error is not None:
             error = FetchError(f"{error} (the dandi client also reported: {reported})")
         raise error
-    if client_error is not None:  # e.g. the server's dandi-etag is wrong although the bytes are the pinned ones
-        log.warning("the dandi client reported %s for %s, but its SHA-256 matches the pin", reported, path)
-    log.info("downloaded and verified %s (%.1f MB) in %.1f s", path, path.stat().st_size / 1e6,
-             time.perf_counter() - started)
+    if (
+        client_error is not None
+    ):  # e.g. the server's dandi-etag is wrong although the bytes are the pinned ones
+        log.warning(
+            "the dandi client reported %s for %s, but its SHA-256 matches the pin", reported, path
+        )
+    log.info(
+        "downloaded and verified %s (%.1f MB) in %.1f s",
+        path,
+        path.stat().st_size / 1e6,
+        time.perf_counter() - started,
+    )
 
 
-def fetch_dandi_assets(dandiset: str, version: str, assets: dict[str, str], out_dir: str | Path,
-                       instance_url: str | None = None) -> list[Path]:
+def fetch_dandi_assets(
+    dandiset: str,
+    version: str,
+    assets: dict[str, str],
+    out_dir: str | Path,
+    instance_url: str | None = None,
+) -> list[Path]:
     """Download `assets` ({asset path: sha256}) of `dandiset`@`version` into `out_dir/<asset path>`.
 
     Files already present with the pinned hash are left untouched (no request
@@ -273,8 +345,13 @@ def fetch_dandi_assets(dandiset: str, version: str, assets: dict[str, str], out_
             if actual == expected:
                 log.info("already present and verified: %s", path)
                 continue
-            log.warning("%s has SHA-256 %s, not the pinned %s: moved to %s, downloading again",
-                        path, actual, expected, set_aside(path, actual))
+            log.warning(
+                "%s has SHA-256 %s, not the pinned %s: moved to %s, downloading again",
+                path,
+                actual,
+                expected,
+                set_aside(path, actual),
+            )
         missing[asset_path] = expected
     if not missing:
         return list(paths.values())
@@ -286,7 +363,9 @@ def fetch_dandi_assets(dandiset: str, version: str, assets: dict[str, str], out_
         paths[asset_path].parent.mkdir(parents=True, exist_ok=True)
         try:
             asset_id, size = asset_ids[asset_path]
-            _download_one(api_url, dandiset, version, asset_path, asset_id, size, expected, paths[asset_path])
+            _download_one(
+                api_url, dandiset, version, asset_path, asset_id, size, expected, paths[asset_path]
+            )
         except FetchError as error:
             failures.append(str(error))
     if failures:
@@ -301,17 +380,24 @@ def write_fetch_marker(marker: str | Path, files: dict[Path, str], source: str =
     carry the server's (years old) mtimes, so rules depend on this marker, whose
     mtime is that of the fetch.
     """
-    write_json(marker, {
-        "source": source,
-        "files": [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256}
-                  for path, sha256 in files.items()],
-    })
+    write_json(
+        marker,
+        {
+            "source": source,
+            "files": [
+                {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256}
+                for path, sha256 in files.items()
+            ],
+        },
+    )
 
 
 # -- a local copy -----------------------------------------------------------------
 
 
-def verify_local_assets(folder: str | Path, dandiset: str, assets: dict[str, str | None]) -> list[Path]:
+def verify_local_assets(
+    folder: str | Path, dandiset: str, assets: dict[str, str | None]
+) -> list[Path]:
     """Check that `folder/<dandiset>/<asset path>` exist and match their SHA-256 (when given).
 
     A user's own files are never moved or changed.
@@ -351,17 +437,29 @@ def _asset_pin(text: str) -> tuple[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dandiset", required=True, help="six-digit id, e.g. 000128")
     parser.add_argument("--version", required=True, help="published version, e.g. 0.220113.0400")
-    parser.add_argument("--asset", action="append", required=True, type=_asset_pin, metavar="PATH=SHA256",
-                        help="asset path and its pinned SHA-256 (repeat for several)")
+    parser.add_argument(
+        "--asset",
+        action="append",
+        required=True,
+        type=_asset_pin,
+        metavar="PATH=SHA256",
+        help="asset path and its pinned SHA-256 (repeat for several)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="files go to OUT/<asset path>")
-    parser.add_argument("--instance-url", default=DEFAULT_INSTANCE,
-                        help=f"DANDI API URL or known instance name (default {DEFAULT_INSTANCE})")
-    parser.add_argument("--marker", type=Path,
-                        help="also write this JSON listing each file with its size and SHA-256")
+    parser.add_argument(
+        "--instance-url",
+        default=DEFAULT_INSTANCE,
+        help=f"DANDI API URL or known instance name (default {DEFAULT_INSTANCE})",
+    )
+    parser.add_argument(
+        "--marker",
+        type=Path,
+        help="also write this JSON listing each file with its size and SHA-256",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.logs import configure
+    from lfads.infra.logs import configure
 
     configure()
     pins = dict(args.asset)

@@ -99,46 +99,83 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
     """
     path = Path(path)
     if nlb_layout not in TRAIN_TRIAL_FIELDS:
-        raise ValueError(f"unknown nlb_layout {nlb_layout!r}; expected one of {sorted(TRAIN_TRIAL_FIELDS)}")
+        raise ValueError(
+            f"unknown nlb_layout {nlb_layout!r}; expected one of {sorted(TRAIN_TRIAL_FIELDS)}"
+        )
     if role not in SPLITS:
         raise ValueError(f"role must be 'train' or 'test', not {role!r}")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file. Run the fetch rule, or fix the source's asset paths.")
+        raise FileNotFoundError(
+            f"{path}: no such file. Run the fetch rule, or fix the source's asset paths."
+        )
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise _fail(path, "(file)", f"not a readable NWB (HDF5) file ({error})",
-                    "Delete it and fetch it again.") from error
+        raise _fail(
+            path,
+            "(file)",
+            f"not a readable NWB (HDF5) file ({error})",
+            "Delete it and fetch it again.",
+        ) from error
     with handle:
         units = handle.get("units")
         if units is None:
-            raise _fail(path, "units", "the file has no units table", "NLB files hold spikes in /units.")
+            raise _fail(
+                path, "units", "the file has no units table", "NLB files hold spikes in /units."
+            )
         for column in ("spike_times", "obs_intervals", "heldout"):
             if column not in units:
-                raise _fail(path, f"units.{column}", "column missing",
-                            "nlb_tools needs spike_times, obs_intervals and heldout on every unit.")
+                raise _fail(
+                    path,
+                    f"units.{column}",
+                    "column missing",
+                    "nlb_tools needs spike_times, obs_intervals and heldout on every unit.",
+                )
         heldout = units["heldout"][()].astype(bool)
         if role == "train" and not heldout.any():
-            raise _fail(path, "units.heldout", f"no held-out units (all {heldout.size} units are held-in)",
-                        "The train file must mark the held-out neurons with heldout=True.")
+            raise _fail(
+                path,
+                "units.heldout",
+                f"no held-out units (all {heldout.size} units are held-in)",
+                "The train file must mark the held-out neurons with heldout=True.",
+            )
         if role == "test" and heldout.any():
-            raise _fail(path, "units.heldout", f"{int(heldout.sum())} held-out units in a test file",
-                        "The test file holds held-in units only.")
+            raise _fail(
+                path,
+                "units.heldout",
+                f"{int(heldout.sum())} held-out units in a test file",
+                "The test file holds held-in units only.",
+            )
 
         trials = handle.get("intervals/trials")
         if trials is None:
-            raise _fail(path, "intervals.trials", "the file has no trials table", "NLB files define trials.")
+            raise _fail(
+                path, "intervals.trials", "the file has no trials table", "NLB files define trials."
+            )
         required = ("start_time", "stop_time", "split")
-        required += TRAIN_TRIAL_FIELDS[nlb_layout] if role == "train" else TEST_TRIAL_FIELDS[nlb_layout]
+        required += (
+            TRAIN_TRIAL_FIELDS[nlb_layout] if role == "train" else TEST_TRIAL_FIELDS[nlb_layout]
+        )
         for column in required:
             if column not in trials:
-                raise _fail(path, f"trials.{column}", f"column missing (layout {nlb_layout} needs it)",
-                            f"Add it, or choose the nlb_layout that matches this file.")
-        splits = {value.decode() if isinstance(value, bytes) else str(value) for value in trials["split"][()]}
+                raise _fail(
+                    path,
+                    f"trials.{column}",
+                    f"column missing (layout {nlb_layout} needs it)",
+                    "Add it, or choose the nlb_layout that matches this file.",
+                )
+        splits = {
+            value.decode() if isinstance(value, bytes) else str(value)
+            for value in trials["split"][()]
+        }
         for split in SPLITS[role]:
             if split not in splits:
-                raise _fail(path, "trials.split", f"no trial has split {split!r} (found {sorted(splits)})",
-                            f"A {role} file needs {split!r} trials.")
+                raise _fail(
+                    path,
+                    "trials.split",
+                    f"no trial has split {split!r} (found {sorted(splits)})",
+                    f"A {role} file needs {split!r} trials.",
+                )
 
         # The 1 ms grid that nlb_tools builds: [0, end) with end the last obs_interval end
         # (or the last trial end, if later).
@@ -157,14 +194,22 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
                 if off_grid.any() or outside.any():
                     bad = int(np.argmax(off_grid | outside))
                     raise _fail(
-                        path, series.name.lstrip("/").replace("/", "."),
+                        path,
+                        series.name.lstrip("/").replace("/", "."),
                         f"sample {bad} at {times_ms[bad] / 1000:.6f} s is "
-                        + ("off the 1 ms grid" if off_grid[bad] else
-                           f"outside the recording [0, {end_ms / 1000:.3f}) s set by units.obs_intervals")
+                        + (
+                            "off the 1 ms grid"
+                            if off_grid[bad]
+                            else f"outside the recording [0, {end_ms / 1000:.3f}) s set by units.obs_intervals"
+                        )
                         + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside of {ms.size} samples)",
                         "nlb_tools would silently drop this series. Resample it to 1 ms and trim it to the recording.",
                     )
         behavior = BEHAVIOR_SERIES[nlb_layout]
         if role == "train" and behavior is not None and behavior not in found:
-            raise _fail(path, f"processing.behavior.{behavior}", "behaviour series missing",
-                        f"Layout {nlb_layout} decodes {behavior}; add it as a TimeSeries on the 1 ms grid.")
+            raise _fail(
+                path,
+                f"processing.behavior.{behavior}",
+                "behaviour series missing",
+                f"Layout {nlb_layout} decodes {behavior}; add it as a TimeSeries on the 1 ms grid.",
+            )

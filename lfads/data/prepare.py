@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lfads.io import atomic_path
-from lfads.nwb_checks import check_nwb_file
+from lfads.data.nwb_checks import check_nwb_file
+from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def load_dataset(nwb_path: Path, bin_width_ms: int):
     started = time.perf_counter()
     dataset = NWBDataset(str(nwb_path))
     dataset.resample(bin_width_ms)
-    log.info("loaded %s at %d ms in %.1f s", nwb_path.name, bin_width_ms, time.perf_counter() - started)
+    log.info(
+        "loaded %s at %d ms in %.1f s", nwb_path.name, bin_width_ms, time.perf_counter() - started
+    )
     return dataset
 
 
@@ -58,17 +60,25 @@ def _train_split(phase: str) -> str | list[str]:
     return "train" if phase == "val" else ["train", "val"]
 
 
-def _tensors(dataset, nlb_layout: str, trial_split, fields: dict | None = None) -> tuple[NLBTensors, dict]:
+def _tensors(
+    dataset, nlb_layout: str, trial_split, fields: dict | None = None
+) -> tuple[NLBTensors, dict]:
     from nlb_tools.make_tensors import make_train_input_tensors
 
     out = make_train_input_tensors(
-        dataset, nlb_layout, trial_split=trial_split, update_params=fields,
-        save_file=False, include_forward_pred=True,
+        dataset,
+        nlb_layout,
+        trial_split=trial_split,
+        update_params=fields,
+        save_file=False,
+        include_forward_pred=True,
         include_behavior=fields is None and _behavior_source(nlb_layout) == "data",
     )
     tensors = NLBTensors(
-        out["train_spikes_heldin"], out["train_spikes_heldout"],
-        out["train_spikes_heldin_forward"], out["train_spikes_heldout_forward"],
+        out["train_spikes_heldin"],
+        out["train_spikes_heldout"],
+        out["train_spikes_heldin_forward"],
+        out["train_spikes_heldout_forward"],
     )
     return tensors, out
 
@@ -106,7 +116,7 @@ def condition_indices(dataset, nlb_layout: str, trial_mask: np.ndarray) -> np.nd
 
 def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
     """Add the synthetic ground truth, binned like the spikes, as fields truth_heldin/truth_heldout."""
-    from lfads.synthetic import bin_true_rates
+    from lfads.data.synthetic import bin_true_rates
 
     rates = bin_true_rates(truth_path, bin_width_ms)  # (n_bins, n_units) spikes per bin
     with h5py.File(truth_path, "r") as handle:
@@ -114,13 +124,17 @@ def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
         heldout = handle["heldout"][()].astype(bool)
     n_rows = len(dataset.data)
     if rates.shape[0] < n_rows:
-        raise ValueError(f"{truth_path}: truth covers {rates.shape[0]} bins, the NWB file {n_rows}; "
-                         "regenerate the synthetic dataset")
+        raise ValueError(
+            f"{truth_path}: truth covers {rates.shape[0]} bins, the NWB file {n_rows}; "
+            "regenerate the synthetic dataset"
+        )
     rates = rates[:n_rows]
     column_of = {int(uid): i for i, uid in enumerate(unit_ids)}
     fields = dataset.data.columns.get_level_values(0)
-    for field, spike_field, mask in (("truth_heldin", "spikes", ~heldout),
-                                     ("truth_heldout", "heldout_spikes", heldout)):
+    for field, spike_field, mask in (
+        ("truth_heldin", "spikes", ~heldout),
+        ("truth_heldout", "heldout_spikes", heldout),
+    ):
         # A test file has no held-out spikes; its truth still covers the held-out units.
         if spike_field in fields:
             channels = [int(c) for c in dataset.data[spike_field].columns]
@@ -129,7 +143,9 @@ def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
         missing = [c for c in channels if c not in column_of]
         if missing:
             raise ValueError(f"{truth_path}: no truth for units {missing[:5]} of the NWB file")
-        dataset.add_continuous_data(rates[:, [column_of[c] for c in channels]], field, chan_names=channels)
+        dataset.add_continuous_data(
+            rates[:, [column_of[c] for c in channels]], field, chan_names=channels
+        )
 
 
 def _nan_to_zero(array: np.ndarray) -> np.ndarray:
@@ -141,8 +157,10 @@ def split_indices(n_trials: int, valid_fraction: float, seed: int) -> tuple[np.n
     order = np.random.default_rng(seed).permutation(n_trials)
     n_valid = int(round(valid_fraction * n_trials))
     if n_valid < 1 or n_valid >= n_trials:
-        raise ValueError(f"valid_fraction {valid_fraction} leaves no train or no valid trials "
-                         f"out of {n_trials}; choose a value between 0 and 1 that leaves both")
+        raise ValueError(
+            f"valid_fraction {valid_fraction} leaves no train or no valid trials "
+            f"out of {n_trials}; choose a value between 0 and 1 that leaves both"
+        )
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 
@@ -185,7 +203,9 @@ def prepare(
     train_mask = np.asarray(_prep_mask(dataset, train_split))
     train_conditions = condition_indices(dataset, nlb_layout, train_mask)
     behavior = raw.get("train_behavior")
-    train_truth = _tensors(dataset, nlb_layout, train_split, TRUTH_FIELDS)[0].recon if truth_files else None
+    train_truth = (
+        _tensors(dataset, nlb_layout, train_split, TRUTH_FIELDS)[0].recon if truth_files else None
+    )
 
     if phase == "val":
         eval_dataset, eval_split = dataset, "val"
@@ -195,18 +215,27 @@ def prepare(
             add_truth(eval_dataset, Path(truth_files["test"]), bin_width_ms)
     from nlb_tools.make_tensors import make_eval_input_tensors
 
-    eval_heldin = make_eval_input_tensors(eval_dataset, nlb_layout, trial_split=eval_split,
-                                          save_file=False)["eval_spikes_heldin"]
+    eval_heldin = make_eval_input_tensors(
+        eval_dataset, nlb_layout, trial_split=eval_split, save_file=False
+    )["eval_spikes_heldin"]
     eval_mask = np.asarray(_prep_mask(eval_dataset, eval_split))
-    eval_conditions = condition_indices(eval_dataset, nlb_layout, eval_mask) if phase == "val" else None
+    eval_conditions = (
+        condition_indices(eval_dataset, nlb_layout, eval_mask) if phase == "val" else None
+    )
     eval_truth = None
     if truth_files:
         eval_truth = _tensors(eval_dataset, nlb_layout, eval_mask, TRUTH_FIELDS)[0].recon
 
     n_nlb_train = nlb_train.heldin.shape[0]
-    for name, array in (("conditions", train_conditions), ("behavior", behavior), ("truth", train_truth)):
+    for name, array in (
+        ("conditions", train_conditions),
+        ("behavior", behavior),
+        ("truth", train_truth),
+    ):
         if array is not None and array.shape[0] != n_nlb_train:
-            raise RuntimeError(f"{train_nwb}: {array.shape[0]} trials of {name} but {n_nlb_train} of spikes")
+            raise RuntimeError(
+                f"{train_nwb}: {array.shape[0]} trials of {name} but {n_nlb_train} of spikes"
+            )
     train_rows, valid_rows = split_indices(n_nlb_train, valid_fraction, split_seed)
     recon = nlb_train.recon
     encod = _nan_to_zero(nlb_train.heldin)
@@ -217,10 +246,17 @@ def prepare(
 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs.update(
-            dataset=dataset_name, nlb_layout=nlb_layout, phase=phase, bin_width_ms=bin_width_ms,
-            n_heldin=nlb_train.heldin.shape[2], n_heldout=nlb_train.heldout.shape[2],
-            n_obs_bins=nlb_train.heldin.shape[1], n_fwd_bins=nlb_train.heldin_forward.shape[1],
-            valid_fraction=valid_fraction, split_seed=split_seed, has_truth=truth_files is not None,
+            dataset=dataset_name,
+            nlb_layout=nlb_layout,
+            phase=phase,
+            bin_width_ms=bin_width_ms,
+            n_heldin=nlb_train.heldin.shape[2],
+            n_heldout=nlb_train.heldout.shape[2],
+            n_obs_bins=nlb_train.heldin.shape[1],
+            n_fwd_bins=nlb_train.heldin_forward.shape[1],
+            valid_fraction=valid_fraction,
+            split_seed=split_seed,
+            has_truth=truth_files is not None,
             format_version=FORMAT_VERSION,
         )
         for split, rows in (("train", train_rows), ("valid", valid_rows)):
@@ -245,8 +281,14 @@ def prepare(
             _write(handle.require_group("unit_ids"), name, ids)
     log.info(
         "wrote %s: %d train, %d valid, %d eval trials, %d+%d bins, %d+%d neurons in %.1f s",
-        out_path, len(train_rows), len(valid_rows), eval_heldin.shape[0], recon.shape[1] - nlb_train.heldin_forward.shape[1],
-        nlb_train.heldin_forward.shape[1], nlb_train.heldin.shape[2], nlb_train.heldout.shape[2],
+        out_path,
+        len(train_rows),
+        len(valid_rows),
+        eval_heldin.shape[0],
+        recon.shape[1] - nlb_train.heldin_forward.shape[1],
+        nlb_train.heldin_forward.shape[1],
+        nlb_train.heldin.shape[2],
+        nlb_train.heldout.shape[2],
         time.perf_counter() - started,
     )
     return out_path
@@ -267,10 +309,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.logs import configure
+    from lfads.infra.logs import configure
 
     configure()
     truth = {"train": args.truth_train, "test": args.truth_test} if args.truth_train else None
-    prepare(args.train_nwb, args.test_nwb, args.out, args.nlb_layout, args.bin_width, args.phase,
-            args.dataset_name, args.valid_fraction, args.split_seed, truth)
+    prepare(
+        args.train_nwb,
+        args.test_nwb,
+        args.out,
+        args.nlb_layout,
+        args.bin_width,
+        args.phase,
+        args.dataset_name,
+        args.valid_fraction,
+        args.split_seed,
+        truth,
+    )
     return 0

@@ -21,8 +21,17 @@ from lfads.model.lfads import SessionDims
 
 SPLITS = ("train", "valid", "eval")
 # Root attributes copied into checkpoints and inference files.
-COPIED_ATTRS = ("dataset", "nlb_layout", "phase", "bin_width_ms", "n_heldin", "n_heldout", "n_obs_bins",
-                "n_fwd_bins", "has_truth")
+COPIED_ATTRS = (
+    "dataset",
+    "nlb_layout",
+    "phase",
+    "bin_width_ms",
+    "n_heldin",
+    "n_heldout",
+    "n_obs_bins",
+    "n_fwd_bins",
+    "has_truth",
+)
 
 
 @dataclass
@@ -33,7 +42,9 @@ class SessionData:
     dims: SessionDims
     attrs: dict[str, Any]
     splits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    conditions: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) condition index, -1 none
+    conditions: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # split -> (N,) condition index, -1 none
 
     def n_trials(self, split: str) -> int:
         return len(self.splits[split]["index"]) if split in self.splits else 0
@@ -42,13 +53,20 @@ class SessionData:
         rows = torch.as_tensor(rows, dtype=torch.int64)
         arrays = self.splits[split]
         return SessionBatch(
-            encod_data=arrays["encod_data"][rows], recon_data=arrays["recon_data"][rows],
-            ext_input=arrays["ext_input"][rows], index=rows,
+            encod_data=arrays["encod_data"][rows],
+            recon_data=arrays["recon_data"][rows],
+            ext_input=arrays["ext_input"][rows],
+            index=rows,
             truth=arrays["truth"][rows] if "truth" in arrays else None,
-            sv_mask=arrays["sv_mask"][rows] if "sv_mask" in arrays else None)
+            sv_mask=arrays["sv_mask"][rows] if "sv_mask" in arrays else None,
+        )
 
     def has_missing_targets(self) -> bool:
-        return any(bool(torch.isnan(self.splits[s]["recon_data"]).any()) for s in ("train", "valid") if s in self.splits)
+        return any(
+            bool(torch.isnan(self.splits[s]["recon_data"]).any())
+            for s in ("train", "valid")
+            if s in self.splits
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -62,7 +80,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_session(path: str | Path, sv_rate: float = 0.0, seed: int = 0, session: int = 0) -> SessionData:
+def load_session(
+    path: str | Path, sv_rate: float = 0.0, seed: int = 0, session: int = 0
+) -> SessionData:
     """Read a prepared file. Missing keys are reported with the file and key.
 
     Optional `<split>/ext_input` (N, T or T + F, ext_input_dim) gives external
@@ -74,8 +94,12 @@ def load_session(path: str | Path, sv_rate: float = 0.0, seed: int = 0, session:
         attrs = {key: _plain(value) for key, value in file.attrs.items()}
         for key in ("n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins"):
             if key not in attrs:
-                raise ValueError(f"{path}: root attribute {key!r} is missing; is this a prepared file (lfads/README.md)?")
-        n_heldin, n_heldout, n_obs, n_fwd = (int(attrs[k]) for k in ("n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins"))
+                raise ValueError(
+                    f"{path}: root attribute {key!r} is missing; is this a prepared file (lfads/README.md)?"
+                )
+        n_heldin, n_heldout, n_obs, n_fwd = (
+            int(attrs[k]) for k in ("n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins")
+        )
         ext_dims = {file[f"{s}/ext_input"].shape[2] for s in SPLITS if f"{s}/ext_input" in file}
         if len(ext_dims) > 1:
             raise ValueError(f"{path}: ext_input widths differ between splits: {sorted(ext_dims)}")
@@ -89,29 +113,43 @@ def load_session(path: str | Path, sv_rate: float = 0.0, seed: int = 0, session:
             encod = np.asarray(group["encod_data"][()], dtype=np.float32)
             n = encod.shape[0]
             if encod.shape[1:] != (n_obs, n_heldin):
-                raise ValueError(f"{path}: {split}/encod_data has shape {encod.shape}; "
-                                 f"expected (N, {n_obs}, {n_heldin}) from the file's attributes")
+                raise ValueError(
+                    f"{path}: {split}/encod_data has shape {encod.shape}; "
+                    f"expected (N, {n_obs}, {n_heldin}) from the file's attributes"
+                )
             if "recon_data" in group:
                 recon = np.asarray(group["recon_data"][()], dtype=np.float32)
                 if recon.shape != (n, n_obs + n_fwd, n_heldin + n_heldout):
-                    raise ValueError(f"{path}: {split}/recon_data has shape {recon.shape}; "
-                                     f"expected ({n}, {n_obs + n_fwd}, {n_heldin + n_heldout})")
+                    raise ValueError(
+                        f"{path}: {split}/recon_data has shape {recon.shape}; "
+                        f"expected ({n}, {n_obs + n_fwd}, {n_heldin + n_heldout})"
+                    )
             else:  # eval trials: nothing to reconstruct
                 recon = np.full((n, n_obs + n_fwd, n_heldin + n_heldout), np.nan, dtype=np.float32)
             ext = np.zeros((n, n_obs + n_fwd, dims.ext_input_dim), dtype=np.float32)
             if "ext_input" in group:
                 given = group["ext_input"][()]
                 ext[:, : given.shape[1]] = given
-            arrays = {"encod_data": encod, "recon_data": recon, "ext_input": ext,
-                      "index": np.asarray(group["nlb_index"][()] if "nlb_index" in group else np.arange(n))}
+            arrays = {
+                "encod_data": encod,
+                "recon_data": recon,
+                "ext_input": ext,
+                "index": np.asarray(
+                    group["nlb_index"][()] if "nlb_index" in group else np.arange(n)
+                ),
+            }
             if "truth" in group:
                 arrays["truth"] = np.asarray(group["truth"][()], dtype=np.float32)
             if "condition" in group:
                 data.conditions[split] = np.asarray(group["condition"][()], dtype=np.int64)
             if sv_rate > 0 and split in ("train", "valid"):
                 arrays["sv_mask"] = (rng.random(encod.shape) >= sv_rate).astype(np.float32)
-            data.splits[split] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-            data.splits[split]["index"] = torch.arange(n)  # rows of the split; nlb_index stays in the file
+            data.splits[split] = {
+                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
+            }
+            data.splits[split]["index"] = torch.arange(
+                n
+            )  # rows of the split; nlb_index stays in the file
     for split in ("train", "valid"):
         if split not in data.splits:
             raise ValueError(f"{path}: group {split!r} with encod_data and recon_data is missing")
@@ -123,7 +161,9 @@ class MixedSessionTrials(Dataset):
 
     def __init__(self, sessions: list[SessionData], split: str):
         self.sessions, self.split = sessions, split
-        self.keys = [(s, row) for s, data in enumerate(sessions) for row in range(data.n_trials(split))]
+        self.keys = [
+            (s, row) for s, data in enumerate(sessions) for row in range(data.n_trials(split))
+        ]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -150,7 +190,9 @@ class EpochOrder(Sampler[int]):
 
     def __iter__(self):
         if self.shuffle:
-            return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items).tolist())
+            return iter(
+                np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items).tolist()
+            )
         return iter(range(self.n_items))
 
     def __len__(self) -> int:
@@ -161,13 +203,22 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-def batches(sessions: list[SessionData], split: str, batch_size: int, shuffle: bool = False,
-            seed: int = 0) -> DataLoader:
+def batches(
+    sessions: list[SessionData], split: str, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
     dataset = MixedSessionTrials(sessions, split)
-    # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG, which would
+    # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG, which
+    # would
     # make the random stream depend on when iterators are created (and break exact resumption).
-    return DataLoader(dataset, batch_sampler=BatchSampler(EpochOrder(len(dataset), shuffle, seed), batch_size, drop_last=False),
-                      collate_fn=_identity, num_workers=0, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_sampler=BatchSampler(
+            EpochOrder(len(dataset), shuffle, seed), batch_size, drop_last=False
+        ),
+        collate_fn=_identity,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _data_module_class() -> type:
@@ -177,14 +228,23 @@ def _data_module_class() -> type:
     class LFADSDataModule(L.LightningDataModule):
         """Train and valid batches over a list of session files (the model's session i is file i)."""
 
-        def __init__(self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0):
+        def __init__(
+            self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0
+        ):
             super().__init__()
-            self.paths, self.batch_size, self.seed, self.sv_rate = [Path(p) for p in paths], batch_size, seed, sv_rate
+            self.paths, self.batch_size, self.seed, self.sv_rate = (
+                [Path(p) for p in paths],
+                batch_size,
+                seed,
+                sv_rate,
+            )
             self.sessions: list[SessionData] = []
 
         def setup(self, stage: str | None = None) -> None:
             if not self.sessions:
-                self.sessions = [load_session(p, self.sv_rate, self.seed, i) for i, p in enumerate(self.paths)]
+                self.sessions = [
+                    load_session(p, self.sv_rate, self.seed, i) for i, p in enumerate(self.paths)
+                ]
 
         def train_dataloader(self) -> DataLoader:
             return batches(self.sessions, "train", self.batch_size, shuffle=True, seed=self.seed)

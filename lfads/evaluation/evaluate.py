@@ -1,0 +1,71 @@
+"""Score a run's inferred rates with nlb_tools, and against the true rates on synthetic data (rule `evaluate`).
+
+The inference file holds rates for the model's train/valid split of the NLB
+train trials and for the eval trials (lfads/README.md). nlb_tools wants the
+NLB train trials in its own order, so rows are put back with `nlb_index`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lfads.evaluation.submission import nlb_order, nlb_submission
+from lfads.infra.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def rate_r2(true_rates: np.ndarray, rates: np.ndarray) -> float:
+    """R² of inferred vs true rates, per neuron over all trials and bins, averaged over neurons."""
+    from sklearn.metrics import r2_score
+
+    n_neurons = true_rates.shape[-1]
+    return float(r2_score(true_rates.reshape(-1, n_neurons), rates.reshape(-1, n_neurons)))
+
+
+def evaluate_run(
+    prepared_path: str | Path,
+    inferred_path: str | Path,
+    targets_path: str | Path | None,
+    out_path: str | Path,
+) -> dict:
+    """Write a JSON of nlb_tools' metrics (val phase) and, on synthetic data, rate R² vs truth."""
+    from nlb_tools.evaluation import evaluate
+
+    submission = nlb_submission(prepared_path, inferred_path)
+    metrics: dict[str, float] = {}
+    if targets_path is not None:
+        (result,) = evaluate(str(targets_path), submission)
+        (scores,) = result.values()
+        metrics.update({key.split("] ")[-1]: float(value) for key, value in scores.items()})
+    with h5py.File(prepared_path, "r") as prepared, h5py.File(inferred_path, "r") as inferred:
+        if prepared.attrs.get("has_truth", False):
+            metrics["rate R2"] = rate_r2(prepared["eval/truth"][()], inferred["eval/rates"][()])
+            metrics["train rate R2"] = rate_r2(
+                nlb_order(prepared, "truth", prepared), nlb_order(inferred, "rates", prepared)
+            )
+    write_json(out_path, metrics)
+    log.info(
+        "metrics: %s", ", ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items()))
+    )
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--inferred", type=Path, required=True)
+    parser.add_argument("--targets", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lfads.infra.logs import configure
+
+    configure()
+    evaluate_run(args.prepared, args.inferred, args.targets, args.out)
+    return 0

@@ -1,0 +1,1 @@
+"""Infrastructure shared by every stage: atomic file writes, logging, configfile validation."""

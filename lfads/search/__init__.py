@@ -1,0 +1,1 @@
+"""Hyperparameter searches: the runs of a configfile's `search` key."""
