@@ -346,6 +346,15 @@ def test_posterior_average_equals_mean_of_repeated_trials():
     assert samples_differ > 1e-4  # they really are different samples
 
 
+def test_posterior_average_of_an_autonomous_model_has_empty_inputs():
+    """co_dim 0: the inferred-input outputs are (B, T + F, 0), and averaging them must not fail."""
+    dims = SessionDims(6, 2, 9, 3)
+    model = LFADS(HParams.from_dict({**SMALL, "co_dim": 0}), [dims]).eval()
+    averaged = model.posterior_average({0: make_batch(dims, 4)}, n_samples=3)[0]
+    assert averaged["co_mean"].shape == averaged["co_std"].shape == (4, 12, 0)
+    assert averaged["rates"].shape == (4, 12, 8) and torch.isfinite(averaged["rates"]).all()
+
+
 def test_sample_major_rows():
     # two sessions of 2 and 1 trials, 2 samples: x.repeat gives [a0 a1 b0 | a0 a1 b0]
     assert _sample_major_rows([2, 1], 2, torch.device("cpu")).tolist() == [0, 1, 3, 4, 2, 5]

@@ -251,7 +251,7 @@ class LFADS(nn.Module):
         for s, out in outputs.items():
 
             def mean(x: torch.Tensor) -> torch.Tensor:
-                return x.reshape(samples, -1, *x.shape[1:]).mean(0)
+                return x.reshape(samples, x.shape[0] // samples, *x.shape[1:]).mean(0)
 
             result[s] = {
                 "rates": mean(self.rates(s, out)),
