@@ -148,14 +148,14 @@ class PBTSettings:
     )
 
     def __post_init__(self) -> None:
-        integer_keys = ("population", "generation_epochs", "burn_in_epochs", "max_epochs")
-        for key in (*integer_keys, "patience_generations", "seed"):
+        epoch_keys = ("generation_epochs", "burn_in_epochs", "max_epochs", "patience_generations")
+        for key in ("population", "seed", *epoch_keys):
             _integer(getattr(self, key), f"{WHERE}.{key}")
         if self.population < 2:
             raise ValueError(
                 f"{WHERE}.population: a tournament needs at least 2 workers, got {self.population}"
             )
-        for key in ("generation_epochs", "burn_in_epochs", "max_epochs", "patience_generations"):
+        for key in epoch_keys:
             if getattr(self, key) < 1:
                 raise ValueError(f"{WHERE}.{key}: must be at least 1, got {getattr(self, key)}")
         if self.burn_in_epochs > self.max_epochs:
@@ -462,7 +462,18 @@ def plan_next_generation(
             stop_reason=reason,
             **common,
         )
+    return Plan(
+        start_epoch=settings.epochs_after(generation),
+        end_epoch=settings.epochs_after(generation + 1),
+        workers=_exploit_and_explore(settings, generation, results),
+        **common,
+    )
 
+
+def _exploit_and_explore(
+    settings: PBTSettings, generation: int, results: list[WorkerResult]
+) -> tuple[PlannedWorker, ...]:
+    """The tournament of `plan_next_generation`: results in worker order -> planned workers."""
     rng = np.random.default_rng([settings.seed, generation + 1])
     n_workers, n_searched = len(results), len(settings.hyperparameters)
     opponent_quantiles = rng.random(n_workers)
@@ -495,12 +506,7 @@ def plan_next_generation(
             )
         }
         workers.append(PlannedWorker(result.name, opponent.name, True, values))
-    return Plan(
-        start_epoch=settings.epochs_after(generation),
-        end_epoch=settings.epochs_after(generation + 1),
-        workers=tuple(workers),
-        **common,
-    )
+    return tuple(workers)
 
 
 def _check_results(
