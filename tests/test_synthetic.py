@@ -16,10 +16,10 @@ from lfads.data.synthetic import (
     ASSET_PATHS,
     TRUTH_PATHS,
     SyntheticSettings,
-    bin_true_rates,
     write_synthetic_dataset,
 )
 from lfads.data.targets import ragged_index_arrays
+from lfads.data.truth import bin_true_rates
 from lfads.infra.config import load_yaml
 
 N_HELDIN, N_HELDOUT = 20, 6
