@@ -28,10 +28,6 @@ from pathlib import Path
 
 from lfads.infra.io import write_json
 
-os.environ.setdefault(
-    "DANDI_NO_ET", "1"
-)  # no version check against the internet when dandi is imported
-
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTANCE = "https://api.dandiarchive.org/api"
@@ -42,6 +38,14 @@ PROGRESS_EVERY_S = 15.0  # hashing progress interval for big files
 
 class FetchError(RuntimeError):
     """A download failed, a file is missing, or a file's SHA-256 does not match its pin."""
+
+
+def _skip_dandi_version_check() -> None:
+    """Stop the dandi client checking its own version over the internet; call before importing it.
+
+    Set here, where the client is imported, so that importing this package has no side effect.
+    """
+    os.environ.setdefault("DANDI_NO_ET", "1")
 
 
 # -- hashing ------------------------------------------------------------------
@@ -114,6 +118,7 @@ def api_url_of(instance_url: str | None) -> str:
     """API URL from an API URL (`https://host/api`), a known instance's web URL or name (`dandi`)."""
     if not instance_url:
         return DEFAULT_INSTANCE
+    _skip_dandi_version_check()
     from dandi.consts import known_instances, known_instances_rev
 
     name = known_instances_rev.get(
@@ -162,6 +167,7 @@ def _resolve_asset_ids(
     api_url: str, dandiset: str, version: str, assets: dict[str, str]
 ) -> dict[str, tuple[str, int]]:
     """{asset path: (asset id, bytes)} of the wanted assets of `dandiset`@`version`, matched by exact path."""
+    _skip_dandi_version_check()
     from dandi.dandiapi import DandiAPIClient
     from dandi.exceptions import NotFoundError
 
@@ -261,6 +267,7 @@ def _download_one(
     path: Path,
 ) -> None:
     """Download one asset (`size` bytes) to `path` with the dandi client, then check its SHA-256."""
+    _skip_dandi_version_check()
     from dandi.download import DownloadExisting, DownloadFormat, download
 
     partial = path.with_name(path.name + ".dandidownload")
