@@ -1,4 +1,4 @@
-"""prepare and targets on the small synthetic dataset: keys, shapes, split, and the truth scores well."""
+"""prepare and targets on the small synthetic dataset (keys, shapes, split, scores); layouts."""
 
 from __future__ import annotations
 

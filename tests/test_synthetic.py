@@ -1,4 +1,4 @@
-"""The synthetic generator writes files nlb_tools reads as an MC_Maze dataset, with exact ground truth."""
+"""The synthetic generator writes files nlb_tools reads as an MC_Maze dataset, with exact truth."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_nlb_tools_loads_the_test_file(written):
 
 
 def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
-    """nlb_tools' 1 ms counts equal floor(spike_time * 1000) counts, and match the truth within Poisson noise."""
+    """nlb_tools' 1 ms counts are floor(spike_time * 1000) counts, the truth's within noise."""
     dataset = load(written["train"])
     counts = np.concatenate(
         [dataset.data["spikes"].to_numpy(), dataset.data["heldout_spikes"].to_numpy()], axis=1
@@ -232,7 +232,7 @@ def test_nlb_tensors_have_the_mc_maze_shapes(nlb):
 
 
 def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb, tmp_path):
-    """nlb_tools 0.0.4 bug: equal trial counts per condition make 2-D object arrays; its save_to_h5 fails."""
+    """nlb_tools 0.0.4 bug: equal trials per condition make 2-D object arrays it cannot save."""
     from nlb_tools.make_tensors import h5_to_dict, save_to_h5
 
     targets = nlb["targets"][nlb["group"]]
@@ -254,7 +254,7 @@ def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb,
 
 
 def smoothing_baseline(nlb) -> dict:
-    """NLB's smoothing baseline: Gaussian-smoothed held-in spikes, Poisson GLM to the held-out units."""
+    """NLB's smoothing baseline: Gaussian-smoothed held-in spikes, a Poisson GLM to the held-out."""
     from nlb_tools.make_tensors import make_train_input_tensors
     from sklearn.linear_model import PoissonRegressor
 

@@ -1,4 +1,4 @@
-"""The Snakemake workflow as users run it: lint, dry runs of every configfile, and the data stages end to end."""
+"""The Snakemake workflow as users run it: lint, light parse, dry runs, data stages end to end."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
 
 
 def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeypatch, tmp_path):
-    """FIGURES, the makers in lfads.evaluation.figures and workflow/report/ name the same figures."""
+    """FIGURES, the makers in lfads.evaluation.figures and workflow/report/ name the same ones."""
     import inspect
 
     from lfads.evaluation import aggregate, figures
@@ -250,7 +250,7 @@ def test_local_source_skips_the_download(synthetic_dir, tmp_path):
 
 @pytest.mark.slow
 def test_dandi_source_through_the_real_client(synthetic_dir, tmp_path):
-    """The fetch rule downloads the synthetic files from a loopback DANDI API, verifies them, and is idempotent."""
+    """The fetch rule downloads the files from a loopback DANDI API, verifies them, only once."""
     import hashlib
 
     from dandi_server import FakeDandiArchive

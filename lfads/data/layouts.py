@@ -137,6 +137,6 @@ def check_bin_width(bin_width_ms: int) -> int:
 
 
 def group_name(nlb_layout: str, bin_width_ms: int) -> str:
-    """nlb_tools' group name of a layout at a bin width: `mc_maze` at 5 ms, `mc_maze_20` at 20 ms."""
+    """nlb_tools' group name of a layout at a bin width: `mc_maze` (5 ms), `mc_maze_20` (20 ms)."""
     name = layout(nlb_layout).name
     return name if check_bin_width(bin_width_ms) == 5 else f"{name}_{bin_width_ms}"

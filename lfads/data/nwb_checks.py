@@ -166,10 +166,13 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
                         + (
                             "off the 1 ms grid"
                             if off_grid[bad]
-                            else f"outside the recording [0, {end_ms / 1000:.3f}) s set by units.obs_intervals"
+                            else f"outside the recording [0, {end_ms / 1000:.3f}) s "
+                            "set by units.obs_intervals"
                         )
-                        + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside of {ms.size} samples)",
-                        "nlb_tools would silently drop this series. Resample it to 1 ms and trim it to the recording.",
+                        + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside "
+                        f"of {ms.size} samples)",
+                        "nlb_tools would silently drop this series. "
+                        "Resample it to 1 ms and trim it to the recording.",
                     )
         behavior = spec.behavior_series
         if role == "train" and behavior is not None and behavior not in found:

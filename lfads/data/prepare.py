@@ -125,7 +125,7 @@ def condition_indices(dataset, nlb_layout: str, selected: np.ndarray) -> np.ndar
 
 
 def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
-    """Add the synthetic ground truth, binned like the spikes, as fields truth_heldin/truth_heldout."""
+    """Add the synthetic ground truth, binned like the spikes, as truth_heldin/truth_heldout."""
     rates = bin_true_rates(truth_path, bin_width_ms)  # (n_bins, n_units) spikes per bin
     unit_ids, heldout = read_units(truth_path)
     n_rows = len(dataset.data)

@@ -407,7 +407,9 @@ def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
         json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()
     ).hexdigest()[:12]
     return NWBFile(
-        session_description=f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})",
+        session_description=(
+            f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})"
+        ),
         identifier=f"lfads-synthetic-{SESSION}-{role}-seed{settings.seed}-{digest}",
         session_start_time=SESSION_START,
         file_create_date=SESSION_START,

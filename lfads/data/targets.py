@@ -36,7 +36,7 @@ def ragged_index_arrays(indices: np.ndarray) -> np.ndarray:
 
 
 def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
-    """nlb_tools' target dict {group: {...}} for the val split, with PSTHs where the layout has them."""
+    """nlb_tools' target dict {group: {...}} of the val split, with PSTHs if the layout has them."""
     from nlb_tools.make_tensors import make_eval_target_tensors
 
     from lfads.data.prepare import load_dataset
