@@ -1,5 +1,6 @@
-# Config validation and path helpers shared by every rule file. Everything imported here is
-# light (no torch, pandas, h5py, dandi or nlb_tools), so parsing the workflow is quick.
+# Config validation and path helpers shared by every rule file. The modules imported here import
+# no torch, pandas, h5py, dandi or nlb_tools, so parsing the workflow is quick
+# (tests/test_workflow.py checks it; the hyperparameter check below imports the user's plugins).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
