@@ -19,7 +19,7 @@ from lfads.data.synthetic import (
     write_synthetic_dataset,
 )
 from lfads.data.targets import ragged_index_arrays
-from lfads.data.truth import bin_true_rates
+from lfads.data.truth import ATTRIBUTES, GroundTruth, bin_true_rates, read_units
 from lfads.infra.config import load_yaml
 
 N_HELDIN, N_HELDOUT = 20, 6
@@ -125,6 +125,30 @@ def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
         np.corrcoef(binned_counts[:, u], binned_rates[:, u])[0, 1] for u in range(counts.shape[1])
     ]
     assert np.median(correlations) > 0.25  # measured 0.34
+
+
+def test_truth_files_hold_the_ground_truth_fields_in_their_dtypes(written):
+    n_units = N_HELDIN + N_HELDOUT
+    expected = {
+        "latents": ((TRAIN_MS, 3), np.float32),
+        "readout_weight": ((3, n_units), np.float32),
+        "readout_bias": ((n_units,), np.float32),
+        "unit_ids": ((n_units,), np.int64),
+        "heldout": ((n_units,), np.bool_),
+        "trial_start_ms": ((80,), np.int64),
+        "trial_condition": ((80,), np.int64),
+        "velocity_readout": ((3, 2), np.float32),
+    }
+    fields = {field.name for field in dataclasses.fields(GroundTruth)}
+    assert set(expected) == fields - set(ATTRIBUTES)
+    with h5py.File(written["train_truth"]) as handle:
+        assert set(handle) == set(expected) and set(handle.attrs) == set(ATTRIBUTES)
+        for key, (shape, dtype) in expected.items():
+            assert (handle[key].shape, handle[key].dtype) == (shape, dtype), key
+        assert handle.attrs["seed"] == SETTINGS["seed"]
+    unit_ids, heldout = read_units(written["train_truth"])
+    assert unit_ids.tolist() == list(range(n_units))
+    assert heldout.tolist() == [False] * N_HELDIN + [True] * N_HELDOUT
 
 
 @pytest.mark.parametrize("bin_width", [20, 5])
