@@ -37,7 +37,8 @@ from lfads.infra.io import atomic_path
 log = logging.getLogger(__name__)
 
 SUBJECT, SESSION = "Synth", "lorenz"
-# Paths relative to the output folder, in the DANDI naming pattern.
+# Paths relative to the output folder, in the DANDI naming pattern. The workflow reads them while
+# it parses (through lfads.data.fetch), so this module imports pynwb and h5py only where it writes.
 ASSET_PATHS = {
     "train": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-train_behavior+ecephys.nwb",
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_ecephys.nwb",
