@@ -1,5 +1,6 @@
 # Entry points: `make demo` runs the workflow on the built-in synthetic dataset,
-# `make test` runs the test suite. Both create .venv and install on first use.
+# `make test` runs the test suite, `make lint` checks formatting and lint. Each creates .venv
+# and installs on first use.
 
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0; set TORCH_SPEC="torch" on a GPU machine to let
@@ -41,5 +42,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m lfads.bench
 
+# Formatting and lint checks (rules in pyproject.toml); `ruff format .` and `snakefmt workflow/` fix
+# the formatting.
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check workflow/
 	$(BIN)/snakemake --lint --configfile config/config.yaml

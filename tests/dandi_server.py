@@ -1,4 +1,4 @@
-"""A loopback server speaking the part of the DANDI REST API the dandi client uses to download assets.
+"""A loopback server speaking the part of the DANDI REST API that the dandi client downloads with.
 
 It serves the files below one folder as the assets of one published version of
 one dandiset, on 127.0.0.1 and a free port, with HTTP Range support (the client

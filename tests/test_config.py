@@ -6,23 +6,45 @@ import pytest
 import yaml
 from conftest import REPO, run_snakemake
 
+from lfads.data import prepare
+from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
 from lfads.infra.config import ConfigError, load_yaml, validate_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
-NLB_NAMES = [
-    "area2_bump",
-    "dmfc_rsg",
-    "mc_maze",
-    "mc_maze_large",
-    "mc_maze_medium",
-    "mc_maze_small",
-    "mc_rtt",
-]
 
 
 def test_one_configfile_per_nlb_dataset_plus_the_default():
-    assert sorted(path.stem for path in CONFIGS) == sorted(NLB_NAMES + ["config"])
+    assert sorted(path.stem for path in CONFIGS) == sorted([*LAYOUTS, "config"])
+
+
+def test_schema_enums_are_those_of_the_layout_table():
+    """The schema's layouts and bin widths are checked here against lfads.data.layouts."""
+    properties = load_yaml(SCHEMA)["properties"]
+    assert properties["nlb_layout"]["enum"] == list(LAYOUTS)
+    assert properties["bin_widths"]["items"]["enum"] == list(BIN_WIDTHS_MS)
+    assert properties["bin_widths"]["default"] == list(BIN_WIDTHS_MS)
+    assert properties["model"]["properties"]["bin_width"]["enum"] == list(BIN_WIDTHS_MS)
+
+
+def test_split_defaults_agree_in_schema_function_and_command_line():
+    """prepare.valid_fraction and split_seed default alike wherever prepare is called."""
+    import argparse
+    import inspect
+
+    schema = load_yaml(SCHEMA)["properties"]["prepare"]["properties"]
+    defaults = {
+        "valid_fraction": prepare.DEFAULT_VALID_FRACTION,
+        "split_seed": prepare.DEFAULT_SPLIT_SEED,
+    }
+    assert {key: schema[key]["default"] for key in defaults} == defaults
+    signature = inspect.signature(prepare.prepare).parameters
+    assert {key: signature[key].default for key in defaults} == defaults
+    parser = argparse.ArgumentParser()
+    prepare.add_arguments(parser)
+    required = ["--train-nwb", "a", "--test-nwb", "b", "--out", "c", "--nlb-layout", "mc_maze"]
+    args = parser.parse_args([*required, "--bin-width", "20"])
+    assert {key: getattr(args, key) for key in defaults} == defaults
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -19,7 +19,8 @@ from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
 from lfads.data.targets import write_targets
 from lfads.evaluation.aggregate import best_run, write_summary
 from lfads.evaluation.evaluate import evaluate_run
-from lfads.evaluation.figures import all_figures, figure_names
+from lfads.evaluation.figures import all_figures
+from lfads.evaluation.outputs import figures_for
 from lfads.evaluation.submission import nlb_submission, write_submission
 
 
@@ -101,7 +102,7 @@ def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
     assert table.valid_recon_smoothed.tolist() == [1.2, 1.5]
     assert best_run(tmp_path / "summary.tsv") == "noise~0.8"
 
-    names = figure_names("val", has_truth=True, has_psth=True, has_velocity=True)
+    names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
     outputs = {name: tmp_path / "figures" / f"{name}.png" for name in names}
     all_figures(
         tmp_path / "summary.tsv", tmp_path, runs, prepared_path, targets, "mc_maze_20", outputs

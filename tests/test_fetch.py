@@ -1,4 +1,4 @@
-"""fetch: the real dandi client against a loopback server speaking the DANDI REST API; local sources."""
+"""fetch: the real dandi client against a loopback DANDI REST API server; local sources."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture
 def served(tmp_path) -> tuple[Path, dict[str, str]]:
-    """A folder of assets (random bytes: the client does not parse them) and the pins of TRAIN and TEST."""
+    """A folder of assets (random bytes: the client does not parse them); pins of TRAIN, TEST."""
     folder = tmp_path / "server"
     rng = __import__("numpy").random.default_rng(0)
     contents = {
@@ -104,15 +104,17 @@ def test_download_verify_then_nothing_to_do(served, tmp_path):
 
 
 def test_interrupted_download_is_resumed_with_a_range_request(served, tmp_path):
-    """A fetch killed mid-download leaves <file>.dandidownload/; the next fetch continues from there."""
+    """A fetch killed mid-download leaves <file>.dandidownload/; the next one continues from it."""
     folder, pins = served
     out = tmp_path / "out"
     partial = out / (TRAIN + ".dandidownload") / "file"
     cut = 1 << 20
     with FakeDandiArchive(folder, DANDISET, VERSION, stall_after={TRAIN: cut}) as archive:
         code = (
-            "import sys; from pathlib import Path; from lfads.data.dandi import fetch_dandi_assets; "
-            "fetch_dandi_assets(sys.argv[1], sys.argv[2], {sys.argv[3]: sys.argv[4]}, Path(sys.argv[5]), sys.argv[6])"
+            "import sys; from pathlib import Path; "
+            "from lfads.data.dandi import fetch_dandi_assets; "
+            "fetch_dandi_assets(sys.argv[1], sys.argv[2], {sys.argv[3]: sys.argv[4]}, "
+            "Path(sys.argv[5]), sys.argv[6])"
         )
         # Small client chunks, so that the bytes before the stall reach the partial file.
         env = dict(os.environ, DANDI_MAX_CHUNK_SIZE=str(1 << 16), DANDI_CACHE="ignore")
@@ -193,7 +195,7 @@ def test_wrong_local_file_is_set_aside_and_downloaded_again(served, tmp_path):
 
 
 def test_server_etag_wrong_but_bytes_match_the_pin(served, tmp_path, caplog):
-    """The client's own digest check fails; our pinned SHA-256 is the authority, so the file is kept."""
+    """The client's own digest check fails; the pinned SHA-256 decides, so the file is kept."""
     folder, pins = served
     with FakeDandiArchive(folder, DANDISET, VERSION, wrong_etag={TEST}) as archive:
         with caplog.at_level(logging.WARNING, logger="lfads.data.dandi"):

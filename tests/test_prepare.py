@@ -1,4 +1,4 @@
-"""prepare and targets on the small synthetic dataset: keys, shapes, split, and the truth scores well."""
+"""prepare and targets on the small synthetic dataset (keys, shapes, split, scores); layouts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from conftest import SMALL_SYNTHETIC
 
-from lfads.data.prepare import prepare, split_indices
+from lfads.data.layouts import BASE_TRIAL_FIELDS, BIN_WIDTHS_MS, LAYOUTS, group_name
+from lfads.data.prepare import prepare, split_indices, trial_mask
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
-from lfads.data.targets import group_name, write_targets
+from lfads.data.targets import write_targets
 
 N_HELDIN, N_HELDOUT = SMALL_SYNTHETIC["n_heldin"], SMALL_SYNTHETIC["n_heldout"]
 N_TRAIN, N_VAL, N_TEST = (
@@ -154,3 +155,113 @@ def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_pa
     assert abs(baseline[f"{name}_split"]["co-bps"]) < 0.05
     with h5py.File(targets) as handle:
         assert handle[name]["eval_cond_idx"].dtype.kind == "O"  # ragged, whatever the balance
+
+
+# -- the NLB layout table against nlb_tools --------------------------------------------------
+
+
+def _fields_of(make_params: dict) -> set[str]:
+    """Trial-table columns a set of nlb_tools make_params aligns or cuts trials at."""
+    return {
+        make_params[key]
+        for key in ("align_field", "start_field", "end_field")
+        if key in make_params
+    }
+
+
+def _fields_read_by_functions(params: dict) -> set[str]:
+    """Trial-table columns that PARAMS' functions (decode_masks, behavior_mask, ...) read.
+
+    They are lambdas of the trial table `x`; a column is read as `x.column` or `x.get("column")`.
+    """
+    import dis
+
+    fields = set()
+    for value in [*params.values(), *params.get("psth_params", {}).values()]:
+        if not callable(value):
+            continue
+        argument = value.__code__.co_varnames[0]
+        instructions = list(dis.get_instructions(value))
+        for before, this, after in zip(instructions, instructions[1:], instructions[2:]):
+            if before.opname == "LOAD_FAST" and before.argval == argument:
+                if this.argval == "get" and after.opname == "LOAD_CONST":
+                    fields.add(after.argval)
+                elif this.opname == "LOAD_ATTR":
+                    fields.add(this.argval)
+    return fields
+
+
+def test_layout_table_has_every_nlb_tools_layout():
+    from nlb_tools.make_tensors import PARAMS
+
+    assert sorted(LAYOUTS) == sorted(PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layout_table_agrees_with_nlb_tools(name):
+    """Every value of the table is what nlb_tools' make_tensors.PARAMS says for the layout."""
+    from nlb_tools.make_tensors import PARAMS
+
+    params, spec = PARAMS[name], LAYOUTS[name]
+    train_params, eval_params = params["make_params"], params["eval_make_params"]
+    assert spec.name == name
+    assert spec.align_field == train_params["align_field"] == eval_params["align_field"]
+    assert spec.window_ms == tuple(train_params["align_range"])
+    if "align_range" in eval_params:  # dmfc_rsg's eval trials run set_time..go_time instead
+        assert spec.window_ms == tuple(eval_params["align_range"])
+    assert spec.forward_ms == params["fp_len"]
+    if params["behavior_source"] == "data":
+        assert spec.behavior_series == params["behavior_field"]
+        assert spec.behavior_lag_ms == params["lag"]
+    else:
+        assert spec.behavior_series is None and spec.behavior_lag_ms is None
+    psth = params.get("psth_params")
+    if psth is None:
+        assert spec.psth_condition_fields is None and not spec.has_psth
+    else:
+        assert spec.psth_condition_fields == tuple(psth["cond_fields"]) and spec.has_psth
+        assert psth["make_params"]["align_field"] == spec.align_field
+
+    test_fields = _fields_of(eval_params)
+    train_fields = test_fields | _fields_of(train_params) | _fields_read_by_functions(params)
+    if psth is not None:
+        train_fields |= _fields_of(psth["make_params"]) | set(psth["cond_fields"])
+    if params["behavior_source"] == "trial_info":
+        train_fields |= set(params["behavior_field"])
+    assert set(spec.test_trial_fields) == test_fields - set(BASE_TRIAL_FIELDS)
+    assert set(spec.train_trial_fields) == train_fields - set(BASE_TRIAL_FIELDS)
+    assert len(set(spec.train_trial_fields)) == len(spec.train_trial_fields)
+
+
+def test_functions_in_params_read_the_columns_they_name():
+    """The reader of PARAMS' lambdas finds what they read (else the trial-field check is empty)."""
+    from nlb_tools.make_tensors import PARAMS
+
+    assert _fields_read_by_functions(PARAMS["area2_bump"]) == {"ctr_hold_bump"}
+    assert _fields_read_by_functions(PARAMS["dmfc_rsg"]) == {"is_outlier", "split", "tp"}
+    assert _fields_read_by_functions(PARAMS["mc_maze"]) == set()
+
+
+def test_trial_selection_is_nlb_tools_own():
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from nlb_tools.make_tensors import _prep_mask
+
+    splits = ["train", "val", "none", "train", "test", "val", "train", "none"]
+    dataset = SimpleNamespace(trial_info=pd.DataFrame({"split": splits}))
+    for trial_split in ("train", "val", "test", ["train", "val"], ["val"]):
+        ours = trial_mask(dataset, trial_split)
+        assert ours.dtype == bool and ours.shape == (len(splits),)
+        np.testing.assert_array_equal(ours, np.asarray(_prep_mask(dataset, trial_split)))
+    assert trial_mask(dataset, ["train", "val"]).sum() == 5
+
+
+def test_group_names_and_bin_widths():
+    assert BIN_WIDTHS_MS == (5, 20)
+    assert group_name("mc_maze", 5) == "mc_maze"
+    assert group_name("mc_rtt", 20) == "mc_rtt_20"
+    with pytest.raises(ValueError, match="bin width 10 ms.*5, 20"):
+        group_name("mc_maze", 10)
+    with pytest.raises(ValueError, match="unknown nlb_layout 'mc_mase'.*mc_maze_small"):
+        group_name("mc_mase", 5)

@@ -1,4 +1,4 @@
-"""The synthetic generator writes files nlb_tools reads as an MC_Maze dataset, with exact ground truth."""
+"""The synthetic generator writes files nlb_tools reads as an MC_Maze dataset, with exact truth."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from lfads.data.synthetic import (
     ASSET_PATHS,
     TRUTH_PATHS,
     SyntheticSettings,
-    bin_true_rates,
     write_synthetic_dataset,
 )
 from lfads.data.targets import ragged_index_arrays
+from lfads.data.truth import ATTRIBUTES, GroundTruth, bin_true_rates, read_units
 from lfads.infra.config import load_yaml
 
 N_HELDIN, N_HELDOUT = 20, 6
@@ -98,7 +98,7 @@ def test_nlb_tools_loads_the_test_file(written):
 
 
 def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
-    """nlb_tools' 1 ms counts equal floor(spike_time * 1000) counts, and match the truth within Poisson noise."""
+    """nlb_tools' 1 ms counts are floor(spike_time * 1000) counts, the truth's within noise."""
     dataset = load(written["train"])
     counts = np.concatenate(
         [dataset.data["spikes"].to_numpy(), dataset.data["heldout_spikes"].to_numpy()], axis=1
@@ -125,6 +125,30 @@ def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
         np.corrcoef(binned_counts[:, u], binned_rates[:, u])[0, 1] for u in range(counts.shape[1])
     ]
     assert np.median(correlations) > 0.25  # measured 0.34
+
+
+def test_truth_files_hold_the_ground_truth_fields_in_their_dtypes(written):
+    n_units = N_HELDIN + N_HELDOUT
+    expected = {
+        "latents": ((TRAIN_MS, 3), np.float32),
+        "readout_weight": ((3, n_units), np.float32),
+        "readout_bias": ((n_units,), np.float32),
+        "unit_ids": ((n_units,), np.int64),
+        "heldout": ((n_units,), np.bool_),
+        "trial_start_ms": ((80,), np.int64),
+        "trial_condition": ((80,), np.int64),
+        "velocity_readout": ((3, 2), np.float32),
+    }
+    fields = {field.name for field in dataclasses.fields(GroundTruth)}
+    assert set(expected) == fields - set(ATTRIBUTES)
+    with h5py.File(written["train_truth"]) as handle:
+        assert set(handle) == set(expected) and set(handle.attrs) == set(ATTRIBUTES)
+        for key, (shape, dtype) in expected.items():
+            assert (handle[key].shape, handle[key].dtype) == (shape, dtype), key
+        assert handle.attrs["seed"] == SETTINGS["seed"]
+    unit_ids, heldout = read_units(written["train_truth"])
+    assert unit_ids.tolist() == list(range(n_units))
+    assert heldout.tolist() == [False] * N_HELDIN + [True] * N_HELDOUT
 
 
 @pytest.mark.parametrize("bin_width", [20, 5])
@@ -232,7 +256,7 @@ def test_nlb_tensors_have_the_mc_maze_shapes(nlb):
 
 
 def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb, tmp_path):
-    """nlb_tools 0.0.4 bug: equal trial counts per condition make 2-D object arrays; its save_to_h5 fails."""
+    """nlb_tools 0.0.4 bug: equal trials per condition make 2-D object arrays it cannot save."""
     from nlb_tools.make_tensors import h5_to_dict, save_to_h5
 
     targets = nlb["targets"][nlb["group"]]
@@ -254,7 +278,7 @@ def test_balanced_conditions_give_nlb_tools_2d_cond_idx_that_it_cannot_save(nlb,
 
 
 def smoothing_baseline(nlb) -> dict:
-    """NLB's smoothing baseline: Gaussian-smoothed held-in spikes, Poisson GLM to the held-out units."""
+    """NLB's smoothing baseline: Gaussian-smoothed held-in spikes, a Poisson GLM to the held-out."""
     from nlb_tools.make_tensors import make_train_input_tensors
     from sklearn.linear_model import PoissonRegressor
 

@@ -1,17 +1,21 @@
-"""The Snakemake workflow as users run it: lint, dry runs of every configfile, and the data stages end to end."""
+"""The Snakemake workflow as users run it: lint, light parse, dry runs, data stages end to end."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import textwrap
 
 import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, SMALL_SYNTHETIC, run_snakemake, write_tiny_config
+from conftest import BIN, REPO, SMALL_SYNTHETIC, run_snakemake, write_tiny_config
 
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.evaluation.outputs import FIGURES, figures_for
 
 SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -59,6 +63,137 @@ def test_dry_run_of_every_configfile(path, tmp_path):
         == n_runs
     )
     assert job_count(output, "aggregate") == job_count(output, "figures") == 1
+
+
+# Installed by a sitecustomize module into the Snakemake process: records each import statement
+# of a watched package executed while a file of the repository's lfads/ or workflow/ is on the
+# stack (an `import` statement runs even when the package is already loaded, as pandas is by
+# Snakemake itself), with that stack's repository files.
+IMPORT_RECORDER = """
+import atexit, builtins, json, os, sys
+
+_roots = (os.path.join(os.environ["REPO"], "lfads"), os.path.join(os.environ["REPO"], "workflow"))
+_watched = set(os.environ["WATCHED"].split(","))
+_records = []
+_import = builtins.__import__
+
+
+def _recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and name.partition(".")[0] in _watched:
+        frame, stack = sys._getframe(1), []
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(_roots):
+                stack.append(frame.f_code.co_filename + ":" + frame.f_code.co_name)
+            frame = frame.f_back
+        if stack:
+            _records.append({"module": name, "stack": stack})
+    return _import(name, globals, locals, fromlist, level)
+
+
+def _write():
+    with open(os.environ["IMPORTS_OUT"], "w") as handle:
+        json.dump({"imports": _records, "DANDI_NO_ET": "DANDI_NO_ET" in os.environ}, handle)
+
+
+builtins.__import__ = _recording_import
+atexit.register(_write)
+"""
+HEAVY = ("torch", "lightning", "pandas", "h5py", "dandi", "nlb_tools", "pynwb", "matplotlib")
+# The hyperparameter check imports these (and the user's plugins); the parse may import what
+# they import.
+HPARAMS_CHECK = ("lfads/model/hparams.py", "lfads/model/registry.py")
+
+
+def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
+    """`snakemake -n` of the default configfile: no import of torch, pandas, h5py, dandi, ..."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(IMPORT_RECORDER))
+    out = tmp_path / "imports.json"
+    env = {key: value for key, value in os.environ.items() if key != "DANDI_NO_ET"}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        REPO=str(REPO),
+        WATCHED=",".join(HEAVY + ("numpy",)),
+        IMPORTS_OUT=str(out),
+    )
+    config = REPO / "config" / "config.yaml"
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", SNAKEFILE, "--directory", str(tmp_path)]
+        + ["-n", "--cores", "2", "--configfile", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    recorded = json.loads(out.read_text())
+    imports = [
+        record
+        for record in recorded["imports"]
+        if not any(
+            path.startswith(str(REPO / part)) for path in record["stack"] for part in HPARAMS_CHECK
+        )
+    ]
+    # the recorder works: the search space's numpy import is seen from common.smk
+    assert any(
+        record["module"] == "numpy" and any("common.smk" in path for path in record["stack"])
+        for record in imports
+    ), recorded
+    heavy = [record for record in imports if record["module"].partition(".")[0] in HEAVY]
+    assert heavy == [], "\n".join(f"{r['module']} imported from {r['stack']}" for r in heavy)
+    assert not recorded["DANDI_NO_ET"], "parsing the workflow set DANDI_NO_ET"
+    # the figures rule writes exactly the listed figures (all of them, for the synthetic dataset)
+    planned = set(re.findall(r"results/synthetic/val/figures/(\w+)\.png", result.stdout))
+    assert planned == {figure.name for figure in figures_for("val", "mc_maze", has_truth=True)}
+    assert planned == {figure.name for figure in FIGURES}
+
+
+def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeypatch, tmp_path):
+    """FIGURES, the makers in lfads.evaluation.figures and workflow/report/ name the same ones."""
+    import inspect
+
+    from lfads.evaluation import aggregate, figures
+
+    makers = {
+        name
+        for name, function in inspect.getmembers(figures, inspect.isfunction)
+        if function.__module__ == figures.__name__
+        and "out" in inspect.signature(function).parameters
+    }
+    drawn: dict[str, list] = {name: [] for name in makers}
+    for name in makers:
+        monkeypatch.setattr(figures, name, lambda *args, name=name: drawn[name].append(args[-1]))
+    monkeypatch.setattr(aggregate, "best_run", lambda summary: "base")
+    outputs = {figure.name: tmp_path / f"{figure.name}.png" for figure in FIGURES}
+    figures.all_figures(
+        tmp_path / "summary.tsv", tmp_path, {"base": {}}, tmp_path, tmp_path, "g", outputs
+    )
+    assert sorted(path for paths in drawn.values() for path in paths) == sorted(outputs.values())
+    assert all(len(paths) >= 1 for paths in drawn.values()), drawn
+    with pytest.raises(ValueError, match="unknown figure.*best_raster"):
+        figures.all_figures(tmp_path, tmp_path, {}, tmp_path, None, "g", {"raster": tmp_path})
+
+    report = REPO / "workflow" / "report"
+    captions = {path.name for path in report.glob("*.rst")} - {"workflow.rst", "summary.rst"}
+    assert captions == {figure.caption for figure in FIGURES}
+    assert len({figure.name for figure in FIGURES}) == len(FIGURES)
+
+
+@pytest.mark.parametrize(
+    "phase, layout, has_truth, missing",
+    [
+        ("val", "mc_maze", True, set()),
+        ("val", "mc_maze", False, {"best_rates_vs_truth"}),
+        ("test", "mc_maze", True, {"best_psth", "best_velocity"}),
+        ("val", "mc_rtt", False, {"best_psth", "best_rates_vs_truth"}),
+        ("val", "dmfc_rsg", False, {"best_velocity", "best_rates_vs_truth"}),
+    ],
+)
+def test_which_figures_a_dataset_gets(phase, layout, has_truth, missing):
+    names = {figure.name for figure in figures_for(phase, layout, has_truth)}
+    assert names == {figure.name for figure in FIGURES} - missing
 
 
 def _write_config(folder, **overrides) -> str:
@@ -115,7 +250,7 @@ def test_local_source_skips_the_download(synthetic_dir, tmp_path):
 
 @pytest.mark.slow
 def test_dandi_source_through_the_real_client(synthetic_dir, tmp_path):
-    """The fetch rule downloads the synthetic files from a loopback DANDI API, verifies them, and is idempotent."""
+    """The fetch rule downloads the files from a loopback DANDI API, verifies them, only once."""
     import hashlib
 
     from dandi_server import FakeDandiArchive

@@ -11,26 +11,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from lfads.data.lorenz import euler_step
+
 
 def lorenz_latents(
     n_trials: int, n_bins: int, rng: np.random.Generator, steps_per_bin: int = 6, dt: float = 0.01
 ) -> np.ndarray:
     """(n_trials, n_bins, 3) z-scored Lorenz trajectories from random points on the attractor."""
-    sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
     state = rng.normal(0, 1, (n_trials, 3)) + np.array([0.0, 0.0, 25.0])
     for _ in range(500):  # burn in onto the attractor, each trial from its own start
-        state = state + dt * _lorenz(state, sigma, rho, beta)
+        state = euler_step(state, dt)
     latents = np.empty((n_trials, n_bins, 3))
     for t in range(n_bins):
         for _ in range(steps_per_bin):
-            state = state + dt * _lorenz(state, sigma, rho, beta)
+            state = euler_step(state, dt)
         latents[:, t] = state
     return (latents - latents.mean(axis=(0, 1))) / latents.std(axis=(0, 1))
-
-
-def _lorenz(s: np.ndarray, sigma: float, rho: float, beta: float) -> np.ndarray:
-    x, y, z = s.T
-    return np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], axis=1)
 
 
 def write_lorenz_prepared(

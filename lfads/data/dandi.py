@@ -1,4 +1,4 @@
-"""Download pinned NLB assets from DANDI with the dandi client, and verify their SHA-256 (rule `fetch`).
+"""Download pinned NLB assets from DANDI with the dandi client; verify their SHA-256 (rule `fetch`).
 
 How the client is pointed at a server: each pinned asset path is first resolved
 to its asset id with `DandiAPIClient(<api url>)` (exact path match), then
@@ -28,10 +28,6 @@ from pathlib import Path
 
 from lfads.infra.io import write_json
 
-os.environ.setdefault(
-    "DANDI_NO_ET", "1"
-)  # no version check against the internet when dandi is imported
-
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTANCE = "https://api.dandiarchive.org/api"
@@ -42,6 +38,14 @@ PROGRESS_EVERY_S = 15.0  # hashing progress interval for big files
 
 class FetchError(RuntimeError):
     """A download failed, a file is missing, or a file's SHA-256 does not match its pin."""
+
+
+def _skip_dandi_version_check() -> None:
+    """Stop the dandi client checking its own version over the internet; call before importing it.
+
+    Set here, where the client is imported, so that importing this package has no side effect.
+    """
+    os.environ.setdefault("DANDI_NO_ET", "1")
 
 
 # -- hashing ------------------------------------------------------------------
@@ -71,24 +75,26 @@ def sha256_of(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def set_aside(path: Path, actual: str) -> Path:
-    """Rename a file whose hash is wrong to `<name>.sha256-mismatch-<hash prefix>`; return the new path."""
+    """Move a file of the wrong hash to `<name>.sha256-mismatch-<hash prefix>`; return its path."""
     aside = path.with_name(f"{path.name}.sha256-mismatch-{actual[:12]}")
     os.replace(path, aside)
     return aside
 
 
 def _mismatch(path: Path, expected: str, actual: str, user_file: bool) -> FetchError:
-    """The error for a file whose SHA-256 is not the pinned one (a downloaded file is set aside first)."""
+    """The error for a file whose SHA-256 is not its pin (a downloaded file is set aside first)."""
     if user_file:
         return FetchError(
             f"{path}: SHA-256 mismatch: expected {expected}, got {actual}. "
-            "Check that this is the right file (and not truncated), or fix its sha256 in the configfile."
+            "Check that this is the right file (and not truncated), "
+            "or fix its sha256 in the configfile."
         )
     aside = set_aside(path, actual)
     return FetchError(
-        f"{path}: SHA-256 mismatch: expected {expected}, got {actual}. The downloaded file was moved to "
-        f"{aside}. Check the pinned sha256 in the configfile against the DANDI asset; delete the moved "
-        "file once inspected and run again to download a fresh copy."
+        f"{path}: SHA-256 mismatch: expected {expected}, got {actual}. "
+        f"The downloaded file was moved to {aside}. "
+        "Check the pinned sha256 in the configfile against the DANDI asset; "
+        "delete the moved file once inspected and run again to download a fresh copy."
     )
 
 
@@ -111,9 +117,10 @@ def _checked_relative(asset_path: str) -> str:
 
 
 def api_url_of(instance_url: str | None) -> str:
-    """API URL from an API URL (`https://host/api`), a known instance's web URL or name (`dandi`)."""
+    """API URL from an API URL (`https://host/api`), or a known instance's web URL or name."""
     if not instance_url:
         return DEFAULT_INSTANCE
+    _skip_dandi_version_check()
     from dandi.consts import known_instances, known_instances_rev
 
     name = known_instances_rev.get(
@@ -149,7 +156,8 @@ def check_reachable(api_url: str) -> None:
             time.sleep(1.0)
     raise FetchError(
         f"The DANDI server at {api_url} cannot be reached ({reason}). Check the network and the "
-        "instance URL, or download the files elsewhere and use a `local` source (see config/README.md)."
+        "instance URL, or download the files elsewhere and use a `local` source "
+        "(see config/README.md)."
     )
 
 
@@ -161,7 +169,8 @@ def asset_download_url(api_url: str, dandiset: str, version: str, asset_id: str)
 def _resolve_asset_ids(
     api_url: str, dandiset: str, version: str, assets: dict[str, str]
 ) -> dict[str, tuple[str, int]]:
-    """{asset path: (asset id, bytes)} of the wanted assets of `dandiset`@`version`, matched by exact path."""
+    """{asset path: (asset id, bytes)} of the wanted assets of `dandiset`@`version`, exact paths."""
+    _skip_dandi_version_check()
     from dandi.dandiapi import DandiAPIClient
     from dandi.exceptions import NotFoundError
 
@@ -261,6 +270,7 @@ def _download_one(
     path: Path,
 ) -> None:
     """Download one asset (`size` bytes) to `path` with the dandi client, then check its SHA-256."""
+    _skip_dandi_version_check()
     from dandi.download import DownloadExisting, DownloadFormat, download
 
     partial = path.with_name(path.name + ".dandidownload")
@@ -374,7 +384,7 @@ def fetch_dandi_assets(
 
 
 def write_fetch_marker(marker: str | Path, files: dict[Path, str], source: str = "dandi") -> None:
-    """Write the JSON downstream rules depend on: each file's path, size (bytes) and verified SHA-256.
+    """Write the JSON that downstream rules depend on: each file's path, bytes and verified SHA-256.
 
     `files` maps each file to its SHA-256, already checked. The downloaded files
     carry the server's (years old) mtimes, so rules depend on this marker, whose

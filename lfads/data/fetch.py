@@ -3,6 +3,8 @@
 The configfile's `source` key names exactly one of `dandi`, `local` or
 `synthetic`. This module maps it to file paths and materialises the files,
 then writes a marker JSON (file, size, SHA-256) that downstream rules depend on.
+The workflow imports this module while it parses, for the paths: the DANDI
+client and the generator's writers are imported only when files are made.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lfads.data.dandi import sha256_of, write_fetch_marker
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
 
@@ -42,6 +43,8 @@ def truth_paths(source: dict, data_dir: str | Path) -> dict[str, Path] | None:
 
 def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[Path]:
     """Fetch, verify or generate the source's files, then write `marker`."""
+    from lfads.data.dandi import sha256_of, write_fetch_marker
+
     kind, settings = source_kind(source), next(iter(source.values()))
     data_dir = Path(data_dir)
     verified: dict[Path, str] = {}  # hashes fetch already checked against their pins

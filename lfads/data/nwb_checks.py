@@ -15,38 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-# Trial-table columns each layout needs (beyond start_time, stop_time, split),
-# from nlb_tools' make_tensors.PARAMS: alignment fields, PSTH conditions and
-# trial-level behaviour.
-TRAIN_TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "mc_maze": ("move_onset_time", "trial_type", "trial_version"),
-    "mc_maze_large": ("move_onset_time", "trial_type", "trial_version"),
-    "mc_maze_medium": ("move_onset_time", "trial_type", "trial_version"),
-    "mc_maze_small": ("move_onset_time", "trial_type", "trial_version"),
-    "mc_rtt": (),
-    "area2_bump": ("move_onset_time", "ctr_hold_bump", "cond_dir"),
-    "dmfc_rsg": ("go_time", "set_time", "is_outlier", "is_eye", "theta", "is_short", "ts", "tp"),
-}
-# The test file carries only the alignment fields.
-TEST_TRIAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "mc_maze": ("move_onset_time",),
-    "mc_maze_large": ("move_onset_time",),
-    "mc_maze_medium": ("move_onset_time",),
-    "mc_maze_small": ("move_onset_time",),
-    "mc_rtt": (),
-    "area2_bump": ("move_onset_time",),
-    "dmfc_rsg": ("go_time", "set_time"),
-}
-# Continuous behaviour decoded by nlb_tools (None: behaviour comes from the trial table).
-BEHAVIOR_SERIES: dict[str, str | None] = {
-    "mc_maze": "hand_vel",
-    "mc_maze_large": "hand_vel",
-    "mc_maze_medium": "hand_vel",
-    "mc_maze_small": "hand_vel",
-    "mc_rtt": "finger_vel",
-    "area2_bump": "hand_vel",
-    "dmfc_rsg": None,
-}
+from lfads.data.layouts import BASE_TRIAL_FIELDS, layout
+
 SPLITS = {"train": ("train",), "test": ("test",)}
 
 
@@ -98,10 +68,7 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
     "test" (held-in units and test trials only).
     """
     path = Path(path)
-    if nlb_layout not in TRAIN_TRIAL_FIELDS:
-        raise ValueError(
-            f"unknown nlb_layout {nlb_layout!r}; expected one of {sorted(TRAIN_TRIAL_FIELDS)}"
-        )
+    spec = layout(nlb_layout)
     if role not in SPLITS:
         raise ValueError(f"role must be 'train' or 'test', not {role!r}")
     if not path.exists():
@@ -152,9 +119,8 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
             raise _fail(
                 path, "intervals.trials", "the file has no trials table", "NLB files define trials."
             )
-        required = ("start_time", "stop_time", "split")
-        required += (
-            TRAIN_TRIAL_FIELDS[nlb_layout] if role == "train" else TEST_TRIAL_FIELDS[nlb_layout]
+        required = BASE_TRIAL_FIELDS + (
+            spec.train_trial_fields if role == "train" else spec.test_trial_fields
         )
         for column in required:
             if column not in trials:
@@ -200,12 +166,15 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
                         + (
                             "off the 1 ms grid"
                             if off_grid[bad]
-                            else f"outside the recording [0, {end_ms / 1000:.3f}) s set by units.obs_intervals"
+                            else f"outside the recording [0, {end_ms / 1000:.3f}) s "
+                            "set by units.obs_intervals"
                         )
-                        + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside of {ms.size} samples)",
-                        "nlb_tools would silently drop this series. Resample it to 1 ms and trim it to the recording.",
+                        + f" ({int(off_grid.sum())} off-grid, {int(outside.sum())} outside "
+                        f"of {ms.size} samples)",
+                        "nlb_tools would silently drop this series. "
+                        "Resample it to 1 ms and trim it to the recording.",
                     )
-        behavior = BEHAVIOR_SERIES[nlb_layout]
+        behavior = spec.behavior_series
         if role == "train" and behavior is not None and behavior not in found:
             raise _fail(
                 path,

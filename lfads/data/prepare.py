@@ -17,13 +17,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from lfads.data.layouts import BIN_WIDTHS_MS, layout
 from lfads.data.nwb_checks import check_nwb_file
+from lfads.data.truth import bin_true_rates, read_units
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TRUTH_FIELDS = {"spk_field": "truth_heldin", "hospk_field": "truth_heldout"}
+# The model's train/valid split of the NLB train trials (the configfile's `prepare` keys).
+DEFAULT_VALID_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,18 @@ def load_dataset(nwb_path: Path, bin_width_ms: int):
 
 
 def _train_split(phase: str) -> str | list[str]:
+    """nlb_tools' trial_split of the trials the model trains on: train, or train and val (test)."""
     return "train" if phase == "val" else ["train", "val"]
+
+
+def trial_mask(dataset, trial_split: str | list[str]) -> np.ndarray:
+    """(n_trials,) bool: the trials nlb_tools selects for `trial_split` (one split or several).
+
+    The selection every nlb_tools tensor function makes from its trial_split
+    argument; tests/test_prepare.py checks it against nlb_tools' own.
+    """
+    splits = [trial_split] if isinstance(trial_split, str) else trial_split
+    return dataset.trial_info.split.isin(splits).to_numpy()
 
 
 def _tensors(
@@ -72,7 +88,7 @@ def _tensors(
         update_params=fields,
         save_file=False,
         include_forward_pred=True,
-        include_behavior=fields is None and _behavior_source(nlb_layout) == "data",
+        include_behavior=fields is None and layout(nlb_layout).has_behavior_series,
     )
     tensors = NLBTensors(
         out["train_spikes_heldin"],
@@ -83,45 +99,35 @@ def _tensors(
     return tensors, out
 
 
-def _behavior_source(nlb_layout: str) -> str:
-    from nlb_tools.make_tensors import PARAMS
+def condition_indices(dataset, nlb_layout: str, selected: np.ndarray) -> np.ndarray | None:
+    """PSTH condition index of each `selected` trial (nlb_tools' sorted conditions), or None.
 
-    return PARAMS[nlb_layout]["behavior_source"]
-
-
-def condition_indices(dataset, nlb_layout: str, trial_mask: np.ndarray) -> np.ndarray | None:
-    """PSTH condition index of each trial in `trial_mask` (nlb_tools' sorted conditions), or None.
+    selected: (n_trials,) bool mask of `dataset.trial_info`, e.g. from `trial_mask`.
 
     Trials whose alignment field is missing are dropped, as nlb_tools drops them
     from its tensors. -1 marks a trial without a complete condition label.
     """
-    from nlb_tools.make_tensors import PARAMS
-
-    psth = PARAMS[nlb_layout].get("psth_params")
-    if psth is None:
+    spec = layout(nlb_layout)
+    if not spec.has_psth:
         return None
-    fields = psth["cond_fields"]
+    fields = list(spec.psth_condition_fields)
     info = dataset.trial_info
     if not set(fields) <= set(info.columns):
         return None
-    align = psth["make_params"].get("align_field", "start_time")
-    selected = info[np.asarray(trial_mask) & info[align].notna().to_numpy()]
+    align = spec.align_field  # PSTHs are aligned like the model's window
+    rows = info[np.asarray(selected) & info[align].notna().to_numpy()]
     labelled = info[info.split != "none"][fields].dropna()
     conditions = sorted(labelled.set_index(fields).index.unique().tolist())
     conditions = [c if isinstance(c, tuple) else (c,) for c in conditions]
     lookup = {condition: index for index, condition in enumerate(conditions)}
-    keys = selected[fields].itertuples(index=False, name=None)
+    keys = rows[fields].itertuples(index=False, name=None)
     return np.array([lookup.get(tuple(key), -1) for key in keys], dtype=np.int64)
 
 
 def add_truth(dataset, truth_path: Path, bin_width_ms: int) -> None:
-    """Add the synthetic ground truth, binned like the spikes, as fields truth_heldin/truth_heldout."""
-    from lfads.data.synthetic import bin_true_rates
-
+    """Add the synthetic ground truth, binned like the spikes, as truth_heldin/truth_heldout."""
     rates = bin_true_rates(truth_path, bin_width_ms)  # (n_bins, n_units) spikes per bin
-    with h5py.File(truth_path, "r") as handle:
-        unit_ids = handle["unit_ids"][()]
-        heldout = handle["heldout"][()].astype(bool)
+    unit_ids, heldout = read_units(truth_path)
     n_rows = len(dataset.data)
     if rates.shape[0] < n_rows:
         raise ValueError(
@@ -177,8 +183,8 @@ def prepare(
     bin_width_ms: int,
     phase: str = "val",
     dataset_name: str = "",
-    valid_fraction: float = 0.2,
-    split_seed: int = 0,
+    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    split_seed: int = DEFAULT_SPLIT_SEED,
     truth_files: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write the prepared-tensor HDF5 file of one dataset, bin width and phase.
@@ -198,9 +204,7 @@ def prepare(
     if truth_files:
         add_truth(dataset, Path(truth_files["train"]), bin_width_ms)
     nlb_train, raw = _tensors(dataset, nlb_layout, train_split)
-    from nlb_tools.make_tensors import _prep_mask  # the same trial selection nlb_tools uses
-
-    train_mask = np.asarray(_prep_mask(dataset, train_split))
+    train_mask = trial_mask(dataset, train_split)
     train_conditions = condition_indices(dataset, nlb_layout, train_mask)
     behavior = raw.get("train_behavior")
     train_truth = (
@@ -218,7 +222,7 @@ def prepare(
     eval_heldin = make_eval_input_tensors(
         eval_dataset, nlb_layout, trial_split=eval_split, save_file=False
     )["eval_spikes_heldin"]
-    eval_mask = np.asarray(_prep_mask(eval_dataset, eval_split))
+    eval_mask = trial_mask(eval_dataset, eval_split)
     eval_conditions = (
         condition_indices(eval_dataset, nlb_layout, eval_mask) if phase == "val" else None
     )
@@ -299,11 +303,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-nwb", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--nlb-layout", required=True)
-    parser.add_argument("--bin-width", type=int, choices=(5, 20), required=True)
+    parser.add_argument("--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True)
     parser.add_argument("--phase", choices=("val", "test"), default="val")
     parser.add_argument("--dataset-name", default="")
-    parser.add_argument("--valid-fraction", type=float, default=0.2)
-    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--valid-fraction", type=float, default=DEFAULT_VALID_FRACTION)
+    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
     parser.add_argument("--truth-train", type=Path)
     parser.add_argument("--truth-test", type=Path)
 

@@ -27,15 +27,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from lfads.data.layouts import LAYOUTS
+from lfads.data.lorenz import rk4_step
+from lfads.data.truth import CHUNK_MS, GroundTruth, write_truth
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 SUBJECT, SESSION = "Synth", "lorenz"
-# Paths relative to the output folder, in the DANDI naming pattern.
+# Paths relative to the output folder, in the DANDI naming pattern. The workflow reads them while
+# it parses (through lfads.data.fetch), so this module imports pynwb and h5py only where it writes.
 ASSET_PATHS = {
     "train": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-train_behavior+ecephys.nwb",
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_ecephys.nwb",
@@ -45,20 +48,18 @@ TRUTH_PATHS = {
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_truth.h5",
 }
 
-# Lorenz attractor's classic parameters.
-LORENZ_SIGMA, LORENZ_RHO, LORENZ_BETA = 10.0, 28.0, 8.0 / 3.0
 MAX_LORENZ_SPEED = 0.01  # Lorenz time units per 1 ms RK4 step; larger steps lose accuracy
 
-# nlb_tools' mc_maze windows around move onset (make_tensors.PARAMS): -250..+450 ms, then 200 ms
-# forward.
-NLB_WINDOW_BEFORE_MS, NLB_WINDOW_AFTER_MS, NLB_FORWARD_MS = 250, 450, 200
+# The mc_maze windows around move onset: -250..+450 ms, then 200 ms of forward prediction.
+NLB_WINDOW_BEFORE_MS = -LAYOUTS["mc_maze"].window_ms[0]
+NLB_WINDOW_AFTER_MS = LAYOUTS["mc_maze"].window_ms[1]
+NLB_FORWARD_MS = LAYOUTS["mc_maze"].forward_ms
 
 BASE_RATE_SPREAD = (
     0.3  # std across units of log baseline rate: baselines span about 0.5x..2x base_rate_hz
 )
 MODULATION_SPREAD = 0.5  # a unit's log-rate std is rate_modulation times U(1 - spread, 1 + spread)
 VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
-CHUNK_MS = 10_000  # spikes and binned truth are computed this many ms at a time
 
 # A fixed session start and creation date, and identifiers derived from the
 # settings, keep the NWB files as reproducible as pynwb allows (it gives every
@@ -213,22 +214,6 @@ class SyntheticSettings:
 # Latent dynamics
 
 
-def _lorenz_step(state: np.ndarray, dt: float) -> np.ndarray:
-    """One fourth-order Runge-Kutta step of the Lorenz system; state (..., 3) in raw Lorenz units."""
-
-    def derivative(s: np.ndarray) -> np.ndarray:
-        x, y, z = s[..., 0], s[..., 1], s[..., 2]
-        return np.stack(
-            [LORENZ_SIGMA * (y - x), x * (LORENZ_RHO - z) - y, x * y - LORENZ_BETA * z], axis=-1
-        )
-
-    k1 = derivative(state)
-    k2 = derivative(state + dt / 2 * k1)
-    k3 = derivative(state + dt / 2 * k2)
-    k4 = derivative(state + dt * k3)
-    return state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-
 @dataclass(frozen=True)
 class _Attractor:
     """A long Lorenz trajectory on the attractor and the map that whitens it.
@@ -249,7 +234,7 @@ class _Attractor:
         trajectory = np.empty((n_steps, 3))
         for step in range(n_steps):
             trajectory[step] = state
-            state = _lorenz_step(state, dt)
+            state = rk4_step(state, dt)
         trajectory = trajectory[n_burn_in:]
         eigenvalues, eigenvectors = np.linalg.eigh(np.cov(trajectory.T))
         return cls(
@@ -328,7 +313,7 @@ def _layout_recording(
     state = attractor.unwhiten(attractor.whiten(condition_states[conditions]) + noise)
     for step in range(settings.trial_length_ms):
         latents[starts + step] = attractor.whiten(state)
-        state = _lorenz_step(state, settings.lorenz_speed)
+        state = rk4_step(state, settings.lorenz_speed)
     observed = [(int(start), int(start) + settings.trial_length_ms) for start in starts]
     return _Recording(starts, conditions, splits, rt, latents, observed)
 
@@ -423,7 +408,9 @@ def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
         json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()
     ).hexdigest()[:12]
     return NWBFile(
-        session_description=f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})",
+        session_description=(
+            f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})"
+        ),
         identifier=f"lfads-synthetic-{SESSION}-{role}-seed{settings.seed}-{digest}",
         session_start_time=SESSION_START,
         file_create_date=SESSION_START,
@@ -560,8 +547,7 @@ def _write_nwb(nwbfile, path: Path) -> None:
         io.write(nwbfile)
 
 
-def _write_truth(
-    path: Path,
+def _ground_truth(
     recording: _Recording,
     weight: np.ndarray,
     bias: np.ndarray,
@@ -569,25 +555,20 @@ def _write_truth(
     unit_ids: np.ndarray,
     heldout: np.ndarray,
     settings: SyntheticSettings,
-) -> None:
-    """Ground truth of one NWB file; format in lfads/README.md."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset(
-            "latents",
-            data=recording.latents,
-            compression="gzip",
-            shuffle=True,
-            chunks=(min(CHUNK_MS, recording.n_ms), 3),
-        )
-        handle["readout_weight"] = weight.astype(np.float32)
-        handle["readout_bias"] = bias.astype(np.float32)
-        handle["unit_ids"] = unit_ids.astype(np.int64)
-        handle["heldout"] = np.asarray(heldout, dtype=bool)
-        handle["trial_start_ms"] = recording.starts_ms.astype(np.int64)
-        handle["trial_condition"] = recording.conditions.astype(np.int64)
-        handle["velocity_readout"] = velocity_readout.astype(np.float32)
-        handle.attrs["seed"] = settings.seed
-        handle.attrs["settings"] = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+) -> GroundTruth:
+    """Ground truth of one NWB file, in the dtypes of its file format (lfads/README.md)."""
+    return GroundTruth(
+        latents=recording.latents,
+        readout_weight=weight.astype(np.float32),
+        readout_bias=bias.astype(np.float32),
+        unit_ids=unit_ids.astype(np.int64),
+        heldout=np.asarray(heldout, dtype=bool),
+        trial_start_ms=recording.starts_ms.astype(np.int64),
+        trial_condition=recording.conditions.astype(np.int64),
+        velocity_readout=velocity_readout.astype(np.float32),
+        seed=settings.seed,
+        settings=json.dumps(dataclasses.asdict(settings), sort_keys=True),
+    )
 
 
 def _size(path: Path) -> str:
@@ -671,8 +652,9 @@ def write_synthetic_dataset(
         nwbfile, _behavior(settings, train.latents, velocity_readout, behavior_rng), train.n_ms
     )
     _write_nwb(nwbfile, paths["train"])
-    _write_truth(
-        paths["train_truth"], train, weight, bias, velocity_readout, unit_ids, heldout, settings
+    write_truth(
+        paths["train_truth"],
+        _ground_truth(train, weight, bias, velocity_readout, unit_ids, heldout, settings),
     )
     del nwbfile, spike_times, ends
     log.info(
@@ -703,50 +685,14 @@ def write_synthetic_dataset(
     )
     _write_nwb(nwbfile, paths["test"])
     # The test truth covers the held-out units too (their rates are what NLB scores).
-    _write_truth(
-        paths["test_truth"], test, weight, bias, velocity_readout, unit_ids, heldout, settings
+    write_truth(
+        paths["test_truth"],
+        _ground_truth(test, weight, bias, velocity_readout, unit_ids, heldout, settings),
     )
     log.info(
         "wrote %s (%s) (%.1f s)", paths["test"], _size(paths["test"]), time.perf_counter() - started
     )
     return paths
-
-
-# ---------------------------------------------------------------------------
-# Reading the truth
-
-
-def bin_true_rates(truth_path: str | Path, bin_width_ms: int) -> np.ndarray:
-    """True rates in spikes per bin, (n_bins, n_units) float32, binned like nlb_tools' NWBDataset.resample.
-
-    Bin k sums ms [k * w, (k + 1) * w) of the truth file's 1 ms grid; a
-    trailing partial bin is summed over the ms it has, as nlb_tools does for
-    spikes, so n_bins = ceil(n_ms / w). Columns follow the file's `unit_ids`
-    (held-in, then held-out). Unlike nlb_tools' spikes, bins outside the
-    observed intervals are not NaN.
-    """
-    if int(bin_width_ms) != bin_width_ms or bin_width_ms < 1:
-        raise ValueError(f"bin_width_ms={bin_width_ms!r} must be a positive whole number of ms")
-    bin_width_ms = int(bin_width_ms)
-    with h5py.File(truth_path, "r") as handle:
-        latents = handle["latents"]
-        weight = handle["readout_weight"][()].astype(np.float64)
-        bias = handle["readout_bias"][()].astype(np.float64)
-        n_ms = latents.shape[0]
-        out = np.empty((-(-n_ms // bin_width_ms), weight.shape[1]), dtype=np.float32)
-        chunk = max(1, CHUNK_MS // bin_width_ms) * bin_width_ms  # whole bins per chunk
-        for first in range(0, n_ms, chunk):
-            rates = np.exp(
-                latents[first : first + chunk].astype(np.float64) @ weight + bias
-            )  # (chunk, n_units)
-            n_full = rates.shape[0] // bin_width_ms
-            row = first // bin_width_ms
-            out[row : row + n_full] = (
-                rates[: n_full * bin_width_ms].reshape(n_full, bin_width_ms, -1).sum(axis=1)
-            )
-            if rates.shape[0] % bin_width_ms:  # only the recording's last chunk
-                out[row + n_full] = rates[n_full * bin_width_ms :].sum(axis=0)
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lfads.data.layouts import BIN_WIDTHS_MS, layout
 from lfads.data.nwb_checks import check_nwb_file
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def group_name(nlb_layout: str, bin_width_ms: int) -> str:
-    """nlb_tools' group name of a layout at a bin width: `mc_maze` (5 ms) or `mc_maze_20`."""
-    return nlb_layout if bin_width_ms == 5 else f"{nlb_layout}_{bin_width_ms}"
 
 
 def ragged_index_arrays(indices: np.ndarray) -> np.ndarray:
@@ -40,13 +36,13 @@ def ragged_index_arrays(indices: np.ndarray) -> np.ndarray:
 
 
 def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
-    """nlb_tools' target dict {group: {...}} for the val split, with PSTHs where the layout has them."""
-    from nlb_tools.make_tensors import PARAMS, make_eval_target_tensors
+    """nlb_tools' target dict {group: {...}} of the val split, with PSTHs if the layout has them."""
+    from nlb_tools.make_tensors import make_eval_target_tensors
 
     from lfads.data.prepare import load_dataset
 
     dataset = load_dataset(train_nwb, bin_width_ms)
-    include_psth = "psth_params" in PARAMS[nlb_layout]
+    include_psth = layout(nlb_layout).has_psth
     started = time.perf_counter()
     targets = make_eval_target_tensors(
         dataset,
@@ -87,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-nwb", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--nlb-layout", required=True)
-    parser.add_argument("--bin-width", type=int, choices=(5, 20), required=True)
+    parser.add_argument("--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True)
 
 
 def run(args: argparse.Namespace) -> int:

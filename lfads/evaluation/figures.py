@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from lfads.evaluation.outputs import FIGURES
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,15 @@ def all_figures(
     group: str,
     outputs: dict[str, Path],
 ) -> None:
-    """Write every figure named in `outputs` (keys as in `figure_names`)."""
+    """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES)."""
     from lfads.evaluation.aggregate import best_run
+
+    unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})
+    if unknown:
+        raise ValueError(
+            f"unknown figure(s) {', '.join(unknown)}; lfads.evaluation.outputs.FIGURES lists "
+            f"{', '.join(figure.name for figure in FIGURES)}"
+        )
 
     best = Path(run_dir) / best_run(summary_tsv)
     searched = sorted({key for params in runs.values() for key in params})
@@ -307,18 +315,7 @@ def all_figures(
         ),
         "best_rates_vs_truth": lambda out: rates_vs_truth(prepared_path, inferred, out),
     }
-    for name, out in outputs.items():
-        makers[name](out)
-        log.info("wrote %s", out)
-
-
-def figure_names(phase: str, has_truth: bool, has_psth: bool, has_velocity: bool) -> list[str]:
-    """Figures the `figures` rule writes for a dataset (some need the val-phase targets or truth)."""
-    names = ["metrics_vs_hyperparameters", "training_curves", "best_raster", "best_factors"]
-    if phase == "val" and has_psth:
-        names.append("best_psth")
-    if phase == "val" and has_velocity:
-        names.append("best_velocity")
-    if has_truth:
-        names.append("best_rates_vs_truth")
-    return names
+    for figure in FIGURES:
+        if figure.name in outputs:
+            makers[figure.name](outputs[figure.name])
+            log.info("wrote %s", outputs[figure.name])

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lfads.data.targets import group_name
+from lfads.data.layouts import group_name
 from lfads.infra.io import atomic_path
 
 

@@ -1,10 +1,15 @@
-# Config validation and path helpers shared by every rule file.
+# Config validation and path helpers shared by every rule file. The modules imported here import
+# no torch, pandas, h5py, dandi or nlb_tools, so parsing the workflow is quick
+# (tests/test_workflow.py checks it; the hyperparameter check below imports the user's plugins).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from lfads.infra.config import ConfigError, validate_config
 from lfads.data.fetch import nwb_paths, source_kind, truth_paths
+from lfads.data.layouts import BIN_WIDTHS_MS, group_name
+from lfads.evaluation.outputs import figures_for
+from lfads.infra.config import ConfigError, validate_config
+from lfads.search.space import expand_search
 
 try:
     config = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
@@ -25,7 +30,7 @@ FETCH_MARKER = f"{DATA_DIR}/fetched.json"
 
 
 wildcard_constraints:
-    bin="5|20",
+    bin="|".join(str(width) for width in BIN_WIDTHS_MS),
 
 
 def fetched_files():
@@ -48,10 +53,6 @@ def data_outputs():
 
 
 # -- runs of the hyperparameter search ---------------------------------------------
-from lfads.evaluation.figures import figure_names
-from lfads.search.space import expand_search
-from lfads.data.targets import group_name
-
 MODEL_BIN = config["model"]["bin_width"]
 if MODEL_BIN not in config["bin_widths"]:
     raise WorkflowError(
@@ -86,20 +87,19 @@ def _check_hparams():
 
 
 _check_hparams()
-FIGURES = figure_names(
-    PHASE,
-    has_truth=bool(TRUTH),
-    has_psth=LAYOUT != "mc_rtt",
-    has_velocity=LAYOUT != "dmfc_rsg",
-)
+FIGURES = figures_for(PHASE, LAYOUT, has_truth=bool(TRUTH))
 
 
 wildcard_constraints:
     run="[^/]+",
 
 
+def figure_path(figure):
+    return f"{RESULTS}/figures/{figure.name}.png"
+
+
 def final_outputs():
-    outputs = [f"{RESULTS}/summary.tsv"] + [f"{RESULTS}/figures/{name}.png" for name in FIGURES]
+    outputs = [f"{RESULTS}/summary.tsv"] + [figure_path(figure) for figure in FIGURES]
     if PHASE == "test":
         outputs.append(f"{RESULTS}/submission_{DATASET}.h5")
     return outputs

@@ -55,13 +55,13 @@ rule figures:
         inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
     output:
         **{
-            name: report(
-                f"{RESULTS}/figures/{name}.png",
-                caption=f"../report/{name}.rst",
+            figure.name: report(
+                figure_path(figure),
+                caption=f"../report/{figure.caption}",
                 category=f"2. Figures: {DATASET}",
-                labels={"dataset": DATASET, "figure": name.replace("_", " ")},
+                labels={"dataset": DATASET, "figure": figure.name.replace("_", " ")},
             )
-            for name in FIGURES
+            for figure in FIGURES
         },
     log:
         f"{LOGS}/figures.log",
