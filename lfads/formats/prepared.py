@@ -92,16 +92,11 @@ class PreparedFile:
     attributes: PreparedAttributes
     splits: dict[str, PreparedSplit]  # the splits present, in SPLITS order
     unit_ids: dict[str, np.ndarray]  # "heldin", "heldout" -> NWB unit ids (int64)
+    ext_input_dim: int  # E, the width of the splits' external inputs (0 without any)
 
     def session_attributes(self) -> dict[str, Any]:
         """The SESSION_ATTRIBUTES as plain Python values (safe in a weights_only checkpoint)."""
         return {name: getattr(self.attributes, name) for name in SESSION_ATTRIBUTES}
-
-    @property
-    def ext_input_dim(self) -> int:
-        """E, the width of the external inputs (0 without any)."""
-        widths = {s.ext_input.shape[2] for s in self.splits.values() if s.ext_input is not None}
-        return widths.pop() if widths else 0
 
 
 def write_prepared(
@@ -182,13 +177,13 @@ def read_prepared(
     for split in MODEL_SPLITS:
         if split not in splits:
             raise ValueError(f"{path}: group {split!r} with encod_data and recon_data is missing")
-    return PreparedFile(path, attributes, splits, ids)
+    return PreparedFile(path, attributes, splits, ids, widths.pop() if widths else 0)
 
 
 def _read(group: h5py.Group, key: str) -> np.ndarray:
     if key in ("encod_data", "recon_data", "truth"):
         return np.asarray(group[key][()], dtype=np.float32)
-    if key == "condition":
+    if key in _INTEGER_KEYS:
         return np.asarray(group[key][()], dtype=np.int64)
     return np.asarray(group[key][()])
 
