@@ -1,4 +1,4 @@
-"""Small prepared-format datasets for the model tests: Lorenz latents -> log-linear rates -> Poisson counts."""
+"""Small prepared files for model tests: Lorenz latents -> log-linear rates -> Poisson counts."""
 
 from __future__ import annotations
 

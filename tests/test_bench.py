@@ -11,6 +11,7 @@ from lfads.bench import benchmark as bench
 from lfads.model.batch import SessionBatch
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
+from lfads.training.step import run_step
 
 
 def test_training_flops_match_the_counted_matmuls_of_a_step():
@@ -33,10 +34,7 @@ def test_training_flops_match_the_counted_matmuls_of_a_step():
         )
     }
     with FlopCounterMode(display=False) as counter:
-        outputs = model(batch, sample_posteriors=True)
-        model.loss(
-            batch, outputs, model.infer_augmentations, {0: []}, epoch=0, metrics={}
-        ).loss.backward()
+        run_step(model, batch, epoch=0, training=False).terms.loss.backward()
     counted = counter.get_total_flops()
     assert math.isclose(
         bench.training_flops(n_bins, dims.n_fwd_bins, batch_size), counted, rel_tol=0.03
@@ -50,7 +48,7 @@ def test_scaling_worker_times_a_training_step_of_both_paths():
         assert math.isclose(row["trials_per_second"], 4 / row["step_seconds"])
 
 
-def test_report_states_ratios_and_targets():
+def test_report_states_ratios_and_peak_memory():
     path = {
         "epoch_seconds_median": 1.0,
         "epoch_seconds_first": 1.2,
@@ -76,6 +74,7 @@ def test_report_states_ratios_and_targets():
         "scaling": [],
     }
     text = bench.format_report(report)
-    assert "epoch speed-up (reference / fast): 2.50x (target 2.0x)" in text
-    assert "sampling speed-up (reference / fast): 2.00x (target 3.0x)" in text
-    assert "peak RSS of the fast path: 0.700 GiB (target 0.6 GiB)" in text
+    assert "epoch speed-up (reference / fast): 2.50x\n" in text
+    assert "sampling speed-up (reference / fast): 2.00x\n" in text
+    assert "peak RSS of the fast path: 0.700 GiB" in text
+    assert "target" not in text  # the targets of an earlier issue are gone

@@ -1,4 +1,5 @@
-"""evaluate, aggregate, figures and submission on stand-in runs whose 'inferred' rates are the truth plus noise.
+"""evaluate, aggregate, figures and submission on stand-in runs: their 'inferred' rates are the
+truth plus noise.
 
 These check the glue between the model's output files and nlb_tools without
 training a model: a run with less noise must score better, and the table must
@@ -11,7 +12,6 @@ import json
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 
 from lfads.data.prepare import prepare
@@ -22,6 +22,9 @@ from lfads.evaluation.evaluate import evaluate_run
 from lfads.evaluation.figures import all_figures
 from lfads.evaluation.outputs import figures_for
 from lfads.evaluation.submission import nlb_submission, write_submission
+from lfads.formats.inferred import InferredAttributes, InferredSplit, write_inferred
+from lfads.formats.metrics import write_metrics_csv
+from lfads.formats.prepared import read_prepared
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +43,36 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
     """A run folder with inferred.h5 (truth x lognormal noise) and metrics.csv."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    with h5py.File(prepared_path) as prepared, h5py.File(folder / "inferred.h5", "w") as out:
-        for split in ("train", "valid", "eval"):
-            truth = prepared[f"{split}/truth"][()]
-            group = out.create_group(split)
-            group["rates"] = (truth * np.exp(noise * rng.normal(size=truth.shape))).astype(
-                np.float32
-            )
-            group["factors"] = rng.normal(size=truth.shape[:2] + (5,)).astype(np.float32)
-            group["nlb_index"] = prepared[f"{split}/nlb_index"][()]
-    epochs = np.arange(len(valid_losses))
-    pd.DataFrame(
-        {
-            "epoch": epochs,
-            "train_loss": np.array(valid_losses) * 0.9,
-            "valid_loss": valid_losses,
-            "valid_recon_smoothed": valid_losses,
-        }
-    ).to_csv(folder / "metrics.csv", index=False)
+    prepared = read_prepared(prepared_path)
+    splits = {}
+    for split, arrays in prepared.splits.items():
+        truth = arrays.truth
+        splits[split] = InferredSplit(
+            rates=(truth * np.exp(noise * rng.normal(size=truth.shape))).astype(np.float32),
+            factors=rng.normal(size=truth.shape[:2] + (5,)).astype(np.float32),
+            nlb_index=arrays.nlb_index,
+        )
+    attributes = InferredAttributes(
+        n_samples=1,
+        seed=seed,
+        session=0,
+        model_epochs=len(valid_losses),
+        data_file=str(prepared_path),
+        mantissa_bits=23,
+    )
+    write_inferred(folder / "inferred.h5", prepared.session_attributes(), attributes, splits)
+    write_metrics_csv(
+        folder / "metrics.csv",
+        [
+            {
+                "epoch": epoch,
+                "train_loss": loss * 0.9,
+                "valid_loss": loss,
+                "valid_recon_smoothed": loss,
+            }
+            for epoch, loss in enumerate(valid_losses)
+        ],
+    )
 
 
 def test_nlb_submission_restores_nlb_trial_order(prepared):

@@ -1,5 +1,5 @@
-"""LFADS learns: on Lorenz-driven Poisson data with known rates, a small model trained for about 5 s of
-one CPU core beats the smoothing baseline on held-out neurons and recovers the true rates."""
+"""LFADS learns: on Lorenz-driven Poisson data with known rates, a small model trained for about 5 s
+of one CPU core beats the smoothing baseline on held-out neurons and recovers the true rates."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
 
 
 def smoothing_baseline(prepared: h5py.File) -> np.ndarray:
-    """NLB's smoothing baseline, least-squares flavour: smoothed held-in spikes -> held-out rates (valid trials)."""
+    """NLB's smoothing baseline, least-squares flavour: smoothed held-in spikes -> held-out rates
+    (valid trials)."""
     n_heldin, n_obs = prepared.attrs["n_heldin"], prepared.attrs["n_obs_bins"]
     train_in = smoothed_rates(prepared["train/encod_data"][()]).reshape(-1, n_heldin)
     train_out = prepared["train/recon_data"][:, :n_obs, n_heldin:].reshape(len(train_in), -1)

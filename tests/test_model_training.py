@@ -1,4 +1,4 @@
-"""Training, checkpoints, resume, NaN guard, inference and multi-session runs on small Lorenz datasets."""
+"""Training, checkpoints, resume, NaN guard, inference and several sessions on small Lorenz data."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import torch
 from model_helpers import TINY_HPARAMS, write_lorenz_prepared
 
 from lfads.cli import main
+from lfads.formats.checkpoints import load_model, read_model, read_training_checkpoint
 from lfads.model.hparams import HParams
 from lfads.model.recons import Poisson
 from lfads.model.registry import register_reconstruction
-from lfads.training.train import load_checkpoint, load_model, train_model
+from lfads.training.train import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,10 +101,30 @@ def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp
     assert final["data"][0]["n_heldin"] == 20 and final["sessions"][0]["n_fwd_bins"] == 5
     assert last["epoch"] == 2 and len(last["lfads"]["history"]) == 3
     assert set(last["lfads"]["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert final["format_version"] == 1 and last["lfads"]["format_version"] == 1
     # the reloaded model gives the same posterior-mean rates as the trained weights
     model, _ = load_model(model_path)
+    assert model.readin_dim is None  # one session: the encoders read the held-in neurons
     state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
     torch.testing.assert_close(model.state_dict(), state)
+
+
+def test_the_module_steps_with_the_shared_training_step(lorenz_file):
+    from lfads.training.datamodule import load_session
+    from lfads.training.module import LFADSModule
+    from lfads.training.step import run_step
+
+    session = load_session(lorenz_file)
+    module = LFADSModule(HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1}), [session.dims])
+    batch = {0: session.batch("train", np.arange(12))}
+    torch.manual_seed(3)
+    expected = run_step(module.model, batch, epoch=0).terms.loss
+    torch.manual_seed(3)
+    assert torch.equal(module.training_step(batch, 0), expected)
+    torch.manual_seed(3)  # without the augmentations (coordinated dropout) the loss differs
+    assert not torch.equal(
+        run_step(module.model, batch, epoch=0, training=False).terms.loss, expected
+    )
 
 
 def test_seeded_cpu_run_is_deterministic(lorenz_file, tmp_path):
@@ -113,12 +134,9 @@ def test_seeded_cpu_run_is_deterministic(lorenz_file, tmp_path):
     assert comparable(read_metrics(tmp_path / "a" / "metrics.csv")) == comparable(
         read_metrics(tmp_path / "b" / "metrics.csv")
     )
-    a, b = (
-        load_checkpoint(tmp_path / "a" / "model.ckpt"),
-        load_checkpoint(tmp_path / "b" / "model.ckpt"),
-    )
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    a, b = read_model(tmp_path / "a" / "model.ckpt"), read_model(tmp_path / "b" / "model.ckpt")
+    for key in a.state_dict:
+        assert torch.equal(a.state_dict[key], b.state_dict[key]), key
 
 
 def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
@@ -147,7 +165,7 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
         device="cpu",
     )
     assert "resumed from epoch 4 (" in caplog.text
-    assert load_checkpoint(tmp_path / "parts" / "model.ckpt")["hparams"]["rnn_impl"] == "reference"
+    assert read_model(tmp_path / "parts" / "model.ckpt").hparams.rnn_impl == "reference"
     train_model([lorenz_file], hp, tmp_path / "whole", max_epochs=5, device="cpu")
     fast, reference = (
         comparable(read_metrics(tmp_path / run / "metrics.csv"))[-1] for run in ("whole", "parts")
@@ -166,10 +184,8 @@ def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, t
     )
     with pytest.raises(NonFiniteLossError, match="train loss term 'recon' is nan at epoch 2"):
         train_model([lorenz_file], hp, tmp_path / "run", max_epochs=5, device="cpu")
-    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert len(last["lfads"]["history"]) == 2 and all(
-        math.isfinite(row["train_loss"]) for row in last["lfads"]["history"]
-    )
+    last = read_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert len(last.history) == 2 and all(math.isfinite(row["train_loss"]) for row in last.history)
     assert not (tmp_path / "run" / "model.ckpt").exists()
 
 
@@ -194,10 +210,7 @@ def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_not_continued(
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert len(rows) == 4  # ramps end at epoch 2 (the first counted); no better loss at epoch 3
-    assert (
-        "early stopping at epoch 4"
-        in load_checkpoint(tmp_path / "run" / "model.ckpt")["stop_reason"]
-    )
+    assert "early stopping at epoch 4" in read_model(tmp_path / "run" / "model.ckpt").stop_reason
     caplog.set_level("INFO", logger="lfads.training.train")
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
     assert "had stopped" in caplog.text and len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4
@@ -216,7 +229,7 @@ def test_external_inputs_and_nan_targets(tmp_path):
         file["train/recon_data"][...] = recon
     session = load_session(path)
     assert session.dims.ext_input_dim == 2
-    ext = session.splits["train"]["ext_input"]
+    ext = session.splits["train"].ext_input
     assert ext.shape == (48, 25, 2) and ext[:, :20].eq(1).all() and ext[:, 20:].eq(0).all()
     hp = HParams.from_dict(TINY_HPARAMS)
     with pytest.raises(ValueError, match="NaN \\(unobserved\\) targets; add selective_backprop"):
@@ -362,7 +375,8 @@ class LaplacePrior(Prior):
     def forward(self, mean, std):
         posterior = Normal(mean, std)
         u = posterior.rsample()
-        kl = posterior.log_prob(u) - Laplace(torch.zeros_like(mean), self.log_scale.exp()).log_prob(u)
+        prior = Laplace(torch.zeros_like(mean), self.log_scale.exp())
+        kl = posterior.log_prob(u) - prior.log_prob(u)
         return kl.sum(dim=1).mean()
 '''
 
@@ -385,7 +399,7 @@ def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkey
     model_path = train_model([lorenz_file], hp, tmp_path / "run", max_epochs=2, device="cpu")
     model, checkpoint = load_model(model_path)
     assert type(model.ic_prior).__name__ == "LaplacePrior"
-    assert checkpoint["hparams"]["plugins"] == ["my_laplace_prior"]
+    assert checkpoint.hparams.plugins == ("my_laplace_prior",)
     assert torch.allclose(model.ic_prior.log_scale.exp(), torch.full((8,), 0.5), atol=0.1)
     assert all(float(r["train_kl_ic"]) > 0 for r in read_metrics(tmp_path / "run" / "metrics.csv"))
 
@@ -410,6 +424,7 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     model_path = train_model(files, hp, tmp_path / "run", max_epochs=2, device="cpu")
     model, checkpoint = load_model(model_path)
     assert [tuple(r.weight.shape) for r in model.readins] == [(10, 20), (10, 12)]
+    assert model.readin_dim == 10
     assert not any(
         p.requires_grad for r in model.readins for p in r.parameters()
     )  # PCR readins stay frozen
@@ -418,16 +433,16 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     from lfads.model.readin import pcr_readins, session_averages
 
     averages = [
-        session_averages(s.splits["train"]["encod_data"].numpy(), s.conditions["train"], [0])
+        session_averages(s.splits["train"].encod_data.numpy(), s.conditions["train"], [0])
         for s in data.sessions
     ]
-    for layer, (weight, bias) in zip(model.readins, pcr_readins(averages, 10, seed=hp.seed)):
+    for layer, (weight, _bias) in zip(model.readins, pcr_readins(averages, 10, seed=hp.seed)):
         torch.testing.assert_close(layer.weight, torch.from_numpy(weight))
     outs = [tmp_path / "i0.h5", tmp_path / "i1.h5"]
     posterior_sample(model_path, files, outs, n_samples=3, device="cpu")
     with h5py.File(outs[1]) as inferred:
         assert inferred["valid/rates"].shape == (12, 25, 16) and inferred.attrs["session"] == 1
-    assert len(checkpoint["data"]) == 2
+    assert len(checkpoint.data) == 2
 
 
 # -- resume after a real kill ----------------------------------------------------------------
@@ -476,9 +491,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
             break
         time.sleep(0.02)
     assert process.wait() == -signal.SIGKILL, "training ended before it could be killed"
-    done = len(
-        load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["lfads"]["history"]
-    )
+    done = len(read_training_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt").history)
     assert 3 <= done < 8 and not (tmp_path / "killed" / "model.ckpt").exists()
     resumed = subprocess.run(
         command(tmp_path / "killed"), check=True, env=env, cwd=REPO, capture_output=True, text=True

@@ -1,17 +1,17 @@
-"""Small prepared-format datasets without NWB files: Lorenz latents -> log-linear rates -> Poisson counts.
+"""Small prepared files without NWB files: Lorenz latents -> log-linear rates -> Poisson counts.
 
-Used by the benchmark (`lfads.bench.benchmark`) and the model tests. The files follow the
-layout `prepare` writes (lfads/README.md), with the true rates under `truth`.
+Used by the benchmark (`lfads.bench.benchmark`) and the model tests. The files are written by
+the prepared format's one writer (`lfads.formats.prepared`), with the true rates under `truth`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from lfads.data.lorenz import euler_step
+from lfads.formats.prepared import PreparedAttributes, PreparedSplit, write_prepared
 
 
 def lorenz_latents(
@@ -59,29 +59,28 @@ def write_lorenz_prepared(
         "train": np.sort(order[n_valid:]),
         "eval": np.arange(n_trials, n_trials + n_eval),
     }
-    with h5py.File(path, "w") as file:
-        file.attrs.update(
-            dataset="lorenz_test",
-            nlb_layout="mc_maze",
-            phase="val",
-            bin_width_ms=20,
-            n_heldin=n_heldin,
-            n_heldout=n_heldout,
-            n_obs_bins=n_obs_bins,
-            n_fwd_bins=n_fwd_bins,
-            valid_fraction=valid_fraction,
-            split_seed=seed,
-            has_truth=True,
-            format_version=1,
+    splits = {
+        split: PreparedSplit(
+            encod_data=spikes[index, :n_obs_bins, :n_heldin],
+            recon_data=spikes[index] if split != "eval" else None,
+            nlb_index=index if split != "eval" else np.arange(n_eval),
+            condition=np.zeros(len(index), dtype=np.int64),
+            truth=rates[index],
         )
-        for split, index in rows.items():
-            group = file.create_group(split)
-            group["encod_data"] = spikes[index, :n_obs_bins, :n_heldin]
-            group["nlb_index"] = index if split != "eval" else np.arange(n_eval)
-            group["truth"] = rates[index]
-            group["condition"] = np.zeros(len(index), dtype=np.int64)
-            if split != "eval":
-                group["recon_data"] = spikes[index]
-        file["unit_ids/heldin"] = np.arange(n_heldin)
-        file["unit_ids/heldout"] = np.arange(n_heldin, n_neurons)
-    return path
+        for split, index in rows.items()
+    }
+    attributes = PreparedAttributes(
+        dataset="lorenz_test",
+        nlb_layout="mc_maze",
+        phase="val",
+        bin_width_ms=20,
+        n_heldin=n_heldin,
+        n_heldout=n_heldout,
+        n_obs_bins=n_obs_bins,
+        n_fwd_bins=n_fwd_bins,
+        valid_fraction=valid_fraction,
+        split_seed=seed,
+        has_truth=True,
+    )
+    unit_ids = {"heldin": np.arange(n_heldin), "heldout": np.arange(n_heldin, n_neurons)}
+    return write_prepared(path, attributes, splits, unit_ids)

@@ -14,17 +14,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from lfads.data.layouts import BIN_WIDTHS_MS, layout
 from lfads.data.nwb_checks import check_nwb_file
 from lfads.data.truth import bin_true_rates, read_units
-from lfads.infra.io import atomic_path
+from lfads.formats.prepared import PreparedAttributes, PreparedSplit, write_prepared
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 TRUTH_FIELDS = {"spk_field": "truth_heldin", "hospk_field": "truth_heldout"}
 # The model's train/valid split of the NLB train trials (the configfile's `prepare` keys).
 DEFAULT_VALID_FRACTION = 0.2
@@ -170,11 +168,6 @@ def split_indices(n_trials: int, valid_fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 
-def _write(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    options = dict(compression="gzip", compression_opts=1, shuffle=True) if data.ndim >= 2 else {}
-    group.create_dataset(name, data=data, **options)
-
-
 def prepare(
     train_nwb: str | Path,
     test_nwb: str | Path,
@@ -248,41 +241,38 @@ def prepare(
         "heldout": np.array([int(c) for c in dataset.data["heldout_spikes"].columns]),
     }
 
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.attrs.update(
-            dataset=dataset_name,
-            nlb_layout=nlb_layout,
-            phase=phase,
-            bin_width_ms=bin_width_ms,
-            n_heldin=nlb_train.heldin.shape[2],
-            n_heldout=nlb_train.heldout.shape[2],
-            n_obs_bins=nlb_train.heldin.shape[1],
-            n_fwd_bins=nlb_train.heldin_forward.shape[1],
-            valid_fraction=valid_fraction,
-            split_seed=split_seed,
-            has_truth=truth_files is not None,
-            format_version=FORMAT_VERSION,
+    attributes = PreparedAttributes(
+        dataset=dataset_name,
+        nlb_layout=nlb_layout,
+        phase=phase,
+        bin_width_ms=bin_width_ms,
+        n_heldin=nlb_train.heldin.shape[2],
+        n_heldout=nlb_train.heldout.shape[2],
+        n_obs_bins=nlb_train.heldin.shape[1],
+        n_fwd_bins=nlb_train.heldin_forward.shape[1],
+        valid_fraction=valid_fraction,
+        split_seed=split_seed,
+        has_truth=truth_files is not None,
+    )
+
+    splits = {
+        split: PreparedSplit(
+            encod_data=encod[rows],
+            recon_data=recon[rows],
+            nlb_index=rows,
+            behavior=behavior[rows] if behavior is not None else None,
+            condition=train_conditions[rows] if train_conditions is not None else None,
+            truth=train_truth[rows] if train_truth is not None else None,
         )
-        for split, rows in (("train", train_rows), ("valid", valid_rows)):
-            group = handle.create_group(split)
-            _write(group, "encod_data", encod[rows])
-            _write(group, "recon_data", recon[rows])
-            _write(group, "nlb_index", rows.astype(np.int64))
-            if behavior is not None:
-                _write(group, "behavior", behavior[rows].astype(np.float32))
-            if train_conditions is not None:
-                _write(group, "condition", train_conditions[rows])
-            if train_truth is not None:
-                _write(group, "truth", train_truth[rows])
-        group = handle.create_group("eval")
-        _write(group, "encod_data", _nan_to_zero(eval_heldin))
-        _write(group, "nlb_index", np.arange(eval_heldin.shape[0], dtype=np.int64))
-        if eval_conditions is not None:
-            _write(group, "condition", eval_conditions)
-        if eval_truth is not None:
-            _write(group, "truth", eval_truth)
-        for name, ids in unit_ids.items():
-            _write(handle.require_group("unit_ids"), name, ids)
+        for split, rows in (("train", train_rows), ("valid", valid_rows))
+    }
+    splits["eval"] = PreparedSplit(
+        encod_data=_nan_to_zero(eval_heldin),
+        nlb_index=np.arange(eval_heldin.shape[0]),
+        condition=eval_conditions,
+        truth=eval_truth,
+    )
+    write_prepared(out_path, attributes, splits, unit_ids)
     log.info(
         "wrote %s: %d train, %d valid, %d eval trials, %d+%d bins, %d+%d neurons in %.1f s",
         out_path,

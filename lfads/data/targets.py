@@ -16,7 +16,7 @@ import numpy as np
 
 from lfads.data.layouts import BIN_WIDTHS_MS, layout
 from lfads.data.nwb_checks import check_nwb_file
-from lfads.infra.io import atomic_path
+from lfads.formats.targets import write_targets_file
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,12 @@ def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
 def write_targets(
     train_nwb: str | Path, out_path: str | Path, nlb_layout: str, bin_width_ms: int
 ) -> Path:
-    """Write the evaluation targets of the val split, readable by nlb_tools.evaluation.evaluate."""
-    from nlb_tools.make_tensors import save_to_h5
-
+    """Write the evaluation targets of the val split (`lfads.formats.targets`), readable by
+    nlb_tools.evaluation.evaluate."""
     train_nwb, out_path = Path(train_nwb), Path(out_path)
     check_nwb_file(train_nwb, nlb_layout, "train")
     targets = make_targets(train_nwb, nlb_layout, bin_width_ms)
-    with atomic_path(out_path) as tmp:
-        save_to_h5(targets, str(tmp))
+    write_targets_file(out_path, targets)
     log.info("wrote %s", out_path)
     return out_path
 

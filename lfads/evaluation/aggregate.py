@@ -1,4 +1,4 @@
-"""One table of every run of a dataset: searched hyperparameters, final validation losses, metrics (rule `aggregate`).
+"""One table of a dataset's runs: searched hyperparameters, final losses, scores (rule `aggregate`).
 
 The best run is the one with the lowest final smoothed validation
 reconstruction loss of the model itself; the NLB evaluation targets never take
@@ -13,18 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED, read_metrics_csv
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 # Column of metrics.csv the best run minimises: the smoothed validation reconstruction loss.
 # The total loss would not do: its KL and L2 terms carry each run's own scales.
-SELECTION_COLUMN = "valid_recon_smoothed"
+SELECTION_COLUMN = VALID_RECON_SMOOTHED
 
 
 def final_epoch(metrics_csv: Path) -> dict:
     """The last row of a run's per-epoch metrics that has a validation loss."""
-    table = pd.read_csv(metrics_csv)
+    table = read_metrics_csv(metrics_csv)
     if SELECTION_COLUMN not in table:
         raise ValueError(
             f"{metrics_csv}: no column {SELECTION_COLUMN!r}; columns are {list(table.columns)}"
@@ -45,7 +46,7 @@ def summary_table(runs: dict[str, dict], run_dir: Path) -> pd.DataFrame:
     for name, params in runs.items():
         folder = Path(run_dir) / name
         last = final_epoch(folder / "metrics.csv")
-        row = {"run": name, **params, "epochs": int(last.get("epoch", -1)) + 1}
+        row = {"run": name, **params, "epochs": int(last.get(EPOCH, -1)) + 1}
         row.update({key: value for key, value in last.items() if key.startswith("valid_")})
         row.update(json.loads((folder / "metrics.json").read_text()))
         rows.append(row)

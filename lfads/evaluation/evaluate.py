@@ -1,4 +1,4 @@
-"""Score a run's inferred rates with nlb_tools, and against the true rates on synthetic data (rule `evaluate`).
+"""Score a run's rates with nlb_tools and against synthetic data's true rates (rule `evaluate`).
 
 The inference file holds rates for the model's train/valid split of the NLB
 train trials and for the eval trials (lfads/README.md). nlb_tools wants the
@@ -11,10 +11,12 @@ import argparse
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from lfads.evaluation.submission import nlb_order, nlb_submission
+from lfads.formats.inferred import read_inferred
+from lfads.formats.prepared import read_prepared
+from lfads.formats.targets import check_targets
 from lfads.infra.io import write_json
 
 log = logging.getLogger(__name__)
@@ -40,15 +42,19 @@ def evaluate_run(
     submission = nlb_submission(prepared_path, inferred_path)
     metrics: dict[str, float] = {}
     if targets_path is not None:
+        check_targets(targets_path)
         (result,) = evaluate(str(targets_path), submission)
         (scores,) = result.values()
         metrics.update({key.split("] ")[-1]: float(value) for key, value in scores.items()})
-    with h5py.File(prepared_path, "r") as prepared, h5py.File(inferred_path, "r") as inferred:
-        if prepared.attrs.get("has_truth", False):
-            metrics["rate R2"] = rate_r2(prepared["eval/truth"][()], inferred["eval/rates"][()])
-            metrics["train rate R2"] = rate_r2(
-                nlb_order(prepared, "truth", prepared), nlb_order(inferred, "rates", prepared)
-            )
+    prepared = read_prepared(prepared_path, keys=("nlb_index", "truth"))
+    if prepared.attributes.has_truth:
+        inferred = read_inferred(inferred_path, keys=("rates",)).splits
+        truth = {split: arrays.truth for split, arrays in prepared.splits.items()}
+        metrics["rate R2"] = rate_r2(truth["eval"], inferred["eval"].rates)
+        metrics["train rate R2"] = rate_r2(
+            nlb_order(prepared, truth["train"], truth["valid"]),
+            nlb_order(prepared, inferred["train"].rates, inferred["valid"].rates),
+        )
     write_json(out_path, metrics)
     log.info(
         "metrics: %s", ", ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items()))

@@ -9,16 +9,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from lfads.evaluation.outputs import FIGURES
+from lfads.formats.inferred import read_inferred
+from lfads.formats.metrics import (
+    EPOCH,
+    TRAIN_LOSS,
+    VALID_LOSS,
+    VALID_RECON_SMOOTHED,
+    read_metrics_csv,
+)
+from lfads.formats.prepared import PreparedAttributes, read_prepared
+from lfads.formats.targets import read_targets
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", "valid_recon_smoothed"]
+METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", VALID_RECON_SMOOTHED]
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 
@@ -90,11 +99,11 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for index, (name, folder) in enumerate(sorted(run_dirs.items())):
-        table = pd.read_csv(Path(folder) / "metrics.csv")
-        for ax, column in zip(axes, ("train_loss", "valid_loss")):
+        table = read_metrics_csv(Path(folder) / "metrics.csv")
+        for ax, column in zip(axes, (TRAIN_LOSS, VALID_LOSS)):
             if column in table:
                 rows = table.dropna(subset=[column])
-                ax.plot(rows["epoch"], rows[column], color=f"C{index % 10}", label=name, lw=1)
+                ax.plot(rows[EPOCH], rows[column], color=f"C{index % 10}", label=name, lw=1)
     for ax, title in zip(axes, ("train loss", "valid loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -103,17 +112,18 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     _save(figure, out)
 
 
-def _bin_hz(prepared: h5py.File) -> float:
-    return 1000.0 / float(prepared.attrs["bin_width_ms"])
+def _bin_hz(attributes: PreparedAttributes) -> float:
+    return 1000.0 / float(attributes.bin_width_ms)
 
 
 def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
-    """Observed spikes beside inferred rates for example validation trials (all neurons, all bins)."""
+    """Observed spikes beside inferred rates of example validation trials (all neurons and bins)."""
     plt = _pyplot()
-    with h5py.File(prepared_path) as prepared, h5py.File(inferred_path) as inferred:
-        spikes = prepared["valid/recon_data"][:N_EXAMPLE_TRIALS]
-        rates = inferred["valid/rates"][:N_EXAMPLE_TRIALS] * _bin_hz(prepared)
-        n_obs, n_heldin = int(prepared.attrs["n_obs_bins"]), int(prepared.attrs["n_heldin"])
+    prepared = read_prepared(prepared_path, keys=("recon_data",))
+    spikes = prepared.splits["valid"].recon_data[:N_EXAMPLE_TRIALS]
+    inferred = read_inferred(inferred_path, keys=("rates",)).splits
+    rates = inferred["valid"].rates[:N_EXAMPLE_TRIALS] * _bin_hz(prepared.attributes)
+    n_obs, n_heldin = prepared.attributes.n_obs_bins, prepared.attributes.n_heldin
     figure, axes = plt.subplots(2, len(spikes), figsize=(4 * len(spikes), 6), squeeze=False)
     for trial in range(len(spikes)):
         axes[0, trial].imshow(spikes[trial].T, aspect="auto", cmap="Greys", interpolation="nearest")
@@ -138,17 +148,16 @@ def psths(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """nlb_tools' target PSTHs and PSTHs of the inferred eval rates, per condition, for example neurons."""
+    """nlb_tools' target PSTHs beside PSTHs of the inferred eval rates, per condition, of example
+    neurons."""
     plt = _pyplot()
-    with (
-        h5py.File(targets_path) as targets,
-        h5py.File(inferred_path) as inferred,
-        h5py.File(prepared_path) as prep,
-    ):
-        true = targets[group]["psth"][()] * _bin_hz(prep)  # (conditions, T, neurons)
-        cond_idx = targets[group]["eval_cond_idx"][()]
-        n_obs = int(prep.attrs["n_obs_bins"])
-        rates = inferred["eval/rates"][:, :n_obs] * _bin_hz(prep)
+    attributes = read_prepared(prepared_path, keys=()).attributes
+    targets = read_targets(targets_path, group, keys=("psth", "eval_cond_idx"))
+    true = targets.psth * _bin_hz(attributes)  # (conditions, T, neurons)
+    cond_idx = targets.eval_cond_idx
+    n_obs = attributes.n_obs_bins
+    rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates[:, :n_obs]
+    rates = rates * _bin_hz(attributes)
     neurons = np.linspace(0, true.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
     figure, axes = plt.subplots(1, len(neurons), figsize=(4 * len(neurons), 3.2), squeeze=False)
     for ax, neuron in zip(axes[0], neurons):
@@ -170,16 +179,15 @@ def psths(
 def factor_trajectories(
     prepared_path: str | Path, inferred_path: str | Path, out: str | Path
 ) -> None:
-    """Condition-averaged factors projected on their top principal components, coloured by condition."""
+    """Condition-averaged factors on their top principal components, coloured by condition."""
     plt = _pyplot()
-    with h5py.File(prepared_path) as prepared, h5py.File(inferred_path) as inferred:
-        factors = np.concatenate([inferred["train/factors"][()], inferred["valid/factors"][()]])
-        if "condition" in prepared["train"]:
-            conditions = np.concatenate(
-                [prepared["train/condition"][()], prepared["valid/condition"][()]]
-            )
-        else:
-            conditions = np.zeros(len(factors), dtype=int)
+    inferred = read_inferred(inferred_path, keys=("factors",)).splits
+    factors = np.concatenate([inferred["train"].factors, inferred["valid"].factors])
+    prepared = read_prepared(prepared_path, keys=("condition",)).splits
+    if prepared["train"].condition is not None:
+        conditions = np.concatenate([prepared["train"].condition, prepared["valid"].condition])
+    else:
+        conditions = np.zeros(len(factors), dtype=int)
     n_trials, n_bins, n_factors = factors.shape
     flat = factors.reshape(-1, n_factors)
     centred = flat - flat.mean(0)
@@ -206,16 +214,16 @@ def decoded_velocity(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """Ridge decoding of behaviour from the inferred rates (fit on train trials), against the truth on eval trials."""
+    """Ridge decoding of behaviour from the inferred rates (fit on train trials), against the truth
+    on eval trials."""
     from sklearn.linear_model import Ridge
 
     from lfads.evaluation.submission import nlb_submission
 
     plt = _pyplot()
     submission = nlb_submission(prepared_path, inferred_path)[group]
-    with h5py.File(targets_path) as targets:
-        train_behavior = targets[group]["train_behavior"][()]
-        eval_behavior = targets[group]["eval_behavior"][()]
+    targets = read_targets(targets_path, group, keys=("train_behavior", "eval_behavior"))
+    train_behavior, eval_behavior = targets.train_behavior, targets.eval_behavior
     train_rates = np.concatenate(
         [submission["train_rates_heldin"], submission["train_rates_heldout"]], axis=2
     )
@@ -250,9 +258,10 @@ def decoded_velocity(
 def rates_vs_truth(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
     """Synthetic data: inferred against true rates, as example traces and a density of all bins."""
     plt = _pyplot()
-    with h5py.File(prepared_path) as prepared, h5py.File(inferred_path) as inferred:
-        truth = prepared["eval/truth"][()] * _bin_hz(prepared)
-        rates = inferred["eval/rates"][()] * _bin_hz(prepared)
+    prepared = read_prepared(prepared_path, keys=("truth",))
+    truth = prepared.splits["eval"].truth * _bin_hz(prepared.attributes)
+    rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates
+    rates = rates * _bin_hz(prepared.attributes)
     figure, axes = plt.subplots(
         1, 1 + N_EXAMPLE_NEURONS, figsize=(4 * (1 + N_EXAMPLE_NEURONS), 3.4)
     )

@@ -1,4 +1,4 @@
-"""EvalAI submissions in nlb_tools' format (rule `submission`), and the same rates for local scoring.
+"""EvalAI submissions in nlb_tools' format (rule `submission`), and those rates for local scoring.
 
 The inference file holds rates for the model's train/valid split of the NLB
 train trials and for the eval trials (lfads/README.md). nlb_tools wants the
@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from lfads.data.layouts import group_name
+from lfads.formats.inferred import read_inferred
+from lfads.formats.prepared import PreparedFile, read_prepared
 from lfads.infra.io import atomic_path
 
 
-def nlb_order(handle: h5py.File, key: str, prepared: h5py.File) -> np.ndarray:
-    """Rows of `key` for every NLB train trial, in nlb_tools' order (from the train and valid groups)."""
-    rows = np.concatenate([prepared["train/nlb_index"][()], prepared["valid/nlb_index"][()]])
-    values = np.concatenate([handle[f"train/{key}"][()], handle[f"valid/{key}"][()]])
-    return values[np.argsort(rows)]
+def nlb_order(prepared: PreparedFile, train: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Rows for every NLB train trial in nlb_tools' order, from the rows of the model's train and
+    valid splits (`prepared` read with its nlb_index)."""
+    rows = np.concatenate([prepared.splits["train"].nlb_index, prepared.splits["valid"].nlb_index])
+    return np.concatenate([train, valid])[np.argsort(rows)]
 
 
 def nlb_submission(prepared_path: str | Path, inferred_path: str | Path) -> dict:
@@ -29,11 +30,13 @@ def nlb_submission(prepared_path: str | Path, inferred_path: str | Path) -> dict
     Rates are spikes per bin, float32, clipped at a tiny positive floor
     because nlb_tools refuses zeros in its Poisson likelihood.
     """
-    with h5py.File(prepared_path, "r") as prepared, h5py.File(inferred_path, "r") as inferred:
-        n_heldin, n_obs = int(prepared.attrs["n_heldin"]), int(prepared.attrs["n_obs_bins"])
-        name = group_name(str(prepared.attrs["nlb_layout"]), int(prepared.attrs["bin_width_ms"]))
-        train = nlb_order(inferred, "rates", prepared)
-        evaluation = inferred["eval/rates"][()]
+    prepared = read_prepared(prepared_path, keys=("nlb_index",))
+    inferred = read_inferred(inferred_path, keys=("rates",)).splits
+    attributes = prepared.attributes
+    n_heldin, n_obs = attributes.n_heldin, attributes.n_obs_bins
+    name = group_name(attributes.nlb_layout, attributes.bin_width_ms)
+    train = nlb_order(prepared, inferred["train"].rates, inferred["valid"].rates)
+    evaluation = inferred["eval"].rates
     train, evaluation = (
         np.maximum(array, 1e-9).astype(np.float32) for array in (train, evaluation)
     )

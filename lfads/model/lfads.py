@@ -143,6 +143,12 @@ class LFADS(nn.Module):
         )
         self.set_rnn_impl(hp.rnn_impl)
 
+    @property
+    def readin_dim(self) -> int | None:
+        """Width of the per-session readins (the encoders' input size), or None without readins."""
+        first = self.readins[0]
+        return None if isinstance(first, nn.Identity) else first.out_features
+
     def set_rnn_impl(self, name: str) -> None:
         """Switch how the recurrent loops run (HParams.rnn_impl); the weights and the numbers stay the same."""
         if name not in RNN_IMPLS:

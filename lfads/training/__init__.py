@@ -1,6 +1,8 @@
-"""Training (rule `train`): the Lightning module, its data, and the train driver with checkpoints
-and resume.
+"""Training (rule `train`): the Lightning module, its data, and the train driver with its jobs.
 
-datamodule.py (prepared files as mixed-session batches) -> module.py (the LightningModule: one
-step, epoch metrics, stopping) -> train.py (the driver and command line).
+datamodule.py (prepared files as mixed-session batches) -> step.py (the training step, pure
+torch) -> module.py (the LightningModule: steps, epoch metrics, stopping) -> train.py (the driver
+and command line), which calls readins.py (the PCR start of the readins), resume.py (what a
+last.ckpt continues) and lightning_trainer.py (Lightning's Trainer, checkpoint IO and logs).
+The checkpoint and metrics files are in lfads.formats.
 """

@@ -1,4 +1,4 @@
-"""Training data: prepared-tensor HDF5 files (lfads/README.md), one per session, as mixed-session batches.
+"""Training data: prepared files (lfads.formats.prepared), one per session, in mixed batches.
 
 Every split is read into memory once (NLB files are tens of MB). A training
 batch draws trials from all sessions together, in an order fixed by
@@ -11,153 +11,104 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from lfads.formats.prepared import MODEL_SPLITS, read_prepared
 from lfads.model.batch import SessionBatch
 from lfads.model.lfads import SessionDims
-
-SPLITS = ("train", "valid", "eval")
-# Root attributes copied into checkpoints and inference files.
-COPIED_ATTRS = (
-    "dataset",
-    "nlb_layout",
-    "phase",
-    "bin_width_ms",
-    "n_heldin",
-    "n_heldout",
-    "n_obs_bins",
-    "n_fwd_bins",
-    "has_truth",
-)
 
 
 @dataclass
 class SessionData:
-    """One prepared file in memory. splits[split][key] are float32 tensors, `index` int64."""
+    """One prepared file in memory: each split's trials as one SessionBatch of float32 tensors."""
 
     path: Path
     dims: SessionDims
-    attrs: dict[str, Any]
-    splits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    attrs: dict[str, Any]  # the file's SESSION_ATTRIBUTES (copied into checkpoints)
+    splits: dict[str, SessionBatch] = field(default_factory=dict)  # index: rows 0 .. N - 1
     conditions: dict[str, np.ndarray] = field(
         default_factory=dict
     )  # split -> (N,) condition index, -1 none
+    nlb_index: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) nlb_tools row
 
     def n_trials(self, split: str) -> int:
-        return len(self.splits[split]["index"]) if split in self.splits else 0
+        return len(self.splits[split]) if split in self.splits else 0
 
     def batch(self, split: str, rows: torch.Tensor | np.ndarray) -> SessionBatch:
         rows = torch.as_tensor(rows, dtype=torch.int64)
-        arrays = self.splits[split]
+        trials = self.splits[split]
         return SessionBatch(
-            encod_data=arrays["encod_data"][rows],
-            recon_data=arrays["recon_data"][rows],
-            ext_input=arrays["ext_input"][rows],
+            encod_data=trials.encod_data[rows],
+            recon_data=trials.recon_data[rows],
+            ext_input=trials.ext_input[rows],
             index=rows,
-            truth=arrays["truth"][rows] if "truth" in arrays else None,
-            sv_mask=arrays["sv_mask"][rows] if "sv_mask" in arrays else None,
+            truth=trials.truth[rows] if trials.truth is not None else None,
+            sv_mask=trials.sv_mask[rows] if trials.sv_mask is not None else None,
         )
 
     def has_missing_targets(self) -> bool:
         return any(
-            bool(torch.isnan(self.splits[s]["recon_data"]).any())
-            for s in ("train", "valid")
+            bool(torch.isnan(self.splits[s].recon_data).any())
+            for s in MODEL_SPLITS
             if s in self.splits
         )
-
-
-def _plain(value: Any) -> Any:
-    """HDF5 attribute -> plain Python value (numpy scalars and bytes are not weights_only-safe)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def load_session(
     path: str | Path, sv_rate: float = 0.0, seed: int = 0, session: int = 0
 ) -> SessionData:
-    """Read a prepared file. Missing keys are reported with the file and key.
+    """Read a prepared file (`lfads.formats.prepared.read_prepared`) into tensors.
 
     Optional `<split>/ext_input` (N, T or T + F, ext_input_dim) gives external
-    inputs (zero-padded over bins it lacks). With sv_rate > 0, a fixed
-    `sv_mask` (1 = used for training) is drawn per train/valid element from (seed, session).
+    inputs (zero-padded over bins it lacks); eval trials get NaN reconstruction targets. With
+    sv_rate > 0, a fixed `sv_mask` (1 = used for training) is drawn per train/valid element
+    from (seed, session).
     """
-    path = Path(path)
-    with h5py.File(path, "r") as file:
-        attrs = {key: _plain(value) for key, value in file.attrs.items()}
-        for key in ("n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins"):
-            if key not in attrs:
-                raise ValueError(
-                    f"{path}: root attribute {key!r} is missing; is this a prepared file (lfads/README.md)?"
-                )
-        n_heldin, n_heldout, n_obs, n_fwd = (
-            int(attrs[k]) for k in ("n_heldin", "n_heldout", "n_obs_bins", "n_fwd_bins")
+    prepared = read_prepared(path)
+    attributes = prepared.attributes
+    n_obs, n_fwd = attributes.n_obs_bins, attributes.n_fwd_bins
+    n_neurons = attributes.n_heldin + attributes.n_heldout
+    dims = SessionDims(
+        attributes.n_heldin, attributes.n_heldout, n_obs, n_fwd, prepared.ext_input_dim
+    )
+    data = SessionData(prepared.path, dims, prepared.session_attributes())
+    rng = np.random.default_rng([seed, session])
+    for split, arrays in prepared.splits.items():
+        encod = arrays.encod_data
+        n = encod.shape[0]
+        recon = arrays.recon_data
+        if recon is None:  # eval trials: nothing to reconstruct
+            recon = np.full((n, n_obs + n_fwd, n_neurons), np.nan, dtype=np.float32)
+        ext = np.zeros((n, n_obs + n_fwd, dims.ext_input_dim), dtype=np.float32)
+        if arrays.ext_input is not None:
+            ext[:, : arrays.ext_input.shape[1]] = arrays.ext_input
+        sv_mask = None
+        if sv_rate > 0 and split in MODEL_SPLITS:
+            sv_mask = (rng.random(encod.shape) >= sv_rate).astype(np.float32)
+        if arrays.condition is not None:
+            data.conditions[split] = arrays.condition
+        if arrays.nlb_index is not None:
+            data.nlb_index[split] = arrays.nlb_index
+        data.splits[split] = SessionBatch(
+            encod_data=_tensor(encod),
+            recon_data=_tensor(recon),
+            ext_input=_tensor(ext),
+            index=torch.arange(n),
+            truth=_tensor(arrays.truth),
+            sv_mask=_tensor(sv_mask),
         )
-        ext_dims = {file[f"{s}/ext_input"].shape[2] for s in SPLITS if f"{s}/ext_input" in file}
-        if len(ext_dims) > 1:
-            raise ValueError(f"{path}: ext_input widths differ between splits: {sorted(ext_dims)}")
-        dims = SessionDims(n_heldin, n_heldout, n_obs, n_fwd, ext_dims.pop() if ext_dims else 0)
-        data = SessionData(path, dims, {k: attrs[k] for k in COPIED_ATTRS if k in attrs})
-        rng = np.random.default_rng([seed, session])
-        for split in SPLITS:
-            if f"{split}/encod_data" not in file:
-                continue
-            group = file[split]
-            encod = np.asarray(group["encod_data"][()], dtype=np.float32)
-            n = encod.shape[0]
-            if encod.shape[1:] != (n_obs, n_heldin):
-                raise ValueError(
-                    f"{path}: {split}/encod_data has shape {encod.shape}; "
-                    f"expected (N, {n_obs}, {n_heldin}) from the file's attributes"
-                )
-            if "recon_data" in group:
-                recon = np.asarray(group["recon_data"][()], dtype=np.float32)
-                if recon.shape != (n, n_obs + n_fwd, n_heldin + n_heldout):
-                    raise ValueError(
-                        f"{path}: {split}/recon_data has shape {recon.shape}; "
-                        f"expected ({n}, {n_obs + n_fwd}, {n_heldin + n_heldout})"
-                    )
-            else:  # eval trials: nothing to reconstruct
-                recon = np.full((n, n_obs + n_fwd, n_heldin + n_heldout), np.nan, dtype=np.float32)
-            ext = np.zeros((n, n_obs + n_fwd, dims.ext_input_dim), dtype=np.float32)
-            if "ext_input" in group:
-                given = group["ext_input"][()]
-                ext[:, : given.shape[1]] = given
-            arrays = {
-                "encod_data": encod,
-                "recon_data": recon,
-                "ext_input": ext,
-                "index": np.asarray(
-                    group["nlb_index"][()] if "nlb_index" in group else np.arange(n)
-                ),
-            }
-            if "truth" in group:
-                arrays["truth"] = np.asarray(group["truth"][()], dtype=np.float32)
-            if "condition" in group:
-                data.conditions[split] = np.asarray(group["condition"][()], dtype=np.int64)
-            if sv_rate > 0 and split in ("train", "valid"):
-                arrays["sv_mask"] = (rng.random(encod.shape) >= sv_rate).astype(np.float32)
-            data.splits[split] = {
-                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
-            }
-            data.splits[split]["index"] = torch.arange(
-                n
-            )  # rows of the split; nlb_index stays in the file
-    for split in ("train", "valid"):
-        if split not in data.splits:
-            raise ValueError(f"{path}: group {split!r} with encod_data and recon_data is missing")
     return data
 
 
+def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
 class MixedSessionTrials(Dataset):
-    """All trials of one split across sessions; item i is (session, row). `__getitems__` builds a batch."""
+    """All trials of one split across sessions; item i is (session, row). `__getitems__` builds a
+    batch."""
 
     def __init__(self, sessions: list[SessionData], split: str):
         self.sessions, self.split = sessions, split
@@ -222,11 +173,12 @@ def batches(
 
 
 def _data_module_class() -> type:
-    """Defined on first use: importing Lightning costs ~0.2 GiB and 3 s, which inference does not need."""
+    """Defined on first use: importing Lightning costs ~0.2 GiB and 3 s, which inference does not
+    need."""
     import lightning as L
 
     class LFADSDataModule(L.LightningDataModule):
-        """Train and valid batches over a list of session files (the model's session i is file i)."""
+        """Train and valid batches over a list of session files (the model's session i: file i)."""
 
         def __init__(
             self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0

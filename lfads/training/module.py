@@ -1,4 +1,5 @@
-"""The LightningModule: one training/validation step, per-epoch metrics, LR schedule, stopping, resumable state.
+"""The LightningModule: training and validation steps, per-epoch metrics, LR schedule, stopping and
+resumable state.
 
 Everything a resumed run needs beyond weights and optimiser (metric history,
 smoothed validation loss, scheduler, RNG states) is saved under the
@@ -19,10 +20,13 @@ import lightning as L
 import numpy as np
 import torch
 
+from lfads.formats.checkpoints import TrainingState, add_training_state, training_state
+from lfads.formats.metrics import EPOCH, EPOCH_SECONDS, VALID_RECON_SMOOTHED
 from lfads.model.batch import SessionBatch
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, LossTerms, SessionDims, ramp
 from lfads.model.metrics import RegionMetrics, mean_over_sessions
+from lfads.training.step import run_step
 
 log = logging.getLogger("lfads.training.train")
 
@@ -46,7 +50,7 @@ class LFADSModule(L.LightningModule):
         self.epochs_since_best = 0
         self.stop_reason = ""
         self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self._restored: dict[str, Any] | None = None
+        self._restored: TrainingState | None = None
         self._reset_epoch()
 
     # -- batches ---------------------------------------------------------------------------
@@ -67,25 +71,18 @@ class LFADSModule(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def _step(self, batch: dict[int, SessionBatch], split: str) -> LossTerms:
-        stack = (
-            self.model.train_augmentations if split == "train" else self.model.infer_augmentations
-        )
-        augmented, memos = {}, {}
-        for s in sorted(batch):
-            augmented[s], memos[s] = stack.process_batch(batch[s])
-        outputs = self.model(augmented, sample_posteriors=True)
-        extra: dict[str, torch.Tensor] = {}
-        terms = self.model.loss(augmented, outputs, stack, memos, self.current_epoch, extra)
+        result = run_step(self.model, batch, self.current_epoch, training=split == "train")
+        terms = result.terms
         self._check_finite(terms, split)
         size = sum(len(b) for b in batch.values())
         sums = self._sums[split]
         sums["trials"] += size
         for name in LOSS_TERMS:
             sums[name] += float(getattr(terms, name).detach()) * size
-        for name, value in extra.items():
+        for name, value in result.metrics.items():
             sums[name] += float(value.detach()) * size
         if split == "train":  # bits/spike of the training outputs (with augmentations and sampling)
-            for s, out in outputs.items():
+            for s, out in result.outputs.items():
                 self._metrics["train"][s].update(
                     self.model.rates(s, out).detach(), batch[s].recon_data, None
                 )
@@ -96,9 +93,9 @@ class LFADSModule(L.LightningModule):
             value = float(getattr(terms, name).detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"{split} loss term {name!r} is {value} at epoch {self.current_epoch}; training stopped. "
-                    "The last good checkpoint is kept. Try a lower lr, a smaller cell_clip or a stronger "
-                    "gradient_clip."
+                    f"{split} loss term {name!r} is {value} at epoch {self.current_epoch}; "
+                    "training stopped. The last good checkpoint is kept. Try a lower lr, a smaller "
+                    "cell_clip or a stronger gradient_clip."
                 )
 
     def training_step(self, batch: dict[int, SessionBatch], batch_idx: int) -> torch.Tensor:
@@ -152,21 +149,21 @@ class LFADSModule(L.LightningModule):
         if (
             self._restored is not None
             and self.scheduler is not None
-            and self._restored["scheduler"] is not None
+            and self._restored.scheduler is not None
         ):
-            self.scheduler.load_state_dict(self._restored["scheduler"])
+            self.scheduler.load_state_dict(self._restored.scheduler)
 
     def on_train_epoch_start(self) -> None:
         if (
             self._restored is not None
         ):  # continue the random streams exactly where the checkpoint left them
-            set_rng_state(self._restored["rng"])
+            set_rng_state(self._restored.rng)
             self._restored = None
         self._reset_epoch()
 
     def on_train_epoch_end(self) -> None:
         hp, epoch = self.config, self.current_epoch
-        row: dict[str, float] = {"epoch": epoch}
+        row: dict[str, float] = {EPOCH: epoch}
         for split in ("train", "valid"):
             sums = self._sums[split]
             for name in [*LOSS_TERMS, *sorted(k for k in sums if k not in (*LOSS_TERMS, "trials"))]:
@@ -192,21 +189,19 @@ class LFADSModule(L.LightningModule):
             if math.isnan(self.valid_smoothed)
             else a * valid_recon + (1 - a) * self.valid_smoothed
         )
-        row["valid_recon_smoothed"] = self.valid_smoothed
+        row[VALID_RECON_SMOOTHED] = self.valid_smoothed
         row["l2_ramp"] = ramp(epoch, hp.l2_start_epoch, hp.l2_increase_epoch)
         row["kl_ramp"] = ramp(epoch, hp.kl_start_epoch, hp.kl_increase_epoch)
         optimizer = self.optimizers(use_pl_optimizer=False)
         row["lr"] = optimizer.param_groups[0]["lr"]
-        row["epoch_seconds"] = time.perf_counter() - self._epoch_start
+        row[EPOCH_SECONDS] = time.perf_counter() - self._epoch_start
         self.history.append(row)
         self._update_schedule_and_stopping(optimizer)
         if self.logger is not None:
-            self.log_dict(
-                {k.replace("_", "/", 1): float(v) for k, v in row.items() if k != "epoch"}
-            )
+            self.log_dict({k.replace("_", "/", 1): float(v) for k, v in row.items() if k != EPOCH})
         log.info(
-            "epoch %d/%d: train loss %.4g, valid loss %.4g (recon %.4g), valid co-bps %.4f, fp-bps %.4f, "
-            "rate R2 %.4f, lr %.3g, %.1f s",
+            "epoch %d/%d: train loss %.4g, valid loss %.4g (recon %.4g), valid co-bps %.4f, "
+            "fp-bps %.4f, rate R2 %.4f, lr %.3g, %.1f s",
             epoch + 1,
             self.trainer.max_epochs,
             row["train_loss"],
@@ -216,7 +211,7 @@ class LFADSModule(L.LightningModule):
             row["valid_fp_bps"],
             row["valid_rate_r2"],
             row["lr"],
-            row["epoch_seconds"],
+            row[EPOCH_SECONDS],
         )
 
     def _update_schedule_and_stopping(self, optimizer: torch.optim.Optimizer) -> None:
@@ -246,23 +241,24 @@ class LFADSModule(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lfads"] = {
-            "hparams": self.config.to_dict(),
-            "sessions": [d.to_dict() for d in self.model.sessions],
-            "history": [dict(row) for row in self.history],
-            "valid_smoothed": self.valid_smoothed,
-            "best_smoothed": self.best_smoothed,
-            "epochs_since_best": self.epochs_since_best,
-            "stop_reason": self.stop_reason,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": get_rng_state(),
-        }
+        state = TrainingState(
+            hparams=self.config.to_dict(),
+            sessions=[d.to_dict() for d in self.model.sessions],
+            history=[dict(row) for row in self.history],
+            valid_smoothed=self.valid_smoothed,
+            best_smoothed=self.best_smoothed,
+            epochs_since_best=self.epochs_since_best,
+            stop_reason=self.stop_reason,
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            rng=get_rng_state(),
+        )
+        add_training_state(checkpoint, state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["lfads"]
-        self.history = [dict(row) for row in state["history"]]
-        self.valid_smoothed, self.best_smoothed = state["valid_smoothed"], state["best_smoothed"]
-        self.epochs_since_best, self.stop_reason = state["epochs_since_best"], state["stop_reason"]
+        state = training_state(checkpoint, self.trainer.ckpt_path or "the checkpoint")
+        self.history = [dict(row) for row in state.history]
+        self.valid_smoothed, self.best_smoothed = state.valid_smoothed, state.best_smoothed
+        self.epochs_since_best, self.stop_reason = state.epochs_since_best, state.stop_reason
         self._restored = state
 
 

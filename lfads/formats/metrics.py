@@ -1,0 +1,51 @@
+"""Per-epoch training metrics: `metrics.csv`, one row per epoch (columns: lfads/README.md).
+
+A plain CSV for pandas and spreadsheets, so it has no format_version: its columns are looked up
+by name, and a missing column is an error that names it (`lfads.evaluation.aggregate`).
+`write_metrics_csv` is the one writer, `read_metrics_csv` the one reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from lfads.infra.io import write_text
+
+# The columns other modules read by name.
+EPOCH = "epoch"  # from 0
+EPOCH_SECONDS = "epoch_seconds"  # wall-clock seconds of the epoch (train + validation)
+TRAIN_LOSS, VALID_LOSS = "train_loss", "valid_loss"
+VALID_RECON_SMOOTHED = "valid_recon_smoothed"  # exponentially smoothed valid reconstruction
+
+
+def write_metrics_csv(path: str | Path, rows: list[dict[str, float]]) -> None:
+    """Write the rows atomically: columns in order of first appearance, `epoch` as an integer,
+    other values as repr() (exact), NaN and missing values as empty cells."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                key: (
+                    int(value)
+                    if key == EPOCH
+                    else ("" if isinstance(value, float) and math.isnan(value) else repr(value))
+                )
+                for key, value in row.items()
+            }
+        )
+    write_text(path, buffer.getvalue())
+
+
+def read_metrics_csv(path: str | Path):
+    """The rows as a pandas DataFrame (empty cells are NaN)."""
+    import pandas as pd
+
+    return pd.read_csv(path)
