@@ -56,7 +56,6 @@ class SessionData:
             encod_data=arrays["encod_data"][rows],
             recon_data=arrays["recon_data"][rows],
             ext_input=arrays["ext_input"][rows],
-            index=rows,
             truth=arrays["truth"][rows] if "truth" in arrays else None,
             sv_mask=arrays["sv_mask"][rows] if "sv_mask" in arrays else None,
         )

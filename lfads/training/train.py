@@ -121,7 +121,7 @@ def save_model(path: Path, module, sessions) -> None:
         torch.save(checkpoint, tmp)
 
 
-def load_model(path: str | Path, device: str = "cpu"):
+def load_model(path: str | Path, device: str = "cpu", rnn_impl: str = "fast"):
     """(LFADS model in eval mode, checkpoint dict) from a model.ckpt written by `save_model`."""
     from lfads.model.lfads import LFADS, SessionDims
 
@@ -131,7 +131,7 @@ def load_model(path: str | Path, device: str = "cpu"):
             f"{path}: not an LFADS model file (no format {MODEL_FORMAT!r}); pass out_dir/model.ckpt"
         )
     hparams = HParams.from_dict(checkpoint["hparams"])
-    model = LFADS(hparams, [SessionDims(**d) for d in checkpoint["sessions"]])
+    model = LFADS(hparams, [SessionDims(**d) for d in checkpoint["sessions"]], rnn_impl=rnn_impl)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint
 
@@ -184,6 +184,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     device: str = "auto",
     max_epochs: int | None = None,
+    rnn_impl: str = "fast",
 ) -> Path:
     """Train on the prepared files (session i = data_files[i]); returns out_dir / "model.ckpt".
 
@@ -209,7 +210,7 @@ def train_model(
     data = LFADSDataModule(data_files, hparams.batch_size, hparams.seed, hparams.sv_rate)
     data.setup()
     _check_missing_targets(data.sessions, hparams)
-    module = LFADSModule(hparams, [s.dims for s in data.sessions])
+    module = LFADSModule(hparams, [s.dims for s in data.sessions], rnn_impl=rnn_impl)
     resume = last if last.exists() else None
     epochs = hparams.max_epochs
     if resume:
@@ -343,6 +344,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-epochs", type=int, help="override max_epochs of the config")
+    from lfads.model.loops import RNN_IMPLS
+
+    parser.add_argument(
+        "--rnn-impl", choices=list(RNN_IMPLS), default="fast", help="how the recurrent loops run"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -352,7 +358,15 @@ def run(args: argparse.Namespace) -> int:
     configure()
     try:
         hparams = HParams.from_yaml(args.config) if args.config else HParams()
-        train_model(args.data, hparams, args.out, args.checkpoint_dir, args.device, args.max_epochs)
+        train_model(
+            args.data,
+            hparams,
+            args.out,
+            args.checkpoint_dir,
+            args.device,
+            args.max_epochs,
+            rnn_impl=args.rnn_impl,
+        )
     except NonFiniteLossError as error:
         log.error("%s", error)
         return 3
