@@ -66,9 +66,9 @@ class DecoderNoise:
 
 
 class DecoderState(NamedTuple):
-    """What one bin hands to the next: controller state (None without one), generator state, factors."""
+    """What one bin of the cell hands to the next."""
 
-    con_state: torch.Tensor | None  # (B, con_dim)
+    con_state: torch.Tensor | None  # (B, con_dim); None without a controller
     gen_state: torch.Tensor  # (B, gen_dim)
     factor: torch.Tensor  # (B, fac_dim)
 
@@ -114,7 +114,7 @@ class Decoder(nn.Module):
         self.use_controller, self.loops = use_controller, loops
         self.co_dim = co_dim if use_controller else 0
         self.dropout = nn.Dropout(dropout)
-        # (in the order of the original, which draws the initial weights in this order)
+        # layers are created in this order because their initial weights are drawn in it
         self.ic_to_g0 = fan_in_linear(ic_dim, gen_dim)
         self.generator = ClippedGRUCell(
             input_size=self.co_dim + ext_input_dim, hidden_size=gen_dim, clip=cell_clip
@@ -156,7 +156,7 @@ class Decoder(nn.Module):
         noise: DecoderNoise,
         t: int,
     ) -> tuple[DecoderState, torch.Tensor | None, torch.Tensor | None]:
-        """The LFADS cell at bin t -> (new state, co_mean, co_std); co_* are None without controller.
+        """The LFADS cell at bin t -> (new state, co_mean, co_std); co_* None without a controller.
 
         ci_t (B, ci_dim), ext_t (B, ext_input_dim): this bin's controller and external inputs.
         """
@@ -184,8 +184,10 @@ class Decoder(nn.Module):
     def read_factors(
         self, gen_state: torch.Tensor, gen_masks: torch.Tensor | None, index: int
     ) -> torch.Tensor:
-        """Factors (B, fac_dim) of a generator state (B, gen_dim), after its dropout gen_masks[index]."""
-        return self.factor_linear(gen_state * gen_masks[index] if gen_masks is not None else gen_state)
+        """Factors (B, fac_dim) of a generator state (B, gen_dim) after dropout gen_masks[index]."""
+        return self.factor_linear(
+            gen_state * gen_masks[index] if gen_masks is not None else gen_state
+        )
 
     def draw_noise(
         self, batch: int, n_bins: int, co_prior: Prior | None, like: torch.Tensor

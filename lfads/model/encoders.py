@@ -1,4 +1,4 @@
-"""Encoders: the initial-condition (IC) posterior and the controller inputs (CI), from the encoder data."""
+"""Encoders: the initial-condition (IC) posterior and the controller inputs (CI) of the data."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class Encoder(nn.Module):
         super().__init__()
         if not 0 <= ic_enc_seq_len < n_obs_bins:
             raise ValueError(
-                f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, got {ic_enc_seq_len}"
+                f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, "
+                f"got {ic_enc_seq_len}"
             )
         self.n_obs_bins, self.n_recon_bins = n_obs_bins, n_recon_bins
         self.ic_enc_seq_len, self.ci_lag = ic_enc_seq_len, ci_lag

@@ -350,7 +350,13 @@ class DecoderLoop(torch.autograd.Function):
         saved = _DecoderLoopSaved(*ctx.saved_tensors)
         gen_init, con_h0, w_factor = saved.gen_init, saved.con_h0, saved.w_factor
         w_fac_zr, w_fac_n, uc_zr, uc_n = saved.w_fac_zr, saved.w_fac_n, saved.uc_zr, saved.uc_n
-        w_co, w_u_zr, w_u_n, ug_zr, ug_n = saved.w_co, saved.w_u_zr, saved.w_u_n, saved.ug_zr, saved.ug_n
+        w_co, w_u_zr, w_u_n, ug_zr, ug_n = (
+            saved.w_co,
+            saved.w_u_zr,
+            saved.w_u_n,
+            saved.ug_zr,
+            saved.ug_n,
+        )
         eps, mf, mg = saved.eps, saved.mf, saved.mg
         gs, fs, g_gates, g_ns = saved.gs, saved.fs, saved.g_gates, saved.g_ns
         cs, c_gates, c_ns, stds, us = saved.cs, saved.c_gates, saved.c_ns, saved.stds, saved.us

@@ -69,7 +69,7 @@ class ClippedGRUCell(nn.Module):
             self.bias_ih[2 * hidden_size :] = 0.0  # candidate bias starts at 0
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., input_size) -> (..., 3 * hidden): the input half of every gate, all bins at once."""
+        """(..., input_size) -> (..., 3 * hidden): every gate's input part, for all bins at once."""
         return x @ self.weight_ih.T + self.bias_ih
 
     def split_recurrent(self) -> tuple[torch.Tensor, torch.Tensor]:

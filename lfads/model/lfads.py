@@ -67,7 +67,7 @@ class LossTerms:
 
 
 def ramp(epoch: int, start: int, increase: int) -> float:
-    """0 before `start`, then rising linearly to 1: (epoch + 1 - start) / (increase + 1), clipped."""
+    """0 before `start`, rising linearly to 1: (epoch + 1 - start) / (increase + 1), clipped."""
     return min(max((epoch + 1 - start) / (increase + 1), 0.0), 1.0)
 
 
@@ -174,7 +174,7 @@ class LFADS(nn.Module):
     ) -> dict[int, SessionOutput]:
         """Posterior sample (or mean) of g0 and u_t -> decoder -> readouts, split back by session.
 
-        sizes: rows of each session, in sorted session order; ext_input (rows, T + F, ext_input_dim).
+        sizes: rows of each session, in sorted session order; ext_input (rows, T + F, E).
         """
         sessions = sorted(sizes)
         ic_sample = self.ic_prior.sample(ic_mean, ic_std) if sample_posteriors else ic_mean
@@ -220,7 +220,7 @@ class LFADS(nn.Module):
     def posterior_average(
         self, batch: dict[int, SessionBatch], n_samples: int
     ) -> dict[int, dict[str, torch.Tensor]]:
-        """Average over `n_samples` posterior samples, in one decoder pass of (samples x trials) rows.
+        """Average of `n_samples` posterior samples, in one decoder pass of (samples x trials) rows.
 
         The encoders are deterministic in eval mode, so they run once per trial.
         Returns per session: rates, factors, gen_states, co_mean, co_std (B, T + F, .) averaged over
@@ -320,14 +320,15 @@ class LFADS(nn.Module):
         epoch: int,
         metrics: dict[str, torch.Tensor],
     ) -> LossTerms:
-        """loss_scale * (recon + l2_ramp * L2 + kl_ramp * (kl_ic_scale * KL_ic + kl_co_scale * KL_co)).
+        """loss_scale * (recon + l2_ramp * l2 + kl_ramp * (kl_ic + kl_co)), and its terms.
 
+        The KL terms come scaled by kl_ic_scale and kl_co_scale (`LossTerms`).
         `batch` is the augmented batch the outputs came from; `memos` the stack's notes per session.
         """
         hp = self.hparams
         session_recon = []
         for s in sorted(batch):
-            # (B, T + F, H)
+            # the elementwise loss, shape (B, T + F, H)
             losses = self.recons[s].compute_loss(batch[s].recon_data, outputs[s].params)
             losses = stack.process_losses(losses, batch[s], memos[s], metrics)
             per_trial = losses.mean(dim=(1, 2)) if hp.recon_reduce_mean else losses.sum(dim=(1, 2))
@@ -352,7 +353,7 @@ class LFADS(nn.Module):
 
     # -- multi-session readin --------------------------------------------------------------
     def set_readins(self, readins: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Set the per-session readins: weight (readin_dim, n_heldin), bias (readin_dim,); from PCR."""
+        """Set the per-session readins (e.g. from PCR): weight (readin_dim, n_heldin), bias."""
         if len(readins) != len(self.readins) or isinstance(self.readins[0], nn.Identity):
             raise ValueError(
                 "set_readins: the model has no per-session readin layers for these sessions"

@@ -1,4 +1,4 @@
-"""How the recurrent loops run: one `RecurrentLoops` per `rnn_impl`, chosen once when LFADS is built.
+"""How the recurrent loops run: one `RecurrentLoops` per `rnn_impl`, chosen when LFADS is built.
 
 All three give the same numbers for the same weights and seed (tests/test_model_paths.py); they
 differ in speed only, so the choice is an execution option of training and inference, not a

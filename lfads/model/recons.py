@@ -98,7 +98,7 @@ class ZeroInflatedGamma(Reconstruction):
     ):
         super().__init__(n_neurons=n_neurons)
         self.gamma_loc, self.scale_prior, self.scale_penalty = gamma_loc, scale_prior, scale_penalty
-        # (alpha | beta, H)
+        # scales of alpha (row 0) and beta (row 1) per neuron, (2, H)
         self.scale = nn.Parameter(torch.full((2, n_neurons), float(scale_init)))
 
     def _scaled(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
