@@ -210,7 +210,7 @@ class HParams:
         redefined = {key for key in _LINKED_KEYS if key in changes}
         for stack in _AUGMENTATION_STACKS:
             if stack in changes:
-                redefined |= {key for _, key in _linked_options_given(changes[stack])}
+                redefined |= _flat_keys_set_by(changes[stack])
         for key in redefined - changes.keys():  # set by the changed stack's option
             del data[key]
         for stack in _AUGMENTATION_STACKS:
@@ -250,9 +250,9 @@ _LINKED_KEYS = {key for options in LINKED_OPTIONS.values() for key in options.va
 _AUGMENTATION_STACKS = ("train_augmentations", "infer_augmentations")
 
 
-def _linked_options_given(specs: Any) -> list[tuple[str, str]]:
-    """(option, flat key) of each linked option that specs (Components or plain data) give."""
-    found = []
+def _flat_keys_set_by(specs: Any) -> set[str]:
+    """The flat keys whose linked options a stack of specs (Components or plain data) gives."""
+    keys = set()
     for spec in specs if isinstance(specs, list | tuple) else ():
         if isinstance(spec, Component):
             name, options = spec.name, spec.options
@@ -260,8 +260,8 @@ def _linked_options_given(specs: Any) -> list[tuple[str, str]]:
             name, options = spec.get("name"), spec
         else:  # a bare name gives no options
             continue
-        found += [(o, key) for o, key in LINKED_OPTIONS.get(name, {}).items() if o in options]
-    return found
+        keys |= {key for option, key in LINKED_OPTIONS.get(name, {}).items() if option in options}
+    return keys
 
 
 def _flat_keys_from_options(values: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
