@@ -1,7 +1,8 @@
-"""Each part of the model on small random tensors: shapes, formulas, and the numbers they must give."""
+"""Each part of the model on small random tensors: shapes, formulas, and the numbers it gives."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -21,9 +22,11 @@ from lfads.model.augmentations import (
 from lfads.model.batch import SessionBatch
 from lfads.model.decoder import Decoder
 from lfads.model.encoders import Encoder
-from lfads.model.gru import BidirectionalGRU, ClippedGRUCell, scan, scan_together
+from lfads.model.fused import StackedGRUSequence
+from lfads.model.gru import BidirectionalGRU, ClippedGRUCell, scan_reference, scan_together
 from lfads.model.hparams import Component, HParams
 from lfads.model.lfads import LFADS, SessionDims, _sample_major_rows, ramp
+from lfads.model.loops import RNN_IMPLS
 from lfads.model.metrics import BitsPerSpike, RateR2
 from lfads.model.priors import (
     AutoregressiveNormalPrior,
@@ -45,6 +48,7 @@ from lfads.model.recons import (
 )
 
 SMALL = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=7, co_dim=3, ic_dim=5, gen_dim=12, fac_dim=4)
+FAST = RNN_IMPLS["fast"]
 
 
 def make_batch(dims: SessionDims, n: int, seed: int = 0) -> SessionBatch:
@@ -55,7 +59,6 @@ def make_batch(dims: SessionDims, n: int, seed: int = 0) -> SessionBatch:
             torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g
         ),
         ext_input=torch.randn(n, dims.n_recon_bins, dims.ext_input_dim, generator=g),
-        index=torch.arange(n),
     )
 
 
@@ -133,10 +136,127 @@ def test_bad_component_option_names_the_part():
         LFADS(hp, [SessionDims(4, 2, 6, 2)])
 
 
+def test_every_part_takes_keyword_arguments_only():
+    """Sizes and options reach a part by name: a positional argument is a TypeError."""
+    classes = [
+        registry.lookup(kind, name) for kind in registry.KINDS for name in registry.names(kind)
+    ]
+    classes += [Encoder, Decoder, ClippedGRUCell, BidirectionalGRU]
+    for cls in classes:
+        parameters = list(inspect.signature(cls).parameters.values())
+        assert parameters and all(p.kind is p.KEYWORD_ONLY for p in parameters), cls
+    with pytest.raises(TypeError):
+        CoordinatedDropout(0.3)
+    with pytest.raises(TypeError):
+        MultivariateNormalPrior(3)
+
+
+def parts(model: LFADS) -> dict[str, object]:
+    """The model's augmentations by stack and class, e.g. parts(model)["train/SampleValidation"]."""
+    return {
+        f"{stack}/{type(a).__name__}": a
+        for stack, augmentations in (
+            ("train", model.train_augmentations),
+            ("infer", model.infer_augmentations),
+        )
+        for a in augmentations.augmentations
+    }
+
+
+def test_flat_keys_are_written_into_the_part_options_once():
+    hp = HParams.from_dict(
+        {
+            **SMALL,
+            "cd_rate": 0.2,
+            "cd_pass_rate": 0.1,
+            "ic_enc_seq_len": 2,
+            "sv_rate": 0.25,
+            "train_augmentations": ["coordinated_dropout", "sample_validation"],
+            "infer_augmentations": [{"name": "coordinated_dropout", "rate": 0.2}],
+        }
+    )
+    assert hp.train_augmentations == (
+        Component("coordinated_dropout", {"rate": 0.2, "pass_rate": 0.1, "ic_enc_seq_len": 2}),
+        Component("sample_validation", {"rate": 0.25, "ic_enc_seq_len": 2}),
+    )
+    assert hp.infer_augmentations[0] == hp.train_augmentations[0]
+    built = parts(LFADS(hp, [SessionDims(6, 2, 9, 3)]))
+    cd, sv = built["train/CoordinatedDropout"], built["train/SampleValidation"]
+    assert (cd.rate, cd.pass_rate, cd.ic_enc_seq_len) == (0.2, 0.1, 2)
+    assert (sv.rate, sv.ic_enc_seq_len) == (0.25, 2)
+    assert built["infer/CoordinatedDropout"].rate == 0.2
+    assert HParams.from_dict(hp.to_dict()) == hp  # both copies round-trip, and agree
+
+
+def test_an_option_given_only_in_a_part_sets_its_flat_key():
+    hp = HParams.from_dict(
+        {
+            "train_augmentations": [
+                {"name": "coordinated_dropout", "rate": 0.1},
+                {"name": "sample_validation", "rate": 0.2},
+            ]
+        }
+    )
+    assert (hp.cd_rate, hp.sv_rate) == (0.1, 0.2)  # the data module draws sv_mask from sv_rate
+    assert hp.train_augmentations[0].options == {"rate": 0.1, "pass_rate": 0.0, "ic_enc_seq_len": 0}
+    assert HParams.from_dict(hp.to_dict()) == hp
+    # both stacks name the setting the same way: fine; differently: an error naming both
+    same = {"name": "coordinated_dropout", "rate": 0.1}
+    assert HParams.from_dict(
+        {"train_augmentations": [same], "infer_augmentations": [same]}
+    ).infer_augmentations == (hp.train_augmentations[0],)
+    with pytest.raises(
+        ValueError,
+        match=r"train_augmentations\[0\]\.rate \(0\.1\) and infer_augmentations\[0\]\.rate "
+        r"\(0\.4\) are both cd_rate",
+    ):
+        HParams.from_dict(
+            {"train_augmentations": [same], "infer_augmentations": [{**same, "rate": 0.4}]}
+        )
+
+
+def test_a_part_option_that_disagrees_with_its_flat_key_is_an_error():
+    with pytest.raises(
+        ValueError, match=r"train_augmentations\[1\]\.rate is 0\.5 but cd_rate is 0\.3"
+    ):
+        HParams.from_dict(
+            {
+                "cd_rate": 0.3,
+                "train_augmentations": [
+                    "selective_backprop",
+                    {"name": "coordinated_dropout", "rate": 0.5},
+                ],
+            }
+        )
+    with pytest.raises(ValueError, match=r"train_augmentations\[0\]\.rate: expected a number"):
+        HParams.from_dict({"train_augmentations": [{"name": "coordinated_dropout", "rate": "x"}]})
+
+
+def test_replace_keeps_flat_keys_and_part_options_equal():
+    hp = HParams.from_dict({"infer_augmentations": ["coordinated_dropout"]})
+    changed = hp.replace(cd_rate=0.5)
+    assert changed.cd_rate == 0.5
+    assert [
+        s.options["rate"] for s in changed.train_augmentations + changed.infer_augmentations
+    ] == [
+        0.5,
+        0.5,
+    ]
+    by_part = hp.replace(train_augmentations=[{"name": "coordinated_dropout", "rate": 0.4}])
+    assert by_part.cd_rate == 0.4 and by_part.infer_augmentations[0].options["rate"] == 0.4
+    assert hp.replace(max_epochs=3).train_augmentations == hp.train_augmentations
+
+
+def test_rnn_impl_is_not_a_hyperparameter():
+    assert "rnn_impl" not in HParams().to_dict()
+    with pytest.raises(ValueError, match="rnn_impl: no longer a hyperparameter; choose"):
+        HParams.from_dict({"rnn_impl": "fast"})
+
+
 # -- GRU ------------------------------------------------------------------------------------
 def test_gru_cell_formula_init_and_clip():
     torch.manual_seed(0)
-    cell = ClippedGRUCell(3, 4, clip=5.0)
+    cell = ClippedGRUCell(input_size=3, hidden_size=4, clip=5.0)
     assert torch.equal(cell.bias_ih[:8], torch.ones(8)) and torch.equal(
         cell.bias_ih[8:], torch.zeros(4)
     )
@@ -148,22 +268,20 @@ def test_gru_cell_formula_init_and_clip():
     r = torch.sigmoid(x @ w_r.T + b_r + h @ u_r.T)
     n = torch.tanh(x @ w_n.T + b_n + (r * h) @ u_n.T)  # reset before the recurrent matmul (TF GRU)
     torch.testing.assert_close(cell(x, h), z * h + (1 - z) * n)
-    big = ClippedGRUCell(300, 50, fan_in=350)
+    big = ClippedGRUCell(input_size=300, hidden_size=50, fan_in=350)
     assert abs(big.weight_ih.std().item() - 350**-0.5) < 0.003  # N(0, 1/fan_in)
     with torch.no_grad():
         cell.weight_hh.mul_(100.0)
         cell.bias_ih[8:] = 50.0
-    states = scan(cell, torch.randn(2, 30, 3) * 10, torch.zeros(2, 4))
+    (states,) = FAST.scan_encoders([cell], [torch.randn(2, 30, 3) * 10], [torch.zeros(2, 4)])
     assert states.abs().max() <= 5.0 and states.shape == (2, 30, 4)
 
 
 def test_scan_together_equals_one_scan_per_gru_values_and_gradients():
     torch.manual_seed(0)
     cells = [
-        ClippedGRUCell(3, 4, 5.0),
-        ClippedGRUCell(2, 4, 5.0),
-        ClippedGRUCell(3, 6, 5.0),
-        ClippedGRUCell(3, 4, 5.0),
+        ClippedGRUCell(input_size=i, hidden_size=h, clip=5.0)
+        for i, h in ((3, 4), (2, 4), (3, 6), (3, 4))
     ]
     inputs = [
         torch.randn(5, 9, 3),
@@ -172,31 +290,42 @@ def test_scan_together_equals_one_scan_per_gru_values_and_gradients():
         torch.randn(5, 7, 3),
     ]
     h0s = [torch.randn(5, c.hidden_size) for c in cells]
-    together = scan_together(cells, inputs, h0s)  # cells 0 and 1 share a loop; 2 and 3 run alone
-    separate = [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)]
-    for a, b in zip(together, separate):
+
+    def together():  # cells 0 and 1 share a loop; 2 and 3 run alone
+        return scan_together(cells, inputs, h0s, loop=StackedGRUSequence.apply)
+
+    def separate():
+        return [
+            scan_together([c], [x], [h], loop=StackedGRUSequence.apply)[0]
+            for c, x, h in zip(cells, inputs, h0s)
+        ]
+
+    for a, b, reference in zip(together(), separate(), scan_reference(cells, inputs, h0s)):
         torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, reference)
     grads = [
         torch.autograd.grad(sum(s.square().sum() for s in states), cells[0].weight_hh)[0]
-        for states in (
-            scan_together(cells, inputs, h0s),
-            [scan(c, x, h) for c, x, h in zip(cells, inputs, h0s)],
-        )
+        for states in (together(), separate(), scan_reference(cells, inputs, h0s))
     ]
     torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], grads[2])
 
 
 def test_bidirectional_gru_backward_half_runs_in_reverse():
     torch.manual_seed(0)
-    gru = BidirectionalGRU(3, 4, clip=5.0)
+    gru = BidirectionalGRU(input_size=3, hidden_size=4, clip=5.0)
+
+    def states(x):  # -> forward, backward (B, T, H) in the input's time
+        return BidirectionalGRU.align(*FAST.scan_encoders(*map(list, zip(*gru.runs(x)))))
+
     x = torch.randn(2, 7, 3)
-    forward, backward = gru(x)
+    forward, backward = states(x)
     assert forward.shape == backward.shape == (2, 7, 4)
-    # the backward state at bin 0 has seen every bin; changing the last bin changes it, not
-    # forward[:, 0]
+    # the backward state at bin 0 has seen every bin: changing the last bin changes it, and
+    # leaves the forward states before the last bin alone
     x2 = x.clone()
     x2[:, -1] += 1.0
-    forward2, backward2 = gru(x2)
+    forward2, backward2 = states(x2)
     assert torch.equal(forward2[:, :-1], forward[:, :-1]) and not torch.allclose(
         backward2[:, 0], backward[:, 0]
     )
@@ -206,7 +335,7 @@ def test_bidirectional_gru_backward_half_runs_in_reverse():
 def test_encoder_shapes_std_floor_and_ci_lag():
     torch.manual_seed(0)
     enc = Encoder(
-        5,
+        input_dim=5,
         n_obs_bins=10,
         n_recon_bins=13,
         ic_enc_dim=6,
@@ -218,14 +347,13 @@ def test_encoder_shapes_std_floor_and_ci_lag():
         dropout=0.0,
         cell_clip=5.0,
         ic_post_var_min=0.01,
+        loops=FAST,
     )
     x = torch.randn(2, 10, 5)
     ic_mean, ic_std, ci = enc(x)
     assert ic_mean.shape == ic_std.shape == (2, 4) and ci.shape == (2, 13, 6)
     assert (ic_std >= 0.1 - 1e-6).all()  # sqrt(ic_post_var_min)
-    assert torch.equal(
-        ci[:, 10:], torch.zeros(2, 3, 6)
-    )  # no inputs over the forward-prediction bins
+    assert torch.equal(ci[:, 10:], torch.zeros(2, 3, 6))  # none over the forward-prediction bins
     x2 = x.clone()
     x2[:, 5] += 3.0
     _, _, ci2 = enc(x2)
@@ -238,18 +366,19 @@ def test_encoder_shapes_std_floor_and_ci_lag():
 
 def test_encoder_ic_only_segment():
     enc = Encoder(
-        5,
-        10,
-        12,
-        6,
-        4,
-        3,
-        1,
+        input_dim=5,
+        n_obs_bins=10,
+        n_recon_bins=12,
+        ic_enc_dim=6,
+        ic_dim=4,
+        ci_enc_dim=3,
+        ci_lag=1,
         ic_enc_seq_len=4,
         use_controller=True,
         dropout=0.0,
         cell_clip=5.0,
         ic_post_var_min=1e-4,
+        loops=FAST,
     )
     x = torch.randn(2, 10, 5)
     _, _, ci = enc(x)
@@ -274,14 +403,12 @@ def test_decoder_shapes_factors_normalised_and_clipped():
         use_controller=True,
         dropout=0.0,
         cell_clip=0.5,
+        loops=FAST,
     )
     out = dec(torch.randn(3, 4), torch.randn(3, 11, 6), torch.randn(3, 11, 1), co_prior=None)
     assert out.gen_states.shape == (3, 11, 9) and out.factors.shape == (3, 11, 3)
-    assert out.co_mean.shape == out.co_std.shape == (3, 11, 2) and out.gen_inputs.shape == (
-        3,
-        11,
-        3,
-    )
+    assert out.co_mean.shape == out.co_std.shape == (3, 11, 2)
+    assert dec.generator.input_size == 3  # u_t and the external input
     assert out.gen_states.abs().max() <= 0.5
     rows = torch.nn.functional.normalize(dec.factor_linear.weight, dim=1)
     torch.testing.assert_close(out.factors, out.gen_states @ rows.T)
@@ -309,7 +436,7 @@ def test_lfads_forward_shapes(changes, ext):
     assert out.params.shape == (4, 12, 8, n_params)
     assert out.factors.shape == (4, 12, 4) and out.gen_states.shape == (4, 12, 12)
     assert out.ic_mean.shape == out.ic_std.shape == (4, 5)
-    assert out.co_mean.shape == (4, 12, co) and out.gen_inputs.shape == (4, 12, co + ext)
+    assert out.co_mean.shape == (4, 12, co) and model.decoder.generator.input_size == co + ext
     assert model.rates(0, out).shape == (4, 12, 8)
 
 
@@ -334,7 +461,6 @@ def test_posterior_average_equals_mean_of_repeated_trials():
         batch.encod_data.repeat(5, 1, 1),
         batch.recon_data.repeat(5, 1, 1),
         batch.ext_input.repeat(5, 1, 1),
-        batch.index.repeat(5),
     )
     torch.manual_seed(1)
     with torch.no_grad():
@@ -401,9 +527,9 @@ def test_autoregressive_prior_is_an_ar1_gaussian_and_its_kl_estimate_is_unbiased
 @pytest.mark.parametrize(
     "prior",
     [
-        MultivariateStudentTPrior(3, loc=0.0, scale=0.5, df=4),
-        MultivariateNormalPrior(3, 0.0, 0.25),
-        AutoregressiveNormalPrior(3, 1e-9, 0.25),
+        MultivariateStudentTPrior(dim=3, loc=0.0, scale=0.5, df=4),
+        MultivariateNormalPrior(dim=3, mean=0.0, variance=0.25),
+        AutoregressiveNormalPrior(dim=3, tau=1e-9, noise_variance=0.25),
     ],
 )
 def test_kl_is_zero_when_posterior_equals_prior(prior):
@@ -415,13 +541,14 @@ def test_kl_is_zero_when_posterior_equals_prior(prior):
 
 def test_student_t_samples_are_heavy_tailed_and_null_prior_passes_the_mean():
     torch.manual_seed(0)
-    prior = MultivariateStudentTPrior(1, df=3.0)
+    prior = MultivariateStudentTPrior(dim=1, df=3.0)
     samples = prior.sample(torch.zeros(200_000, 1), torch.ones(200_000, 1))
     assert (samples.abs() > 5).float().mean() > 0.005  # Normal: 6e-7
+    # loc from loc, not scale
     assert torch.allclose(
-        MultivariateStudentTPrior(2, loc=0.3, scale=2.0).loc, torch.tensor([0.3, 0.3])
-    )  # loc from loc, not scale
-    null = NullPrior(2)
+        MultivariateStudentTPrior(dim=2, loc=0.3, scale=2.0).loc, torch.tensor([0.3, 0.3])
+    )
+    null = NullPrior(dim=2)
     mean = torch.randn(3, 2)
     assert torch.equal(null.sample(mean, torch.ones(3, 2)), mean) and null(mean, mean).item() == 0
 
@@ -433,23 +560,23 @@ def test_reconstruction_losses_equal_torch_distributions():
     positive = torch.rand(2, 5, 3) + 0.2
     log_rate = torch.randn(2, 5, 3, 1)
     torch.testing.assert_close(
-        PoissonRecon(3).compute_loss(counts, log_rate),
+        PoissonRecon(n_neurons=3).compute_loss(counts, log_rate),
         -Poisson(log_rate[..., 0].exp()).log_prob(counts),
     )
     params = torch.randn(2, 5, 3, 2)
     torch.testing.assert_close(
-        Gaussian(3).compute_loss(positive, params),
+        Gaussian(n_neurons=3).compute_loss(positive, params),
         -Normal(params[..., 0], params[..., 1].mul(0.5).exp()).log_prob(positive),
     )
     torch.testing.assert_close(
-        GammaRecon(3).compute_loss(positive, params),
+        GammaRecon(n_neurons=3).compute_loss(positive, params),
         -Gamma(params[..., 0].exp(), params[..., 1].exp()).log_prob(positive),
     )
     torch.testing.assert_close(
-        MSE(3).compute_loss(positive, params[..., :1]),
+        MSE(n_neurons=3).compute_loss(positive, params[..., :1]),
         -Normal(params[..., 0], math.sqrt(0.5)).log_prob(positive) - 0.5 * math.log(math.pi),
     )
-    zig = ZeroInflatedGamma(3, gamma_loc=0.1, scale_init=20.0)
+    zig = ZeroInflatedGamma(n_neurons=3, gamma_loc=0.1, scale_init=20.0)
     data = torch.where(torch.rand(2, 5, 3) < 0.4, torch.zeros(2, 5, 3), positive)
     zparams = torch.randn(2, 5, 3, 3)
     unit = torch.sigmoid(zparams)
@@ -465,7 +592,7 @@ def test_reconstruction_losses_equal_torch_distributions():
 
 
 def test_reshape_output_params_blocks():
-    recon = Gaussian(4)
+    recon = Gaussian(n_neurons=4)
     out = torch.arange(8.0).reshape(1, 1, 8)
     params = recon.reshape_output_params(out)
     assert params.shape == (1, 1, 4, 2) and params[0, 0, :, 0].tolist() == [0, 1, 2, 3]
@@ -511,7 +638,7 @@ def test_selective_backprop_masks_nan_targets():
     filled, missing = sbtt.process_batch(batch)
     assert not torch.isnan(filled.recon_data).any() and missing.sum() == 5
     log_rate = torch.zeros(2, 5, 4, 1, requires_grad=True)
-    losses = PoissonRecon(4).compute_loss(filled.recon_data, log_rate)
+    losses = PoissonRecon(n_neurons=4).compute_loss(filled.recon_data, log_rate)
     out = sbtt.process_losses(losses, filled, missing, {})
     out.mean().backward()
     assert (out[missing] == 0).all() and (log_rate.grad[..., 0][missing] == 0).all()
@@ -596,7 +723,7 @@ def test_loss_combines_terms_with_ramps_and_scales():
     outputs = model(batch, sample_posteriors=True)
     terms = model.loss(batch, outputs, model.train_augmentations, {0: []}, epoch=1, metrics={})
     out = outputs[0]
-    recon = PoissonRecon(8).compute_loss(batch[0].recon_data, out.params).mean()
+    recon = PoissonRecon(n_neurons=8).compute_loss(batch[0].recon_data, out.params).mean()
     gen, con = model.decoder.generator.weight_hh, model.decoder.controller.weight_hh
     l2 = (0.5 * 0.5 * gen.pow(2).sum() + 0.25 * 0.5 * con.pow(2).sum()) / (
         gen.numel() + con.numel()

@@ -1,15 +1,15 @@
-"""The recurrent implementations (rnn_impl: fast, reference, compiled) give the same numbers for the same weights."""
+"""The recurrent implementations (rnn_impl fast, reference, compiled) give the same numbers."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 from test_model_parts import SMALL, make_batch
 
+from lfads.model.fused import DecoderLoop, DecoderLoopInputs
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
+from lfads.model.loops import RNN_IMPLS, recurrent_loops
 
 CASES = [
     pytest.param({}, 0, id="controller"),
@@ -28,9 +28,17 @@ CASES = [
 ]
 
 
+def with_loops(model: LFADS, rnn_impl: str) -> LFADS:
+    """The same model (weights, dtype) built with other loops: how a path is switched."""
+    other = LFADS(model.hparams, model.sessions, rnn_impl=rnn_impl)
+    dtype = next(model.parameters()).dtype
+    other.to(dtype).load_state_dict(model.state_dict())
+    return other.train(model.training)
+
+
 def loss_and_gradients(model: LFADS, impl: str, batch: dict, seed: int) -> tuple[dict, dict]:
-    """Training loss terms and every parameter's gradient for one batch, with dropout and sampling on."""
-    model.set_rnn_impl(impl)
+    """Training loss terms and every parameter's gradient of one batch, dropout and sampling on."""
+    model = with_loops(model, impl)
     model.train()
     model.zero_grad()
     torch.manual_seed(seed)
@@ -106,16 +114,15 @@ def test_the_paths_agree_in_float32_within_rounding():
 
 
 def test_one_posterior_sample_is_identical_on_both_paths():
-    """With one sample the batched sampler draws the same noise as the one-by-one reference sampler."""
+    """With one sample, the batched sampler draws the noise of the one-by-one reference sampler."""
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
     model = LFADS(HParams.from_dict(SMALL), [dims]).eval()
     batch = {0: make_batch(dims, 6)}
     results = {}
     for impl in ("fast", "reference"):
-        model.set_rnn_impl(impl)
         torch.manual_seed(11)
-        results[impl] = model.posterior_average(batch, n_samples=1)[0]
+        results[impl] = with_loops(model, impl).posterior_average(batch, n_samples=1)[0]
     for name, value in results["fast"].items():
         torch.testing.assert_close(value, results["reference"][name], msg=name)
 
@@ -136,12 +143,10 @@ def test_many_posterior_samples_agree_within_monte_carlo_error():
     n = 400
     results = {}
     for impl in ("fast", "reference"):
-        model.set_rnn_impl(impl)
         torch.manual_seed(5 if impl == "fast" else 6)  # independent draws
-        results[impl] = model.posterior_average(batch, n_samples=n)[0]
+        results[impl] = with_loops(model, impl).posterior_average(batch, n_samples=n)[0]
     torch.testing.assert_close(results["fast"]["ic_mean"], results["reference"]["ic_mean"])
     # the spread of single samples bounds the error of a mean of n of them
-    model.set_rnn_impl("fast")
     torch.manual_seed(8)
     single = torch.stack(
         [model.posterior_average(batch, n_samples=1)[0]["rates"] for _ in range(50)]
@@ -149,29 +154,96 @@ def test_many_posterior_samples_agree_within_monte_carlo_error():
     spread = single.std(0)
     assert spread.mean() > 1e-3  # the samples do differ
     difference = (results["fast"]["rates"] - results["reference"]["rates"]).abs()
-    # difference of two independent means: std sqrt(2/n) * spread; 5 sigma, with a floor for tiny
-    # spreads
+    # difference of two independent means: std sqrt(2/n) * spread; 5 sigma, floored for tiny spreads
     assert (difference <= 5 * (2 / n) ** 0.5 * spread + 1e-6).float().mean() > 0.999
     assert difference.max() < 10 * (2 / n) ** 0.5 * spread.max()
 
 
-def test_model_switches_path_and_keeps_its_weights():
+def autograd_nodes(output: torch.Tensor) -> set[str]:
+    """Names of every node of the autograd graph behind `output`."""
+    names, stack, seen = set(), [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+def test_the_loops_are_chosen_once_when_the_model_is_built():
     dims = SessionDims(6, 2, 9, 3)
-    model = LFADS(HParams.from_dict({**SMALL, "rnn_impl": "reference"}), [dims])
-    assert model.encoder.impl == model.decoder.impl == "reference"
-    before = copy.deepcopy(model.state_dict())
-    model.set_rnn_impl("fast")
-    assert model.encoder.impl == model.decoder.impl == "fast"
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    hp = HParams.from_dict(SMALL)
+    reference = LFADS(hp, [dims], rnn_impl="reference")
+    assert reference.encoder.loops is reference.decoder.loops is RNN_IMPLS["reference"]
+    fast = LFADS(hp, [dims])  # the default
+    assert fast.encoder.loops is fast.decoder.loops is RNN_IMPLS["fast"]
+    # the weights do not depend on the loops: a state dict moves between them unchanged
+    fast.load_state_dict(reference.state_dict())
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    assert all(torch.equal(reference.state_dict()[k], v) for k, v in fast.state_dict().items())
+    # and each model really runs its own loops
+    batch = {0: make_batch(dims, 3)}
+    fast_nodes = autograd_nodes(fast(batch)[0].params)
+    reference_nodes = autograd_nodes(reference(batch)[0].params)
+    assert {"DecoderLoopBackward", "StackedGRUSequenceBackward"} <= fast_nodes
+    assert not {"DecoderLoopBackward", "StackedGRUSequenceBackward"} & reference_nodes
+    with pytest.raises(ValueError, match=r"rnn_impl: must be one of \['fast', 'reference'"):
+        LFADS(hp, [dims], rnn_impl="turbo")
     with pytest.raises(ValueError, match="rnn_impl: must be one of"):
-        model.set_rnn_impl("turbo")
-    with pytest.raises(ValueError, match="rnn_impl: must be one of"):
-        HParams.from_dict({"rnn_impl": "turbo"})
+        recurrent_loops("turbo")
+
+
+@pytest.mark.parametrize("controller", [True, False])
+def test_decoder_loop_gradients_by_name_match_finite_differences(controller):
+    """The hand-written backward, input by input, against torch.autograd.gradcheck (float64)."""
+    g = torch.Generator().manual_seed(0)
+    batch, n_bins, gen, fac, con, co = 2, 3, 3, 2, 2, 1
+
+    def tensor(*shape, grad=True):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(grad)
+
+    def mask(*shape):
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) > 0.3) / 0.7
+
+    inputs = DecoderLoopInputs(
+        con_zr=tensor(batch, n_bins, 2 * con) if controller else None,
+        con_n=tensor(batch, n_bins, con) if controller else None,
+        gen_zr=tensor(batch, n_bins, 2 * gen),
+        gen_n=tensor(batch, n_bins, gen),
+        gen_init=tensor(batch, gen),
+        con_h0=tensor(batch, con) if controller else None,
+        w_fac_zr=tensor(fac, 2 * con) if controller else None,
+        w_fac_n=tensor(fac, con) if controller else None,
+        uc_zr=tensor(con, 2 * con) if controller else None,
+        uc_n=tensor(con, con) if controller else None,
+        w_co=tensor(con, 2 * co) if controller else None,
+        b_co=tensor(2 * co) if controller else None,
+        w_u_zr=tensor(co if controller else 0, 2 * gen),
+        w_u_n=tensor(co if controller else 0, gen),
+        ug_zr=tensor(gen, 2 * gen),
+        ug_n=tensor(gen, gen),
+        w_factor=tensor(gen, fac),
+        eps=tensor(n_bins, batch, co, grad=False) if controller else None,
+        factor_masks=mask(n_bins, batch, fac) if controller else None,
+        gen_masks=mask(n_bins + 1, batch, gen),
+        clip=float("inf"),
+    )
+    with_grad = [
+        name for name, x in inputs._asdict().items() if torch.is_tensor(x) and x.requires_grad
+    ]
+    assert len(with_grad) == (17 if controller else 8)
+
+    def loop(*tensors):
+        return DecoderLoop.apply(*inputs._replace(**dict(zip(with_grad, tensors))))
+
+    assert torch.autograd.gradcheck(loop, [getattr(inputs, name) for name in with_grad])
 
 
 @pytest.mark.slow
 def test_compiled_path_gives_the_numbers_of_eager():
-    """rnn_impl: compiled (torch.compile of the plain loops; CUDA graphs on a GPU) against eager, on the CPU."""
+    """rnn_impl "compiled" (torch.compile of the plain loops; CUDA graphs on a GPU) vs. eager."""
     hp = HParams.from_dict({**SMALL, "dropout": 0.2, "train_augmentations": []})
     dims = SessionDims(6, 2, 5, 2)
     torch.manual_seed(0)
@@ -189,11 +261,11 @@ def test_compiled_path_gives_the_numbers_of_eager():
             compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name
         )
     model.eval()
+    averaged = {}
     with torch.no_grad():
         for impl in ("compiled", "fast"):
-            model.set_rnn_impl(impl)
             torch.manual_seed(4)
-            averaged = model.posterior_average(batch, n_samples=3)[0]["rates"]
-            if impl == "compiled":
-                first = averaged
-    torch.testing.assert_close(first, averaged, rtol=1e-5, atol=1e-6)
+            averaged[impl] = with_loops(model, impl).posterior_average(batch, n_samples=3)[0][
+                "rates"
+            ]
+    torch.testing.assert_close(averaged["compiled"], averaged["fast"], rtol=1e-5, atol=1e-6)

@@ -118,11 +118,16 @@ def train_worker(
     from lfads.model.hparams import HParams
     from lfads.training.train import train_model
 
-    hparams = HParams.from_dict(
-        {**REFERENCE_HPARAMS, "max_epochs": epochs, "rnn_impl": impl, "seed": seed}
-    )
+    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "seed": seed})
     start = time.perf_counter()
-    train_model([data], hparams, run_dir, checkpoint_dir=run_dir / "checkpoints", device=device)
+    train_model(
+        [data],
+        hparams,
+        run_dir,
+        checkpoint_dir=run_dir / "checkpoints",
+        device=device,
+        rnn_impl=impl,
+    )
     total = time.perf_counter() - start
     seconds = [float(s) for s in read_metrics_csv(run_dir / "metrics.csv")[EPOCH_SECONDS]]
     return {"epoch_seconds": seconds, "train_seconds": total, "peak_rss_gib": peak_rss_gib()}
@@ -138,8 +143,7 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
     from lfads.model.metrics import BitsPerSpike, RateR2
     from lfads.training.datamodule import load_session
 
-    model, _ = load_model(run_dir / "model.ckpt", device)
-    model.set_rnn_impl(impl)
+    model, _ = load_model(run_dir / "model.ckpt", device, rnn_impl=impl)
     session = load_session(data)
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -186,9 +190,7 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
     dims = SessionDims(
         REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, forward_bins(n_bins)
     )
-    model = (
-        LFADS(HParams.from_dict({**REFERENCE_HPARAMS, "rnn_impl": impl}), [dims]).to(device).train()
-    )
+    model = LFADS(HParams.from_dict(REFERENCE_HPARAMS), [dims], rnn_impl=impl).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
     batch = {
@@ -196,7 +198,6 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
             encod_data=counts[:, :n_bins, : dims.n_heldin].contiguous(),
             recon_data=counts,
             ext_input=counts.new_zeros(batch_size, dims.n_recon_bins, 0),
-            index=torch.arange(batch_size),
         ).to(device)
     }
     seconds = []

@@ -32,10 +32,10 @@ _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
 def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
     """Trials per pass that keep the decoder's activations of (samples x trials) rows near 128 MB.
 
-    The reference path (`rnn_impl: reference`) runs one sample at a time: its rows are the trials.
+    The reference loops run one sample at a time, so their rows are the trials.
     """
     hp = model.hparams
-    if model.rnn_impl == "reference":
+    if not model.loops.samples_in_one_pass:
         n_samples = 1
     readout = max(
         recon.n_params * dims.n_neurons for recon, dims in zip(model.recons, model.sessions)
@@ -55,6 +55,7 @@ def posterior_sample(
     device: str = "auto",
     seed: int = 0,
     mantissa_bits: int = 12,
+    rnn_impl: str = "fast",
 ) -> None:
     """Write one HDF5 per session file: groups train, valid, eval with the posterior averages.
 
@@ -76,7 +77,7 @@ def posterior_sample(
     if n_samples < 1:
         raise ValueError(f"n_samples: must be at least 1, got {n_samples}")
     device = resolve_device(device)
-    model, saved = load_model(model_path, device)
+    model, saved = load_model(model_path, device, rnn_impl=rnn_impl)
     if len(data_files) > len(model.sessions):
         raise ValueError(
             f"{model_path} has {len(model.sessions)} session(s); got {len(data_files)} data files"
@@ -168,6 +169,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=12,
         help="precision of factors, gen_states, co_mean, co_std (23: exact float32; default 12)",
     )
+    from lfads.model.loops import RNN_IMPLS
+
+    parser.add_argument(
+        "--rnn-impl", choices=list(RNN_IMPLS), default="fast", help="how the recurrent loops run"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             args.seed,
             args.mantissa_bits,
+            rnn_impl=args.rnn_impl,
         )
     except ValueError as error:
         log.error("%s", error)

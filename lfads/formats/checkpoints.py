@@ -92,12 +92,15 @@ def read_model(path: str | Path) -> SavedModel:
     )
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """(LFADS model in eval mode on `device`, its SavedModel) from a model.ckpt."""
+def load_model(path: str | Path, device: str = "cpu", rnn_impl: str = "fast"):
+    """(LFADS model in eval mode on `device`, its SavedModel) from a model.ckpt.
+
+    rnn_impl: how the model's loops run (lfads.model.loops); it does not change the numbers.
+    """
     from lfads.model.lfads import LFADS
 
     saved = read_model(path)
-    model = LFADS(saved.hparams, saved.sessions)
+    model = LFADS(saved.hparams, saved.sessions, rnn_impl=rnn_impl)
     model.load_state_dict(saved.state_dict)
     return model.to(device).eval(), saved
 

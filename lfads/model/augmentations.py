@@ -1,4 +1,4 @@
-"""Data augmentations that act on a session's batch before the forward pass and/or on its loss after it.
+"""Augmentations: they act on a session's batch before the forward pass and/or on its loss after.
 
 Interface (`Augmentation`): `process_batch(batch) -> (batch, memo)` and
 `process_losses(losses, batch, memo, metrics) -> losses`, where `losses` is the
@@ -6,12 +6,15 @@ elementwise reconstruction loss (B, T + F, H) and `memo` whatever the batch
 step wants to hand to the loss step (e.g. a mask). Either step may be left as
 the identity. An `AugmentationStack` applies its augmentations in list order,
 first to the batch, then to the losses; the model keeps one stack for training
-and one for validation and inference.
+and one for validation and inference. Constructors take keyword arguments only
+(the options of the config); the options of coordinated_dropout and
+sample_validation that have flat hyperparameters (`cd_rate`, `sv_rate`, ...)
+are filled in from them by `lfads.model.hparams.HParams`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +30,6 @@ def pad_to(mask: torch.Tensor, like: torch.Tensor, value: float) -> torch.Tensor
 
 
 class Augmentation:
-    # option name -> HParams field it defaults to (see lfads.model.registry.build)
-    hparam_options: ClassVar[dict[str, str]] = {}
-
     def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, Any]:
         return batch, None
 
@@ -69,13 +69,7 @@ class CoordinatedDropout(Augmentation):
     Bins the IC encoder sees alone (`ic_enc_seq_len`) are never masked.
     """
 
-    hparam_options = {
-        "rate": "cd_rate",
-        "pass_rate": "cd_pass_rate",
-        "ic_enc_seq_len": "ic_enc_seq_len",
-    }
-
-    def __init__(self, rate: float = 0.3, pass_rate: float = 0.0, ic_enc_seq_len: int = 0):
+    def __init__(self, *, rate: float = 0.3, pass_rate: float = 0.0, ic_enc_seq_len: int = 0):
         self.rate, self.pass_rate, self.ic_enc_seq_len = rate, pass_rate, ic_enc_seq_len
 
     def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, torch.Tensor | None]:
@@ -102,9 +96,7 @@ class SampleValidation(Augmentation):
     `recon_sv` to score overfitting. The data module draws `sv_mask` when `sv_rate` > 0.
     """
 
-    hparam_options = {"rate": "sv_rate", "ic_enc_seq_len": "ic_enc_seq_len"}
-
-    def __init__(self, rate: float = 0.0, ic_enc_seq_len: int = 0):
+    def __init__(self, *, rate: float = 0.0, ic_enc_seq_len: int = 0):
         self.rate, self.ic_enc_seq_len = rate, ic_enc_seq_len
 
     def _mask(self, batch: SessionBatch) -> torch.Tensor | None:
@@ -139,7 +131,7 @@ class TemporalShift(Augmentation):
     """Shift every channel of every trial in time by round(N(0, std)) bins, at most `max_shift`,
     repeating the edge bins (encoder and reconstruction data are shifted independently)."""
 
-    def __init__(self, std: float = 3.0, max_shift: int = 6):
+    def __init__(self, *, std: float = 3.0, max_shift: int = 6):
         self.std, self.max_shift = std, max_shift
 
     def _shift(self, data: torch.Tensor) -> torch.Tensor:
@@ -160,9 +152,9 @@ class TemporalShift(Augmentation):
 
 
 class SpikeJitter(Augmentation):
-    """Move each spike by a uniform integer in [-width, width] bins, reflecting at the trial edges."""
+    """Move each spike by a uniform integer in [-width, width] bins, reflected at the edges."""
 
-    def __init__(self, width: int = 2):
+    def __init__(self, *, width: int = 2):
         self.width = width
 
     def _jitter(self, data: torch.Tensor) -> torch.Tensor:
@@ -171,9 +163,8 @@ class SpikeJitter(Augmentation):
         n_bins = data.shape[1]
         trial, time, channel = [], [], []
         for level in range(1, int(counts.max().item()) + 1 if counts.numel() else 1):
-            b, t, n = torch.nonzero(
-                counts >= level, as_tuple=True
-            )  # one entry per spike at this level
+            # one entry per spike at this level
+            b, t, n = torch.nonzero(counts >= level, as_tuple=True)
             trial.append(b), time.append(t), channel.append(n)
         if not trial:
             return data
@@ -195,12 +186,12 @@ class SpikeJitter(Augmentation):
 
 class SelectiveBackprop(Augmentation):
     """Selective back-propagation through time: NaN targets (unobserved bins or neurons) are left
-    out of the loss, which is rescaled so that its mean over elements is unchanged; NaN inputs are 0."""
+    out of the loss, which is rescaled so that its mean over elements is unchanged; NaN inputs
+    become 0."""
 
-    def __init__(self, fill_value: float = 1.0):
-        self.fill_value = (
-            fill_value  # placeholder target where data are NaN (any value in every model's support)
-        )
+    def __init__(self, *, fill_value: float = 1.0):
+        # placeholder target where data are NaN (any value in every model's support)
+        self.fill_value = fill_value
 
     def process_batch(self, batch):
         missing = torch.isnan(batch.recon_data)

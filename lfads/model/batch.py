@@ -12,7 +12,6 @@ class SessionBatch:
     encod_data: torch.Tensor  # (B, T, n_heldin) spikes per bin seen by the encoders
     recon_data: torch.Tensor  # (B, T + F, H) reconstruction targets, NaN where unobserved
     ext_input: torch.Tensor  # (B, T + F, ext_input_dim) external inputs (zeros over bins they lack)
-    index: torch.Tensor  # (B,) int64 row of each trial in its split of its session file
     truth: torch.Tensor | None = None  # (B, T + F, H) true rates in spikes per bin, when known
     sv_mask: torch.Tensor | None = None  # (B, T, n_heldin) 1 where an element is used for training
 

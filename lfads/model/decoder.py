@@ -1,17 +1,29 @@
-"""Decoder: the controller infers inputs u_t, the generator integrates them, factors read the generator out."""
+"""Decoder: the LFADS cell, unrolled over the T + F bins of a trial.
+
+Each bin, in order: the controller reads its inputs (ci_t) and the previous
+factors; its state gives the posterior of the inferred input u_t, from which
+u_t is drawn; the generator integrates u_t (and the external inputs); the
+factors read the generator state out. `Decoder.step` is that cell, written
+plainly, and `unroll_plain` runs it bin by bin. How the unroll runs (this plain
+loop, the fused kernel of `lfads.model.fused`, or the plain loop compiled) is
+chosen once, when the model is built (`lfads.model.loops`); the numbers are the same.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfads.model.fused import DecoderLoop
-from lfads.model.gru import ClippedGRUCell, compiled, fan_in_linear
+from lfads.model.gru import ClippedGRUCell, fan_in_linear
 from lfads.model.priors import Prior
+
+if TYPE_CHECKING:
+    from lfads.model.loops import RecurrentLoops
 
 
 class RowNormalizedLinear(nn.Linear):
@@ -23,13 +35,10 @@ class RowNormalizedLinear(nn.Linear):
 
 @dataclass
 class DecoderOutput:
-    gen_init: torch.Tensor  # (B, gen_dim) generator state before the first bin
     gen_states: torch.Tensor  # (B, T + F, gen_dim)
     factors: torch.Tensor  # (B, T + F, fac_dim)
-    con_states: torch.Tensor  # (B, T + F, con_dim), width 0 without a controller
-    co_mean: torch.Tensor  # (B, T + F, co_dim) posterior mean of u_t
+    co_mean: torch.Tensor  # (B, T + F, co_dim) posterior mean of u_t (width 0 without controller)
     co_std: torch.Tensor  # (B, T + F, co_dim) posterior std of u_t
-    gen_inputs: torch.Tensor  # (B, T + F, co_dim + ext_input_dim) what drove the generator
 
 
 @dataclass
@@ -47,6 +56,22 @@ class DecoderNoise:
     gen_masks: torch.Tensor | None
     sampler: Prior | None = None
 
+    def inferred_input(self, mean: torch.Tensor, std: torch.Tensor, t: int) -> torch.Tensor:
+        """u_t from its posterior (mean, std (B, co_dim)) with this unroll's draws of bin t."""
+        if self.eps is not None:
+            return mean + std * self.eps[t]
+        if self.sampler is not None:
+            return self.sampler.sample(mean, std)
+        return mean
+
+
+class DecoderState(NamedTuple):
+    """What one bin of the cell hands to the next."""
+
+    con_state: torch.Tensor | None  # (B, con_dim); None without a controller
+    gen_state: torch.Tensor  # (B, gen_dim)
+    factor: torch.Tensor  # (B, fac_dim)
+
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
     """Dropout mask: 0 with probability p (rounded to a multiple of 1/65536), else 1 / (1 - p).
@@ -58,15 +83,21 @@ def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.
     words = torch.randint(
         -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=like.device
     )
-    keep = (
-        words.view(torch.int16)[:count] >= round(p * 65536) - 32768
-    )  # int16 is uniform on [-32768, 32767]
+    # int16 is uniform on [-32768, 32767]
+    keep = words.view(torch.int16)[:count] >= round(p * 65536) - 32768
     return (keep.to(like.dtype) * (1.0 / (1.0 - p))).view(shape)
 
 
 class Decoder(nn.Module):
+    """g_init from the IC sample, then per bin: controller -> u_t posterior -> generator -> factors.
+
+    ci_dim: width of the controller inputs (both CI encoder directions); loops: how the unroll
+    runs (`lfads.model.loops.recurrent_loops`).
+    """
+
     def __init__(
         self,
+        *,
         ic_dim: int,
         gen_dim: int,
         fac_dim: int,
@@ -77,22 +108,26 @@ class Decoder(nn.Module):
         use_controller: bool,
         dropout: float,
         cell_clip: float,
+        loops: RecurrentLoops,
     ):
         super().__init__()
-        self.use_controller = use_controller
+        self.use_controller, self.loops = use_controller, loops
         self.co_dim = co_dim if use_controller else 0
-        self.con_dim = con_dim if use_controller else 0
         self.dropout = nn.Dropout(dropout)
+        # layers are created in this order because their initial weights are drawn in it
         self.ic_to_g0 = fan_in_linear(ic_dim, gen_dim)
-        self.generator = ClippedGRUCell(self.co_dim + ext_input_dim, gen_dim, cell_clip)
+        self.generator = ClippedGRUCell(
+            input_size=self.co_dim + ext_input_dim, hidden_size=gen_dim, clip=cell_clip
+        )
         self.factor_linear = RowNormalizedLinear(gen_dim, fac_dim, bias=False)
         nn.init.normal_(self.factor_linear.weight, std=gen_dim**-0.5)
         if use_controller:
             self.ci_dim = ci_dim
-            self.controller = ClippedGRUCell(ci_dim + fac_dim, con_dim, cell_clip)
+            self.controller = ClippedGRUCell(
+                input_size=ci_dim + fac_dim, hidden_size=con_dim, clip=cell_clip
+            )
             self.co_linear = fan_in_linear(con_dim, 2 * co_dim)  # -> [mean | log-variance]
             self.con_h0 = nn.Parameter(torch.zeros(con_dim))
-        self.impl = "fast"  # "fast" (lfads.model.fused), "reference" (plain loop), "compiled" (plain loop compiled)
 
     def forward(
         self,
@@ -109,13 +144,50 @@ class Decoder(nn.Module):
         gen_init = self.ic_to_g0(ic_sample)  # (B, G)
         ci, ext_input = self.dropout(ci), self.dropout(ext_input)
         noise = self.draw_noise(ci.shape[0], ci.shape[1], co_prior, ci)
-        if self.impl == "fast" and noise.sampler is None:
-            columns = self._unroll_fused(gen_init, ci, ext_input, noise)
-        elif self.impl == "compiled" and noise.sampler is None:
-            columns = compiled(_unroll_plain, ci.device)(self, gen_init, ci, ext_input, noise)
-        else:  # the reference path, and priors that draw their own samples
-            columns = _unroll_plain(self, gen_init, ci, ext_input, noise)
-        return DecoderOutput(gen_init, *columns)
+        # a prior that draws its own samples is drawn bin by bin, so only in the plain loop
+        unroll = self.loops.unroll_decoder if noise.sampler is None else unroll_plain
+        return unroll(self, gen_init, ci, ext_input, noise)
+
+    def step(
+        self,
+        state: DecoderState,
+        ci_t: torch.Tensor,
+        ext_t: torch.Tensor,
+        noise: DecoderNoise,
+        t: int,
+    ) -> tuple[DecoderState, torch.Tensor | None, torch.Tensor | None]:
+        """The LFADS cell at bin t -> (new state, co_mean, co_std); co_* None without a controller.
+
+        ci_t (B, ci_dim), ext_t (B, ext_input_dim): this bin's controller and external inputs.
+        """
+        con_state, gen_state, factor = state
+        co_mean = co_std = None
+        if self.use_controller:
+            # controller: this bin's inputs and the factors of the bin before
+            masks = noise.factor_masks
+            factor_in = factor * masks[t] if masks is not None else factor
+            con_input = torch.cat([ci_t, factor_in], dim=1)
+            con_state = self.controller.reference_step(con_input, con_state)
+            # inferred-input posterior, and u_t drawn from it
+            co_mean, co_logvar = self.co_linear(con_state).chunk(2, dim=1)
+            co_std = torch.exp(0.5 * co_logvar)
+            u = noise.inferred_input(co_mean, co_std, t)
+            gen_input = torch.cat([u, ext_t], dim=1)
+        else:
+            gen_input = ext_t
+        # generator
+        gen_state = self.generator.reference_step(gen_input, gen_state)
+        # factors
+        factor = self.read_factors(gen_state, noise.gen_masks, t + 1)
+        return DecoderState(con_state, gen_state, factor), co_mean, co_std
+
+    def read_factors(
+        self, gen_state: torch.Tensor, gen_masks: torch.Tensor | None, index: int
+    ) -> torch.Tensor:
+        """Factors (B, fac_dim) of a generator state (B, gen_dim) after dropout gen_masks[index]."""
+        return self.factor_linear(
+            gen_state * gen_masks[index] if gen_masks is not None else gen_state
+        )
 
     def draw_noise(
         self, batch: int, n_bins: int, co_prior: Prior | None, like: torch.Tensor
@@ -139,58 +211,6 @@ class Decoder(nn.Module):
             gen_masks,
         )
 
-    def _unroll_fused(
-        self, gen_init, ci, ext_input, noise: DecoderNoise
-    ) -> tuple[torch.Tensor, ...]:
-        """The fast path: `lfads.model.fused.DecoderLoop`, with the inputs known before the loop (ci,
-        external inputs, biases) projected for all bins in one matmul, and weights split and transposed."""
-        gen, n_u = self.generator, self.co_dim
-        w_u, w_ext = gen.weight_ih.split([n_u, gen.input_size - n_u], dim=1)
-        batch, n_bins, _ = ci.shape
-        if ext_input.shape[2]:
-            gen_proj = ext_input @ w_ext.T + gen.bias_ih
-        else:  # no external inputs: the bias alone, broadcast (no (B, T + F, 3G) tensor of zeros)
-            gen_proj = gen.bias_ih.expand(batch, n_bins, -1)
-        gen_zr, gen_n = gen.split_projection(gen_proj)  # (B, T + F, 2G), (B, T + F, G)
-        w_u_zr, w_u_n = gen.split_projection(w_u.T)
-        ug_zr, ug_n = gen.split_recurrent()
-        w_factor = F.normalize(self.factor_linear.weight, p=2, dim=1).T  # (G, fac)
-        if self.use_controller:
-            con = self.controller
-            w_ci, w_fac = con.weight_ih.split([self.ci_dim, con.input_size - self.ci_dim], dim=1)
-            con_zr, con_n = con.split_projection(ci @ w_ci.T + con.bias_ih)
-            w_fac_zr, w_fac_n = con.split_projection(w_fac.T)
-            uc_zr, uc_n = con.split_recurrent()
-            con_h0 = self.con_h0.expand(batch, -1)
-            w_co, b_co = self.co_linear.weight.T, self.co_linear.bias
-        else:
-            con_zr = con_n = con_h0 = w_fac_zr = w_fac_n = uc_zr = uc_n = w_co = b_co = None
-        gen_states, factors, con_states, co_mean, co_std, u = DecoderLoop.apply(
-            con_zr,
-            con_n,
-            gen_zr,
-            gen_n,
-            gen_init,
-            con_h0,
-            w_fac_zr,
-            w_fac_n,
-            uc_zr,
-            uc_n,
-            w_co,
-            b_co,
-            w_u_zr,
-            w_u_n,
-            ug_zr,
-            ug_n,
-            w_factor,
-            noise.eps,
-            noise.factor_masks,
-            noise.gen_masks,
-            gen.clip,
-        )
-        gen_inputs = torch.cat([u, ext_input], dim=2) if self.use_controller else ext_input
-        return gen_states, factors, con_states, co_mean, co_std, gen_inputs
-
     def recurrent_weights(self) -> dict[str, list[torch.Tensor]]:
         weights = {"gen": [self.generator.weight_hh]}
         if self.use_controller:
@@ -198,52 +218,33 @@ class Decoder(nn.Module):
         return weights
 
 
-def _unroll_plain(
-    decoder: Decoder, gen_init, ci, ext_input, noise: DecoderNoise
-) -> tuple[torch.Tensor, ...]:
-    """The plain path: every bin concatenates its inputs and calls the cells' `reference_step`.
+def unroll_plain(
+    decoder: Decoder,
+    gen_init: torch.Tensor,
+    ci: torch.Tensor,
+    ext_input: torch.Tensor,
+    noise: DecoderNoise,
+) -> DecoderOutput:
+    """`Decoder.step` bin by bin: the reference every other unroll must match.
 
-    -> gen_states, factors, con_states, co_mean, co_std, gen_inputs, each (B, T + F, .).
+    gen_init (B, gen_dim); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
     """
     batch, n_bins, _ = ci.shape
-    masks_f, masks_g = noise.factor_masks, noise.gen_masks
-    gen_state = gen_init
-    factor = decoder.factor_linear(gen_init * masks_g[0] if masks_g is not None else gen_init)
-    gen_states, factors, con_states, co_means, co_stds, gen_inputs = [], [], [], [], [], []
-    if decoder.use_controller:
-        con_state = decoder.con_h0.expand(batch, -1)
+    con_h0 = decoder.con_h0.expand(batch, -1) if decoder.use_controller else None
+    state = DecoderState(con_h0, gen_init, decoder.read_factors(gen_init, noise.gen_masks, 0))
+    gen_states, factors, co_means, co_stds = [], [], [], []
     for t in range(n_bins):
-        if decoder.use_controller:
-            factor_in = factor * masks_f[t] if masks_f is not None else factor
-            con_state = decoder.controller.reference_step(
-                torch.cat([ci[:, t], factor_in], dim=1), con_state
-            )
-            co_mean, co_logvar = decoder.co_linear(con_state).chunk(2, dim=1)
-            co_std = torch.exp(0.5 * co_logvar)
-            if noise.eps is not None:
-                u = co_mean + co_std * noise.eps[t]
-            elif noise.sampler is not None:
-                u = noise.sampler.sample(co_mean, co_std)
-            else:
-                u = co_mean
-            gen_input = torch.cat([u, ext_input[:, t]], dim=1)
-            con_states.append(con_state), co_means.append(co_mean), co_stds.append(co_std)
-        else:
-            gen_input = ext_input[:, t]
-        gen_state = decoder.generator.reference_step(gen_input, gen_state)
-        factor = decoder.factor_linear(
-            gen_state * masks_g[t + 1] if masks_g is not None else gen_state
-        )
-        gen_states.append(gen_state), factors.append(factor), gen_inputs.append(gen_input)
+        state, co_mean, co_std = decoder.step(state, ci[:, t], ext_input[:, t], noise, t)
+        gen_states.append(state.gen_state), factors.append(state.factor)
+        if co_mean is not None:
+            co_means.append(co_mean), co_stds.append(co_std)
 
     def stacked(column: list[torch.Tensor]) -> torch.Tensor:  # per-bin (B, D) -> (B, T + F, D)
         return torch.stack(column, dim=1) if column else ci.new_zeros(batch, n_bins, 0)
 
-    return (
-        stacked(gen_states),
-        stacked(factors),
-        stacked(con_states),
-        stacked(co_means),
-        stacked(co_stds),
-        stacked(gen_inputs),
+    return DecoderOutput(
+        gen_states=stacked(gen_states),
+        factors=stacked(factors),
+        co_mean=stacked(co_means),
+        co_std=stacked(co_stds),
     )

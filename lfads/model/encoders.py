@@ -1,23 +1,30 @@
-"""Encoders: the initial-condition (IC) posterior and the controller inputs (CI), both from the encoder data."""
+"""Encoders: the initial-condition (IC) posterior and the controller inputs (CI) of the data."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfads.model.gru import BidirectionalGRU, fan_in_linear, scan_together
+from lfads.model.gru import BidirectionalGRU, fan_in_linear
+
+if TYPE_CHECKING:
+    from lfads.model.loops import RecurrentLoops
 
 
 class Encoder(nn.Module):
-    """Bidirectional GRUs over the (read-in) data -> g0 posterior mean/std and lagged controller inputs.
+    """Bidirectional GRUs over the (read-in) data -> g0 posterior mean/std and lagged CI.
 
     input_dim: width of the encoder data after the readin; n_obs_bins: T;
-    n_recon_bins: T + F (the CI are zero over the F forward-prediction bins).
+    n_recon_bins: T + F (the CI are zero over the F forward-prediction bins);
+    loops: how the GRUs run (`lfads.model.loops.recurrent_loops`).
     """
 
     def __init__(
         self,
+        *,
         input_dim: int,
         n_obs_bins: int,
         n_recon_bins: int,
@@ -30,29 +37,30 @@ class Encoder(nn.Module):
         dropout: float,
         cell_clip: float,
         ic_post_var_min: float,
+        loops: RecurrentLoops,
     ):
         super().__init__()
         if not 0 <= ic_enc_seq_len < n_obs_bins:
             raise ValueError(
-                f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, got {ic_enc_seq_len}"
+                f"ic_enc_seq_len: must be below the {n_obs_bins} observed bins, "
+                f"got {ic_enc_seq_len}"
             )
         self.n_obs_bins, self.n_recon_bins = n_obs_bins, n_recon_bins
-        self.ic_enc_seq_len, self.ci_lag, self.ic_post_var_min = (
-            ic_enc_seq_len,
-            ci_lag,
-            ic_post_var_min,
-        )
-        self.ci_enc_dim = ci_enc_dim if use_controller else 0
+        self.ic_enc_seq_len, self.ci_lag = ic_enc_seq_len, ci_lag
+        self.ic_post_var_min, self.loops = ic_post_var_min, loops
         self.dropout = nn.Dropout(dropout)
-        self.ic_encoder = BidirectionalGRU(input_dim, ic_enc_dim, cell_clip)
+        self.ic_encoder = BidirectionalGRU(
+            input_size=input_dim, hidden_size=ic_enc_dim, clip=cell_clip
+        )
         self.ic_linear = fan_in_linear(2 * ic_enc_dim, 2 * ic_dim)  # -> [mean | log-variance]
         self.ci_encoder = (
-            BidirectionalGRU(input_dim, ci_enc_dim, cell_clip) if use_controller else None
+            BidirectionalGRU(input_size=input_dim, hidden_size=ci_enc_dim, clip=cell_clip)
+            if use_controller
+            else None
         )
-        self.impl = "fast"  # rnn_impl: "reference" runs each GRU in its own plain loop
 
     def forward(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """data (B, T, input_dim) -> ic_mean (B, ic_dim), ic_std (B, ic_dim), ci (B, T + F, 2 * ci_enc_dim)."""
+        """data (B, T, input_dim) -> ic_mean, ic_std (B, ic_dim), ci (B, T + F, 2 * ci_enc_dim)."""
         batch, n_bins, _ = data.shape
         if n_bins != self.n_obs_bins:
             raise ValueError(
@@ -62,19 +70,13 @@ class Encoder(nn.Module):
         split = self.ic_enc_seq_len
         ic_data, ci_data = (data[:, :split], data[:, split:]) if split > 0 else (data, data)
 
-        # (forward, backward) states of each bidirectional GRU, aligned with the input's time
-        if self.impl == "reference":
-            pairs = [self.ic_encoder(ic_data, impl="reference")]
-            if self.ci_encoder is not None:
-                pairs.append(self.ci_encoder(ci_data, impl="reference"))
-        else:
-            runs = self.ic_encoder.runs(ic_data)
-            if self.ci_encoder is not None:
-                runs += self.ci_encoder.runs(ci_data)
-            states = scan_together(
-                *zip(*runs), impl=self.impl
-            )  # the four GRUs in one loop when sizes allow
-            pairs = [BidirectionalGRU.align(*states[i : i + 2]) for i in range(0, len(states), 2)]
+        # (forward, backward) states of each bidirectional GRU, aligned with the input's time;
+        # the fast loops run all four GRUs in one loop when their sizes allow
+        runs = self.ic_encoder.runs(ic_data)
+        if self.ci_encoder is not None:
+            runs += self.ci_encoder.runs(ci_data)
+        states = self.loops.scan_encoders(*map(list, zip(*runs)))
+        pairs = [BidirectionalGRU.align(*states[i : i + 2]) for i in range(0, len(states), 2)]
         forward, backward = pairs[0]  # (B, T_ic, H) each
         last_states = torch.cat([forward[:, -1], backward[:, 0]], dim=1)  # (B, 2H)
         ic_mean, ic_logvar = self.ic_linear(self.dropout(last_states)).chunk(2, dim=1)

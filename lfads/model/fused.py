@@ -1,4 +1,4 @@
-"""The fast path's recurrent loops: forward without autograd bookkeeping, backward written out by hand.
+"""The fused recurrent loops: forward without autograd bookkeeping, backward written out by hand.
 
 Autograd would record every small op of every time step, then run a backward
 node for each, and compute each recurrent weight's gradient once per step
@@ -7,8 +7,9 @@ node for each, and compute each recurrent weight's gradient once per step
 keeps only the gate activations; the backward runs the steps in reverse with
 the handful of elementwise ops and matmuls each needs, and computes every
 weight gradient at the end in one matmul over all steps. The numbers are the
-ones of the plain reference path (`rnn_impl: reference`); the tests compare
-losses and every gradient.
+ones of the plain loops (`lfads.model.gru.scan_reference`,
+`lfads.model.decoder.unroll_plain`); tests/test_model_paths.py compares losses
+and every gradient. `lfads.model.loops` decides where these loops are used.
 
 GRU step (TF LFADS form, see `lfads.model.gru`), with transposed weights:
     z, r = sigmoid(x_zr + h @ U_zr)       n = tanh(x_n + (r * h) @ U_n)
@@ -30,14 +31,18 @@ and writes contiguous blocks; outputs are returned as (B, T, width) views.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+
+from lfads.model.decoder import Decoder, DecoderNoise, DecoderOutput
 
 
 def _tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """tanh; on the CPU as 2 sigmoid(2x) - 1, since torch's CPU tanh is several times slower than its
-    sigmoid (measured 125 vs 16 us on 600 x 200 floats; 46 us this way). Absolute error ~1 ulp of 1.
-    Overwrites x on the CPU: pass a temporary."""
+    """tanh; on the CPU as 2 sigmoid(2x) - 1, since torch's CPU tanh is several times slower than
+    its sigmoid (measured 125 vs 16 us on 600 x 200 floats; 46 us this way). Absolute error ~1 ulp
+    of 1. Overwrites x on the CPU: pass a temporary."""
     if x.device.type != "cpu":
         return torch.tanh(x, out=out)
     return torch.sigmoid(x.mul_(2.0), out=out).mul_(2.0).sub_(1.0)
@@ -152,9 +157,8 @@ class StackedGRUSequence(torch.autograd.Function):
             )
         r = gates[..., hidden:]
 
-        def weight_grad(
-            inputs, grads
-        ):  # per GRU, sum over steps and trials of inputs^T grads: one bmm
+        # per GRU, sum over steps and trials of inputs^T grads: one bmm
+        def weight_grad(inputs, grads):
             inputs, grads = inputs.transpose(0, 1), grads.transpose(0, 1)  # (K, T, B, .)
             return torch.bmm(
                 inputs.reshape(k, -1, inputs.shape[-1]).transpose(1, 2),
@@ -171,42 +175,90 @@ class StackedGRUSequence(torch.autograd.Function):
         )
 
 
-class DecoderLoop(torch.autograd.Function):
-    """The decoder's time loop (see the module docstring).
+class DecoderLoopInputs(NamedTuple):
+    """What `DecoderLoop` reads, by name (the module docstring has the formulas).
 
-    Inputs: con_zr (B, T, 2C), con_n (B, T, C) or None without a controller;
-    gen_zr (B, T, 2G), gen_n (B, T, G); gen_init (B, G); con_h0 (B, C);
-    transposed weights w_fac_zr (F, 2C), w_fac_n (F, C), uc_zr (C, 2C), uc_n (C, C),
-    w_co (C, 2K), b_co (2K,), w_u_zr (K, 2G), w_u_n (K, G), ug_zr (G, 2G), ug_n (G, G),
-    w_factor (G, F); eps (T, B, K) or None (u = mean); masks mf (T, B, F), mg (T + 1, B, G) or None.
-    Outputs (B, T, .): gen_states, factors, con_states, co_mean, co_std, u.
+    `autograd.Function.apply` takes positional arguments: `DecoderLoop.apply(*inputs)`, and the
+    backward returns its gradients as one of these (None where there is none).
+    Controller fields are None without a controller. Time axis: T = T + F bins of the model.
     """
 
+    con_zr: torch.Tensor | None  # (B, T, 2C) controller gates' input projection (ci, bias)
+    con_n: torch.Tensor | None  # (B, T, C) controller candidate's input projection
+    gen_zr: torch.Tensor  # (B, T, 2G) generator gates' input projection (ext, bias)
+    gen_n: torch.Tensor  # (B, T, G) generator candidate's input projection
+    gen_init: torch.Tensor  # (B, G) g_init
+    con_h0: torch.Tensor | None  # (B, C) controller state before the first bin
+    w_fac_zr: torch.Tensor | None  # (F, 2C) factors -> controller gates (transposed weights)
+    w_fac_n: torch.Tensor | None  # (F, C) factors -> controller candidate
+    uc_zr: torch.Tensor | None  # (C, 2C) controller recurrent weights of the gates
+    uc_n: torch.Tensor | None  # (C, C) controller recurrent weights of the candidate
+    w_co: torch.Tensor | None  # (C, 2K) controller state -> [mean | logvar] of u
+    b_co: torch.Tensor | None  # (2K,)
+    w_u_zr: torch.Tensor | None  # (K, 2G) u -> generator gates
+    w_u_n: torch.Tensor | None  # (K, G) u -> generator candidate
+    ug_zr: torch.Tensor  # (G, 2G) generator recurrent weights of the gates
+    ug_n: torch.Tensor  # (G, G) generator recurrent weights of the candidate
+    w_factor: torch.Tensor  # (G, F) generator state -> factors (rows normalised)
+    eps: torch.Tensor | None  # (T, B, K) standard noise of u, None: u is the mean
+    factor_masks: torch.Tensor | None  # (T, B, F) dropout mf of the controller's factor input
+    gen_masks: torch.Tensor | None  # (T + 1, B, G) dropout mg of the state before each readout
+    clip: float  # every state is clipped to +-clip
+
+
+class DecoderLoopOutputs(NamedTuple):
+    """What `DecoderLoop` returns, each (B, T, .); controller outputs have width 0 without one."""
+
+    gen_states: torch.Tensor  # g_t
+    factors: torch.Tensor  # f_t
+    con_states: torch.Tensor  # c_t
+    co_mean: torch.Tensor  # mean_t
+    co_std: torch.Tensor  # exp(logvar_t / 2)
+    u: torch.Tensor  # u_t, the generator's inferred input
+
+
+class _DecoderLoopSaved(NamedTuple):
+    """What the forward keeps for the backward (time-major activations, (T, B, .))."""
+
+    gen_init: torch.Tensor
+    con_h0: torch.Tensor | None
+    w_fac_zr: torch.Tensor | None
+    w_fac_n: torch.Tensor | None
+    uc_zr: torch.Tensor | None
+    uc_n: torch.Tensor | None
+    w_co: torch.Tensor | None
+    w_u_zr: torch.Tensor | None
+    w_u_n: torch.Tensor | None
+    ug_zr: torch.Tensor
+    ug_n: torch.Tensor
+    w_factor: torch.Tensor
+    eps: torch.Tensor | None
+    mf: torch.Tensor | None
+    mg: torch.Tensor | None
+    gs: torch.Tensor  # generator states
+    fs: torch.Tensor  # factors
+    g_gates: torch.Tensor  # generator [z | r]
+    g_ns: torch.Tensor  # generator candidates
+    cs: torch.Tensor  # controller states
+    c_gates: torch.Tensor | None
+    c_ns: torch.Tensor | None
+    stds: torch.Tensor
+    us: torch.Tensor
+
+
+class DecoderLoop(torch.autograd.Function):
+    """The decoder's time loop (see the module docstring): `DecoderLoopInputs` in,
+    `DecoderLoopOutputs` out. Call it through `unroll_fused`."""
+
     @staticmethod
-    def forward(
-        ctx,
-        con_zr,
-        con_n,
-        gen_zr,
-        gen_n,
-        gen_init,
-        con_h0,
-        w_fac_zr,
-        w_fac_n,
-        uc_zr,
-        uc_n,
-        w_co,
-        b_co,
-        w_u_zr,
-        w_u_n,
-        ug_zr,
-        ug_n,
-        w_factor,
-        eps,
-        mf,
-        mg,
-        clip: float,
-    ):
+    def forward(ctx, *args):
+        inputs = DecoderLoopInputs(*args)
+        con_zr, con_n, gen_zr, gen_n = inputs.con_zr, inputs.con_n, inputs.gen_zr, inputs.gen_n
+        gen_init, con_h0, w_factor = inputs.gen_init, inputs.con_h0, inputs.w_factor
+        w_fac_zr, w_fac_n, uc_zr, uc_n = inputs.w_fac_zr, inputs.w_fac_n, inputs.uc_zr, inputs.uc_n
+        w_co, b_co, w_u_zr, w_u_n = inputs.w_co, inputs.b_co, inputs.w_u_zr, inputs.w_u_n
+        ug_zr, ug_n, eps, clip = inputs.ug_zr, inputs.ug_n, inputs.eps, inputs.clip
+        mf, mg = inputs.factor_masks, inputs.gen_masks
         controller = con_zr is not None
         keep = any(ctx.needs_input_grad)  # inference keeps no activations
         batch, n_bins = gen_zr.shape[:2]
@@ -261,73 +313,62 @@ class DecoderLoop(torch.autograd.Function):
         ctx.clip, ctx.controller = clip, controller
         if keep:
             ctx.save_for_backward(
-                gen_init,
-                con_h0,
-                w_fac_zr,
-                w_fac_n,
-                uc_zr,
-                uc_n,
-                w_co,
-                w_u_zr,
-                w_u_n,
-                ug_zr,
-                ug_n,
-                w_factor,
-                eps,
-                mf,
-                mg,
-                gs,
-                fs,
-                g_gates,
-                g_ns,
-                cs,
-                c_gates,
-                c_ns,
-                stds,
-                us,
+                *_DecoderLoopSaved(
+                    gen_init=gen_init,
+                    con_h0=con_h0,
+                    w_fac_zr=w_fac_zr,
+                    w_fac_n=w_fac_n,
+                    uc_zr=uc_zr,
+                    uc_n=uc_n,
+                    w_co=w_co,
+                    w_u_zr=w_u_zr,
+                    w_u_n=w_u_n,
+                    ug_zr=ug_zr,
+                    ug_n=ug_n,
+                    w_factor=w_factor,
+                    eps=eps,
+                    mf=mf,
+                    mg=mg,
+                    gs=gs,
+                    fs=fs,
+                    g_gates=g_gates,
+                    g_ns=g_ns,
+                    cs=cs,
+                    c_gates=c_gates,
+                    c_ns=c_ns,
+                    stds=stds,
+                    us=us,
+                )
             )
-        return tuple(x.transpose(0, 1) for x in (gs, fs, cs, means, stds, us))
+        outputs = DecoderLoopOutputs(
+            gen_states=gs, factors=fs, con_states=cs, co_mean=means, co_std=stds, u=us
+        )
+        return tuple(x.transpose(0, 1) for x in outputs)
 
     @staticmethod
-    def backward(ctx, d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out):
-        (
-            gen_init,
-            con_h0,
-            w_fac_zr,
-            w_fac_n,
-            uc_zr,
-            uc_n,
-            w_co,
-            w_u_zr,
-            w_u_n,
-            ug_zr,
-            ug_n,
-            w_factor,
-            eps,
-            mf,
-            mg,
-            gs,
-            fs,
-            g_gates,
-            g_ns,
-            cs,
-            c_gates,
-            c_ns,
-            stds,
-            us,
-        ) = ctx.saved_tensors
-        d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out = (
-            _time_major(x, 1) for x in (d_g_out, d_f_out, d_c_out, d_mean_out, d_std_out, d_u_out)
+    def backward(ctx, *output_grads):
+        saved = _DecoderLoopSaved(*ctx.saved_tensors)
+        gen_init, con_h0, w_factor = saved.gen_init, saved.con_h0, saved.w_factor
+        w_fac_zr, w_fac_n, uc_zr, uc_n = saved.w_fac_zr, saved.w_fac_n, saved.uc_zr, saved.uc_n
+        w_co, w_u_zr, w_u_n, ug_zr, ug_n = (
+            saved.w_co,
+            saved.w_u_zr,
+            saved.w_u_n,
+            saved.ug_zr,
+            saved.ug_n,
         )
+        eps, mf, mg = saved.eps, saved.mf, saved.mg
+        gs, fs, g_gates, g_ns = saved.gs, saved.fs, saved.g_gates, saved.g_ns
+        cs, c_gates, c_ns, stds, us = saved.cs, saved.c_gates, saved.c_ns, saved.stds, saved.us
+        d_out = DecoderLoopOutputs(*(_time_major(x, 1) for x in output_grads))
+        d_g_out, d_f_out, d_c_out = d_out.gen_states, d_out.factors, d_out.con_states
+        d_mean_out, d_std_out, d_u_out = d_out.co_mean, d_out.co_std, d_out.u
         clip, controller = ctx.clip, ctx.controller
         n_bins = gs.shape[0]
-        g_prev = torch.cat(
-            [gen_init.unsqueeze(0), gs[:-1]]
-        )  # (T, B, G) generator state before each bin
+        g_prev = torch.cat([gen_init.unsqueeze(0), gs[:-1]])  # (T, B, G) state before each bin
         d_g_zr, d_g_n = torch.empty_like(g_gates), torch.empty_like(g_ns)
-        d_fs = torch.empty(
-            n_bins + 1, *fs.shape[1:], dtype=fs.dtype, device=fs.device
-        )  # f_{-1} .. f_{T-1}
+        # gradients of f_{-1} .. f_{T-1}
+        d_fs = torch.empty(n_bins + 1, *fs.shape[1:], dtype=fs.dtype, device=fs.device)
         dg, df = torch.zeros_like(gen_init), torch.zeros_like(fs[0])
         if controller:
             c_prev = torch.cat([con_h0.unsqueeze(0), cs[:-1]])
@@ -336,9 +377,8 @@ class DecoderLoop(torch.autograd.Function):
             n_u = stds.shape[2]
             dc = torch.zeros_like(con_h0)
         for t in reversed(range(n_bins)):
-            df = torch.add(
-                d_f_out[t], df, out=d_fs[t + 1]
-            )  # f_t feeds the factors output and bin t + 1
+            # f_t feeds the factors output and bin t + 1
+            df = torch.add(d_f_out[t], df, out=d_fs[t + 1])
             d_gm = df @ w_factor.T
             dg_new = d_g_out[t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
             _, _, dg = _gru_backward(
@@ -383,26 +423,88 @@ class DecoderLoop(torch.autograd.Function):
         def weight_grad(inputs, grads):  # sum over bins and trials of inputs^T grads: one matmul
             return inputs.reshape(-1, inputs.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
 
-        grads: list[torch.Tensor | None] = [None] * 21  # one per input of forward
         hidden = gs.shape[2]
-        factor_inputs = torch.cat(
-            [gen_init.unsqueeze(0), gs]
-        )  # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
+        # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
+        factor_inputs = torch.cat([gen_init.unsqueeze(0), gs])
         if mg is not None:
             factor_inputs = factor_inputs * mg
-        grads[2], grads[3], grads[4] = d_g_zr.transpose(0, 1), d_g_n.transpose(0, 1), d_gen_init
-        grads[14] = weight_grad(g_prev, d_g_zr)
-        grads[15] = weight_grad(g_gates[..., hidden:] * g_prev, d_g_n)
-        grads[16] = weight_grad(factor_inputs, d_fs)
+        grads: dict[str, torch.Tensor] = {
+            "gen_zr": d_g_zr.transpose(0, 1),
+            "gen_n": d_g_n.transpose(0, 1),
+            "gen_init": d_gen_init,
+            "ug_zr": weight_grad(g_prev, d_g_zr),
+            "ug_n": weight_grad(g_gates[..., hidden:] * g_prev, d_g_n),
+            "w_factor": weight_grad(factor_inputs, d_fs),
+        }
         if controller:
             fi = torch.cat([(factor_inputs[0] @ w_factor).unsqueeze(0), fs[:-1]])  # f_{t-1} per bin
             if mf is not None:
                 fi = fi * mf
             con_hidden = cs.shape[2]
-            grads[0], grads[1], grads[5] = d_c_zr.transpose(0, 1), d_c_n.transpose(0, 1), dc
-            grads[6], grads[7] = weight_grad(fi, d_c_zr), weight_grad(fi, d_c_n)
-            grads[8] = weight_grad(c_prev, d_c_zr)
-            grads[9] = weight_grad(c_gates[..., con_hidden:] * c_prev, d_c_n)
-            grads[10], grads[11] = weight_grad(cs, d_co), d_co.sum(dim=(0, 1))
-            grads[12], grads[13] = weight_grad(us, d_g_zr), weight_grad(us, d_g_n)
-        return tuple(grads)
+            grads.update(con_zr=d_c_zr.transpose(0, 1), con_n=d_c_n.transpose(0, 1), con_h0=dc)
+            grads.update(w_fac_zr=weight_grad(fi, d_c_zr), w_fac_n=weight_grad(fi, d_c_n))
+            grads["uc_zr"] = weight_grad(c_prev, d_c_zr)
+            grads["uc_n"] = weight_grad(c_gates[..., con_hidden:] * c_prev, d_c_n)
+            grads.update(w_co=weight_grad(cs, d_co), b_co=d_co.sum(dim=(0, 1)))
+            grads.update(w_u_zr=weight_grad(us, d_g_zr), w_u_n=weight_grad(us, d_g_n))
+        # eps, the masks and clip get none
+        return tuple(grads.get(name) for name in DecoderLoopInputs._fields)
+
+
+def unroll_fused(
+    decoder: Decoder,
+    gen_init: torch.Tensor,
+    ci: torch.Tensor,
+    ext_input: torch.Tensor,
+    noise: DecoderNoise,
+) -> DecoderOutput:
+    """The decoder's unroll as one `DecoderLoop`: the numbers of `lfads.model.decoder.unroll_plain`.
+
+    The inputs known before the loop (controller inputs, external inputs, biases) are projected
+    for all bins in one matmul, and the weights split and transposed once.
+    gen_init (B, G); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
+    """
+    gen, n_u = decoder.generator, decoder.co_dim
+    w_u, w_ext = gen.weight_ih.split([n_u, gen.input_size - n_u], dim=1)
+    batch, n_bins, _ = ci.shape
+    if ext_input.shape[2]:
+        gen_proj = ext_input @ w_ext.T + gen.bias_ih
+    else:  # no external inputs: the bias alone, broadcast (no (B, T + F, 3G) tensor of zeros)
+        gen_proj = gen.bias_ih.expand(batch, n_bins, -1)
+    gen_zr, gen_n = gen.split_projection(gen_proj)  # (B, T + F, 2G), (B, T + F, G)
+    w_u_zr, w_u_n = gen.split_projection(w_u.T)
+    ug_zr, ug_n = gen.split_recurrent()
+    w_factor = F.normalize(decoder.factor_linear.weight, p=2, dim=1).T  # (G, fac)
+    controller: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("con_zr", "con_n", "con_h0", "w_fac_zr", "w_fac_n", "uc_zr", "uc_n", "w_co", "b_co")
+    )
+    if decoder.use_controller:
+        con, ci_dim = decoder.controller, decoder.ci_dim
+        w_ci, w_fac = con.weight_ih.split([ci_dim, con.input_size - ci_dim], dim=1)
+        controller["con_zr"], controller["con_n"] = con.split_projection(ci @ w_ci.T + con.bias_ih)
+        controller["w_fac_zr"], controller["w_fac_n"] = con.split_projection(w_fac.T)
+        controller["uc_zr"], controller["uc_n"] = con.split_recurrent()
+        controller["con_h0"] = decoder.con_h0.expand(batch, -1)
+        controller["w_co"], controller["b_co"] = decoder.co_linear.weight.T, decoder.co_linear.bias
+    inputs = DecoderLoopInputs(
+        gen_zr=gen_zr,
+        gen_n=gen_n,
+        gen_init=gen_init,
+        w_u_zr=w_u_zr,
+        w_u_n=w_u_n,
+        ug_zr=ug_zr,
+        ug_n=ug_n,
+        w_factor=w_factor,
+        eps=noise.eps,
+        factor_masks=noise.factor_masks,
+        gen_masks=noise.gen_masks,
+        clip=gen.clip,
+        **controller,
+    )
+    outputs = DecoderLoopOutputs(*DecoderLoop.apply(*inputs))
+    return DecoderOutput(
+        gen_states=outputs.gen_states,
+        factors=outputs.factors,
+        co_mean=outputs.co_mean,
+        co_std=outputs.co_std,
+    )

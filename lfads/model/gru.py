@@ -1,17 +1,18 @@
-"""The GRU of the TF LFADS, and the time loop every encoder runs.
+"""The GRU of the TF LFADS, and the time loops the encoders run.
 
 Differences from `torch.nn.GRU` (which is therefore not used): the reset gate
 multiplies the state *before* the recurrent matmul of the candidate, there is
 no recurrent bias (TF has none; lfads-torch keeps one frozen at zero), the
 update and reset gates start with bias 1, and the new state is clipped.
 
-The recurrent loops run one of three ways (`rnn_impl`), with the same numbers (tested):
-- reference: `ClippedGRUCell.reference_step` projects each step's input and
-  computes each gate with its own matrices; `scan_reference` runs one GRU at a time;
-- fast (default): `scan_together` projects the inputs of all steps in one
-  matmul and runs several independent GRUs of one size in one loop with `bmm`,
-  as `lfads.model.fused.StackedGRUSequence` (hand-written backward);
-- compiled: the same stacked loop (`stacked_loop`) through torch.compile.
+Two ways to run GRUs over time, with the same numbers (tested); which one the
+model uses is chosen once, in `lfads.model.loops`:
+- `scan_reference`: one GRU at a time, `ClippedGRUCell.reference_step` per bin,
+  each gate from its own slices of the weights;
+- `scan_together`: the inputs of all bins projected in one matmul, and several
+  independent GRUs of one size in one loop with `bmm`; the loop itself is
+  `lfads.model.fused.StackedGRUSequence` (hand-written backward) or
+  `stacked_loop` through torch.compile.
 The decoder's loop (controller and generator, coupled through the factors) is
 in `lfads.model.decoder`; the overview is in lfads/README.md, "Where the time goes".
 """
@@ -19,11 +20,10 @@ in `lfads.model.decoder`; the overview is in lfads/README.md, "Where the time go
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from lfads.model.fused import StackedGRUSequence
 
 
 def init_fan_in_(weight: torch.Tensor, fan_in: int) -> None:
@@ -41,7 +41,7 @@ def fan_in_linear(in_features: int, out_features: int, bias: bool = True) -> nn.
 
 
 class ClippedGRUCell(nn.Module):
-    """h' = clip(z * h + (1 - z) * tanh(W_n x + b_n + U_n (r * h))), gates z, r = sigmoid(W x + b + U h).
+    """h' = clip(z * h + (1 - z) * tanh(W_n x + b_n + U_n (r * h))), z, r = sigmoid(W x + b + U h).
 
     Gate order along the 3 * hidden axis of the weights: update z, reset r, candidate n.
     fan_in: variance scale of both weight matrices; the TF encoders use
@@ -50,7 +50,12 @@ class ClippedGRUCell(nn.Module):
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, clip: float = math.inf, fan_in: int | None = None
+        self,
+        *,
+        input_size: int,
+        hidden_size: int,
+        clip: float = math.inf,
+        fan_in: int | None = None,
     ):
         super().__init__()
         self.input_size, self.hidden_size, self.clip = input_size, hidden_size, clip
@@ -64,7 +69,7 @@ class ClippedGRUCell(nn.Module):
             self.bias_ih[2 * hidden_size :] = 0.0  # candidate bias starts at 0
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., input_size) -> (..., 3 * hidden): the input half of every gate, for all steps at once."""
+        """(..., input_size) -> (..., 3 * hidden): every gate's input part, for all bins at once."""
         return x @ self.weight_ih.T + self.bias_ih
 
     def split_recurrent(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +81,12 @@ class ClippedGRUCell(nn.Module):
         u_zr, u_n = self.weight_hh.split([2 * self.hidden_size, self.hidden_size])
         return u_zr.T, u_n.T
 
+    def split_projection(self, x_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 3H) projected inputs -> gates part (..., 2H) and candidate part (..., H)."""
+        return x_proj.split([2 * self.hidden_size, self.hidden_size], dim=-1)
+
     def reference_step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One step written plainly: each gate from its own slices of the weights, input projected here.
+        """One step written plainly: each gate from its own slices of the weights.
 
         x (B, input_size), h (B, H) -> new state (B, H). The baseline of the fast loops
         (`lfads.model.fused`, `stacked_loop`).
@@ -90,50 +99,51 @@ class ClippedGRUCell(nn.Module):
         n = torch.tanh(x @ w_n.T + b_n + (r * h) @ u_n.T)
         return torch.clamp(z * h + (1.0 - z) * n, -self.clip, self.clip)
 
-    def split_projection(self, x_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(..., 3H) projected inputs -> gates part (..., 2H) and candidate part (..., H)."""
-        return x_proj.split([2 * self.hidden_size, self.hidden_size], dim=-1)
-
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.reference_step(x, h)
 
 
-def scan_reference(cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """Run `cell` over time with `reference_step`. x: (B, T, I), h0: (B, H) -> (B, T, H)."""
-    h, states = h0, []
-    for t in range(x.shape[1]):
-        h = cell.reference_step(x[:, t], h)
-        states.append(h)
-    return torch.stack(states, dim=1)
+def scan_reference(
+    cells: list[ClippedGRUCell], inputs: list[torch.Tensor], h0s: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Run each GRU over its own sequence, one at a time, with `reference_step` per bin.
+
+    inputs[k]: (B, T_k, I_k), h0s[k]: (B, H_k) -> states (B, T_k, H_k).
+    """
+    states = []
+    for cell, x, h in zip(cells, inputs, h0s):
+        steps = []
+        for t in range(x.shape[1]):
+            h = cell.reference_step(x[:, t], h)
+            steps.append(h)
+        states.append(torch.stack(steps, dim=1))
+    return states
 
 
-def scan(
-    cell: ClippedGRUCell, x: torch.Tensor, h0: torch.Tensor, impl: str = "fast"
-) -> torch.Tensor:
-    """Run `cell` over time on the fast (or compiled) path. x: (B, T, I), h0: (B, H) -> (B, T, H)."""
-    return scan_together([cell], [x], [h0], impl)[0]
+# A stacked loop: (x_zr (K, B, T, 2H), x_n (K, B, T, H), h0 (K, B, H), u_zr (K, H, 2H),
+# u_n (K, H, H), clip) -> states (K, B, T, H); `StackedGRUSequence.apply` or `stacked_loop`.
+StackedLoop = Callable[..., torch.Tensor]
 
 
 def scan_together(
     cells: list[ClippedGRUCell],
     inputs: list[torch.Tensor],
     h0s: list[torch.Tensor],
-    impl: str = "fast",
+    *,
+    loop: StackedLoop,
 ) -> list[torch.Tensor]:
-    """Run independent GRUs over their own sequences; same results as `scan_reference` on each.
+    """Run independent GRUs over their own sequences; the numbers of `scan_reference`.
 
     GRUs with the same hidden size, clip and sequence length share one time loop,
     their weights stacked along a leading axis and multiplied with `bmm`: the
-    encoders' four GRUs usually take one loop instead of four. The loop is
-    `lfads.model.fused.StackedGRUSequence` (impl "fast") or `stacked_loop`
-    through torch.compile ("compiled").
+    encoders' four GRUs usually take one loop instead of four.
     inputs[k]: (B, T_k, I_k), h0s[k]: (B, H_k) -> states (B, T_k, H_k).
     """
     groups: dict[tuple, list[int]] = {}
     for k, (cell, x) in enumerate(zip(cells, inputs)):
         groups.setdefault((cell.hidden_size, cell.clip, x.shape[1]), []).append(k)
     states: list[torch.Tensor | None] = [None] * len(cells)
-    for (hidden, clip, n_bins), members in groups.items():
+    for (hidden, clip, _), members in groups.items():
         # projected inputs of every step, one matmul per GRU: (K, B, T, 2H) and (K, B, T, H)
         x_zr, x_n = torch.stack([cells[k].project_input(inputs[k]) for k in members]).split(
             [2 * hidden, hidden], 3
@@ -141,17 +151,14 @@ def scan_together(
         u = torch.stack([cells[k].weight_hh for k in members]).transpose(1, 2)  # (K, H, 3H)
         u_zr, u_n = u.split([2 * hidden, hidden], dim=2)
         h0 = torch.stack([h0s[k] for k in members])  # (K, B, H)
-        if impl == "compiled":
-            stacked = compiled(stacked_loop, x_zr.device)(x_zr, x_n, h0, u_zr, u_n, clip)
-        else:
-            stacked = StackedGRUSequence.apply(x_zr, x_n, h0, u_zr, u_n, clip)  # (K, B, T, H)
+        stacked = loop(x_zr, x_n, h0, u_zr, u_n, clip)  # (K, B, T, H)
         for i, k in enumerate(members):
             states[k] = stacked[i]
     return states
 
 
 def stacked_loop(x_zr, x_n, h, u_zr, u_n, clip: float) -> torch.Tensor:
-    """The loop of `StackedGRUSequence` with autograd: the function `rnn_impl: compiled` compiles."""
+    """The loop of `StackedGRUSequence` with autograd: what `rnn_impl="compiled"` compiles."""
     steps = []
     for t in range(x_zr.shape[2]):
         z, r = torch.sigmoid(torch.baddbmm(x_zr[:, :, t], h, u_zr)).chunk(2, dim=2)
@@ -175,21 +182,28 @@ def compiled(function, device: torch.device):
 
 
 class BidirectionalGRU(nn.Module):
-    """Forward and backward clipped GRUs with learnable initial states (TF encoder initialisation)."""
+    """Forward and backward clipped GRUs with learnable initial states (TF encoder initialisation).
 
-    def __init__(self, input_size: int, hidden_size: int, clip: float):
+    `runs` gives what to scan; `align` turns the scanned states back into input time.
+    """
+
+    def __init__(self, *, input_size: int, hidden_size: int, clip: float):
         super().__init__()
         self.hidden_size = hidden_size
+        fan_in = input_size + hidden_size
         self.forward_cell = ClippedGRUCell(
-            input_size, hidden_size, clip, fan_in=input_size + hidden_size
+            input_size=input_size, hidden_size=hidden_size, clip=clip, fan_in=fan_in
         )
         self.backward_cell = ClippedGRUCell(
-            input_size, hidden_size, clip, fan_in=input_size + hidden_size
+            input_size=input_size, hidden_size=hidden_size, clip=clip, fan_in=fan_in
         )
         self.h0 = nn.Parameter(torch.zeros(2, hidden_size))  # (direction, H)
 
     def runs(self, x: torch.Tensor) -> list[tuple[ClippedGRUCell, torch.Tensor, torch.Tensor]]:
-        """(cell, input, h0) of both directions, for `scan_together`; the backward input is time-reversed."""
+        """(cell, input, h0) of both directions, to scan; the backward input is time-reversed.
+
+        x: (B, T, I).
+        """
         batch = x.shape[0]
         return [
             (self.forward_cell, x, self.h0[0].expand(batch, -1)),
@@ -200,18 +214,11 @@ class BidirectionalGRU(nn.Module):
     def align(
         forward: torch.Tensor, backward_reversed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """States of `runs` -> forward (B, T, H), backward (B, T, H) both aligned with the input's time."""
-        return forward, backward_reversed.flip(1)
-
-    def forward(self, x: torch.Tensor, impl: str = "fast") -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, I) -> forward states (B, T, H), backward states (B, T, H) aligned with x's time.
+        """Scanned states of `runs` -> forward (B, T, H), backward (B, T, H), in the input's time.
 
         The last forward state is `forward[:, -1]`, the last backward one `backward[:, 0]`.
-        impl "reference": each direction on its own with `scan_reference`.
         """
-        if impl == "reference":
-            return self.align(*(scan_reference(*run) for run in self.runs(x)))
-        return self.align(*scan_together(*zip(*self.runs(x)), impl=impl))
+        return forward, backward_reversed.flip(1)
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         return [self.forward_cell.weight_hh, self.backward_cell.weight_hh]

@@ -1,9 +1,16 @@
-"""Hyperparameters of one LFADS run: a typed, validated dataclass that round-trips through plain data.
+"""Hyperparameters of one LFADS run: a typed, validated dataclass that round-trips plain data.
 
 Defaults are lfads-torch's NLB mc_maze settings at 20 ms bins. Sizes of the
 data (neurons, bins, external inputs) are not hyperparameters: they come from
-the prepared files. This module does not import torch, so the workflow can
-validate every run's hyperparameters when it starts.
+the prepared files; nor is how the recurrent loops run (`rnn_impl`, an option
+of training and inference: `lfads.model.loops`). This module does not import
+torch, so the workflow can validate every run's hyperparameters when it starts.
+
+Some options of parts have a flat key too, so that a search can vary them
+(`cd_rate` is coordinated_dropout's `rate`; `LINKED_OPTIONS`). When
+hyperparameters are read, each such setting is resolved once into both places:
+a flat key fills the parts' options, an option given only in a part fills the
+flat key, and two values that disagree are an error naming both keys.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class Component:
 
 
 def _check_plain(value: Any, where: str) -> None:
-    """Options must stay plain data (they are saved in checkpoints loaded with weights_only=True)."""
+    """Options must stay plain data (saved in checkpoints, which load with weights_only=True)."""
     if isinstance(value, bool | int | float | str) or value is None:
         return
     if isinstance(value, list | tuple):
@@ -65,9 +72,6 @@ def _check_plain(value: Any, where: str) -> None:
             _check_plain(item, f"{where}.{key}")
         return
     raise ValueError(f"{where}: {value!r} is not plain data (numbers, strings, lists, mappings)")
-
-
-RNN_IMPLS = ("fast", "reference", "compiled")
 
 
 def _component(name: str, **options: Any) -> Any:
@@ -90,21 +94,14 @@ class HParams:
     ic_dim: int = 64  # initial-condition latent
     gen_dim: int = 200  # generator GRU units
     fac_dim: int = 100  # factors
-    readin_dim: int | None = (
-        None  # per-session readin width; None: no readin for one session, fac_dim for several
-    )
+    # per-session readin width; None: no readin for one session, fac_dim for several
+    readin_dim: int | None = None
     readin_init: str = "pcr"  # "pcr" (principal-components regression) or "random"
     readin_trainable: bool = False  # PCR readins stay frozen unless True
-    dropout: float = (
-        0.02  # dropout on encoder inputs and outputs, controller input, generator state
-    )
+    dropout: float = 0.02  # on encoder inputs and outputs, controller input, generator state
     cell_clip: float = 5.0  # every recurrent state is clipped to +-cell_clip
     ic_post_var_min: float = 1e-4  # floor of the IC posterior variance
     variational: bool = True  # False: posterior means are used everywhere; priors must be "null"
-    # how the recurrent loops run; all three give the same numbers (lfads/README.md, "Speed"):
-    # "fast" (default), "reference" (plain per-step loop of unfused cells, one posterior sample at a
-    # time: the baseline of the benchmark), "compiled" (the fast loops through torch.compile)
-    rnn_impl: str = "fast"
     # -- interchangeable parts (names in lfads.model.registry) ----------------------
     ic_prior: Component = _component("multivariate_normal", mean=0.0, variance=0.1)
     co_prior: Component = _component("autoregressive_normal", tau=10.0, noise_variance=0.1)
@@ -112,16 +109,14 @@ class HParams:
     train_augmentations: tuple[Component, ...] = (Component("coordinated_dropout"),)
     infer_augmentations: tuple[Component, ...] = ()
     plugins: tuple[str, ...] = ()  # modules imported first, to register your own parts
+    # flat keys of part options (LINKED_OPTIONS), kept equal to the options in both stacks
     cd_rate: float = 0.3  # coordinated dropout: fraction of input elements masked
-    cd_pass_rate: float = (
-        0.0  # coordinated dropout: fraction of masked elements that still pass gradients
-    )
+    cd_pass_rate: float = 0.0  # coordinated dropout: fraction of kept elements passing gradients
     sv_rate: float = 0.0  # sample validation: fraction of input elements held out of training
     # -- loss ------------------------------------------------------------------------
     loss_scale: float = 1e4  # multiplies the whole loss (keeps AdamW in a good range)
-    recon_reduce_mean: bool = (
-        True  # mean over elements (False: sum over bins and neurons, mean over trials)
-    )
+    # mean over elements (False: sum over bins and neurons, mean over trials)
+    recon_reduce_mean: bool = True
     l2_start_epoch: int = 0
     l2_increase_epoch: int = 80
     l2_ic_enc_scale: float = 0.0
@@ -144,18 +139,25 @@ class HParams:
     lr_stop: float = 1e-5  # training stops when the learning rate falls to this
     valid_smoothing: float = 0.3  # weight of the newest epoch in the smoothed validation loss
     gradient_clip: float = 200.0  # max norm of all gradients together (0: no clipping)
-    early_stopping_patience: int = (
-        200  # epochs without a better smoothed valid loss (0: off); never during ramps
-    )
+    # epochs without a better smoothed valid loss (0: off); never during ramps
+    early_stopping_patience: int = 200
 
     # ---------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         _validate(self)
+        _fill_linked_options(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> HParams:
-        """Build from plain data; unknown keys and bad values raise ValueError naming the key."""
+        """Build from plain data; unknown keys and bad values raise ValueError naming the key.
+
+        A part option with a flat key (`LINKED_OPTIONS`) that only the part gives is copied to
+        the flat key; the flat key's value (given or default) then fills every such option.
+        """
         data = dict(data or {})
+        for key, instead in _REMOVED.items():
+            if key in data:
+                raise ValueError(f"{key}: no longer a hyperparameter; {instead}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -163,6 +165,7 @@ class HParams:
         registry.import_plugins(_as_list(data.get("plugins", ()), "plugins"))
         hints = typing.get_type_hints(cls)
         values = {name: _coerce(name, value, hints[name]) for name, value in data.items()}
+        values.update(_flat_keys_from_options(values, hints))
         return cls(**values)
 
     @classmethod
@@ -181,7 +184,7 @@ class HParams:
             raise ValueError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (numbers, strings, lists, dicts): YAML-ready and safe in a weights_only checkpoint."""
+        """Plain data (numbers, strings, lists, dicts): for YAML and weights_only checkpoints."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -198,11 +201,107 @@ class HParams:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **changes: Any) -> HParams:
-        return HParams.from_dict({**self.to_dict(), **changes})
+        """A copy with `changes` (plain data, as for `from_dict`).
+
+        A changed flat key (`cd_rate`, ...) also changes the part options it sets, and a changed
+        stack's part option its flat key; the other stack's copies follow.
+        """
+        data = self.to_dict()
+        redefined = {key for key in _LINKED_KEYS if key in changes}
+        for stack in _AUGMENTATION_STACKS:
+            if stack in changes:
+                redefined |= _flat_keys_set_by(changes[stack])
+        for key in redefined - changes.keys():  # set by the changed stack's option
+            del data[key]
+        for stack in _AUGMENTATION_STACKS:
+            if stack not in changes:  # its copies of the redefined options are refilled
+                data[stack] = [
+                    {
+                        option: value
+                        for option, value in spec.items()
+                        if LINKED_OPTIONS.get(spec["name"], {}).get(option) not in redefined
+                    }
+                    for spec in data[stack]
+                ]
+        return HParams.from_dict({**data, **changes})
 
     @property
     def use_controller(self) -> bool:
         return self.ci_enc_dim > 0 and self.con_dim > 0 and self.co_dim > 0
+
+
+# Keys that were hyperparameters once: what to do instead.
+_REMOVED = {
+    "rnn_impl": "choose how the loops run when training or sampling "
+    "(train_model(..., rnn_impl=...), posterior_sample(..., rnn_impl=...), --rnn-impl)",
+}
+
+# Part options that a flat hyperparameter also sets (so that a search can vary them):
+# part name -> {option: flat key}. HParams keeps the two equal in both augmentation stacks.
+LINKED_OPTIONS: dict[str, dict[str, str]] = {
+    "coordinated_dropout": {
+        "rate": "cd_rate",
+        "pass_rate": "cd_pass_rate",
+        "ic_enc_seq_len": "ic_enc_seq_len",
+    },
+    "sample_validation": {"rate": "sv_rate", "ic_enc_seq_len": "ic_enc_seq_len"},
+}
+_LINKED_KEYS = {key for options in LINKED_OPTIONS.values() for key in options.values()}
+_AUGMENTATION_STACKS = ("train_augmentations", "infer_augmentations")
+
+
+def _flat_keys_set_by(specs: Any) -> set[str]:
+    """The flat keys whose linked options a stack of specs (Components or plain data) gives."""
+    keys = set()
+    for spec in specs if isinstance(specs, list | tuple) else ():
+        if isinstance(spec, Component):
+            name, options = spec.name, spec.options
+        elif isinstance(spec, dict):
+            name, options = spec.get("name"), spec
+        else:  # a bare name gives no options
+            continue
+        keys |= {key for option, key in LINKED_OPTIONS.get(name, {}).items() if option in options}
+    return keys
+
+
+def _flat_keys_from_options(values: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+    """Flat keys absent from `values` that a part option sets: flat key -> the option's value."""
+    found: dict[str, tuple[str, Any]] = {}  # flat key -> (where, value)
+    for stack in _AUGMENTATION_STACKS:
+        for index, spec in enumerate(values.get(stack, ())):
+            for option, key in LINKED_OPTIONS.get(spec.name, {}).items():
+                if option not in spec.options or key in values:
+                    continue
+                where = f"{stack}[{index}].{option}"
+                value = _coerce(where, spec.options[option], hints[key])
+                if key in found and found[key][1] != value:
+                    raise ValueError(
+                        f"{found[key][0]} ({found[key][1]!r}) and {where} ({value!r}) are both "
+                        f"{key}: set {key} once instead"
+                    )
+                found.setdefault(key, (where, value))
+    return {key: value for key, (_, value) in found.items()}
+
+
+def _fill_linked_options(hp: HParams) -> None:
+    """Write each flat key into the part options it sets; an option that differs is an error."""
+    hints = typing.get_type_hints(HParams)
+    for stack in _AUGMENTATION_STACKS:
+        specs = []
+        for index, spec in enumerate(getattr(hp, stack)):
+            options = dict(spec.options)
+            for option, key in LINKED_OPTIONS.get(spec.name, {}).items():
+                flat = getattr(hp, key)
+                if option in options:
+                    where = f"{stack}[{index}].{option}"
+                    if _coerce(where, options[option], hints[key]) != flat:
+                        raise ValueError(
+                            f"{where} is {options[option]!r} but {key} is {flat!r}: they are one "
+                            f"setting; give it once (or the same value in both)"
+                        )
+                options[option] = flat
+            specs.append(Component(spec.name, options))
+        object.__setattr__(hp, stack, tuple(specs))  # (frozen: set once, while being built)
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -221,7 +320,7 @@ _COMPONENT_KIND = {
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Convert YAML values to the field's type: ints for floats (1e-3 written as 1), lists to tuples."""
+    """YAML value -> the field's type: numbers to int or float (YAML 1.1 reads 1e-3 as a string)."""
     if name in _COMPONENT_KIND:
         kind = _COMPONENT_KIND[name]
         if hint is Component:
@@ -319,7 +418,6 @@ def _validate(hp: HParams) -> None:
         )
     check(hp.readin_dim is None or hp.readin_dim >= 1, "readin_dim", "must be at least 1 or null")
     check(hp.readin_init in ("pcr", "random"), "readin_init", "must be 'pcr' or 'random'")
-    check(hp.rnn_impl in RNN_IMPLS, "rnn_impl", f"must be one of {list(RNN_IMPLS)}")
     if not hp.variational and (
         hp.ic_prior.name != "null" or (hp.use_controller and hp.co_prior.name != "null")
     ):

@@ -1,4 +1,4 @@
-"""The whole LFADS: per-session readins -> encoders -> decoder -> per-session readouts, and its loss.
+"""The whole LFADS: per-session readins -> encoders -> decoder -> per-session readouts; its loss.
 
 A batch is `dict[session index, SessionBatch]`; trials of all sessions in it
 go through the shared core together and are split back by session.
@@ -17,7 +17,8 @@ from lfads.model.batch import SessionBatch
 from lfads.model.decoder import Decoder
 from lfads.model.encoders import Encoder
 from lfads.model.gru import fan_in_linear
-from lfads.model.hparams import RNN_IMPLS, HParams
+from lfads.model.hparams import HParams
+from lfads.model.loops import recurrent_loops
 from lfads.model.priors import NullPrior
 
 
@@ -51,10 +52,7 @@ class SessionOutput:
     ic_std: torch.Tensor  # (B, ic_dim)
     co_mean: torch.Tensor  # (B, T + F, co_dim)
     co_std: torch.Tensor  # (B, T + F, co_dim)
-    gen_init: torch.Tensor  # (B, gen_dim)
     gen_states: torch.Tensor  # (B, T + F, gen_dim)
-    con_states: torch.Tensor  # (B, T + F, con_dim)
-    gen_inputs: torch.Tensor  # (B, T + F, co_dim + ext_input_dim)
 
 
 @dataclass
@@ -69,22 +67,31 @@ class LossTerms:
 
 
 def ramp(epoch: int, start: int, increase: int) -> float:
-    """0 before `start`, rising linearly to 1 over `increase` epochs: (epoch + 1 - start) / (increase + 1)."""
+    """0 before `start`, rising linearly to 1: (epoch + 1 - start) / (increase + 1), clipped."""
     return min(max((epoch + 1 - start) / (increase + 1), 0.0), 1.0)
 
 
 class LFADS(nn.Module):
-    def __init__(self, hparams: HParams, sessions: list[SessionDims]):
+    """The model for `sessions` (one `SessionDims` per session file, in training order).
+
+    rnn_impl: how every recurrent loop runs, "fast", "reference" or "compiled"
+    (`lfads.model.loops`); the numbers are the same, so it is not a hyperparameter, and a
+    model built with another rnn_impl loads the same state dict.
+    """
+
+    def __init__(self, hparams: HParams, sessions: list[SessionDims], *, rnn_impl: str = "fast"):
         super().__init__()
         if not sessions:
             raise ValueError("LFADS needs at least one session")
         shared = {(s.n_obs_bins, s.n_fwd_bins, s.ext_input_dim) for s in sessions}
         if len(shared) != 1:
             raise ValueError(
-                f"sessions must share bins and external inputs (T, F, ext_input_dim); got {sorted(shared)}"
+                "sessions must share bins and external inputs (T, F, ext_input_dim); "
+                f"got {sorted(shared)}"
             )
         hp, first = hparams, sessions[0]
         self.hparams, self.sessions = hp, list(sessions)
+        self.loops = recurrent_loops(rnn_impl)
         self.use_controller = hp.use_controller
         readin_dim = hp.readin_dim or (hp.fac_dim if len(sessions) > 1 else None)
         if readin_dim is None:
@@ -96,30 +103,32 @@ class LFADS(nn.Module):
             for readin in self.readins:
                 readin.requires_grad_(hp.readin_trainable or hp.readin_init == "random")
         self.encoder = Encoder(
-            encoder_dim,
-            first.n_obs_bins,
-            first.n_recon_bins,
-            hp.ic_enc_dim,
-            hp.ic_dim,
-            hp.ci_enc_dim,
-            hp.ci_lag,
-            hp.ic_enc_seq_len,
-            hp.use_controller,
-            hp.dropout,
-            hp.cell_clip,
-            hp.ic_post_var_min,
+            input_dim=encoder_dim,
+            n_obs_bins=first.n_obs_bins,
+            n_recon_bins=first.n_recon_bins,
+            ic_enc_dim=hp.ic_enc_dim,
+            ic_dim=hp.ic_dim,
+            ci_enc_dim=hp.ci_enc_dim,
+            ci_lag=hp.ci_lag,
+            ic_enc_seq_len=hp.ic_enc_seq_len,
+            use_controller=hp.use_controller,
+            dropout=hp.dropout,
+            cell_clip=hp.cell_clip,
+            ic_post_var_min=hp.ic_post_var_min,
+            loops=self.loops,
         )
         self.decoder = Decoder(
-            hp.ic_dim,
-            hp.gen_dim,
-            hp.fac_dim,
-            hp.con_dim,
-            hp.co_dim,
-            2 * hp.ci_enc_dim,
-            first.ext_input_dim,
-            hp.use_controller,
-            hp.dropout,
-            hp.cell_clip,
+            ic_dim=hp.ic_dim,
+            gen_dim=hp.gen_dim,
+            fac_dim=hp.fac_dim,
+            con_dim=hp.con_dim,
+            co_dim=hp.co_dim,
+            ci_dim=2 * hp.ci_enc_dim,
+            ext_input_dim=first.ext_input_dim,
+            use_controller=hp.use_controller,
+            dropout=hp.dropout,
+            cell_clip=hp.cell_clip,
+            loops=self.loops,
         )
         self.recons = nn.ModuleList(
             registry.build("reconstruction", hp.reconstruction, n_neurons=s.n_neurons)
@@ -133,15 +142,14 @@ class LFADS(nn.Module):
         self.co_prior = (
             registry.build("prior", hp.co_prior, dim=hp.co_dim)
             if hp.use_controller
-            else NullPrior(0)
+            else NullPrior()
         )
         self.train_augmentations = AugmentationStack(
-            [registry.build("augmentation", spec, hparams=hp) for spec in hp.train_augmentations]
+            [registry.build("augmentation", spec) for spec in hp.train_augmentations]
         )
         self.infer_augmentations = AugmentationStack(
-            [registry.build("augmentation", spec, hparams=hp) for spec in hp.infer_augmentations]
+            [registry.build("augmentation", spec) for spec in hp.infer_augmentations]
         )
-        self.set_rnn_impl(hp.rnn_impl)
 
     @property
     def readin_dim(self) -> int | None:
@@ -149,20 +157,14 @@ class LFADS(nn.Module):
         first = self.readins[0]
         return None if isinstance(first, nn.Identity) else first.out_features
 
-    def set_rnn_impl(self, name: str) -> None:
-        """Switch how the recurrent loops run (HParams.rnn_impl); the weights and the numbers stay the same."""
-        if name not in RNN_IMPLS:
-            raise ValueError(f"rnn_impl: must be one of {list(RNN_IMPLS)}, got {name!r}")
-        self.rnn_impl = name
-        self.encoder.impl = self.decoder.impl = name
-
     # -- forward -------------------------------------------------------------------------
     def encode(
         self, batch: dict[int, SessionBatch]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All sessions' trials through readins and encoders -> ic_mean, ic_std (B, ic_dim), ci (B, T + F, 2C).
+        """All sessions' trials through readins and encoders.
 
-        Rows follow `sorted(batch)` sessions, each session's trials in order.
+        -> ic_mean, ic_std (B, ic_dim), ci (B, T + F, 2C); rows follow `sorted(batch)` sessions,
+        each session's trials in order.
         """
         data = torch.cat([self._readin(s)(batch[s].encod_data) for s in sorted(batch)])
         return self.encoder(data)
@@ -178,7 +180,7 @@ class LFADS(nn.Module):
     ) -> dict[int, SessionOutput]:
         """Posterior sample (or mean) of g0 and u_t -> decoder -> readouts, split back by session.
 
-        sizes: rows of each session, in sorted session order; ext_input (rows, T + F, ext_input_dim).
+        sizes: rows of each session, in sorted session order; ext_input (rows, T + F, E).
         """
         sessions = sorted(sizes)
         ic_sample = self.ic_prior.sample(ic_mean, ic_std) if sample_posteriors else ic_mean
@@ -191,10 +193,7 @@ class LFADS(nn.Module):
                 ("ic_std", ic_std),
                 ("co_mean", out.co_mean),
                 ("co_std", out.co_std),
-                ("gen_init", out.gen_init),
                 ("gen_states", out.gen_states),
-                ("con_states", out.con_states),
-                ("gen_inputs", out.gen_inputs),
             )
         }
         outputs = {}
@@ -227,24 +226,24 @@ class LFADS(nn.Module):
     def posterior_average(
         self, batch: dict[int, SessionBatch], n_samples: int
     ) -> dict[int, dict[str, torch.Tensor]]:
-        """Average over `n_samples` posterior samples, all in one decoder pass of (samples x trials) rows.
+        """Average of `n_samples` posterior samples, in one decoder pass of (samples x trials) rows.
 
         The encoders are deterministic in eval mode, so they run once per trial.
         Returns per session: rates, factors, gen_states, co_mean, co_std (B, T + F, .) averaged over
         samples, and ic_mean, ic_std (B, ic_dim). Non-variational models use the means (one pass).
+        The reference loops run the whole model once per sample instead.
         """
         if self.training:
             raise RuntimeError(
                 "posterior_average needs eval mode (model.eval()): dropout would vary per trial"
             )
         samples = n_samples if self.hparams.variational else 1
-        if self.rnn_impl == "reference":
+        if not self.loops.samples_in_one_pass:
             return self._posterior_average_one_by_one(batch, samples)
         ic_mean, ic_std, ci = self.encode(batch)
         sizes = {s: samples * len(b) for s, b in batch.items()}
         ext_input = torch.cat([batch[s].ext_input.repeat(samples, 1, 1) for s in sorted(batch)])
-        # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits samples
-        # off.
+        # Row order inside each session: sample-major, so a reshape to (S, B_s, ...) splits them.
         order = _sample_major_rows([len(batch[s]) for s in sorted(batch)], samples, ic_mean.device)
 
         def rows(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (samples x B, ...) in `order`
@@ -327,16 +326,16 @@ class LFADS(nn.Module):
         epoch: int,
         metrics: dict[str, torch.Tensor],
     ) -> LossTerms:
-        """loss_scale * (recon + l2_ramp * L2 + kl_ramp * (kl_ic_scale * KL_ic + kl_co_scale * KL_co)).
+        """loss_scale * (recon + l2_ramp * l2 + kl_ramp * (kl_ic + kl_co)), and its terms.
 
+        The KL terms come scaled by kl_ic_scale and kl_co_scale (`LossTerms`).
         `batch` is the augmented batch the outputs came from; `memos` the stack's notes per session.
         """
         hp = self.hparams
         session_recon = []
         for s in sorted(batch):
-            losses = self.recons[s].compute_loss(
-                batch[s].recon_data, outputs[s].params
-            )  # (B, T + F, H)
+            # the elementwise loss, shape (B, T + F, H)
+            losses = self.recons[s].compute_loss(batch[s].recon_data, outputs[s].params)
             losses = stack.process_losses(losses, batch[s], memos[s], metrics)
             per_trial = losses.mean(dim=(1, 2)) if hp.recon_reduce_mean else losses.sum(dim=(1, 2))
             session_recon.append(per_trial.mean())
@@ -360,7 +359,7 @@ class LFADS(nn.Module):
 
     # -- multi-session readin --------------------------------------------------------------
     def set_readins(self, readins: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Load per-session readin (weight (readin_dim, n_heldin), bias (readin_dim,)), e.g. from PCR."""
+        """Set the per-session readins (e.g. from PCR): weight (readin_dim, n_heldin), bias."""
         if len(readins) != len(self.readins) or isinstance(self.readins[0], nn.Identity):
             raise ValueError(
                 "set_readins: the model has no per-session readin layers for these sessions"
@@ -372,8 +371,9 @@ class LFADS(nn.Module):
 
 
 def _sample_major_rows(sizes: list[int], samples: int, device: torch.device) -> torch.Tensor:
-    """Row permutation taking `x.repeat(samples)` (all sessions per sample) to per-session sample-major
-    order: session 0 sample 0 trials, session 0 sample 1 trials, ..., session 1 sample 0 trials, ..."""
+    """Row permutation from `x.repeat(samples)` (all sessions per sample) to per-session
+    sample-major order: session 0 sample 0 trials, session 0 sample 1 trials, ...,
+    session 1 sample 0 trials, ..."""
     total, offsets, order = sum(sizes), [0], []
     for size in sizes[:-1]:
         offsets.append(offsets[-1] + size)

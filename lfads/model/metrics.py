@@ -13,7 +13,7 @@ import torch
 
 
 class BitsPerSpike:
-    """Poisson log-likelihood gain of predicted rates over each neuron's mean rate, in bits per spike.
+    """Poisson log-likelihood gain of predicted rates over each neuron's mean, in bits per spike.
 
     Targets may hold NaN (unobserved): those elements are ignored.
     """
@@ -49,7 +49,7 @@ class BitsPerSpike:
 
 
 class RateR2:
-    """R^2 of predicted against true rates per neuron over all trials and bins, averaged over neurons."""
+    """R^2 of predicted against true rates per neuron (all trials and bins), mean over neurons."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}

@@ -6,7 +6,9 @@ noise eps, so that a reparameterised sample is `mean + std * eps` (`sample`);
 over every dimension but the first (trials) and averaged over trials. IC
 posteriors are (B, ic_dim); CO posteriors are (B, T, co_dim). A prior whose
 posterior is not of that location-scale form overrides `sample` instead; the
-decoder then calls it bin by bin on the plain path.
+decoder then calls it bin by bin on the plain path. Constructors take keyword
+arguments only: `dim` (the latent width, ic_dim or co_dim) and the options of
+the config.
 """
 
 from __future__ import annotations
@@ -19,14 +21,10 @@ from torch.distributions import Independent, Normal, StudentT, kl_divergence
 
 
 class Prior(nn.Module):
-    """Base class. `dim` is the latent width (ic_dim or co_dim); options come from the config."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dim = dim
+    """Base class of the priors (see the module docstring)."""
 
     def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
-        """Noise of the shape of `like` for `mean + std * noise`: standard normal (Gaussian posterior)."""
+        """Standard normal noise shaped like `like` (Gaussian posterior): mean + std * noise."""
         return torch.randn_like(like)
 
     def sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -48,10 +46,10 @@ def _mean_over_trials(kl: torch.Tensor) -> torch.Tensor:
 
 
 class NullPrior(Prior):
-    """No prior: the posterior mean is used as the sample and there is no KL (non-variational mode)."""
+    """No prior: the posterior mean is the sample and there is no KL (non-variational mode)."""
 
-    def __init__(self, dim: int):
-        super().__init__(dim)
+    def __init__(self, *, dim: int = 0):  # no parameters, so the width is not needed
+        super().__init__()
 
     def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(like)
@@ -63,8 +61,8 @@ class NullPrior(Prior):
 class MultivariateNormalPrior(Prior):
     """N(mu, variance I) with learnable mean mu and fixed variance; analytic KL."""
 
-    def __init__(self, dim: int, mean: float = 0.0, variance: float = 0.1):
-        super().__init__(dim)
+    def __init__(self, *, dim: int, mean: float = 0.0, variance: float = 0.1):
+        super().__init__()
         self.mean = nn.Parameter(torch.full((dim,), float(mean)))
         self.register_buffer("logvar", torch.full((dim,), math.log(variance)))
 
@@ -82,8 +80,8 @@ class AutoregressiveNormalPrior(Prior):
     (B, T, dim) posteriors is a one-sample Monte Carlo estimate.
     """
 
-    def __init__(self, dim: int, tau: float = 10.0, noise_variance: float = 0.1):
-        super().__init__(dim)
+    def __init__(self, *, dim: int, tau: float = 10.0, noise_variance: float = 0.1):
+        super().__init__()
         self.log_tau = nn.Parameter(torch.full((dim,), math.log(tau)))
         self.log_noise_variance = nn.Parameter(torch.full((dim,), math.log(noise_variance)))
 
@@ -111,8 +109,8 @@ class MultivariateStudentTPrior(Prior):
     loc starts at `loc`.)
     """
 
-    def __init__(self, dim: int, loc: float = 0.0, scale: float = 0.1, df: float = 5.0):
-        super().__init__(dim)
+    def __init__(self, *, dim: int, loc: float = 0.0, scale: float = 0.1, df: float = 5.0):
+        super().__init__()
         self.loc = nn.Parameter(torch.full((dim,), float(loc)))
         self.log_scale = nn.Parameter(torch.full((dim,), math.log(scale)))
         self.df = float(df)

@@ -1,4 +1,4 @@
-"""Per-session readin (neurons -> shared encoder input) and its principal-components-regression start.
+"""Per-session readins (neurons -> shared encoder input), with a principal-components start.
 
 With several sessions, each has its own linear readin into a common space of
 `readin_dim` channels, and its own readout (in lfads.py) from the shared
@@ -17,7 +17,8 @@ import numpy as np
 def session_averages(
     encod_data: np.ndarray, condition: np.ndarray | None, conditions: list[int] | None
 ) -> np.ndarray:
-    """Rows of time-aligned average activity: (n_conditions * T, n_heldin), or (T, n_heldin) without conditions.
+    """Rows of time-aligned average activity: (n_conditions * T, n_heldin); (T, n_heldin) without
+    conditions.
 
     encod_data: (N, T, n_heldin) spikes per bin; condition: (N,) condition index per trial.
     """
@@ -39,7 +40,7 @@ def shared_conditions(conditions: list[np.ndarray | None]) -> list[int] | None:
 def pcr_readins(
     averages: list[np.ndarray], readin_dim: int, ridge: float = 1e-2, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Readin (weight (readin_dim, n_s), bias (readin_dim,)) for each session from its averages (R, n_s).
+    """Readins (weight (readin_dim, n_s), bias (readin_dim,)) from each session's averages (R, n_s).
 
     All sessions' averages must have the same rows R (same bins and conditions).
     The common components are scaled to unit mean variance. When there are

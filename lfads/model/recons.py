@@ -4,6 +4,7 @@ Interface (`Reconstruction`): `n_params` outputs per neuron; `reshape_output_par
 turns the readout's (B, T, n_params * H) into (B, T, H, n_params);
 `compute_loss(data, params)` is the elementwise negative log-likelihood (B, T, H);
 `compute_means(params)` the expected data (B, T, H), e.g. spikes per bin.
+Constructors take keyword arguments only: `n_neurons` (H) and the options of the config.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from torch import nn
 class Reconstruction(nn.Module):
     n_params: int = 1
 
-    def __init__(self, n_neurons: int):
+    def __init__(self, *, n_neurons: int):
         super().__init__()
-        self.n_neurons = n_neurons
+        self.n_neurons = n_neurons  # H
 
     def reshape_output_params(self, output: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_params * H) -> (B, T, H, n_params); parameter p of every neuron is a contiguous block."""
+        """(B, T, n_params * H) -> (B, T, H, n_params); parameter p of all neurons is one block."""
         return torch.stack(output.chunk(self.n_params, dim=-1), dim=-1)
 
     def compute_loss(self, data: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ class Poisson(Reconstruction):
 
 
 class Gaussian(Reconstruction):
-    """data ~ Normal(mean, exp(log_variance)); full negative log-density (with the log 2 pi term)."""
+    """data ~ Normal(mean, exp(log_variance)); the full negative log-density (with log 2 pi)."""
 
     n_params = 2
 
@@ -88,17 +89,17 @@ class ZeroInflatedGamma(Reconstruction):
 
     def __init__(
         self,
+        *,
         n_neurons: int,
         gamma_loc: float = 0.1,
         scale_init: float = 20.0,
         scale_prior: float = 20.0,
         scale_penalty: float = 1e-4,
     ):
-        super().__init__(n_neurons)
+        super().__init__(n_neurons=n_neurons)
         self.gamma_loc, self.scale_prior, self.scale_penalty = gamma_loc, scale_prior, scale_penalty
-        self.scale = nn.Parameter(
-            torch.full((2, n_neurons), float(scale_init))
-        )  # (alpha | beta, H)
+        # scales of alpha (row 0) and beta (row 1) per neuron, (2, H)
+        self.scale = nn.Parameter(torch.full((2, n_neurons), float(scale_init)))
 
     def _scaled(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit = torch.clamp_min(torch.sigmoid(params), 1e-5)  # keeps alpha, beta, q away from 0
@@ -121,7 +122,7 @@ class ZeroInflatedGamma(Reconstruction):
 
 
 class MSE(Reconstruction):
-    """Squared error; equals the Gaussian negative log-density with variance 1/2, less 0.5 log(pi)."""
+    """Squared error: the Gaussian negative log-density with variance 1/2, less 0.5 log(pi)."""
 
     def compute_loss(self, data: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return (data - params[..., 0]) ** 2

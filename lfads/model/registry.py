@@ -1,4 +1,4 @@
-"""Name -> implementation tables for the interchangeable parts: priors, reconstructions, augmentations.
+"""Name -> class tables of the interchangeable parts: priors, reconstructions, augmentations.
 
 The config names each part by a string (`ic_prior: {name: multivariate_normal}`).
 Built-in parts are listed here as "module:Class" and imported only when built,
@@ -117,26 +117,18 @@ def import_plugins(modules: Iterable[str]) -> None:
             ) from error
 
 
-def build(kind: str, spec: Any, hparams: Any = None, **sizes: Any) -> Any:
-    """Instantiate the part a spec names with its options plus the sizes the model supplies.
+def build(kind: str, spec: Any, **sizes: Any) -> Any:
+    """Instantiate the part a spec names, with its options and the sizes the model supplies.
 
-    spec: an object with `.name` and `.options` (`lfads.model.hparams.Component`).
-    A class may declare `hparam_options = {"rate": "cd_rate"}`: an option the
-    spec leaves out is then taken from that field of `hparams` (so a search can
-    vary it through a flat key). A wrong option is reported with the part's
-    name and the options it accepts.
+    spec: an object with `.name` and `.options` (`lfads.model.hparams.Component`); both the
+    options and the sizes (`dim=`, `n_neurons=`) are passed as keywords. A wrong option is
+    reported with the part's name and the options it accepts.
     """
     import inspect
 
     cls = lookup(kind, spec.name)
-    options = {
-        option: getattr(hparams, field)
-        for option, field in getattr(cls, "hparam_options", {}).items()
-        if hparams is not None
-    }
-    options.update(spec.options)
     try:
-        return cls(**sizes, **options)
+        return cls(**sizes, **spec.options)
     except TypeError as error:
         parameters = [
             p
@@ -144,5 +136,6 @@ def build(kind: str, spec: Any, hparams: Any = None, **sizes: Any) -> Any:
             if p not in sizes and p not in ("self", "kwargs")
         ]
         raise ValueError(
-            f"{kind} {spec.name!r}: bad options {sorted(spec.options)} ({error}); it accepts {parameters}"
+            f"{kind} {spec.name!r}: bad options {sorted(spec.options)} ({error}); "
+            f"it accepts {parameters}"
         ) from error

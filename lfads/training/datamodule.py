@@ -27,10 +27,9 @@ class SessionData:
     path: Path
     dims: SessionDims
     attrs: dict[str, Any]  # the file's SESSION_ATTRIBUTES (copied into checkpoints)
-    splits: dict[str, SessionBatch] = field(default_factory=dict)  # index: rows 0 .. N - 1
-    conditions: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # split -> (N,) condition index, -1 none
+    splits: dict[str, SessionBatch] = field(default_factory=dict)  # split -> all its trials
+    # split -> (N,) condition index, -1 none
+    conditions: dict[str, np.ndarray] = field(default_factory=dict)
     nlb_index: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) nlb_tools row
 
     def n_trials(self, split: str) -> int:
@@ -43,7 +42,6 @@ class SessionData:
             encod_data=trials.encod_data[rows],
             recon_data=trials.recon_data[rows],
             ext_input=trials.ext_input[rows],
-            index=rows,
             truth=trials.truth[rows] if trials.truth is not None else None,
             sv_mask=trials.sv_mask[rows] if trials.sv_mask is not None else None,
         )
@@ -95,7 +93,6 @@ def load_session(
             encod_data=_tensor(encod),
             recon_data=_tensor(recon),
             ext_input=_tensor(ext),
-            index=torch.arange(n),
             truth=_tensor(arrays.truth),
             sv_mask=_tensor(sv_mask),
         )

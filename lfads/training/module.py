@@ -38,10 +38,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 class LFADSModule(L.LightningModule):
-    def __init__(self, hparams: HParams, sessions: list[SessionDims]):
+    def __init__(self, hparams: HParams, sessions: list[SessionDims], rnn_impl: str = "fast"):
         super().__init__()
         self.config = hparams  # (`self.hparams` is Lightning's own)
-        self.model = LFADS(hparams, sessions)
+        self.model = LFADS(hparams, sessions, rnn_impl=rnn_impl)
         self.history: list[
             dict[str, float]
         ] = []  # one row per finished epoch: the metrics.csv rows

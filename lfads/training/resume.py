@@ -8,9 +8,8 @@ from pathlib import Path
 from lfads.formats.checkpoints import read_training_checkpoint
 from lfads.model.hparams import HParams
 
-# Hyperparameters that may change on resume: the epochs in all, and how the recurrent loops run
-# (which does not change the numbers).
-MAY_CHANGE_ON_RESUME = ("max_epochs", "rnn_impl")
+# Hyperparameters that may change on resume: the epochs in all.
+MAY_CHANGE_ON_RESUME = ("max_epochs",)
 
 
 @dataclass(frozen=True)

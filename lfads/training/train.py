@@ -40,6 +40,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     device: str = "auto",
     max_epochs: int | None = None,
+    rnn_impl: str = "fast",
 ) -> Path:
     """Train on the prepared files (session i = data_files[i]); returns out_dir / "model.ckpt".
 
@@ -70,7 +71,7 @@ def train_model(
     data = LFADSDataModule(data_files, hparams.batch_size, hparams.seed, hparams.sv_rate)
     data.setup()
     _check_missing_targets(data.sessions, hparams)
-    module = LFADSModule(hparams, [s.dims for s in data.sessions])
+    module = LFADSModule(hparams, [s.dims for s in data.sessions], rnn_impl=rnn_impl)
     resume = resume_point(last, hparams)
     if resume is None:
         set_pcr_readins(module.model, data.sessions)
@@ -161,6 +162,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-epochs", type=int, help="override max_epochs of the config")
+    from lfads.model.loops import RNN_IMPLS
+
+    parser.add_argument(
+        "--rnn-impl", choices=list(RNN_IMPLS), default="fast", help="how the recurrent loops run"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,7 +176,15 @@ def run(args: argparse.Namespace) -> int:
     configure()
     try:
         hparams = HParams.from_yaml(args.config) if args.config else HParams()
-        train_model(args.data, hparams, args.out, args.checkpoint_dir, args.device, args.max_epochs)
+        train_model(
+            args.data,
+            hparams,
+            args.out,
+            args.checkpoint_dir,
+            args.device,
+            args.max_epochs,
+            rnn_impl=args.rnn_impl,
+        )
     except NonFiniteLossError as error:
         log.error("%s", error)
         return 3
