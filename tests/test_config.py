@@ -8,7 +8,7 @@ from conftest import REPO, run_snakemake
 
 from lfads.data import prepare
 from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
-from lfads.infra.config import ConfigError, load_yaml, validate_config
+from lfads.infra.config import ConfigError, check_config, load_yaml, validate_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -45,6 +45,50 @@ def test_split_defaults_agree_in_schema_function_and_command_line():
     required = ["--train-nwb", "a", "--test-nwb", "b", "--out", "c", "--nlb-layout", "mc_maze"]
     args = parser.parse_args([*required, "--bin-width", "20"])
     assert {key: getattr(args, key) for key in defaults} == defaults
+
+
+def test_posterior_sample_count_defaults_agree_in_schema_function_and_command_line():
+    import argparse
+    import inspect
+
+    from lfads.evaluation import infer
+
+    schema = load_yaml(SCHEMA)["properties"]["model"]["properties"]["n_samples"]
+    assert schema["default"] == infer.DEFAULT_N_SAMPLES
+    signature = inspect.signature(infer.posterior_sample).parameters
+    assert signature["n_samples"].default == infer.DEFAULT_N_SAMPLES
+    parser = argparse.ArgumentParser()
+    infer.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d", "--out", "o"])
+    assert args.samples == infer.DEFAULT_N_SAMPLES
+
+
+def test_values_the_schema_cannot_check_fail_before_any_job(mc_maze):
+    """check_config: the synthetic settings, the layout a source can write, hyperparameters."""
+    synthetic = validate_config(
+        {"dataset": "s", "nlb_layout": "mc_maze", "source": {"synthetic": {"n_helding": 3}}},
+        SCHEMA,
+    )
+    with pytest.raises(ConfigError, match=r"source.synthetic: unknown synthetic setting"):
+        check_config(synthetic)
+    synthetic["source"]["synthetic"] = {"base_rate_hz": -1.0}
+    with pytest.raises(ConfigError, match="source.synthetic: base_rate_hz: must be > 0, got -1.0"):
+        check_config(synthetic)
+    synthetic["source"]["synthetic"] = {}
+    synthetic["nlb_layout"] = "dmfc_rsg"
+    with pytest.raises(ConfigError, match="nlb_layout: the synthetic source writes the MC_Maze"):
+        check_config(synthetic)
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    config["model"]["hparams"]["lr"] = float("inf")
+    with pytest.raises(ConfigError, match=r"run .*lr: expected a finite number, got inf"):
+        check_config(config)
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    config["model"]["bin_width"] = 5
+    config["bin_widths"] = [20]
+    with pytest.raises(ConfigError, match="model.bin_width: 5 is not one of bin_widths"):
+        check_config(config)
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    assert len(check_config(config)) == config["search"]["random"]["n"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -99,11 +99,26 @@ def test_hparams_round_trip_plain_data_and_yaml(tmp_path):
         ({"train_augmentations": "coordinated_dropout"}, "train_augmentations: expected a list"),
         ({"variational": False}, "variational: false needs null priors"),
         ({"plugins": ["no_such_module_xyz"]}, "plugins: cannot import 'no_such_module_xyz'"),
+        ({"plugins": "mylab.parts"}, "plugins: expected a list of strings"),
+        ({"lr": float("inf")}, "lr: expected a finite number, got inf"),
+        ({"kl_co_scale": float("nan")}, "kl_co_scale: expected a finite number, got nan"),
     ],
 )
 def test_hparams_errors_name_the_key(data, message):
     with pytest.raises(ValueError, match=message):
         HParams.from_dict(data)
+
+
+def test_hparams_checked_without_importing_plugins():
+    """The workflow checks hyperparameters without running plugin code: a part name that only a
+    listed plugin can register is accepted then; without plugins it is still an error."""
+    data = {"plugins": ["no_such_module_xyz"], "ic_prior": {"name": "laplace", "scale": 0.5}}
+    hp = HParams.from_dict(data, import_plugins=False)
+    assert hp.ic_prior == Component("laplace", {"scale": 0.5})
+    with pytest.raises(ValueError, match="ic_prior: no prior named 'laplace'"):
+        HParams.from_dict({"ic_prior": "laplace"}, import_plugins=False)
+    with pytest.raises(ValueError, match="gen_dim: expected an integer"):
+        HParams.from_dict({**data, "gen_dim": 2.5}, import_plugins=False)
 
 
 def test_yaml_numbers_without_dot_and_bad_file(tmp_path):

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from lfads.data.layouts import LAYOUTS
 from lfads.data.lorenz import rk4_step
 from lfads.data.truth import CHUNK_MS, GroundTruth, write_truth
 from lfads.infra.io import atomic_path
+from lfads.infra.settings import from_mapping, require
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ TRUTH_PATHS = {
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_truth.h5",
 }
 
+# The layouts whose trial windows, behaviour and conditions this generator writes (MC_Maze's).
+SYNTHETIC_LAYOUTS = tuple(
+    name
+    for name, entry in LAYOUTS.items()
+    if entry.align_field == "move_onset_time"
+    and entry.psth_condition_fields == ("trial_type", "trial_version")
+)
+
 MAX_LORENZ_SPEED = 0.01  # Lorenz time units per 1 ms RK4 step; larger steps lose accuracy
 
 # The mc_maze windows around move onset: -250..+450 ms, then 200 ms of forward prediction.
@@ -55,9 +63,8 @@ NLB_WINDOW_BEFORE_MS = -LAYOUTS["mc_maze"].window_ms[0]
 NLB_WINDOW_AFTER_MS = LAYOUTS["mc_maze"].window_ms[1]
 NLB_FORWARD_MS = LAYOUTS["mc_maze"].forward_ms
 
-BASE_RATE_SPREAD = (
-    0.3  # std across units of log baseline rate: baselines span about 0.5x..2x base_rate_hz
-)
+# Std across units of the log baseline rate: baselines span about 0.5x..2x base_rate_hz.
+BASE_RATE_SPREAD = 0.3
 MODULATION_SPREAD = 0.5  # a unit's log-rate std is rate_modulation times U(1 - spread, 1 + spread)
 VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
 
@@ -94,28 +101,14 @@ class SyntheticSettings:
     # About 2 loops per 1.1 s trial; faster makes rates too sharp for nlb_tools'
     # 70 ms-smoothed PSTH targets (psth R2 of the truth fell from 0.76 to 0.08 at 0.002).
     lorenz_speed: float = 0.0012  # Lorenz time units per ms
-    # Chaos amplifies this: about a fifth of the latent's variance in the NLB window is trial-to-
-    # trial.
-    initial_state_noise: float = (
-        0.05  # std of per-trial noise on the condition's initial state (latent units)
-    )
+    # Per-trial noise on the condition's initial state, in latent std units. Chaos amplifies it:
+    # about a fifth of the latent's variance in the NLB window is trial-to-trial.
+    initial_state_noise: float = 0.05
     behavior_lag_ms: int = 100  # hand velocity follows the latent by this lag (NLB mc_maze: 100)
     behavior_noise: float = 0.2  # white noise on hand velocity, relative to its std
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = type(field.default)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or (expected is int and not isinstance(value, int))
-                or not math.isfinite(value)
-            ):
-                raise ValueError(
-                    f"synthetic setting {field.name}={value!r} must be a finite {expected.__name__}"
-                )
-        at_least_one = (
+        for name in (
             "n_heldin",
             "n_heldout",
             "n_train_trials",
@@ -124,13 +117,10 @@ class SyntheticSettings:
             "n_trial_types",
             "n_trial_versions",
             "trial_length_ms",
-        )
-        for name in at_least_one:
-            if getattr(self, name) < 1:
-                raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 1")
+        ):
+            require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         for name in ("base_rate_hz", "lorenz_speed"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be > 0")
+            require(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
         for name in (
             "seed",
             "move_onset_ms",
@@ -140,66 +130,45 @@ class SyntheticSettings:
             "behavior_lag_ms",
             "behavior_noise",
         ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"synthetic setting {name}={getattr(self, name)!r} must be >= 0")
-        if self.lorenz_speed > MAX_LORENZ_SPEED:
-            raise ValueError(
-                f"synthetic setting lorenz_speed={self.lorenz_speed!r} must be <= "
-                f"{MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)"
-            )
-        if self.base_rate_hz >= 200:
-            raise ValueError(
-                f"synthetic setting base_rate_hz={self.base_rate_hz!r} must be < 200 "
-                "(rates are Poisson draws per 1 ms bin)"
-            )
+            require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        require(
+            self.lorenz_speed <= MAX_LORENZ_SPEED,
+            "lorenz_speed",
+            f"must be <= {MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)",
+            self.lorenz_speed,
+        )
+        require(
+            self.base_rate_hz < 200,
+            "base_rate_hz",
+            "must be < 200 (rates are Poisson draws per 1 ms bin)",
+            self.base_rate_hz,
+        )
         needed = self.move_onset_ms + NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS
         if self.move_onset_ms < NLB_WINDOW_BEFORE_MS or needed > self.trial_length_ms:
             raise ValueError(
-                f"synthetic settings move_onset_ms={self.move_onset_ms}, trial_length_ms={self.trial_length_ms}: "
-                f"each trial must hold move onset -{NLB_WINDOW_BEFORE_MS}..+{NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS}"
-                " ms (the NLB window plus forward prediction); use move_onset_ms >= 250 and "
-                "trial_length_ms >= move_onset_ms + 650"
+                f"move_onset_ms={self.move_onset_ms}, trial_length_ms={self.trial_length_ms}: "
+                f"each trial must hold move onset -{NLB_WINDOW_BEFORE_MS}.."
+                f"+{NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS} ms (the NLB window plus forward "
+                "prediction); use move_onset_ms >= 250 and trial_length_ms >= move_onset_ms + 650"
             )
         # nlb_tools reads behaviour over the window shifted by the lag and cuts it at the next
         # trial's start.
         behavior_end = self.move_onset_ms + NLB_WINDOW_AFTER_MS + self.behavior_lag_ms
         if behavior_end > self.trial_length_ms + self.gap_ms:
             raise ValueError(
-                f"synthetic setting behavior_lag_ms={self.behavior_lag_ms}: the lagged behaviour window ends "
+                f"behavior_lag_ms={self.behavior_lag_ms}: the lagged behaviour window ends "
                 f"{behavior_end} ms after trial start, past the next trial's start "
-                f"(trial_length_ms + gap_ms = {self.trial_length_ms + self.gap_ms}); shorten the lag "
-                "or lengthen gap_ms"
+                f"(trial_length_ms + gap_ms = {self.trial_length_ms + self.gap_ms}); shorten "
+                "the lag or lengthen gap_ms"
             )
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SyntheticSettings:
         """Settings from a plain mapping (e.g. parsed YAML); omitted keys take the defaults.
 
-        Raises ValueError naming any unknown key or bad value. Whole-number
-        floats are accepted for integer settings (300.0 -> 300).
+        Raises ValueError naming any unknown key or bad value (lfads.infra.settings).
         """
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"synthetic settings must be a mapping of setting names to values, "
-                f"got {type(values).__name__}"
-            )
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(str(key) for key in set(values) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"unknown synthetic setting(s) {', '.join(unknown)}; allowed: {', '.join(fields)}"
-            )
-        converted = {}
-        for name, value in values.items():
-            expected = type(fields[name].default)
-            if isinstance(value, float) and expected is int and value.is_integer():
-                value = int(value)
-            elif isinstance(value, int) and not isinstance(value, bool) and expected is float:
-                value = float(value)
-            converted[name] = value
-        return cls(**converted)
+        return from_mapping(cls, values, what="synthetic setting")
 
     @property
     def n_units(self) -> int:

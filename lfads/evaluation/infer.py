@@ -24,6 +24,9 @@ from lfads.formats.inferred import (
 
 log = logging.getLogger("lfads.evaluation.infer")
 
+# Posterior samples averaged per trial (lfads-torch also uses 50); the configfile's model.n_samples.
+DEFAULT_N_SAMPLES = 50
+
 # Decoder activations kept in memory per (sample x trial) row and bin, in floats, for the automatic
 # batch size.
 _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
@@ -50,7 +53,7 @@ def posterior_sample(
     model_path: Path,
     data_files: list[Path],
     out_paths: list[Path],
-    n_samples: int = 50,
+    n_samples: int = DEFAULT_N_SAMPLES,
     batch_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -158,7 +161,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, action="append", required=True, help="output HDF5, one per --data"
     )
     parser.add_argument(
-        "--samples", type=int, default=50, help="posterior samples averaged (default 50)"
+        "--samples",
+        type=int,
+        default=DEFAULT_N_SAMPLES,
+        help=f"posterior samples averaged (default {DEFAULT_N_SAMPLES})",
     )
     parser.add_argument("--batch-size", type=int, help="trials per pass (default: automatic)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -76,3 +76,45 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     config = copy.deepcopy(config)
     _fill_defaults(config, schema, schema)
     return config
+
+
+def check_config(config: dict) -> dict[str, dict]:
+    """The checks of a validated configfile that its schema cannot express; returns its runs.
+
+    Checks that model.bin_width is one of bin_widths, that the source can produce the
+    nlb_layout, the synthetic settings (lfads.data.synthetic.SyntheticSettings), the search
+    (lfads.search.space) and every run's hyperparameters (lfads.model.hparams.HParams, without
+    importing plugins: that would run their code whenever the workflow is parsed). Raises
+    ConfigError naming the key. Returns {run name: its searched values}.
+    """
+    from lfads.data.synthetic import SYNTHETIC_LAYOUTS, SyntheticSettings
+    from lfads.model.hparams import HParams
+    from lfads.search.space import expand_search, run_hparams
+
+    model = config["model"]
+    if model["bin_width"] not in config["bin_widths"]:
+        raise ConfigError(
+            f"model.bin_width: {model['bin_width']} is not one of bin_widths "
+            f"{config['bin_widths']}; add it to bin_widths or choose one of them."
+        )
+    if "synthetic" in config["source"]:
+        if config["nlb_layout"] not in SYNTHETIC_LAYOUTS:
+            raise ConfigError(
+                f"nlb_layout: the synthetic source writes the MC_Maze layout, not "
+                f"{config['nlb_layout']!r}; use one of {list(SYNTHETIC_LAYOUTS)}, or a dandi or "
+                "local source for other layouts."
+            )
+        try:
+            SyntheticSettings.from_dict(config["source"]["synthetic"])
+        except ValueError as error:
+            raise ConfigError(f"source.synthetic: {error}") from None
+    try:
+        runs = {run.name: run.params for run in expand_search(config["search"])}
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for name, params in runs.items():
+        try:
+            HParams.from_dict(run_hparams(model["hparams"], params), import_plugins=False)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"model.hparams / search (run {name}): {error}") from None
+    return runs

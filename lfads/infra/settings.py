@@ -1,4 +1,4 @@
-"""Plain mappings (parsed YAML) -> typed, frozen settings dataclasses: the one way the project does it.
+"""Plain mappings (parsed YAML) -> typed, frozen settings dataclasses: the one way to do it.
 
 `HParams` (a run's hyperparameters) and `SyntheticSettings` (the built-in dataset) are
 dataclasses whose fields hold every default once. `from_mapping` builds one from plain data:
@@ -47,6 +47,17 @@ def from_mapping(
     converters: field name -> function(key, value) for fields that are not plain scalars.
     Raises ValueError naming the key for unknown keys and values of the wrong type.
     """
+    return cls(**converted_values(cls, values, what=what, converters=converters))
+
+
+def converted_values(
+    cls: type,
+    values: Any,
+    *,
+    what: str,
+    converters: Mapping[str, Callable[[str, Any], Any]] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments `from_mapping` passes to `cls`: the given keys, converted."""
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -63,7 +74,7 @@ def from_mapping(
     for key, value in values.items():
         convert = converters.get(key)
         converted[key] = convert(key, value) if convert else coerce(key, value, hints[key])
-    return cls(**converted)
+    return converted
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:

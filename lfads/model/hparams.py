@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lfads.infra.settings import coerce, converted_values, require
 from lfads.model import registry
 
 
@@ -34,8 +34,11 @@ class Component:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: Any, where: str, kind: str) -> Component:
-        """From `"poisson"` or `{"name": "poisson", **options}`; `where` names the key in errors."""
+    def parse(cls, value: Any, where: str, kind: str, unregistered_ok: bool = False) -> Component:
+        """From `"poisson"` or `{"name": "poisson", **options}`; `where` names the key in errors.
+
+        unregistered_ok: accept a name no module has registered yet (plugins not imported).
+        """
         if isinstance(value, Component):
             return value
         if isinstance(value, str):
@@ -46,7 +49,7 @@ class Component:
             raise ValueError(
                 f"{where}: expected a name or a mapping with a 'name' key, got {value!r}"
             )
-        if name not in registry.names(kind):
+        if name not in registry.names(kind) and not unregistered_ok:
             raise ValueError(
                 f"{where}: no {kind} named {name!r}; known: {registry.names(kind)}. "
                 "A part from your own module must be listed under `plugins`."
@@ -148,24 +151,41 @@ class HParams:
         _fill_linked_options(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> HParams:
+    def from_dict(cls, data: dict[str, Any] | None, *, import_plugins: bool = True) -> HParams:
         """Build from plain data; unknown keys and bad values raise ValueError naming the key.
 
         A part option with a flat key (`LINKED_OPTIONS`) that only the part gives is copied to
         the flat key; the flat key's value (given or default) then fills every such option.
+        import_plugins: import the `plugins` modules first, so that their parts are known (this
+        runs their code). False checks everything else and accepts part names that are not
+        registered yet, when plugins are listed: the workflow checks a configfile this way.
         """
         data = dict(data or {})
         for key, instead in _REMOVED.items():
             if key in data:
                 raise ValueError(f"{key}: no longer a hyperparameter; {instead}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
-        registry.import_plugins(_as_list(data.get("plugins", ()), "plugins"))
-        hints = typing.get_type_hints(cls)
-        values = {name: _coerce(name, value, hints[name]) for name, value in data.items()}
-        values.update(_flat_keys_from_options(values, hints))
+        plugins = coerce("plugins", data.get("plugins", ()), tuple[str, ...])
+        if import_plugins:
+            registry.import_plugins(plugins)
+        unregistered_ok = bool(plugins) and not import_plugins
+
+        def part(kind: str, many: bool):
+            def convert(key: str, value: Any) -> Component | tuple[Component, ...]:
+                if not many:
+                    return Component.parse(value, key, kind, unregistered_ok)
+                return tuple(
+                    Component.parse(item, f"{key}[{i}]", kind, unregistered_ok)
+                    for i, item in enumerate(_as_list(value, key))
+                )
+
+            return convert
+
+        converters = {
+            name: part(kind, name.endswith("augmentations"))
+            for name, kind in _COMPONENT_KIND.items()
+        }
+        values = converted_values(cls, data, what="hyperparameter", converters=converters)
+        values.update(_flat_keys_from_options(values, typing.get_type_hints(cls)))
         return cls(**values)
 
     @classmethod
@@ -273,7 +293,7 @@ def _flat_keys_from_options(values: dict[str, Any], hints: dict[str, Any]) -> di
                 if option not in spec.options or key in values:
                     continue
                 where = f"{stack}[{index}].{option}"
-                value = _coerce(where, spec.options[option], hints[key])
+                value = coerce(where, spec.options[option], hints[key])
                 if key in found and found[key][1] != value:
                     raise ValueError(
                         f"{found[key][0]} ({found[key][1]!r}) and {where} ({value!r}) are both "
@@ -294,7 +314,7 @@ def _fill_linked_options(hp: HParams) -> None:
                 flat = getattr(hp, key)
                 if option in options:
                     where = f"{stack}[{index}].{option}"
-                    if _coerce(where, options[option], hints[key]) != flat:
+                    if coerce(where, options[option], hints[key]) != flat:
                         raise ValueError(
                             f"{where} is {options[option]!r} but {key} is {flat!r}: they are one "
                             f"setting; give it once (or the same value in both)"
@@ -319,60 +339,9 @@ _COMPONENT_KIND = {
 }
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """YAML value -> the field's type: numbers to int or float (YAML 1.1 reads 1e-3 as a string)."""
-    if name in _COMPONENT_KIND:
-        kind = _COMPONENT_KIND[name]
-        if hint is Component:
-            return Component.parse(value, name, kind)
-        return tuple(
-            Component.parse(item, f"{name}[{i}]", kind)
-            for i, item in enumerate(_as_list(value, name))
-        )
-    if name == "plugins":
-        items = _as_list(value, name)
-        if not all(isinstance(item, str) for item in items):
-            raise ValueError(f"plugins: expected module names, got {items!r}")
-        return tuple(items)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(
-        None
-    ) in typing.get_args(hint)
-    if optional:
-        if value is None:
-            return None
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not (
-            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        ):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string, got {value!r}")
-        return value
-    raise TypeError(
-        f"{name}: no conversion for type {hint}"
-    )  # a new field type needs a branch here
-
-
 def _validate(hp: HParams) -> None:
     def check(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"{key}: {what}, got {getattr(hp, key)!r}")
+        require(ok, key, what, getattr(hp, key))
 
     for key in ("batch_size", "max_epochs", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"):
         check(getattr(hp, key) >= 1, key, "must be at least 1")

@@ -1,4 +1,4 @@
-"""Hyperparameter search space: a crossed grid and/or a seeded random search, one named run per point.
+"""Hyperparameter search space: a crossed grid and/or a seeded random search, one run per point.
 
 A run's folder name is built only from the values it searches, e.g.
 `dropout~0.1_lr~0.004`, so it is stable when unrelated config keys change, and
@@ -91,3 +91,8 @@ def expand_search(search: dict | None) -> list[Run]:
             f"search: several runs share the name(s) {duplicates}; remove repeated grid values"
         )
     return runs
+
+
+def run_hparams(base: dict, searched: dict) -> dict:
+    """Plain hyperparameters of one run: the configfile's base values, then its searched ones."""
+    return {**base, **searched}

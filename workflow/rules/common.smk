@@ -1,6 +1,6 @@
 # Config validation and path helpers shared by every rule file. The modules imported here import
-# no torch, pandas, h5py, dandi or nlb_tools, so parsing the workflow is quick
-# (tests/test_workflow.py checks it; the hyperparameter check below imports the user's plugins).
+# no torch, pandas, h5py, dandi, nlb_tools or user plugins, so parsing the workflow is quick and
+# runs no plugin code (tests/test_workflow.py checks it).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -8,11 +8,12 @@ from snakemake.exceptions import WorkflowError
 from lfads.data.fetch import nwb_paths, source_kind, truth_paths
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
 from lfads.evaluation.outputs import figures_for
-from lfads.infra.config import ConfigError, validate_config
-from lfads.search.space import expand_search
+from lfads.infra.config import ConfigError, check_config, validate_config
+from lfads.search.space import run_hparams as merged_hparams
 
 try:
     config = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+    RUNS = check_config(config)  # {run name: its searched hyperparameters}
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -54,39 +55,18 @@ def data_outputs():
 
 # -- runs of the hyperparameter search ---------------------------------------------
 MODEL_BIN = config["model"]["bin_width"]
-if MODEL_BIN not in config["bin_widths"]:
-    raise WorkflowError(
-        f"model.bin_width: {MODEL_BIN} is not one of bin_widths {config['bin_widths']}; "
-        "add it to bin_widths or choose one of them."
-    )
 PREPARED_FOR_MODEL = f"{RESULTS}/prepared_{MODEL_BIN}ms.h5"
 TARGETS_FOR_MODEL = [f"{RESULTS}/targets_{MODEL_BIN}ms.h5"] if PHASE == "val" else []
 NLB_GROUP = group_name(LAYOUT, MODEL_BIN)
 RUNS_DIR = f"{RESULTS}/runs"
 CHECKPOINTS_DIR = f"{RESULTS}/checkpoints"
-try:
-    RUNS = {run.name: run.params for run in expand_search(config["search"])}
-except ValueError as error:
-    raise WorkflowError(str(error)) from None
 
 
 def run_hparams(run):
     """Plain hyperparameters of one run: the configfile's base values, then the run's searched ones."""
-    return {**config["model"]["hparams"], **RUNS[run]}
+    return merged_hparams(config["model"]["hparams"], RUNS[run])
 
 
-def _check_hparams():
-    """Build every run's hyperparameters now, so a bad value stops the workflow before any job."""
-    from lfads.model.hparams import HParams
-
-    for run in RUNS:
-        try:
-            HParams.from_dict(run_hparams(run))
-        except (TypeError, ValueError) as error:
-            raise WorkflowError(f"model.hparams / search (run {run}): {error}") from None
-
-
-_check_hparams()
 FIGURES = figures_for(PHASE, LAYOUT, has_truth=bool(TRUTH))
 
 

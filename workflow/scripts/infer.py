@@ -14,4 +14,5 @@ with log_to_file(snakemake.log[0]):
         [Path(snakemake.output[0])],
         n_samples=snakemake.params.n_samples,
         device="auto",
+        rnn_impl=snakemake.config["model"]["rnn_impl"],  # (as in train.py: changes no number)
     )

@@ -15,4 +15,7 @@ with log_to_file(snakemake.log[0]):
         out_dir=Path(snakemake.output.model).parent,
         checkpoint_dir=Path(snakemake.params.checkpoint_dir),
         device="auto",
+        # An execution option, read here rather than passed as a param: it changes no number,
+        # so changing it in the configfile must not rerun the job.
+        rnn_impl=snakemake.config["model"]["rnn_impl"],
     )
