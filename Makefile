@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast lint bench clean-demo
+.PHONY: install demo test test-fast lint bench gpu-check clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test-fast: $(STAMP)
 # The speed benchmark (about 5 minutes; not part of the tests): prints a table, writes results/bench/bench.json.
 bench: $(STAMP)
 	$(BIN)/python -m lfads.bench
+
+# The GPU check (CUDA only; about 8 minutes on one GPU; exits 3 without a GPU): equivalence of the
+# paths on CUDA, checkpoint portability, timings; writes results/gpu_check/gpu_check.json. Options:
+# make gpu-check GPU_CHECK_OPTIONS="--skip-compiled --threads 4".
+gpu-check: $(STAMP)
+	$(BIN)/python -m lfads.bench.gpu_check $(GPU_CHECK_OPTIONS)
 
 # Formatting and lint checks (rules in pyproject.toml); `ruff format .` and `snakefmt workflow/` fix
 # the formatting.
