@@ -14,9 +14,6 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads.data.prepare import prepare
-from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
-from lfads.data.targets import write_targets
 from lfads.evaluation.aggregate import best_run, write_summary
 from lfads.evaluation.evaluate import evaluate_run
 from lfads.evaluation.figures import all_figures
@@ -28,15 +25,10 @@ from lfads.formats.prepared import read_prepared
 
 
 @pytest.fixture(scope="module")
-def prepared(synthetic_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("evaluation")
-    nwb = {role: synthetic_dir / path for role, path in ASSET_PATHS.items()}
-    truth = {role: synthetic_dir / path for role, path in TRUTH_PATHS.items()}
-    prepared = prepare(
-        nwb["train"], nwb["test"], folder / "prepared_20ms.h5", "mc_maze", 20, truth_files=truth
-    )
-    targets = write_targets(nwb["train"], folder / "targets_20ms.h5", "mc_maze", 20)
-    return folder, prepared, targets
+def prepared(prepared_files):
+    """The session's 20 ms prepared and targets files (conftest.prepared_files)."""
+    files = prepared_files(20)
+    return files.prepared, files.targets
 
 
 def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], seed: int):
@@ -75,10 +67,10 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
     )
 
 
-def test_nlb_submission_restores_nlb_trial_order(prepared):
-    folder, prepared_path, _ = prepared
-    fake_run(folder / "order", prepared_path, 0.0, [1.0], seed=0)
-    submission = nlb_submission(prepared_path, folder / "order" / "inferred.h5")["mc_maze_20"]
+def test_nlb_submission_restores_nlb_trial_order(prepared, tmp_path):
+    prepared_path, _ = prepared
+    fake_run(tmp_path / "order", prepared_path, 0.0, [1.0], seed=0)
+    submission = nlb_submission(prepared_path, tmp_path / "order" / "inferred.h5")["mc_maze_20"]
     with h5py.File(prepared_path) as handle:
         n_obs, n_heldin = handle.attrs["n_obs_bins"], handle.attrs["n_heldin"]
         for split in ("train", "valid"):
@@ -91,7 +83,7 @@ def test_nlb_submission_restores_nlb_trial_order(prepared):
 
 
 def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
-    folder, prepared_path, targets = prepared
+    prepared_path, targets = prepared
     runs = {"noise~0.1": {"noise": 0.1}, "noise~0.8": {"noise": 0.8}}
     # the noisier run has the lower validation loss, so it is selected although it scores worse
     fake_run(tmp_path / "noise~0.1", prepared_path, 0.1, [3.0, 2.0, 1.5], seed=1)

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY_HPARAMS, write_lorenz_prepared
+from conftest import REPO, TINY_HPARAMS
 
+from lfads.bench.toydata import write_lorenz_prepared
 from lfads.cli import main
 from lfads.formats.checkpoints import load_model, read_model, read_training_checkpoint
 from lfads.model.hparams import HParams
@@ -25,7 +26,7 @@ from lfads.model.recons import Poisson
 from lfads.model.registry import register_reconstruction
 from lfads.training.train import train_model
 
-REPO = Path(__file__).resolve().parents[1]
+FAC_DIM = TINY_HPARAMS["fac_dim"]
 
 
 @register_reconstruction("poisson_nan_after")
@@ -42,13 +43,7 @@ class PoissonNanAfter(Poisson):
         return loss * math.nan if self.calls_left < 0 else loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run best on one thread, and then do not stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +286,8 @@ def test_cli_train_and_infer(lorenz_file, tmp_path, caplog):
         for split, n in (("train", 160), ("valid", 40), ("eval", 20)):
             group = inferred[split]
             assert group["rates"].shape == (n, 25, 26) and group["rates"].dtype == np.float32
-            assert group["factors"].shape == (n, 25, 8) and group["gen_states"].shape == (n, 25, 32)
+            assert group["factors"].shape == (n, 25, FAC_DIM)
+            assert group["gen_states"].shape == (n, 25, 32)
             assert group["ic_mean"].shape == group["ic_std"].shape == (n, 8)
             assert group["co_mean"].shape == group["co_std"].shape == (n, 25, 2)
             assert (group["rates"][()] > 0).all()
@@ -424,7 +420,7 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     assert not any(
         p.requires_grad for r in model.readins for p in r.parameters()
     )  # PCR readins stay frozen
-    assert [tuple(r.weight.shape) for r in model.readouts] == [(26, 8), (16, 8)]
+    assert [tuple(r.weight.shape) for r in model.readouts] == [(26, FAC_DIM), (16, FAC_DIM)]
     # the frozen readins are still the PCR start after training
     from lfads.model.readin import pcr_readins, session_averages
 
