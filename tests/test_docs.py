@@ -24,10 +24,11 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # -- reading the Markdown ------------------------------------------------------------------------
 def heading_name(heading: str) -> str:
     """A heading's name, as references give it: "### Where the time goes: `rnn_impl`" -> "Where the
-    time goes"; "## `source.dandi`" -> "source.dandi"."""
+    time goes"; "## `source.dandi`" -> "source.dandi"; "### Files `train` writes" -> "Files train
+    writes"."""
     name = heading.lstrip("#").strip()
     name = re.split(r" \(|:", name, maxsplit=1)[0]
-    return name.strip().strip("`")
+    return name.replace("`", "").strip()
 
 
 def sections(path: Path) -> dict[str, str]:
@@ -213,7 +214,7 @@ def references(path: Path) -> list[tuple[str | None, str]]:
     run over lines of a docstring or of # comments."""
     text = re.sub(r"\s*\n\s*(?:#\s*)?", " ", path.read_text())
     return [
-        (match["file"], match["section"])
+        (match["file"], match["section"].replace("`", ""))
         for pattern in SECTION_REFERENCES
         for match in re.finditer(pattern, text)
     ]
@@ -242,6 +243,7 @@ def test_the_code_points_to_readme_files_and_sections_that_exist():
         ("### Where the time goes: `rnn_impl`", "Where the time goes"),
         ("## Prepared tensors (`lfads.formats.prepared`; rule `prepare`)", "Prepared tensors"),
         ("## `source.dandi`", "source.dandi"),
+        ("### Files `train` writes", "Files train writes"),
     ],
 )
 def test_heading_names(heading, name):
