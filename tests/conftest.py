@@ -62,10 +62,10 @@ WORKFLOW_HPARAMS = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Torch on one thread for the test: tiny models run fastest so, and do not stall when other
-    jobs share the cores."""
+    """Torch on one thread in the whole suite: the tiny models of the tests run fastest so, and do
+    not stall when other jobs share the cores (two threads took half as long again)."""
     import torch
 
     threads = torch.get_num_threads()

@@ -43,7 +43,7 @@ def smoothing_baseline(prepared: h5py.File) -> np.ndarray:
     return np.clip(predicted, 1e-3, None).reshape(-1, n_obs, train_out.shape[1])
 
 
-def test_a_few_epochs_take_held_out_predictions_past_the_mean_rate(tmp_path, one_torch_thread):
+def test_a_few_epochs_take_held_out_predictions_past_the_mean_rate(tmp_path):
     """Valid co-bps (held-out neurons, observed bins) starts below 0 and ends above it."""
     data = write_lorenz_prepared(tmp_path / "lorenz.h5")
     train_model(
@@ -57,7 +57,7 @@ def test_a_few_epochs_take_held_out_predictions_past_the_mean_rate(tmp_path, one
 
 
 @pytest.mark.slow
-def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path, one_torch_thread):
+def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path):
     data = write_lorenz_prepared(
         tmp_path / "lorenz.h5",
         n_trials=400,

@@ -43,9 +43,6 @@ class PoissonNanAfter(Poisson):
         return loss * math.nan if self.calls_left < 0 else loss
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def lorenz_file(tmp_path_factory) -> Path:
     return write_lorenz_prepared(tmp_path_factory.mktemp("lorenz") / "prepared.h5")

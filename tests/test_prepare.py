@@ -19,7 +19,8 @@ N_TRAIN, N_VAL, N_TEST = (
 BINS = {5: (140, 40), 20: (35, 10)}  # observed and forward bins of the mc_maze window
 
 
-@pytest.fixture(scope="module", params=[20, 5])
+# 5 ms runs the code of 20 ms with other numbers, in twice the time: slow.
+@pytest.fixture(scope="module", params=[20, pytest.param(5, marks=pytest.mark.slow)])
 def prepared(request, prepared_files):
     """The session's val-phase files at 20 and 5 ms (conftest.prepared_files)."""
     return prepared_files(request.param)

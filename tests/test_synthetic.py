@@ -179,7 +179,11 @@ def test_bin_true_rates_bins_like_nlb_tools_resample(written, load, bin_width):
     )
 
 
-@pytest.fixture(scope="module", params=[20, 5], ids=["20ms", "5ms"])
+# 5 ms runs the code of 20 ms with other numbers, in about the same time again: slow.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(20, id="20ms"), pytest.param(5, id="5ms", marks=pytest.mark.slow)],
+)
 def nlb(request, written, load) -> dict:
     """nlb_tools' tensors, targets (with PSTHs) and the true-rate submission at one bin width."""
     from nlb_tools.make_tensors import (
