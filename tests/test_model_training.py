@@ -45,7 +45,8 @@ class PoissonNanAfter(Poisson):
 
 @pytest.fixture(scope="module")
 def lorenz_file(tmp_path_factory) -> Path:
-    return write_lorenz_prepared(tmp_path_factory.mktemp("lorenz") / "prepared.h5")
+    """100 trials (80 train, 20 valid: 2 + 1 batches of TINY_HPARAMS an epoch) and 20 eval."""
+    return write_lorenz_prepared(tmp_path_factory.mktemp("lorenz") / "prepared.h5", n_trials=100)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -166,9 +167,9 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
 def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path):
     from lfads.training.module import NonFiniteLossError
 
-    # 4 train batches + 1 valid batch per epoch: the 13th loss evaluation is in epoch 2
+    # 2 train batches + 1 valid batch per epoch: the 7th loss evaluation is in epoch 2
     hp = HParams.from_dict(
-        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 12}}
+        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 6}}
     )
     with pytest.raises(NonFiniteLossError, match="train loss term 'recon' is nan at epoch 2"):
         train_model([lorenz_file], hp, tmp_path / "run", max_epochs=5, device="cpu")
@@ -280,7 +281,7 @@ def test_cli_train_and_infer(lorenz_file, tmp_path, caplog):
     )
     with h5py.File(out, "r") as inferred, h5py.File(lorenz_file, "r") as prepared:
         assert inferred.attrs["n_samples"] == 4 and inferred.attrs["bin_width_ms"] == 20
-        for split, n in (("train", 160), ("valid", 40), ("eval", 20)):
+        for split, n in (("train", 80), ("valid", 20), ("eval", 20)):
             group = inferred[split]
             assert group["rates"].shape == (n, 25, 26) and group["rates"].dtype == np.float32
             assert group["factors"].shape == (n, 25, FAC_DIM)
