@@ -357,6 +357,7 @@ def test_true_rates_score_well_and_beat_the_smoothing_baseline(nlb):
     assert abs(mean_rate[f"{nlb['group']}_split"]["co-bps"]) < 0.02
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     settings = SyntheticSettings.from_dict(
         {
