@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not slurm"
+	$(BIN)/python -m pytest -m "not slow and not slurm" --durations=10
 
 # The speed benchmark (about 5 minutes; not part of the tests): prints a table, writes results/bench/bench.json.
 bench: $(STAMP)

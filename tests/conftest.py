@@ -1,30 +1,52 @@
-"""Shared fixtures: repository paths and a small synthetic NLB dataset written once per session."""
+"""What several test modules share: repository paths, the tiny models, the small synthetic dataset
+and its prepared files, and ways to run Snakemake.
+
+Plain constants and functions are imported with `from conftest import ...` (pytest puts tests/ on
+sys.path); fixtures are found by name. No test module imports another.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-# Small enough to prepare in seconds, large enough for nlb_tools' PSTHs and decoders.
-SMALL_SYNTHETIC = {
-    "seed": 3,
-    "n_heldin": 20,
-    "n_heldout": 6,
-    "n_train_trials": 60,
-    "n_val_trials": 20,
-    "n_test_trials": 20,
-}
+SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 
 
-# A model that trains in seconds, for workflow runs end to end.
-TINY_MODEL = {
+# -- the tiny models ------------------------------------------------------------------------------
+# The model of the model tests (parts, paths, training, learning, file formats): it learns the
+# Lorenz files of lfads.bench.toydata in seconds, and its sizes differ from each other (and from
+# the 8 neurons of the parts tests) so that a shape check tells them apart.
+TINY_HPARAMS = dict(
+    ic_enc_dim=16,
+    ci_enc_dim=12,
+    con_dim=14,
+    co_dim=2,
+    ic_dim=8,
+    gen_dim=32,
+    fac_dim=6,
+    batch_size=40,
+    lr=0.01,
+    kl_increase_epoch=2,
+    l2_increase_epoch=2,
+    dropout=0.0,
+)
+
+# The model of workflow runs end to end (tests/test_pipeline.py, tests/test_slurm.py): trains in
+# seconds on the small synthetic dataset. The SLURM tests time their jobs by its epochs.
+WORKFLOW_HPARAMS = {
     "ic_enc_dim": 16,
     "ci_enc_dim": 16,
     "con_dim": 16,
@@ -40,9 +62,113 @@ TINY_MODEL = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Torch on one thread in the whole suite: the tiny models of the tests run fastest so, and do
+    not stall when other jobs share the cores (two threads took half as long again)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(dims, n: int, seed: int = 0):
+    """A SessionBatch of `n` trials of Poisson(1) counts and Gaussian external inputs for a
+    SessionDims: encod_data (n, T, held-in), recon_data (n, T + F, neurons), ext_input
+    (n, T + F, ext_input_dim)."""
+    import torch
+
+    from lfads.model.batch import SessionBatch
+
+    g = torch.Generator().manual_seed(seed)
+    return SessionBatch(
+        encod_data=torch.poisson(torch.full((n, dims.n_obs_bins, dims.n_heldin), 1.0), generator=g),
+        recon_data=torch.poisson(
+            torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g
+        ),
+        ext_input=torch.randn(n, dims.n_recon_bins, dims.ext_input_dim, generator=g),
+    )
+
+
+# -- the small synthetic dataset ------------------------------------------------------------------
+# Small enough to prepare in seconds, large enough for nlb_tools' PSTHs and decoders.
+SMALL_SYNTHETIC = {
+    "seed": 3,
+    "n_heldin": 20,
+    "n_heldout": 6,
+    "n_train_trials": 60,
+    "n_val_trials": 20,
+    "n_test_trials": 20,
+}
+# What the session's prepared files are written with (not the defaults, so that tests see them
+# reach the file).
+PREPARED_VALID_FRACTION, PREPARED_SPLIT_SEED = 0.25, 1
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """Folder holding the small synthetic dataset (NWB + truth files)."""
+    from lfads.data.synthetic import SyntheticSettings, write_synthetic_dataset
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(folder, SyntheticSettings.from_dict(SMALL_SYNTHETIC))
+    return folder
+
+
+@dataclass(frozen=True)
+class PreparedFiles:
+    """The val-phase files of the small synthetic dataset at one bin width (ms)."""
+
+    bin_width: int
+    prepared: Path  # prepared_<bin>ms.h5, with truth
+    targets: Path  # targets_<bin>ms.h5
+    nwb: dict[str, Path]  # {"train": path, "test": path}
+    truth: dict[str, Path]  # {"train": path, "test": path}
+
+
+@pytest.fixture(scope="session")
+def prepared_files(synthetic_dir, tmp_path_factory) -> Callable[[int], PreparedFiles]:
+    """prepared_files(bin_width): prepare and targets of the small synthetic dataset (val phase,
+    valid_fraction PREPARED_VALID_FRACTION, split_seed PREPARED_SPLIT_SEED), each bin width
+    written once a session. Tests read these files; one that changes a file copies it first."""
+    from lfads.data.prepare import prepare
+    from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
+    from lfads.data.targets import write_targets
+
+    nwb = {role: synthetic_dir / path for role, path in ASSET_PATHS.items()}
+    truth = {role: synthetic_dir / path for role, path in TRUTH_PATHS.items()}
+    written: dict[int, PreparedFiles] = {}
+
+    def files(bin_width: int) -> PreparedFiles:
+        if bin_width not in written:
+            folder = tmp_path_factory.mktemp(f"prepared_{bin_width}ms")
+            prepared = prepare(
+                nwb["train"],
+                nwb["test"],
+                folder / f"prepared_{bin_width}ms.h5",
+                "mc_maze",
+                bin_width,
+                "val",
+                "synthetic",
+                valid_fraction=PREPARED_VALID_FRACTION,
+                split_seed=PREPARED_SPLIT_SEED,
+                truth_files=truth,
+            )
+            targets = write_targets(
+                nwb["train"], folder / f"targets_{bin_width}ms.h5", "mc_maze", bin_width
+            )
+            written[bin_width] = PreparedFiles(bin_width, prepared, targets, nwb, truth)
+        return written[bin_width]
+
+    return files
+
+
+# -- Snakemake ------------------------------------------------------------------------------------
 def write_tiny_config(folder: Path, **keys) -> Path:
-    """folder/config.yaml for the small synthetic dataset ("tiny", 20 ms bins); `keys` add or replace
-    top-level keys. Returns the file's path."""
+    """folder/config.yaml for the small synthetic dataset ("tiny", 20 ms bins); `keys` add or
+    replace top-level keys. Returns the file's path."""
     import yaml
 
     config = {
@@ -61,7 +187,7 @@ def write_tiny_config(folder: Path, **keys) -> Path:
 def run_snakemake(
     *args: str, cwd: Path = REPO, timeout: float = 900
 ) -> subprocess.CompletedProcess:
-    """Run the workflow's own command line, as a user would, and capture its output."""
+    """Run the `snakemake` command, as a user would, and capture its output."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run(
         [str(BIN / "snakemake"), *args],
@@ -73,11 +199,56 @@ def run_snakemake(
     )
 
 
-@pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory) -> Path:
-    """Folder holding the small synthetic dataset (NWB + truth files)."""
-    from lfads.data.synthetic import SyntheticSettings, write_synthetic_dataset
+def snakemake_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake --snakefile workflow/Snakefile --directory workdir ...` in a subprocess."""
+    return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), *args)
 
-    folder = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(folder, SyntheticSettings.from_dict(SMALL_SYNTHETIC))
-    return folder
+
+@pytest.fixture(scope="session")
+def snakemake_in_process() -> Callable[..., subprocess.CompletedProcess]:
+    """snakemake_in_process(*args): the `snakemake` command line run in this process, from the
+    repository root (where `--profile slurm` is found), without the 2-3 s a new process takes to
+    import Snakemake. Returns a CompletedProcess whose stdout holds everything Snakemake printed.
+
+    Snakemake's own command-line functions parse the arguments (profiles included) and call
+    snakemake.api.SnakemakeApi, so the run is the command's; only this fixture knows those
+    functions, whose names and keywords change between Snakemake releases.
+    """
+    from snakemake.cli import args_to_api, parse_args
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        output, cwd, path = io.StringIO(), os.getcwd(), list(sys.path)
+        os.chdir(REPO)
+        try:
+            # Snakemake's log handler writes to the sys.stderr it finds when a run starts.
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                try:
+                    parser, parsed = parse_args(list(args))
+                    success = args_to_api(parsed, parser)
+                except SystemExit as exit:  # argparse refused the arguments
+                    success = exit.code == 0
+                except Exception:  # what snakemake.cli.main prints, then exits with 1
+                    traceback.print_exc()
+                    success = False
+        finally:
+            os.chdir(cwd)
+            sys.path[:] = path  # a run puts workflow/ and workflow/rules/ on it
+        return subprocess.CompletedProcess(
+            ["snakemake", *args], 0 if success else 1, output.getvalue(), ""
+        )
+
+    return run
+
+
+def job_count(output: str, rule: str) -> int:
+    """Jobs of `rule` in the job-stats table Snakemake prints (0 when it is not listed)."""
+    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
+    """Whether a (dry) run succeeded and planned no job."""
+    output = result.stdout + result.stderr
+    return result.returncode == 0 and bool(
+        "Nothing to be done" in output or re.search(r"^total\s+0$", output, re.M)
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -14,6 +15,7 @@ from lfads.model.lfads import LFADS, SessionDims
 from lfads.training.step import run_step
 
 
+@pytest.mark.slow
 def test_training_flops_match_the_counted_matmuls_of_a_step():
     n_bins, batch_size = 12, 8
     dims = SessionDims(

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO
 
 from lfads.data import prepare
 from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
@@ -149,12 +149,12 @@ def test_missing_key_is_named(mc_maze):
     assert "'dataset' is a required property" in _error(mc_maze)
 
 
-def test_workflow_stops_on_bad_config_before_any_job(tmp_path, mc_maze):
+def test_workflow_stops_on_bad_config_before_any_job(tmp_path, mc_maze, snakemake_in_process):
     mc_maze["phase"] = "testing"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(mc_maze))
-    result = run_snakemake("-n", "--configfile", str(bad))
+    result = snakemake_in_process("-n", "--configfile", str(bad))
     assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = result.stdout
     assert "phase: 'testing' is not valid" in output
     assert "Building DAG" not in output and "rule fetch" not in output

@@ -14,9 +14,6 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads.data.prepare import prepare
-from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
-from lfads.data.targets import write_targets
 from lfads.evaluation.aggregate import best_run, write_summary
 from lfads.evaluation.evaluate import evaluate_run
 from lfads.evaluation.figures import all_figures
@@ -28,15 +25,10 @@ from lfads.formats.prepared import read_prepared
 
 
 @pytest.fixture(scope="module")
-def prepared(synthetic_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("evaluation")
-    nwb = {role: synthetic_dir / path for role, path in ASSET_PATHS.items()}
-    truth = {role: synthetic_dir / path for role, path in TRUTH_PATHS.items()}
-    prepared = prepare(
-        nwb["train"], nwb["test"], folder / "prepared_20ms.h5", "mc_maze", 20, truth_files=truth
-    )
-    targets = write_targets(nwb["train"], folder / "targets_20ms.h5", "mc_maze", 20)
-    return folder, prepared, targets
+def prepared(prepared_files):
+    """The session's 20 ms prepared and targets files (conftest.prepared_files)."""
+    files = prepared_files(20)
+    return files.prepared, files.targets
 
 
 def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], seed: int):
@@ -75,10 +67,10 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
     )
 
 
-def test_nlb_submission_restores_nlb_trial_order(prepared):
-    folder, prepared_path, _ = prepared
-    fake_run(folder / "order", prepared_path, 0.0, [1.0], seed=0)
-    submission = nlb_submission(prepared_path, folder / "order" / "inferred.h5")["mc_maze_20"]
+def test_nlb_submission_restores_nlb_trial_order(prepared, tmp_path):
+    prepared_path, _ = prepared
+    fake_run(tmp_path / "order", prepared_path, 0.0, [1.0], seed=0)
+    submission = nlb_submission(prepared_path, tmp_path / "order" / "inferred.h5")["mc_maze_20"]
     with h5py.File(prepared_path) as handle:
         n_obs, n_heldin = handle.attrs["n_obs_bins"], handle.attrs["n_heldin"]
         for split in ("train", "valid"):
@@ -90,43 +82,45 @@ def test_nlb_submission_restores_nlb_trial_order(prepared):
         assert submission["eval_rates_heldout_forward"].shape[1] == handle.attrs["n_fwd_bins"]
 
 
-def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
-    folder, prepared_path, targets = prepared
-    runs = {"noise~0.1": {"noise": 0.1}, "noise~0.8": {"noise": 0.8}}
-    # the noisier run has the lower validation loss, so it is selected although it scores worse
-    fake_run(tmp_path / "noise~0.1", prepared_path, 0.1, [3.0, 2.0, 1.5], seed=1)
-    fake_run(tmp_path / "noise~0.8", prepared_path, 0.8, [3.0, 1.8, 1.2], seed=2)
-    scores = {}
-    for name in runs:
-        scores[name] = evaluate_run(
-            prepared_path,
-            tmp_path / name / "inferred.h5",
-            targets,
-            tmp_path / name / "metrics.json",
+RUNS = {"noise~0.1": {"noise": 0.1}, "noise~0.8": {"noise": 0.8}}
+
+
+@pytest.fixture(scope="module")
+def scored_runs(prepared, tmp_path_factory):
+    """Two stand-in runs, evaluated: (run folder, {run: scores}). The noisier run has the lower
+    validation loss, so it is selected although it scores worse."""
+    prepared_path, targets = prepared
+    folder = tmp_path_factory.mktemp("runs")
+    fake_run(folder / "noise~0.1", prepared_path, 0.1, [3.0, 2.0, 1.5], seed=1)
+    fake_run(folder / "noise~0.8", prepared_path, 0.8, [3.0, 1.8, 1.2], seed=2)
+    scores = {
+        name: evaluate_run(
+            prepared_path, folder / name / "inferred.h5", targets, folder / name / "metrics.json"
         )
-        assert json.loads((tmp_path / name / "metrics.json").read_text()) == pytest.approx(
+        for name in RUNS
+    }
+    return folder, scores
+
+
+def test_runs_scored_aggregated_and_submitted(prepared, scored_runs, tmp_path):
+    prepared_path, targets = prepared
+    folder, scores = scored_runs
+    for name in RUNS:
+        assert json.loads((folder / name / "metrics.json").read_text()) == pytest.approx(
             scores[name]
         )
     assert scores["noise~0.1"]["co-bps"] > scores["noise~0.8"]["co-bps"] + 0.1
     assert scores["noise~0.1"]["rate R2"] > 0.9 > scores["noise~0.8"]["rate R2"]
     assert {"co-bps", "vel R2", "psth R2", "fp-bps", "rate R2"} <= set(scores["noise~0.1"])
 
-    table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    table = write_summary(RUNS, folder, tmp_path / "summary.tsv")
     assert list(table.run) == ["noise~0.8", "noise~0.1"]
     assert list(table.best) == [True, False]
     assert table.valid_recon_smoothed.tolist() == [1.2, 1.5]
     assert best_run(tmp_path / "summary.tsv") == "noise~0.8"
 
-    names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
-    outputs = {name: tmp_path / "figures" / f"{name}.png" for name in names}
-    all_figures(
-        tmp_path / "summary.tsv", tmp_path, runs, prepared_path, targets, "mc_maze_20", outputs
-    )
-    for path in outputs.values():
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-
     submission = write_submission(
-        prepared_path, tmp_path / "noise~0.8" / "inferred.h5", tmp_path / "sub.h5"
+        prepared_path, folder / "noise~0.8" / "inferred.h5", tmp_path / "sub.h5"
     )
     from nlb_tools.evaluation import evaluate
 
@@ -134,3 +128,17 @@ def test_runs_scored_aggregated_drawn_and_submitted(prepared, tmp_path):
     assert result["mc_maze_20_split"]["co-bps"] == pytest.approx(
         scores["noise~0.8"]["co-bps"], abs=1e-6
     )
+
+
+@pytest.mark.slow
+def test_every_figure_of_the_runs_is_drawn(prepared, scored_runs, tmp_path):
+    prepared_path, targets = prepared
+    folder, _ = scored_runs
+    write_summary(RUNS, folder, tmp_path / "summary.tsv")
+    names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
+    outputs = {name: tmp_path / "figures" / f"{name}.png" for name in names}
+    all_figures(
+        tmp_path / "summary.tsv", folder, RUNS, prepared_path, targets, "mc_maze_20", outputs
+    )
+    for path in outputs.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

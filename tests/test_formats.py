@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from model_helpers import write_lorenz_prepared
+from conftest import TINY_HPARAMS
 
+from lfads.bench.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import (
     TRAINING_STATE,
     SavedModel,
@@ -30,8 +31,6 @@ from lfads.formats.version import FormatVersionError
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
 from lfads.training.resume import resume_point
-
-SMALL = dict(ic_enc_dim=4, ci_enc_dim=4, con_dim=4, co_dim=1, ic_dim=3, gen_dim=5, fac_dim=3)
 
 
 def set_attribute(path, key, value):
@@ -130,7 +129,7 @@ def test_targets_file_stays_nlb_tools_layout_with_a_checked_version(tmp_path):
 
 
 def test_model_checkpoint_round_trip_and_refusals(tmp_path):
-    hparams = HParams.from_dict(SMALL)
+    hparams = HParams.from_dict(TINY_HPARAMS)
     sessions = [SessionDims(4, 2, 5, 1)]
     model = LFADS(hparams, sessions)
     path = tmp_path / "model.ckpt"
@@ -152,7 +151,7 @@ def test_model_checkpoint_round_trip_and_refusals(tmp_path):
 
 def test_training_state_round_trip_and_an_old_last_checkpoint_is_refused(tmp_path):
     state = TrainingState(
-        hparams=HParams.from_dict(SMALL).to_dict(),
+        hparams=HParams.from_dict(TINY_HPARAMS).to_dict(),
         sessions=[SessionDims(4, 2, 5, 1).to_dict()],
         history=[{"epoch": 0, "train_loss": 1.5}],
         valid_smoothed=1.25,
@@ -170,14 +169,14 @@ def test_training_state_round_trip_and_an_old_last_checkpoint_is_refused(tmp_pat
     read_back = read_training_checkpoint(path)
     assert read_back.history == state.history and read_back.valid_smoothed == 1.25
     assert torch.equal(read_back.rng["torch"], state.rng["torch"])
-    point = resume_point(path, HParams.from_dict({**SMALL, "max_epochs": 9}))
+    point = resume_point(path, HParams.from_dict({**TINY_HPARAMS, "max_epochs": 9}))
     assert (point.epochs_done, point.stop_reason, point.max_epochs(HParams())) == (1, "", 1000)
 
     del checkpoint[TRAINING_STATE]["format_version"]  # as the code before versions wrote it
     torch.save(checkpoint, path)
     assert_refused(read_training_checkpoint, path, "no format_version", "delete it")
     with pytest.raises(FormatVersionError):
-        resume_point(path, HParams.from_dict(SMALL))
+        resume_point(path, HParams.from_dict(TINY_HPARAMS))
     with pytest.raises(ValueError, match="no 'lfads' training state"):
         training_state({"epoch": 0}, path)
 

@@ -1,17 +1,28 @@
-"""LFADS learns: on Lorenz-driven Poisson data with known rates, a small model trained for about 5 s
-of one CPU core beats the smoothing baseline on held-out neurons and recovers the true rates."""
+"""LFADS learns: on Lorenz-driven Poisson data with known rates, the tiny model trained for 40
+epochs on one CPU core beats the smoothing baseline on held-out neurons and recovers the true rates
+(slow); a few epochs already take it from worse than each neuron's mean rate to better (fast)."""
 
 from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 import torch
-from model_helpers import TINY_HPARAMS, smoothed_rates, write_lorenz_prepared
+from conftest import TINY_HPARAMS
 
+from lfads.bench.toydata import write_lorenz_prepared
 from lfads.evaluation.infer import posterior_sample
+from lfads.formats.metrics import read_metrics_csv
 from lfads.model.hparams import HParams
 from lfads.model.metrics import BitsPerSpike, RateR2
 from lfads.training.train import train_model
+
+
+def smoothed_rates(spikes: np.ndarray, width_bins: float = 2.0) -> np.ndarray:
+    """Gaussian-smoothed spikes per trial (B, T, N): the smoothing baseline of NLB."""
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(spikes.astype(np.float64), width_bins, axis=1, mode="nearest")
 
 
 def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
@@ -32,31 +43,40 @@ def smoothing_baseline(prepared: h5py.File) -> np.ndarray:
     return np.clip(predicted, 1e-3, None).reshape(-1, n_obs, train_out.shape[1])
 
 
+def test_a_few_epochs_take_held_out_predictions_past_the_mean_rate(tmp_path):
+    """Valid co-bps (held-out neurons, observed bins) starts below 0 and ends above it."""
+    data = write_lorenz_prepared(tmp_path / "lorenz.h5")
+    train_model(
+        [data], HParams.from_dict(TINY_HPARAMS), tmp_path / "run", max_epochs=8, device="cpu"
+    )
+    history = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    co_bps, valid_loss = history.valid_co_bps, history.valid_loss
+    # measured: co-bps -0.54 after the first epoch, 0.20 after the eighth
+    assert co_bps.iloc[0] < -0.3 and co_bps.iloc[-1] > 0.1, co_bps.tolist()
+    assert valid_loss.is_monotonic_decreasing, valid_loss.tolist()
+
+
+@pytest.mark.slow
 def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = write_lorenz_prepared(
-            tmp_path / "lorenz.h5",
-            n_trials=400,
-            n_obs_bins=25,
-            n_fwd_bins=5,
-            n_heldin=24,
-            n_heldout=8,
-        )
-        hp = HParams.from_dict(
-            {
-                **TINY_HPARAMS,
-                "batch_size": 50,
-                "kl_increase_epoch": 10,
-                "l2_increase_epoch": 10,
-                "max_epochs": 40,
-            }
-        )
-        model = train_model([data], hp, tmp_path / "run", device="cpu")
-        posterior_sample(model, [data], [tmp_path / "inferred.h5"], n_samples=20, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    data = write_lorenz_prepared(
+        tmp_path / "lorenz.h5",
+        n_trials=400,
+        n_obs_bins=25,
+        n_fwd_bins=5,
+        n_heldin=24,
+        n_heldout=8,
+    )
+    hp = HParams.from_dict(
+        {
+            **TINY_HPARAMS,
+            "batch_size": 50,
+            "kl_increase_epoch": 10,
+            "l2_increase_epoch": 10,
+            "max_epochs": 40,
+        }
+    )
+    model = train_model([data], hp, tmp_path / "run", device="cpu")
+    posterior_sample(model, [data], [tmp_path / "inferred.h5"], n_samples=20, device="cpu")
     with h5py.File(data) as prepared, h5py.File(tmp_path / "inferred.h5") as inferred:
         n_heldin, n_obs = prepared.attrs["n_heldin"], prepared.attrs["n_obs_bins"]
         spikes, truth = prepared["valid/recon_data"][()], prepared["valid/truth"][()]
@@ -67,7 +87,7 @@ def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path):
         ceiling = bits_per_spike(truth[:, :n_obs, n_heldin:], heldout)
         r2 = RateR2()
         r2.update(torch.as_tensor(rates), torch.as_tensor(truth))
-    # measured: co-bps 2.04 (smoothing 1.39, true rates 2.16), rate R2 0.76
+    # measured: co-bps 2.01 (smoothing 1.39, true rates 2.16), rate R2 0.70
     assert co_bps > baseline + 0.3, (co_bps, baseline, ceiling)
     assert co_bps < ceiling + 0.05
     assert r2.compute() > 0.6

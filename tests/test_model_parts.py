@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_HPARAMS, make_batch
 from torch.distributions import Gamma, MultivariateNormal, Normal, Poisson
 
 from lfads.model import registry
@@ -47,25 +48,20 @@ from lfads.model.recons import (
     Poisson as PoissonRecon,
 )
 
-SMALL = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=7, co_dim=3, ic_dim=5, gen_dim=12, fac_dim=4)
+# The name test_bad_component_option_names_the_part uses (HParams-error tests are being rewritten
+# elsewhere): the tiny model of conftest.
+SMALL = TINY_HPARAMS
 FAST = RNN_IMPLS["fast"]
-
-
-def make_batch(dims: SessionDims, n: int, seed: int = 0) -> SessionBatch:
-    g = torch.Generator().manual_seed(seed)
-    return SessionBatch(
-        encod_data=torch.poisson(torch.full((n, dims.n_obs_bins, dims.n_heldin), 1.0), generator=g),
-        recon_data=torch.poisson(
-            torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g
-        ),
-        ext_input=torch.randn(n, dims.n_recon_bins, dims.ext_input_dim, generator=g),
-    )
 
 
 # -- hyperparameters and registry -----------------------------------------------------------------
 def test_hparams_round_trip_plain_data_and_yaml(tmp_path):
     hp = HParams.from_dict(
-        {**SMALL, "reconstruction": "gaussian", "infer_augmentations": ["selective_backprop"]}
+        {
+            **TINY_HPARAMS,
+            "reconstruction": "gaussian",
+            "infer_augmentations": ["selective_backprop"],
+        }
     )
     data = hp.to_dict()
     assert data["reconstruction"] == {"name": "gaussian"} and data["infer_augmentations"] == [
@@ -181,7 +177,7 @@ def parts(model: LFADS) -> dict[str, object]:
 def test_flat_keys_are_written_into_the_part_options_once():
     hp = HParams.from_dict(
         {
-            **SMALL,
+            **TINY_HPARAMS,
             "cd_rate": 0.2,
             "cd_pass_rate": 0.1,
             "ic_enc_seq_len": 2,
@@ -442,22 +438,28 @@ def test_decoder_shapes_factors_normalised_and_clipped():
 )
 def test_lfads_forward_shapes(changes, ext):
     torch.manual_seed(0)
-    hp = HParams.from_dict({**SMALL, **changes})
+    hp = HParams.from_dict({**TINY_HPARAMS, **changes})
     dims = SessionDims(6, 2, 9, 3, ext)
     model = LFADS(hp, [dims])
     out = model({0: make_batch(dims, 4)}, sample_posteriors=True)[0]
     n_params = model.recons[0].n_params
     co = hp.co_dim
     assert out.params.shape == (4, 12, 8, n_params)
-    assert out.factors.shape == (4, 12, 4) and out.gen_states.shape == (4, 12, 12)
-    assert out.ic_mean.shape == out.ic_std.shape == (4, 5)
+    assert out.factors.shape == (4, 12, hp.fac_dim) and out.gen_states.shape == (4, 12, hp.gen_dim)
+    assert out.ic_mean.shape == out.ic_std.shape == (4, hp.ic_dim)
     assert out.co_mean.shape == (4, 12, co) and model.decoder.generator.input_size == co + ext
     assert model.rates(0, out).shape == (4, 12, 8)
 
 
 def test_non_variational_is_deterministic():
     hp = HParams.from_dict(
-        {**SMALL, "variational": False, "ic_prior": "null", "co_prior": "null", "dropout": 0.0}
+        {
+            **TINY_HPARAMS,
+            "variational": False,
+            "ic_prior": "null",
+            "co_prior": "null",
+            "dropout": 0.0,
+        }
     )
     dims = SessionDims(6, 2, 9, 3)
     model = LFADS(hp, [dims])
@@ -468,7 +470,7 @@ def test_non_variational_is_deterministic():
 def test_posterior_average_equals_mean_of_repeated_trials():
     torch.manual_seed(0)
     dims = SessionDims(6, 2, 9, 3)
-    model = LFADS(HParams.from_dict(SMALL), [dims]).eval()
+    model = LFADS(HParams.from_dict(TINY_HPARAMS), [dims]).eval()
     batch = make_batch(dims, 4)
     torch.manual_seed(1)
     averaged = model.posterior_average({0: batch}, n_samples=5)[0]
@@ -481,7 +483,10 @@ def test_posterior_average_equals_mean_of_repeated_trials():
     with torch.no_grad():
         out = model({0: repeated}, sample_posteriors=True)[0]
     torch.testing.assert_close(averaged["rates"], model.rates(0, out).reshape(5, 4, 12, 8).mean(0))
-    torch.testing.assert_close(averaged["gen_states"], out.gen_states.reshape(5, 4, 12, 12).mean(0))
+    gen_dim = TINY_HPARAMS["gen_dim"]
+    torch.testing.assert_close(
+        averaged["gen_states"], out.gen_states.reshape(5, 4, 12, gen_dim).mean(0)
+    )
     torch.testing.assert_close(averaged["ic_mean"], out.ic_mean[:4])
     samples_differ = model.rates(0, out).reshape(5, 4, 12, 8).std(0).mean()
     assert samples_differ > 1e-4  # they really are different samples
@@ -490,7 +495,7 @@ def test_posterior_average_equals_mean_of_repeated_trials():
 def test_posterior_average_of_an_autonomous_model_has_empty_inputs():
     """co_dim 0: the inferred-input outputs are (B, T + F, 0), and averaging them must not fail."""
     dims = SessionDims(6, 2, 9, 3)
-    model = LFADS(HParams.from_dict({**SMALL, "co_dim": 0}), [dims]).eval()
+    model = LFADS(HParams.from_dict({**TINY_HPARAMS, "co_dim": 0}), [dims]).eval()
     averaged = model.posterior_average({0: make_batch(dims, 4)}, n_samples=3)[0]
     assert averaged["co_mean"].shape == averaged["co_std"].shape == (4, 12, 0)
     assert averaged["rates"].shape == (4, 12, 8) and torch.isfinite(averaged["rates"]).all()
@@ -721,7 +726,7 @@ def test_loss_combines_terms_with_ramps_and_scales():
     torch.manual_seed(0)
     hp = HParams.from_dict(
         {
-            **SMALL,
+            **TINY_HPARAMS,
             "l2_gen_scale": 0.5,
             "l2_con_scale": 0.25,
             "kl_ic_scale": 1e-3,

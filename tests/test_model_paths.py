@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_parts import SMALL, make_batch
+from conftest import TINY_HPARAMS, make_batch
 
 from lfads.model.fused import DecoderLoop, DecoderLoopInputs
 from lfads.model.hparams import HParams
@@ -23,7 +23,7 @@ CASES = [
         0,
         id="student-t-gaussian",
     ),
-    pytest.param({"ci_enc_dim": 8}, 0, id="encoders-of-equal-size"),
+    pytest.param({"ci_enc_dim": TINY_HPARAMS["ic_enc_dim"]}, 0, id="encoders-of-equal-size"),
     pytest.param({"cell_clip": 0.3}, 1, id="states-clipped"),
 ]
 
@@ -63,7 +63,7 @@ def loss_and_gradients(model: LFADS, impl: str, batch: dict, seed: int) -> tuple
 def test_reference_and_fast_paths_give_the_same_loss_and_gradients(changes, ext):
     hp = HParams.from_dict(
         {
-            **SMALL,
+            **TINY_HPARAMS,
             "dropout": 0.2,
             "train_augmentations": [],
             "kl_increase_epoch": 1,
@@ -98,7 +98,7 @@ def test_reference_and_fast_paths_give_the_same_loss_and_gradients(changes, ext)
 
 
 def test_the_paths_agree_in_float32_within_rounding():
-    hp = HParams.from_dict({**SMALL, "dropout": 0.1})
+    hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1})
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
     model = LFADS(hp, [dims])
@@ -117,7 +117,7 @@ def test_one_posterior_sample_is_identical_on_both_paths():
     """With one sample, the batched sampler draws the noise of the one-by-one reference sampler."""
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
-    model = LFADS(HParams.from_dict(SMALL), [dims]).eval()
+    model = LFADS(HParams.from_dict(TINY_HPARAMS), [dims]).eval()
     batch = {0: make_batch(dims, 6)}
     results = {}
     for impl in ("fast", "reference"):
@@ -127,13 +127,14 @@ def test_one_posterior_sample_is_identical_on_both_paths():
         torch.testing.assert_close(value, results["reference"][name], msg=name)
 
 
+@pytest.mark.slow
 def test_many_posterior_samples_agree_within_monte_carlo_error():
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
     model = LFADS(
         HParams.from_dict(
             {
-                **SMALL,
+                **TINY_HPARAMS,
                 "co_prior": {"name": "autoregressive_normal", "tau": 10.0, "noise_variance": 0.1},
             }
         ),
@@ -174,7 +175,7 @@ def autograd_nodes(output: torch.Tensor) -> set[str]:
 
 def test_the_loops_are_chosen_once_when_the_model_is_built():
     dims = SessionDims(6, 2, 9, 3)
-    hp = HParams.from_dict(SMALL)
+    hp = HParams.from_dict(TINY_HPARAMS)
     reference = LFADS(hp, [dims], rnn_impl="reference")
     assert reference.encoder.loops is reference.decoder.loops is RNN_IMPLS["reference"]
     fast = LFADS(hp, [dims])  # the default
@@ -244,7 +245,7 @@ def test_decoder_loop_gradients_by_name_match_finite_differences(controller):
 @pytest.mark.slow
 def test_compiled_path_gives_the_numbers_of_eager():
     """rnn_impl "compiled" (torch.compile of the plain loops; CUDA graphs on a GPU) vs. eager."""
-    hp = HParams.from_dict({**SMALL, "dropout": 0.2, "train_augmentations": []})
+    hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.2, "train_augmentations": []})
     dims = SessionDims(6, 2, 5, 2)
     torch.manual_seed(0)
     model = LFADS(hp, [dims])

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY_HPARAMS, write_lorenz_prepared
+from conftest import REPO, TINY_HPARAMS
 
+from lfads.bench.toydata import write_lorenz_prepared
 from lfads.cli import main
 from lfads.formats.checkpoints import load_model, read_model, read_training_checkpoint
 from lfads.model.hparams import HParams
@@ -25,7 +26,7 @@ from lfads.model.recons import Poisson
 from lfads.model.registry import register_reconstruction
 from lfads.training.train import train_model
 
-REPO = Path(__file__).resolve().parents[1]
+FAC_DIM = TINY_HPARAMS["fac_dim"]
 
 
 @register_reconstruction("poisson_nan_after")
@@ -42,18 +43,10 @@ class PoissonNanAfter(Poisson):
         return loss * math.nan if self.calls_left < 0 else loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run best on one thread, and then do not stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lorenz_file(tmp_path_factory) -> Path:
-    return write_lorenz_prepared(tmp_path_factory.mktemp("lorenz") / "prepared.h5")
+    """100 trials (80 train, 20 valid: 2 + 1 batches of TINY_HPARAMS an epoch) and 20 eval."""
+    return write_lorenz_prepared(tmp_path_factory.mktemp("lorenz") / "prepared.h5", n_trials=100)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -174,9 +167,9 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
 def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path):
     from lfads.training.module import NonFiniteLossError
 
-    # 4 train batches + 1 valid batch per epoch: the 13th loss evaluation is in epoch 2
+    # 2 train batches + 1 valid batch per epoch: the 7th loss evaluation is in epoch 2
     hp = HParams.from_dict(
-        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 12}}
+        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 6}}
     )
     with pytest.raises(NonFiniteLossError, match="train loss term 'recon' is nan at epoch 2"):
         train_model([lorenz_file], hp, tmp_path / "run", max_epochs=5, device="cpu")
@@ -288,10 +281,11 @@ def test_cli_train_and_infer(lorenz_file, tmp_path, caplog):
     )
     with h5py.File(out, "r") as inferred, h5py.File(lorenz_file, "r") as prepared:
         assert inferred.attrs["n_samples"] == 4 and inferred.attrs["bin_width_ms"] == 20
-        for split, n in (("train", 160), ("valid", 40), ("eval", 20)):
+        for split, n in (("train", 80), ("valid", 20), ("eval", 20)):
             group = inferred[split]
             assert group["rates"].shape == (n, 25, 26) and group["rates"].dtype == np.float32
-            assert group["factors"].shape == (n, 25, 8) and group["gen_states"].shape == (n, 25, 32)
+            assert group["factors"].shape == (n, 25, FAC_DIM)
+            assert group["gen_states"].shape == (n, 25, 32)
             assert group["ic_mean"].shape == group["ic_std"].shape == (n, 8)
             assert group["co_mean"].shape == group["co_std"].shape == (n, 25, 2)
             assert (group["rates"][()] > 0).all()
@@ -424,7 +418,7 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     assert not any(
         p.requires_grad for r in model.readins for p in r.parameters()
     )  # PCR readins stay frozen
-    assert [tuple(r.weight.shape) for r in model.readouts] == [(26, 8), (16, 8)]
+    assert [tuple(r.weight.shape) for r in model.readouts] == [(26, FAC_DIM), (16, FAC_DIM)]
     # the frozen readins are still the PCR start after training
     from lfads.model.readin import pcr_readins, session_averages
 

@@ -1,22 +1,15 @@
-"""The whole workflow on a tiny synthetic dataset, on CPU: fetch to report, reruns, and forced reruns."""
+"""The whole workflow on a tiny synthetic dataset, on CPU: fetch to report, reruns, forced runs."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_MODEL, run_snakemake, write_tiny_config
+from conftest import WORKFLOW_HPARAMS, job_count, snakemake_in, write_tiny_config
 
-SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 RUNS = ["dropout~0.05", "dropout~0.3"]
-
-
-def job_count(output: str, rule: str) -> int:
-    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
-    return int(match.group(1)) if match else 0
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +17,7 @@ def pipeline(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
     configfile = write_tiny_config(
         workdir,
-        model={"bin_width": 20, "n_samples": 10, "hparams": dict(TINY_MODEL)},
+        model={"bin_width": 20, "n_samples": 10, "hparams": dict(WORKFLOW_HPARAMS)},
         search={"grid": {"dropout": [0.05, 0.3]}},
         resources={
             "train": {"threads": 1, "mem_mb": 1000},
@@ -33,15 +26,7 @@ def pipeline(tmp_path_factory):
     )
 
     def snakemake(*args):
-        return run_snakemake(
-            "--snakefile",
-            SNAKEFILE,
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(configfile),
-            *args,
-        )
+        return snakemake_in(workdir, "--configfile", str(configfile), *args)
 
     result = snakemake("--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr

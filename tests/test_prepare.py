@@ -5,13 +5,12 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import SMALL_SYNTHETIC
+from conftest import PREPARED_SPLIT_SEED, PREPARED_VALID_FRACTION, SMALL_SYNTHETIC
 
 from lfads.data.layouts import BASE_TRIAL_FIELDS, BIN_WIDTHS_MS, LAYOUTS, group_name
 from lfads.data.prepare import prepare, split_indices, trial_mask
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
-from lfads.data.targets import write_targets
 
 N_HELDIN, N_HELDOUT = SMALL_SYNTHETIC["n_heldin"], SMALL_SYNTHETIC["n_heldout"]
 N_TRAIN, N_VAL, N_TEST = (
@@ -20,37 +19,18 @@ N_TRAIN, N_VAL, N_TEST = (
 BINS = {5: (140, 40), 20: (35, 10)}  # observed and forward bins of the mc_maze window
 
 
-def _paths(folder):
-    nwb = {role: folder / path for role, path in SYNTHETIC_ASSETS.items()}
-    truth = {role: folder / path for role, path in SYNTHETIC_TRUTH.items()}
-    return nwb, truth
-
-
-@pytest.fixture(scope="module", params=[20, 5])
-def prepared(request, synthetic_dir, tmp_path_factory):
-    bin_width = request.param
-    nwb, truth = _paths(synthetic_dir)
-    out = tmp_path_factory.mktemp("prepared") / f"prepared_{bin_width}ms.h5"
-    prepare(
-        nwb["train"],
-        nwb["test"],
-        out,
-        "mc_maze",
-        bin_width,
-        "val",
-        "synthetic",
-        valid_fraction=0.25,
-        split_seed=1,
-        truth_files=truth,
-    )
-    return bin_width, out, nwb
+# 5 ms runs the code of 20 ms with other numbers, in twice the time: slow.
+@pytest.fixture(scope="module", params=[20, pytest.param(5, marks=pytest.mark.slow)])
+def prepared(request, prepared_files):
+    """The session's val-phase files at 20 and 5 ms (conftest.prepared_files)."""
+    return prepared_files(request.param)
 
 
 def test_keys_and_shapes(prepared):
-    bin_width, path, _ = prepared
+    bin_width, path = prepared.bin_width, prepared.prepared
     n_obs, n_fwd = BINS[bin_width]
     n_all = N_HELDIN + N_HELDOUT
-    n_valid = round(0.25 * N_TRAIN)
+    n_valid = round(PREPARED_VALID_FRACTION * N_TRAIN)
     with h5py.File(path) as handle:
         attrs = dict(handle.attrs)
         assert attrs["bin_width_ms"] == bin_width and attrs["phase"] == "val"
@@ -80,7 +60,9 @@ def test_keys_and_shapes(prepared):
         train_index = handle["train/nlb_index"][()]
         valid_index = handle["valid/nlb_index"][()]
         assert sorted(np.concatenate([train_index, valid_index]).tolist()) == list(range(N_TRAIN))
-        expected_train, expected_valid = split_indices(N_TRAIN, 0.25, 1)
+        expected_train, expected_valid = split_indices(
+            N_TRAIN, PREPARED_VALID_FRACTION, PREPARED_SPLIT_SEED
+        )
         np.testing.assert_array_equal(valid_index, expected_valid)
         # encoder input is the held-in, observed part of the reconstruction target
         np.testing.assert_array_equal(
@@ -92,8 +74,7 @@ def test_keys_and_shapes(prepared):
 
 def test_truth_matches_spike_counts(prepared):
     """Binned true rates are the Poisson means of the binned spikes: totals agree within a few %."""
-    _, path, _ = prepared
-    with h5py.File(path) as handle:
+    with h5py.File(prepared.prepared) as handle:
         spikes = handle["train/recon_data"][()]
         truth = handle["train/truth"][()]
     assert abs(spikes.sum() / truth.sum() - 1) < 0.03
@@ -102,7 +83,8 @@ def test_truth_matches_spike_counts(prepared):
 
 
 def test_test_phase_uses_train_and_val_trials_and_the_test_file(synthetic_dir, tmp_path):
-    nwb, truth = _paths(synthetic_dir)
+    nwb = {role: synthetic_dir / path for role, path in SYNTHETIC_ASSETS.items()}
+    truth = {role: synthetic_dir / path for role, path in SYNTHETIC_TRUTH.items()}
     out = prepare(
         nwb["train"], nwb["test"], tmp_path / "p.h5", "mc_maze", 20, "test", truth_files=truth
     )
@@ -114,14 +96,13 @@ def test_test_phase_uses_train_and_val_trials_and_the_test_file(synthetic_dir, t
         assert "condition" not in handle["eval"]
 
 
-def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared, tmp_path):
+def test_targets_are_read_by_nlb_evaluate_and_truth_scores_well(prepared):
     """A submission of the binned true rates gets co-bps well above 0 from nlb_tools itself."""
     from nlb_tools.evaluation import evaluate
 
-    bin_width, path, nwb = prepared
-    targets = write_targets(nwb["train"], tmp_path / "targets.h5", "mc_maze", bin_width)
+    bin_width, targets = prepared.bin_width, prepared.targets
     n_obs, _ = BINS[bin_width]
-    with h5py.File(path) as handle:
+    with h5py.File(prepared.prepared) as handle:
         rows = np.concatenate([handle["train/nlb_index"][()], handle["valid/nlb_index"][()]])
         truth = np.concatenate([handle["train/truth"][()], handle["valid/truth"][()]])[
             np.argsort(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -47,14 +48,24 @@ def written(tmp_path_factory) -> dict[str, Path]:
     )
 
 
-def load(path: Path):
+@pytest.fixture(scope="module")
+def load(written):
+    """load(role): nlb_tools' NWBDataset of the "train" or "test" file, read from disk once; each
+    call returns its own copy, which a test may resample or add fields to."""
     from nlb_tools.nwb_interface import NWBDataset
 
-    return NWBDataset(str(path))
+    datasets = {}
+
+    def dataset(role: str):
+        if role not in datasets:
+            datasets[role] = NWBDataset(str(written[role]))
+        return copy.deepcopy(datasets[role])
+
+    return dataset
 
 
-def test_nlb_tools_loads_the_train_file_with_every_field(written):
-    dataset = load(written["train"])
+def test_nlb_tools_loads_the_train_file_with_every_field(written, load):
+    dataset = load("train")
     fields = set(dataset.data.columns.get_level_values(0))
     # nlb_tools drops a behaviour series that overruns the recording with only a warning
     assert fields == {"spikes", "heldout_spikes", "hand_vel", "hand_pos", "cursor_pos", "eye_pos"}
@@ -77,8 +88,8 @@ def test_nlb_tools_loads_the_train_file_with_every_field(written):
     assert (info.go_cue_time < info.move_onset_time).all()
 
 
-def test_nlb_tools_loads_the_test_file(written):
-    dataset = load(written["test"])
+def test_nlb_tools_loads_the_test_file(written, load):
+    dataset = load("test")
     assert set(dataset.data.columns.get_level_values(0)) == {"spikes"}
     assert [int(c) for c in dataset.data["spikes"].columns] == list(range(N_HELDIN))
     info = dataset.trial_info
@@ -95,9 +106,9 @@ def test_nlb_tools_loads_the_test_file(written):
     assert observed.sum() == 20 * 1100
 
 
-def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written):
+def test_spikes_are_binned_back_into_the_ms_they_were_drawn_in(written, load):
     """nlb_tools' 1 ms counts are floor(spike_time * 1000) counts, the truth's within noise."""
-    dataset = load(written["train"])
+    dataset = load("train")
     counts = np.concatenate(
         [dataset.data["spikes"].to_numpy(), dataset.data["heldout_spikes"].to_numpy()], axis=1
     ).astype(np.float64)
@@ -150,9 +161,9 @@ def test_truth_files_hold_the_ground_truth_fields_in_their_dtypes(written):
 
 
 @pytest.mark.parametrize("bin_width", [20, 5])
-def test_bin_true_rates_bins_like_nlb_tools_resample(written, bin_width):
+def test_bin_true_rates_bins_like_nlb_tools_resample(written, load, bin_width):
     """nlb_tools sums any field named *spikes*: resample the 1 ms truth that way and compare."""
-    dataset = load(written["train"])
+    dataset = load("train")
     dataset.add_continuous_data(bin_true_rates(written["train_truth"], 1), "truth_spikes")
     dataset.resample(bin_width)
     by_nlb_tools = dataset.data["truth_spikes"].to_numpy()
@@ -166,8 +177,12 @@ def test_bin_true_rates_bins_like_nlb_tools_resample(written, bin_width):
     )
 
 
-@pytest.fixture(scope="module", params=[20, 5], ids=["20ms", "5ms"])
-def nlb(request, written) -> dict:
+# 5 ms runs the code of 20 ms with other numbers, in about the same time again: slow.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(20, id="20ms"), pytest.param(5, id="5ms", marks=pytest.mark.slow)],
+)
+def nlb(request, written, load) -> dict:
     """nlb_tools' tensors, targets (with PSTHs) and the true-rate submission at one bin width."""
     from nlb_tools.make_tensors import (
         make_eval_input_tensors,
@@ -176,7 +191,7 @@ def nlb(request, written) -> dict:
     )
 
     bin_width = request.param
-    dataset = load(written["train"])
+    dataset = load("train")
     dataset.resample(bin_width)
     train = make_train_input_tensors(
         dataset,
@@ -190,7 +205,7 @@ def nlb(request, written) -> dict:
     targets = make_eval_target_tensors(
         dataset, "mc_maze", "train", "val", include_psth=True, save_file=False
     )
-    test_dataset = load(written["test"])
+    test_dataset = load("test")
     test_dataset.resample(bin_width)
     test = make_eval_input_tensors(test_dataset, "mc_maze", "test", save_file=False)
 
@@ -340,6 +355,7 @@ def test_true_rates_score_well_and_beat_the_smoothing_baseline(nlb):
     assert abs(mean_rate[f"{nlb['group']}_split"]["co-bps"]) < 0.02
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     settings = SyntheticSettings.from_dict(
         {

@@ -12,42 +12,35 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, REPO, SMALL_SYNTHETIC, run_snakemake, write_tiny_config
+from conftest import (
+    BIN,
+    REPO,
+    SMALL_SYNTHETIC,
+    SNAKEFILE,
+    job_count,
+    nothing_to_do,
+    snakemake_in,
+    write_tiny_config,
+)
 
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.evaluation.outputs import FIGURES, figures_for
 
-SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 
 
-def nothing_to_do(result) -> bool:
-    output = result.stdout + result.stderr
-    return result.returncode == 0 and (
-        "Nothing to be done" in output or re.search(r"^total\s+0$", output, re.M)
-    )
-
-
-def job_count(output: str, rule: str) -> int:
-    """Jobs of `rule` in the job-stats table Snakemake prints."""
-    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
-    return int(match.group(1)) if match else 0
-
-
-def snakemake_in(workdir, *args):
-    return run_snakemake("--snakefile", SNAKEFILE, "--directory", str(workdir), *args)
-
-
-def test_lint_is_clean():
-    result = run_snakemake("--lint")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Congratulations" in result.stdout + result.stderr
+def test_lint_is_clean(snakemake_in_process):
+    result = snakemake_in_process("--lint")
+    assert result.returncode == 0, result.stdout
+    assert "Congratulations" in result.stdout
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_dry_run_of_every_configfile(path, tmp_path):
-    result = snakemake_in(tmp_path, "-n", "--configfile", str(path))
-    output = result.stdout + result.stderr
+def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
+    result = snakemake_in_process(
+        "--snakefile", SNAKEFILE, "--directory", str(tmp_path), "-n", "--configfile", str(path)
+    )
+    output = result.stdout
     assert result.returncode == 0, output
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
@@ -290,10 +283,9 @@ def test_dandi_source_through_the_real_client(synthetic_dir, tmp_path):
     assert downloaded.read_bytes() == (synthetic_dir / SYNTHETIC_ASSETS["train"]).read_bytes()
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "config"], ids=lambda p: p.stem)
-def test_slurm_profile_dry_run_asks_for_a_gpu_per_training_job(path, tmp_path):
-    """`snakemake --profile slurm` (the command users type) plans GPU jobs in the gpu partition."""
-    result = snakemake_in(tmp_path, "--profile", "slurm", "-n", "--configfile", str(path))
+def assert_slurm_plan(path, result) -> None:
+    """The dry run of configfile `path` under the slurm profile puts train jobs in the gpu
+    partition with one GPU and the configfile's memory and runtime, CPU jobs in the cpu one."""
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     config = yaml.safe_load(path.read_text())
@@ -308,3 +300,22 @@ def test_slurm_profile_dry_run_asks_for_a_gpu_per_training_job(path, tmp_path):
     for rule, body in blocks:
         if rule in ("prepare", "targets", "evaluate"):
             assert "slurm_partition=cpu" in re.search(r"resources: (.*)", body).group(1)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "config"], ids=lambda p: p.stem)
+def test_slurm_profile_dry_run_asks_for_a_gpu_per_training_job(
+    path, tmp_path, snakemake_in_process
+):
+    """`snakemake --profile slurm -n` plans GPU jobs in the gpu partition, for every configfile."""
+    result = snakemake_in_process(
+        *("--snakefile", SNAKEFILE, "--directory", str(tmp_path), "--profile", "slurm", "-n"),
+        *("--configfile", str(path)),
+    )
+    assert_slurm_plan(path, result)
+
+
+def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
+    """The same, through the `snakemake` command in its own process, for one configfile."""
+    path = REPO / "config" / "mc_maze.yaml"
+    result = snakemake_in(tmp_path, "--profile", "slurm", "-n", "--configfile", str(path))
+    assert_slurm_plan(path, result)

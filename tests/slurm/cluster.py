@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster for the test suite: munge, MariaDB, slurmdbd, slurmctld and slurmd.
+"""A real single-node SLURM cluster for the tests: munge, MariaDB, slurmdbd, slurmctld and slurmd.
 
 Everything lives under one scratch folder (configs, state, logs, the database)
 and every daemon is started in the foreground as a child process, so `stop()`
@@ -34,14 +34,15 @@ class ClusterError(RuntimeError):
 
 
 def available() -> str | None:
-    """None when the SLURM, munge and MariaDB programs are installed and we are root, else the reason."""
+    """None where the SLURM, munge and MariaDB programs are installed and we are root; else why."""
     missing = [
         name
         for name in DAEMONS + ("sacctmgr", "sbatch", "sacct", "mariadb-install-db")
         if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()
     ]
     if missing:
-        return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm slurmdbd munge mariadb-server)"
+        packages = "slurm-wlm slurmdbd munge mariadb-server"
+        return f"not installed: {', '.join(missing)} (apt-get install {packages})"
     if os.geteuid() != 0:
         return "starting SLURM daemons needs root"
     return None
