@@ -28,6 +28,8 @@ def test_hparams_defaults_equal_the_table_they_cite():
     defaults = HParams().to_dict()
     unknown = sorted(set(table) - set(defaults))
     assert unknown == [], f"the table names keys HParams does not have: {unknown}"
-    differing = {key: (defaults[key], value) for key, value in table.items() if defaults[key] != value}
+    differing = {
+        key: (defaults[key], value) for key, value in table.items() if defaults[key] != value
+    }
     assert differing == {}, f"HParams default vs lfads-torch's value: {differing}"
     assert table["dropout"] == 0.3 and table["cd_rate"] == 0.3

@@ -1,4 +1,4 @@
-"""The whole workflow on a tiny synthetic dataset, on CPU: fetch to report, reruns, and forced reruns."""
+"""The whole workflow on a tiny synthetic dataset, on CPU: fetch to report, reruns, forcerun."""
 
 from __future__ import annotations
 

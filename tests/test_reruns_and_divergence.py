@@ -114,13 +114,15 @@ def test_changed_hyperparameter_trains_afresh(data_files, tmp_path, caplog):
     train_model([data_files["a"]], HP, run, max_epochs=2, device="cpu")
     delete_outputs(run)
     train_model([data_files["a"]], HP.replace(lr=0.002), run, max_epochs=2, device="cpu")
-    train_model([data_files["a"]], HP.replace(lr=0.002), tmp_path / "fresh", device="cpu", max_epochs=2)
+    train_model(
+        [data_files["a"]], HP.replace(lr=0.002), tmp_path / "fresh", device="cpu", max_epochs=2
+    )
     assert metric_rows(run) == metric_rows(tmp_path / "fresh")
     assert "hyperparameters ['lr']" in caplog.text and len(superseded(run / "checkpoints")) == 1
 
 
 def test_a_rerun_of_a_delivered_run_trains_afresh(data_files, tmp_path, caplog):
-    """--forcerun train: Snakemake deletes the outputs; the finished state must not be re-emitted."""
+    """--forcerun train: Snakemake deletes the outputs; a finished state is not re-emitted."""
     caplog.set_level("INFO", logger="lfads.training")
     run = tmp_path / "run"
     train_model([data_files["a"]], HP, run, max_epochs=2, device="cpu")
@@ -203,7 +205,9 @@ def test_the_model_holds_the_best_epoch_by_smoothed_validation_loss(data_files, 
     assert (saved.epochs, saved.best_epoch) == (5, 2)
     assert saved.best_valid_recon_smoothed == pytest.approx(smoothed[1], rel=1e-12)
     # its weights are those after epoch 2: a 2-epoch run of the same seed ends there
-    two = read_model(train_model([data_files["a"]], hp, tmp_path / "two", max_epochs=2, device="cpu"))
+    two = read_model(
+        train_model([data_files["a"]], hp, tmp_path / "two", max_epochs=2, device="cpu")
+    )
     for key, value in two.state_dict.items():
         assert torch.equal(saved.state_dict[key], value), key
     out = tmp_path / "inferred.h5"
@@ -223,7 +227,10 @@ def test_lr_1000_names_the_posterior_parameter_and_writes_a_diverged_run(data_fi
     saved = read_model(model)
     assert saved.diverged is not None and saved.diverged.epoch == 1
     assert "posterior" in saved.diverged.reason and "at epoch 1" in saved.diverged.reason
-    assert "Try a lower lr" in saved.diverged.reason and "Expected parameter" not in saved.diverged.reason
+    assert (
+        "Try a lower lr" in saved.diverged.reason
+        and "Expected parameter" not in saved.diverged.reason
+    )
     assert saved.best_epoch == 0 and saved.state_dict == {}  # no epoch finished
     inferred = tmp_path / "run" / "inferred.h5"
     posterior_sample(model, [data_files["a"]], [inferred], n_samples=2, device="cpu")
@@ -231,7 +238,9 @@ def test_lr_1000_names_the_posterior_parameter_and_writes_a_diverged_run(data_fi
         assert list(handle) == [] and "posterior" in handle.attrs["diverged"]
         assert handle.attrs["diverged_epoch"] == 1
     metrics = evaluate_run(data_files["a"], inferred, None, tmp_path / "run" / "metrics.json")
-    assert metrics["diverged"] is True and metrics["diverged_epoch"] == 1 and "co-bps" not in metrics
+    assert (
+        metrics["diverged"] is True and metrics["diverged_epoch"] == 1 and "co-bps" not in metrics
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
 
 
