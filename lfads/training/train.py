@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +27,7 @@ from lfads.formats.checkpoints import (
     Divergence,
     RunRecord,
     SavedModel,
+    TrainingState,
     write_model,
     write_run_record,
 )
@@ -33,6 +36,9 @@ from lfads.infra.io import write_text
 from lfads.model.hparams import HParams
 from lfads.training.resume import LAST_CHECKPOINT, RUN_RECORD, RunIdentity, plan_run
 from lfads.training.step import NonFiniteLossError
+
+if TYPE_CHECKING:
+    from lfads.training.module import LFADSModule
 
 log = logging.getLogger("lfads.training.train")
 
@@ -104,16 +110,7 @@ def train_model(
                 plan.checkpoint,
                 state.stop_reason or f"{len(state.history)} of {hparams.max_epochs} epochs",
             )
-        if state is None:  # diverged before the first epoch ended
-            return outputs.write([], "", 0, float("nan"), {}, diverged)
-        return outputs.write(
-            state.history,
-            state.stop_reason,
-            state.best_epoch,
-            state.best_valid_recon_smoothed,
-            state.best_weights,
-            diverged,
-        )
+        return outputs.write(state, diverged)
 
     module = LFADSModule(
         hparams, [s.dims for s in data.sessions], rnn_impl=rnn_impl, identity=identity.to_dict()
@@ -159,14 +156,7 @@ def train_model(
         diverged = Divergence(str(error), error.epoch)
     if module.stop_reason:
         log.info("stopped: %s", module.stop_reason)
-    return outputs.write(
-        module.history,
-        module.stop_reason,
-        module.best_epoch,
-        module.best_valid_recon_smoothed,
-        module.best_weights,
-        diverged,
-    )
+    return outputs.write(module, diverged)
 
 
 class _RunOutputs:
@@ -178,29 +168,33 @@ class _RunOutputs:
         self.hparams, self.identity, self.sessions = hparams, identity, sessions
 
     def write(
-        self,
-        history: list[dict[str, float]],
-        stop_reason: str,
-        best_epoch: int,
-        best_valid_recon_smoothed: float,
-        best_weights: dict[str, torch.Tensor],
-        diverged: Divergence | None,
+        self, epochs_done: LFADSModule | TrainingState | None, diverged: Divergence | None
     ) -> Path:
-        """Returns the model.ckpt path. best_weights: the LFADS state_dict after best_epoch (from
-        1; 0 and {} when no epoch finished)."""
+        """Returns the model.ckpt path.
+
+        epochs_done: the LFADSModule after training, or the TrainingState of a last.ckpt (None
+        when no epoch finished); both have `history`, `stop_reason`, `best_epoch` (from 1),
+        `best_valid_recon_smoothed` and `best_weights` (the LFADS state_dict after best_epoch).
+        """
+        if epochs_done is None:  # a run that diverged in its first epoch
+            history, stop_reason, best_epoch, best_loss, weights = [], "", 0, math.nan, {}
+        else:
+            history, stop_reason = epochs_done.history, epochs_done.stop_reason
+            best_epoch, best_loss = epochs_done.best_epoch, epochs_done.best_valid_recon_smoothed
+            weights = epochs_done.best_weights
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics_csv(self.out_dir / "metrics.csv", history)
         write_text(self.out_dir / "hparams.yaml", self.hparams.to_yaml())
         model_path = self.out_dir / "model.ckpt"
         saved = SavedModel(
-            state_dict=best_weights,
+            state_dict=weights,
             hparams=self.hparams,
             sessions=[s.dims for s in self.sessions],
             data=[{"file": str(s.path), **s.attrs} for s in self.sessions],
             epochs=len(history),
             stop_reason=stop_reason,
             best_epoch=best_epoch,
-            best_valid_recon_smoothed=best_valid_recon_smoothed,
+            best_valid_recon_smoothed=best_loss,
             diverged=diverged,
         )
         write_model(model_path, saved)
@@ -228,7 +222,7 @@ class _RunOutputs:
                 model_path,
                 len(history),
                 best_epoch,
-                best_valid_recon_smoothed,
+                best_loss,
             )
         return model_path
 
