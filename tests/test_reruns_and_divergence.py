@@ -92,22 +92,24 @@ def delete_outputs(run: Path) -> None:
 
 
 # -- 1. a checkpoint identifies its run ------------------------------------------------------------
+@pytest.mark.slow  # several trainings: about 10-20 s
 def test_changed_data_trains_afresh_and_keeps_the_old_state_aside(data_files, tmp_path, caplog):
     caplog.set_level("INFO", logger="lfads.training")
     run = tmp_path / "run"
-    train_model([data_files["a"]], HP, run, max_epochs=2, device="cpu")
+    train_model([data_files["a"]], HP, run, max_epochs=1, device="cpu")
     trained_on_a = metric_rows(run)
     delete_outputs(run)
-    train_model([data_files["b"]], HP, run, max_epochs=2, device="cpu")
-    train_model([data_files["b"]], HP, tmp_path / "fresh", max_epochs=2, device="cpu")
+    train_model([data_files["b"]], HP, run, max_epochs=1, device="cpu")
+    train_model([data_files["b"]], HP, tmp_path / "fresh", max_epochs=1, device="cpu")
     assert metric_rows(run) == metric_rows(tmp_path / "fresh") != trained_on_a
     (aside,) = superseded(run / "checkpoints")
     assert (aside / "last.ckpt").exists()  # kept, not deleted
     assert "prepared file" in caplog.text and "b.h5" in caplog.text
-    assert f"set aside as {aside}" in caplog.text and "continuing at epoch 3" not in caplog.text
+    assert f"set aside as {aside}" in caplog.text and "continuing at epoch 2" not in caplog.text
     assert read_model(run / "model.ckpt").data[0]["file"] == str(data_files["b"])
 
 
+@pytest.mark.slow  # several trainings: about 10-20 s
 def test_changed_hyperparameter_trains_afresh(data_files, tmp_path, caplog):
     caplog.set_level("INFO", logger="lfads.training")
     run = tmp_path / "run"
@@ -138,6 +140,7 @@ def test_a_rerun_of_a_delivered_run_trains_afresh(data_files, tmp_path, caplog):
     assert len(superseded(run / "checkpoints")) == 1
 
 
+@pytest.mark.slow  # several trainings: about 10-20 s
 def test_fewer_epochs_train_afresh_and_more_continue(data_files, tmp_path, caplog):
     caplog.set_level("INFO", logger="lfads.training")
     run = tmp_path / "run"
@@ -194,6 +197,7 @@ def test_a_run_killed_after_its_last_epoch_only_writes_its_outputs(
 
 
 # -- 2. the best epoch is what gets sampled ------------------------------------------------------
+@pytest.mark.slow  # several trainings: about 10-20 s
 def test_the_model_holds_the_best_epoch_by_smoothed_validation_loss(data_files, tmp_path):
     from lfads.evaluation.infer import posterior_sample
 
@@ -292,3 +296,19 @@ def test_a_diverged_run_is_marked_and_never_selected(tmp_path):
     assert list(table.run) == ["lr~0.01", "lr~1000"]
     assert list(table.best) == [True, False] and list(table.diverged) == [False, True]
     assert math.isnan(table["co-bps"][1]) and best_run(tmp_path / "summary.tsv") == "lr~0.01"
+
+
+def test_a_last_checkpoint_without_an_identity_is_set_aside(data_files, tmp_path, caplog):
+    """A last.ckpt written before states carried their run's identity is never resumed."""
+    run = tmp_path / "run"
+    train_model([data_files["a"]], HP, run, max_epochs=1, device="cpu")
+    last, record = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "run.json"
+    assert json.loads(record.read_text())["delivered"] is True
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["lfads"]["identity"]
+    torch.save(checkpoint, last)
+    record.unlink()  # as the code before run records left the folder
+    caplog.set_level("INFO", logger="lfads.training")
+    train_model([data_files["a"]], HP, run, max_epochs=2, device="cpu")
+    assert "records no run identity" in caplog.text and "resumed from" not in caplog.text
+    assert len(superseded(run / "checkpoints")) == 1 and len(metric_rows(run)) == 2
