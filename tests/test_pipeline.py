@@ -187,7 +187,7 @@ def test_a_changed_split_seed_retrains_every_run_from_scratch(diverging_search):
     assert job_count(output, "prepare") == 1 and job_count(output, "train") == 2
     for run in DIVERGING_RUNS:
         log = train_log(results, run)
-        assert "other session 0's prepared file" in log and "training afresh" in log
+        assert "another prepared file for session 0" in log and "training afresh" in log
         assert "continuing at epoch" not in log
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert list(table.diverged) == [False, True] and list(table.best) == [True, False]

@@ -104,7 +104,8 @@ def test_changed_data_trains_afresh_and_keeps_the_old_state_aside(data_files, tm
     assert metric_rows(run) == metric_rows(tmp_path / "fresh") != trained_on_a
     (aside,) = superseded(run / "checkpoints")
     assert (aside / "last.ckpt").exists()  # kept, not deleted
-    assert "prepared file" in caplog.text and "b.h5" in caplog.text
+    assert "trained with another prepared file for session 0" in caplog.text
+    assert "a.h5, sha256" in caplog.text and "now " + str(data_files["b"]) in caplog.text
     assert f"set aside as {aside}" in caplog.text and "continuing at epoch 2" not in caplog.text
     assert read_model(run / "model.ckpt").data[0]["file"] == str(data_files["b"])
 
@@ -310,5 +311,5 @@ def test_a_last_checkpoint_without_an_identity_is_set_aside(data_files, tmp_path
     record.unlink()  # as the code before run records left the folder
     caplog.set_level("INFO", logger="lfads.training")
     train_model([data_files["a"]], HP, run, max_epochs=2, device="cpu")
-    assert "records no run identity" in caplog.text and "resumed from" not in caplog.text
+    assert "no recorded run identity" in caplog.text and "resumed from" not in caplog.text
     assert len(superseded(run / "checkpoints")) == 1 and len(metric_rows(run)) == 2

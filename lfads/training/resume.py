@@ -81,24 +81,25 @@ class RunIdentity:
         return {"hparams": self.hparams, "data": [dict(entry) for entry in self.data]}
 
     def differences(self, recorded: dict[str, Any] | None) -> list[str]:
-        """What differs from a recorded identity (`to_dict()` form), in words; [] when the same."""
+        """What differs from a recorded identity (`to_dict()` form), as phrases that complete "it
+        was trained with ..."; [] when the same."""
         if not recorded:
-            return ["it records no run identity (written by an older version)"]
+            return ["no recorded run identity (written by an older version)"]
         found = []
         old_hparams = recorded.get("hparams", {})
         keys = sorted(k for k in self.hparams.keys() | old_hparams.keys() if k != "max_epochs")
         differing = [k for k in keys if self.hparams.get(k) != old_hparams.get(k)]
         if differing:
-            found.append(f"hyperparameters {differing}")
+            found.append(f"other hyperparameters {differing}")
         old_data = recorded.get("data", [])
         if len(old_data) != len(self.data):
-            found.append(f"{len(old_data)} prepared file(s), now {len(self.data)}")
+            found.append(f"{len(old_data)} prepared file(s), not {len(self.data)}")
         for session, (old, new) in enumerate(zip(old_data, self.data)):
             if old.get("sha256") != new["sha256"]:
                 was, now = str(old.get("sha256"))[:12], new["sha256"][:12]
                 found.append(
-                    f"session {session}'s prepared file (was {old.get('file')}, sha256 {was}; "
-                    f"now {new['file']}, sha256 {now})"
+                    f"another prepared file for session {session} ({old.get('file')}, sha256 "
+                    f"{was}; now {new['file']}, sha256 {now})"
                 )
         return found
 
@@ -121,26 +122,24 @@ def plan_run(checkpoint_dir: Path, identity: RunIdentity, max_epochs: int) -> Ru
     """Decide what to do with `checkpoint_dir` (module docstring); a folder that is set aside is
     renamed here, and the plan is then "afresh"."""
     last, record_path = checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / RUN_RECORD
-    record = state = None
-    for path in (record_path, last):
+    found = {}
+    for path, read in ((record_path, read_run_record), (last, read_training_checkpoint)):
         if not path.exists():
             continue
         try:
-            if path == record_path:
-                record = read_run_record(path)
-            else:
-                state = read_training_checkpoint(path)
+            found[path] = read(path)
         except Exception as error:  # truncated, unreadable or of another format version
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            reason = f"{path.name} is unreadable ({type(error).__name__}: {first_line})"
+            first_sentence = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+            reason = f"{path.name} is unreadable ({type(error).__name__}: {first_sentence})"
             set_aside(checkpoint_dir, reason, warn=True)
             return RunPlan("afresh")
+    record, state = found.get(record_path), found.get(last)
 
     differences: list[str] = []
     for found in (saved.identity for saved in (record, state) if saved is not None):
         differences += [d for d in identity.differences(found) if d not in differences]
     if differences:
-        set_aside(checkpoint_dir, f"it was trained with other {'; '.join(differences)}")
+        set_aside(checkpoint_dir, f"it was trained with {'; '.join(differences)}")
         return RunPlan("afresh")
 
     epochs = len(state.history) if state else 0
