@@ -160,6 +160,11 @@ def test_a_diverged_run_is_marked_and_the_search_still_gives_table_and_figures(d
     for figure in ("metrics_vs_hyperparameters", "training_curves", "best_raster", "best_psth"):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake("-n"))
+    report = results.parents[2] / "report.html"
+    result = snakemake("--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = report.read_text(errors="replace")
+    assert "summary.tsv" in html and "training_curves.png" in html
 
 
 @pytest.mark.slow
