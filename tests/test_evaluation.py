@@ -117,6 +117,11 @@ def test_runs_scored_aggregated_and_submitted(prepared, scored_runs, tmp_path):
     assert list(table.run) == ["noise~0.8", "noise~0.1"]
     assert list(table.best) == [True, False]
     assert table.valid_recon_smoothed.tolist() == [1.2, 1.5]
+    assert table.best_epoch.tolist() == [3, 3] and table.best_valid_recon_smoothed.tolist() == [
+        1.2,
+        1.5,
+    ]
+    assert not table.diverged.any()
     assert best_run(tmp_path / "summary.tsv") == "noise~0.8"
 
     submission = write_submission(
@@ -142,3 +147,22 @@ def test_every_figure_of_the_runs_is_drawn(prepared, scored_runs, tmp_path):
     )
     for path in outputs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_best_run_is_chosen_by_its_best_epoch_not_its_last(tmp_path):
+    """Run "late" ends lower than "early" ends, but "early" had the lower best epoch."""
+    runs = {"early": {"lr": 0.01}, "late": {"lr": 0.001}}
+    curves = {"early": [3.0, 0.9, 1.4, 1.6], "late": [3.0, 1.8, 1.3, 1.2]}
+    for name, losses in curves.items():
+        rows = [
+            {"epoch": epoch, "valid_loss": loss, "valid_recon_smoothed": loss}
+            for epoch, loss in enumerate(losses)
+        ]
+        write_metrics_csv(tmp_path / name / "metrics.csv", rows)
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"co-bps": 0.3}))
+    table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    assert list(table.run) == ["early", "late"] and list(table.best) == [True, False]
+    assert table.best_epoch.tolist() == [2, 4]  # from 1, as the log counts
+    assert table.best_valid_recon_smoothed.tolist() == [0.9, 1.2]
+    assert table.valid_recon_smoothed.tolist() == [1.6, 1.2]  # the final epoch's, kept too
+    assert best_run(tmp_path / "summary.tsv") == "early"

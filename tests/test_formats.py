@@ -30,7 +30,7 @@ from lfads.formats.targets import check_targets, read_targets, write_targets_fil
 from lfads.formats.version import FormatVersionError
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
-from lfads.training.resume import resume_point
+from lfads.training.resume import RunIdentity, plan_run
 
 
 def set_attribute(path, key, value):
@@ -150,6 +150,9 @@ def test_model_checkpoint_round_trip_and_refusals(tmp_path):
 
 
 def test_training_state_round_trip_and_an_old_last_checkpoint_is_refused(tmp_path):
+    identity = RunIdentity(
+        HParams.from_dict(TINY_HPARAMS).to_dict(), ({"file": "p.h5", "sha256": "0"},)
+    )
     state = TrainingState(
         hparams=HParams.from_dict(TINY_HPARAMS).to_dict(),
         sessions=[SessionDims(4, 2, 5, 1).to_dict()],
@@ -160,23 +163,25 @@ def test_training_state_round_trip_and_an_old_last_checkpoint_is_refused(tmp_pat
         stop_reason="",
         scheduler=None,
         rng={"torch": torch.get_rng_state()},
+        identity=identity.to_dict(),
     )
     checkpoint = {"epoch": 0, "state_dict": {}}
     add_training_state(checkpoint, state)
     assert checkpoint[TRAINING_STATE]["format_version"] == 1
-    path = tmp_path / "last.ckpt"
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
     torch.save(checkpoint, path)
     read_back = read_training_checkpoint(path)
     assert read_back.history == state.history and read_back.valid_smoothed == 1.25
     assert torch.equal(read_back.rng["torch"], state.rng["torch"])
-    point = resume_point(path, HParams.from_dict({**TINY_HPARAMS, "max_epochs": 9}))
-    assert (point.epochs_done, point.stop_reason, point.max_epochs(HParams())) == (1, "", 1000)
+    plan = plan_run(path.parent, identity, max_epochs=9)
+    assert (plan.action, plan.epochs_done, plan.state.stop_reason) == ("resume", 1, "")
 
     del checkpoint[TRAINING_STATE]["format_version"]  # as the code before versions wrote it
     torch.save(checkpoint, path)
     assert_refused(read_training_checkpoint, path, "no format_version", "delete it")
-    with pytest.raises(FormatVersionError):
-        resume_point(path, HParams.from_dict(TINY_HPARAMS))
+    assert plan_run(path.parent, identity, max_epochs=9).action == "afresh"  # set aside
+    assert not path.exists() and len(list(tmp_path.glob("checkpoints.superseded-*/last.ckpt"))) == 1
     with pytest.raises(ValueError, match="no 'lfads' training state"):
         training_state({"epoch": 0}, path)
 

@@ -95,11 +95,16 @@ def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp
     assert last["epoch"] == 2 and len(last["lfads"]["history"]) == 3
     assert set(last["lfads"]["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert final["format_version"] == 1 and last["lfads"]["format_version"] == 1
-    # the reloaded model gives the same posterior-mean rates as the trained weights
+    # model.ckpt holds the weights of the epoch with the lowest smoothed valid recon
+    smoothed = [float(r["valid_recon_smoothed"]) for r in rows]
+    assert final["best_epoch"] == smoothed.index(min(smoothed)) + 1 == last["lfads"]["best_epoch"]
+    assert final["best_valid_recon_smoothed"] == min(smoothed)
     model, _ = load_model(model_path)
     assert model.readin_dim is None  # one session: the encoders read the held-in neurons
-    state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
-    torch.testing.assert_close(model.state_dict(), state)
+    torch.testing.assert_close(model.state_dict(), last["lfads"]["best_weights"])
+    if final["best_epoch"] == 3:  # then they are also the final weights
+        state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
+        torch.testing.assert_close(model.state_dict(), state)
 
 
 def test_the_module_steps_with_the_shared_training_step(lorenz_file):
@@ -144,10 +149,7 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
         read_metrics(tmp_path / "parts" / "metrics.csv"),
     )
     assert comparable(whole) == comparable(parts)
-    with pytest.raises(ValueError, match=r"other hyperparameters \(\['lr'\]\)"):
-        train_model(
-            [lorenz_file], hp.replace(lr=0.5), tmp_path / "parts", max_epochs=5, device="cpu"
-        )
+    # (another lr trains afresh: tests/test_reruns_and_divergence.py)
     # the recurrent implementation does not change the numbers, so it may change on resume
     caplog.clear()
     train_model(
@@ -164,21 +166,26 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
         assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-5), key
 
 
-def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path):
-    from lfads.training.module import NonFiniteLossError
-
-    # 2 train batches + 1 valid batch per epoch: the 7th loss evaluation is in epoch 2
+def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path, caplog):
+    # 2 train batches + 1 valid batch per epoch: the 7th loss evaluation is in the third epoch,
+    # which the log counts as epoch 3
     hp = HParams.from_dict(
         {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 6}}
     )
-    with pytest.raises(NonFiniteLossError, match="train loss term 'recon' is nan at epoch 2"):
-        train_model([lorenz_file], hp, tmp_path / "run", max_epochs=5, device="cpu")
+    config = tmp_path / "hp.yaml"
+    config.write_text(hp.to_yaml())
+    arguments = ["--config", str(config), "--out", str(tmp_path / "run"), "--max-epochs", "5"]
+    assert main(["train", "--data", str(lorenz_file), *arguments, "--device", "cpu"]) == 3
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("train loss term 'recon' is nan at epoch 3;")
+    assert error.endswith("Try a lower lr, a smaller cell_clip or a stronger gradient_clip.")
     last = read_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert len(last.history) == 2 and all(math.isfinite(row["train_loss"]) for row in last.history)
-    assert not (tmp_path / "run" / "model.ckpt").exists()
+    saved = read_model(tmp_path / "run" / "model.ckpt")  # the diverged run's outputs
+    assert saved.diverged.epoch == 3 and saved.diverged.reason == error and saved.epochs == 2
 
 
-def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_not_continued(
+def test_early_stopping_waits_for_ramps_and_a_stopped_run_trains_afresh_when_asked_again(
     lorenz_file, tmp_path, caplog
 ):
     # lr ~ 0 and no sampling or dropout: the valid loss never improves, so patience 1 stops as soon
@@ -200,9 +207,11 @@ def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_not_continued(
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert len(rows) == 4  # ramps end at epoch 2 (the first counted); no better loss at epoch 3
     assert "early stopping at epoch 4" in read_model(tmp_path / "run" / "model.ckpt").stop_reason
-    caplog.set_level("INFO", logger="lfads.training.train")
+    caplog.set_level("INFO", logger="lfads.training")
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
-    assert "had stopped" in caplog.text and len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4
+    # a delivered run is not continued: asked again (as by --forcerun), it trains afresh
+    assert "delivered after 4 epochs" in caplog.text and "training afresh" in caplog.text
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4
 
 
 def test_external_inputs_and_nan_targets(tmp_path):

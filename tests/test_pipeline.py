@@ -51,7 +51,8 @@ def test_every_output_and_metrics(pipeline):
         assert (results / "benchmarks" / "train" / f"{run}.tsv").exists()
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert sorted(table.run) == RUNS and table.best.sum() == 1
-    assert table.valid_recon_smoothed.is_monotonic_increasing
+    assert table.best_valid_recon_smoothed.is_monotonic_increasing and not table.diverged.any()
+    assert (table.best_epoch >= 1).all() and (table.best_epoch <= table.epochs).all()
     for figure in (
         "metrics_vs_hyperparameters",
         "training_curves",
@@ -94,3 +95,90 @@ def test_report_holds_the_table_and_figures(pipeline):
     assert "summary.tsv" in html
     for figure in ("best_raster", "best_factors", "training_curves"):
         assert f"{figure}.png" in html
+
+
+# -- a search with a diverging run, and reruns that must not reuse a checkpoint -------------------
+DIVERGING_RUNS = ["lr~0.01", "lr~1000"]
+
+
+@pytest.fixture(scope="module")
+def diverging_search(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("diverging")
+
+    def snakemake(*args, split_seed=0):
+        configfile = write_tiny_config(
+            workdir,
+            prepare={"valid_fraction": 0.2, "split_seed": split_seed},
+            model={
+                "bin_width": 20,
+                "n_samples": 5,
+                "hparams": {**WORKFLOW_HPARAMS, "max_epochs": 3},
+            },
+            search={"grid": {"lr": [0.01, 1000.0]}},
+            resources={
+                "train": {"threads": 1, "mem_mb": 1000},
+                "infer": {"threads": 1, "mem_mb": 1000},
+            },
+        )
+        return snakemake_in(workdir, "--configfile", str(configfile), "--cores", "2", *args)
+
+    result = snakemake()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir / "results" / "tiny" / "val", snakemake
+
+
+def train_log(results, run: str) -> str:
+    return (results / "logs" / "train" / f"{run}.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_marked_and_the_search_still_gives_table_and_figures(diverging_search):
+    results, snakemake = diverging_search
+    table = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert list(table.run) == DIVERGING_RUNS
+    assert list(table.diverged) == [False, True] and list(table.best) == [True, False]
+    assert table["co-bps"].notna().tolist() == [True, False]
+    log = train_log(results, "lr~1000")
+    assert "posterior" in log and "is not finite" in log and "at epoch 1;" in log
+    assert "Try a lower lr" in log and "Expected parameter" not in log
+    metrics = json.loads((results / "runs" / "lr~1000" / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["diverged_epoch"] == 1
+    for figure in ("metrics_vs_hyperparameters", "training_curves", "best_raster", "best_psth"):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake("-n"))
+    report = results.parents[2] / "report.html"
+    result = snakemake("--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = report.read_text(errors="replace")
+    assert "summary.tsv" in html and "training_curves.png" in html
+
+
+@pytest.mark.slow
+def test_forcerun_train_trains_afresh_and_a_diverged_run_stays_final(diverging_search):
+    results, snakemake = diverging_search
+    checkpoints = results / "checkpoints"
+    result = snakemake("--forcerun", "train")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert job_count(result.stdout + result.stderr, "train") == 2
+    good, diverged = train_log(results, "lr~0.01"), train_log(results, "lr~1000")
+    # (Snakemake replaces a job's log: these are the forced jobs' own)
+    assert "delivered after 3 epochs" in good and "training afresh" in good
+    assert "epoch 1/3" in good and "epoch 3/3" in good and "continuing at epoch" not in good
+    assert "diverged at epoch 1 and that is final" in diverged and "training afresh" not in diverged
+    assert len(list(checkpoints.glob("lr~0.01.superseded-*"))) == 1
+    assert list(checkpoints.glob("lr~1000.superseded-*")) == []
+
+
+@pytest.mark.slow
+def test_a_changed_split_seed_retrains_every_run_from_scratch(diverging_search):
+    results, snakemake = diverging_search
+    result = snakemake(split_seed=1)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert job_count(output, "prepare") == 1 and job_count(output, "train") == 2
+    for run in DIVERGING_RUNS:
+        log = train_log(results, run)
+        assert "another prepared file for session 0" in log and "training afresh" in log
+        assert "continuing at epoch" not in log
+    table = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert list(table.diverged) == [False, True] and list(table.best) == [True, False]

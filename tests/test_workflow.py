@@ -165,6 +165,7 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
     for name in makers:
         monkeypatch.setattr(figures, name, lambda *args, name=name: drawn[name].append(args[-1]))
     monkeypatch.setattr(aggregate, "best_run", lambda summary: "base")
+    monkeypatch.setattr(aggregate, "scored_runs", lambda summary: ["base"])
     outputs = {figure.name: tmp_path / f"{figure.name}.png" for figure in FIGURES}
     figures.all_figures(
         tmp_path / "summary.tsv", tmp_path, {"base": {}}, tmp_path, tmp_path, "g", outputs

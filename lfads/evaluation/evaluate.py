@@ -3,6 +3,8 @@
 The inference file holds rates for the model's train/valid split of the NLB
 train trials and for the eval trials (lfads/README.md). nlb_tools wants the
 NLB train trials in its own order, so rows are put back with `nlb_index`.
+A run that diverged (its inference file is a placeholder) is not scored: its metrics.json
+holds DIVERGED_METRICS instead.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from lfads.evaluation.submission import nlb_order, nlb_submission
-from lfads.formats.inferred import read_inferred
+from lfads.formats.inferred import DIVERGED, DIVERGED_EPOCH, read_inferred
 from lfads.formats.prepared import read_prepared
 from lfads.formats.targets import check_targets
 from lfads.infra.io import write_json
 
 log = logging.getLogger(__name__)
+
+# The keys of a diverged run's metrics.json: true, the epoch (from 1) and the reason.
+DIVERGED_METRICS = ("diverged", "diverged_epoch", "diverged_reason")
 
 
 def rate_r2(true_rates: np.ndarray, rates: np.ndarray) -> float:
@@ -36,9 +41,19 @@ def evaluate_run(
     targets_path: str | Path | None,
     out_path: str | Path,
 ) -> dict:
-    """Write a JSON of nlb_tools' metrics (val phase) and, on synthetic data, rate R² vs truth."""
+    """Write a JSON of nlb_tools' metrics (val phase) and, on synthetic data, rate R² vs truth;
+    for a run that diverged, DIVERGED_METRICS instead."""
     from nlb_tools.evaluation import evaluate
 
+    placeholder = read_inferred(inferred_path, keys=()).attrs
+    if DIVERGED in placeholder:
+        reason = str(placeholder[DIVERGED])
+        metrics = dict(
+            zip(DIVERGED_METRICS, (True, int(placeholder[DIVERGED_EPOCH]), reason), strict=True)
+        )
+        write_json(out_path, metrics)
+        log.warning("%s: the run diverged, so it is not scored: %s", inferred_path, reason)
+        return metrics
     submission = nlb_submission(prepared_path, inferred_path)
     metrics: dict[str, float] = {}
     if targets_path is not None:

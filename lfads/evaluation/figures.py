@@ -1,7 +1,7 @@
 """Figures of a dataset's runs and of its best run (rule `figures`), with matplotlib's Agg backend.
 
 Every function takes file paths and writes one PNG atomically. Rates are in
-spikes per bin; figures show them as Hz.
+spikes per bin; figures show them as Hz. Runs that diverged are left out (`aggregate.read_summary`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lfads.evaluation.outputs import FIGURES
 from lfads.formats.inferred import read_inferred
@@ -57,8 +56,10 @@ def metrics_vs_hyperparameters(
     summary_tsv: str | Path, searched: list[str], out: str | Path
 ) -> None:
     """One panel per (metric, searched hyperparameter); the best run is marked."""
+    from lfads.evaluation.aggregate import read_summary
+
     plt = _pyplot()
-    table = pd.read_csv(summary_tsv, sep="\t")
+    table = read_summary(summary_tsv, scored_only=True)
     metrics = [m for m in METRICS if m in table]
     searched = searched or ["run"]
     figure, axes = plt.subplots(
@@ -297,7 +298,7 @@ def all_figures(
     outputs: dict[str, Path],
 ) -> None:
     """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES)."""
-    from lfads.evaluation.aggregate import best_run
+    from lfads.evaluation.aggregate import best_run, scored_runs
 
     unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})
     if unknown:
@@ -307,6 +308,7 @@ def all_figures(
         )
 
     best = Path(run_dir) / best_run(summary_tsv)
+    scored = scored_runs(summary_tsv)  # the runs that did not diverge
     searched = sorted({key for params in runs.values() for key in params})
     inferred = best / "inferred.h5"
     makers = {
@@ -314,7 +316,7 @@ def all_figures(
             summary_tsv, searched, out
         ),
         "training_curves": lambda out: training_curves(
-            {name: Path(run_dir) / name for name in runs}, out
+            {name: Path(run_dir) / name for name in runs if name in scored}, out
         ),
         "best_raster": lambda out: raster_and_rates(prepared_path, inferred, out),
         "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),

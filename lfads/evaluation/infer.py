@@ -3,6 +3,8 @@
 For every trial of every split, N posterior samples run through the decoder in
 one vectorised pass per batch (samples x trials rows); the file keeps their
 average. Output layout: `lfads.formats.inferred` (lfads/README.md, "Inference file").
+The model is model.ckpt's, the run's best epoch. A run that diverged gets a placeholder
+file: no groups, and the root attributes DIVERGED (the reason) and DIVERGED_EPOCH.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 
 from lfads.formats.inferred import (
+    DIVERGED,
+    DIVERGED_EPOCH,
     InferredAttributes,
     InferredSplit,
     round_mantissa,
@@ -68,7 +72,8 @@ def posterior_sample(
     factors, gen_states, co_mean and co_std (23: exact float32); rates and IC
     statistics are always exact.
     """
-    from lfads.formats.checkpoints import load_model
+    from lfads.formats.checkpoints import load_model, read_model
+    from lfads.formats.prepared import read_prepared
     from lfads.training.datamodule import load_session
     from lfads.training.train import resolve_device
 
@@ -80,6 +85,27 @@ def posterior_sample(
     if n_samples < 1:
         raise ValueError(f"n_samples: must be at least 1, got {n_samples}")
     device = resolve_device(device)
+    diverged = read_model(model_path).diverged
+    if diverged is not None:
+        for session, (data_file, out_path) in enumerate(zip(data_files, out_paths)):
+            attributes = read_prepared(data_file, keys=()).session_attributes()
+            attributes.update({DIVERGED: diverged.reason, DIVERGED_EPOCH: diverged.epoch})
+            placeholder = InferredAttributes(
+                n_samples=0,
+                seed=seed,
+                session=session,
+                model_epochs=0,
+                data_file=str(data_file),
+                mantissa_bits=mantissa_bits,
+            )
+            write_inferred(out_path, attributes, placeholder, {})
+            log.warning(
+                "%s: the run diverged at epoch %d, so nothing is sampled; %s is a placeholder",
+                model_path,
+                diverged.epoch,
+                out_path,
+            )
+        return
     model, saved = load_model(model_path, device, rnn_impl=rnn_impl)
     if len(data_files) > len(model.sessions):
         raise ValueError(
@@ -102,7 +128,7 @@ def posterior_sample(
             n_samples=n_samples if model.hparams.variational else 1,
             seed=seed,
             session=session,
-            model_epochs=saved.epochs,
+            model_epochs=saved.best_epoch,  # the epochs behind the weights sampled
             data_file=str(data_file),
             mantissa_bits=mantissa_bits,
         )
@@ -139,6 +165,12 @@ def _sample_split(
         batch, _ = model.infer_augmentations.process_batch(batch)
         averages = model.posterior_average({session: batch}, n_samples)[session]
         for key, value in averages.items():
+            if not bool(value.isfinite().all()):
+                raise ValueError(
+                    f"{split} {key} of trials {rows[0]}..{rows[-1]} of session {session} is not "
+                    "finite: the model's weights give NaN or infinite values on these data. "
+                    "Retrain with a lower lr, a smaller cell_clip or a stronger gradient_clip."
+                )
             if key not in out:
                 out[key] = np.empty((n, *value.shape[1:]), dtype=np.float32)
             out[key][rows] = value.float().cpu().numpy()

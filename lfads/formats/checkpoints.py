@@ -1,26 +1,33 @@
-"""The two checkpoint files: the final model (`model.ckpt`) and the training state (`last.ckpt`).
+"""The checkpoint files: the model (`model.ckpt`), the training state (`last.ckpt`) and the run
+record (`run.json`).
 
-Both hold only tensors, numbers, strings, lists and dicts, so they load with
+The two .ckpt files hold only tensors, numbers, strings, lists and dicts, so they load with
 `torch.load(weights_only=True)`; layouts in lfads/README.md.
 
 - `model.ckpt` is ours alone: `write_model` writes a `SavedModel`, `read_model` reads it back
-  and `load_model` builds the LFADS module from it.
+  and `load_model` builds the LFADS module from it. It holds the weights of the run's best epoch
+  (lowest smoothed validation reconstruction loss) and, for a run that diverged, its
+  `Divergence`.
 - `last.ckpt` is Lightning's checkpoint dict (weights, optimiser, loops), written and read by
   Lightning; what we add is the `TrainingState` under the key TRAINING_STATE
   (`add_training_state` when Lightning saves, `training_state` when it loads) and
   `read_training_checkpoint` reads that part of a file.
+- `run.json` (`RunRecord`, `write_run_record`, `read_run_record`) says which run a checkpoint
+  folder holds (its identity) and whether its outputs were delivered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lfads.formats.version import FORMAT_VERSION_KEY, check_format_version
-from lfads.infra.io import atomic_path
+from lfads.infra.io import atomic_path, write_json
 from lfads.model.hparams import HParams
 from lfads.model.lfads import SessionDims
 
@@ -33,9 +40,13 @@ MODEL_REMEDY = (
 TRAINING_STATE = "lfads"  # our key in Lightning's checkpoint dict
 TRAINING_FORMAT_VERSION = 1
 TRAINING_REMEDY = (
-    "It cannot be resumed by this code: delete it to start afresh, or use another checkpoint "
-    "directory."
+    "It cannot be resumed by this code: `train` sets its folder aside and starts afresh; delete it "
+    "if you do not need it."
 )
+
+RUN_RECORD_FORMAT = "lfads-run"
+RUN_RECORD_FORMAT_VERSION = 1
+RUN_RECORD_REMEDY = "`train` sets its folder aside and starts afresh."
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -43,17 +54,40 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Why a run stopped with a non-finite value, and in which epoch (from 1, as the log counts)."""
+
+    reason: str  # the error: the loss term or parameter, split, epoch and what to try
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Divergence | None:
+        return None if data is None else cls(str(data["reason"]), int(data["epoch"]))
+
+
 # -- model.ckpt ---------------------------------------------------------------------------
 @dataclass
 class SavedModel:
     """Everything in a model.ckpt besides its format and version."""
 
-    state_dict: dict[str, torch.Tensor]  # of lfads.model.lfads.LFADS, on the CPU
+    # of lfads.model.lfads.LFADS, on the CPU, at best_epoch; empty when no epoch finished
+    state_dict: dict[str, torch.Tensor]
     hparams: HParams
     sessions: list[SessionDims]  # per session, in training order
     data: list[dict[str, Any]]  # per session: "file" and the prepared file's SESSION_ATTRIBUTES
-    epochs: int  # epochs trained
+    epochs: int  # epochs trained (finished)
     stop_reason: str  # why training stopped early ("" when it ran max_epochs)
+    best_epoch: int | None = None  # epoch (from 1) of the weights; 0: none; None: `epochs`
+    best_valid_recon_smoothed: float = math.nan  # its smoothed valid reconstruction loss
+    diverged: Divergence | None = None  # set when training met a non-finite value
+
+    def __post_init__(self) -> None:
+        if self.best_epoch is None:
+            self.best_epoch = self.epochs
 
 
 def write_model(path: str | Path, model: SavedModel) -> None:
@@ -67,13 +101,20 @@ def write_model(path: str | Path, model: SavedModel) -> None:
         "data": [dict(entry) for entry in model.data],
         "epochs": model.epochs,
         "stop_reason": model.stop_reason,
+        "best_epoch": model.best_epoch,
+        "best_valid_recon_smoothed": model.best_valid_recon_smoothed,
+        "diverged": model.diverged.to_dict() if model.diverged else None,
     }
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
 def read_model(path: str | Path) -> SavedModel:
-    """The SavedModel of a model.ckpt; another file, or another format version, is an error."""
+    """The SavedModel of a model.ckpt; another file, or another format version, is an error.
+
+    A file written before models kept their best epoch holds its final weights (best_epoch is
+    then `epochs`).
+    """
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != MODEL_FORMAT:
         raise ValueError(
@@ -89,6 +130,9 @@ def read_model(path: str | Path) -> SavedModel:
         data=checkpoint["data"],
         epochs=int(checkpoint["epochs"]),
         stop_reason=checkpoint["stop_reason"],
+        best_epoch=checkpoint.get("best_epoch"),
+        best_valid_recon_smoothed=float(checkpoint.get("best_valid_recon_smoothed", math.nan)),
+        diverged=Divergence.from_dict(checkpoint.get("diverged")),
     )
 
 
@@ -96,10 +140,15 @@ def load_model(path: str | Path, device: str = "cpu", rnn_impl: str = "fast"):
     """(LFADS model in eval mode on `device`, its SavedModel) from a model.ckpt.
 
     rnn_impl: how the model's loops run (lfads.model.loops); it does not change the numbers.
+    A model of a run that diverged before any epoch finished has no weights: a ValueError.
     """
     from lfads.model.lfads import LFADS
 
     saved = read_model(path)
+    if not saved.state_dict:
+        raise ValueError(
+            f"{path}: no weights: {saved.diverged.reason if saved.diverged else 'none saved'}"
+        )
     model = LFADS(saved.hparams, saved.sessions, rnn_impl=rnn_impl)
     model.load_state_dict(saved.state_dict)
     return model.to(device).eval(), saved
@@ -114,11 +163,16 @@ class TrainingState:
     sessions: list[dict[str, int]]  # SessionDims.to_dict() per session
     history: list[dict[str, float]]  # the metrics.csv rows of the epochs done
     valid_smoothed: float  # smoothed valid reconstruction loss
-    best_smoothed: float  # best valid_smoothed since the ramps ended
+    best_smoothed: float  # best valid_smoothed since the ramps ended (for early stopping)
     epochs_since_best: int
     stop_reason: str  # "" unless training had stopped by itself (early stopping, lr_stop)
     scheduler: dict[str, Any] | None  # ReduceLROnPlateau.state_dict(), None without a scheduler
     rng: dict[str, Any]  # torch, cuda, numpy and Python RNG states (lfads.training.module)
+    # what makes the run's result (lfads.training.resume.RunIdentity.to_dict())
+    identity: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = 0  # epoch (from 1) of the lowest valid_smoothed so far; 0: none yet
+    best_valid_recon_smoothed: float = math.inf
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # LFADS state_dict there
 
 
 def add_training_state(checkpoint: dict[str, Any], state: TrainingState) -> None:
@@ -140,9 +194,58 @@ def training_state(checkpoint: dict[str, Any], path: str | Path) -> TrainingStat
     check_format_version(
         path, state.get(FORMAT_VERSION_KEY), TRAINING_FORMAT_VERSION, TRAINING_REMEDY
     )
-    return TrainingState(**{f.name: state[f.name] for f in fields(TrainingState)})
+    # identity and best_* came later, without a new version: a state without them reads with
+    # their defaults (no identity: `train` then sets it aside instead of resuming it).
+    return TrainingState(
+        **{f.name: state[f.name] for f in fields(TrainingState) if f.name in state}
+    )
 
 
 def read_training_checkpoint(path: str | Path) -> TrainingState:
     """The TrainingState of a last.ckpt file."""
     return training_state(load_checkpoint_file(path), path)
+
+
+# -- run.json -----------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """The run a checkpoint folder holds, and how far it got.
+
+    Written when training starts (delivered false) and again once model.ckpt, metrics.csv and
+    hparams.yaml are written (delivered true): a finished state that is not delivered was killed
+    before its outputs were written; one that is was asked for again (e.g. `--forcerun`).
+    """
+
+    identity: dict[str, Any]  # lfads.training.resume.RunIdentity.to_dict()
+    max_epochs: int  # the epoch budget it was trained for
+    delivered: bool  # its outputs were written
+    epochs: int = 0  # epochs finished when delivered
+    diverged: Divergence | None = None  # a delivered run that met a non-finite value
+
+
+def write_run_record(path: str | Path, record: RunRecord) -> None:
+    """Write a run.json atomically."""
+    data = asdict(record)
+    data["diverged"] = record.diverged.to_dict() if record.diverged else None
+    write_json(
+        path, {"format": RUN_RECORD_FORMAT, FORMAT_VERSION_KEY: RUN_RECORD_FORMAT_VERSION, **data}
+    )
+
+
+def read_run_record(path: str | Path) -> RunRecord:
+    """The RunRecord of a run.json; another file or format version is a ValueError."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("format") != RUN_RECORD_FORMAT:
+        raise ValueError(
+            f"{path}: not a run record of `lfads train` (no format {RUN_RECORD_FORMAT!r})"
+        )
+    check_format_version(
+        path, data.get(FORMAT_VERSION_KEY), RUN_RECORD_FORMAT_VERSION, RUN_RECORD_REMEDY
+    )
+    return RunRecord(
+        identity=data["identity"],
+        max_epochs=int(data["max_epochs"]),
+        delivered=bool(data["delivered"]),
+        epochs=int(data["epochs"]),
+        diverged=Divergence.from_dict(data["diverged"]),
+    )

@@ -23,6 +23,9 @@ from lfads.infra.io import atomic_path
 FORMAT_VERSION = 1
 REMEDY = "Rewrite it with the rule that writes it (`infer`, or `python -m lfads infer`)."
 UNITS = "rates: spikes per bin"
+# Root attributes of the placeholder file of a run that diverged (no groups): the reason, and the
+# epoch (from 1); written by `lfads.evaluation.infer`, read by `lfads.evaluation.evaluate`.
+DIVERGED, DIVERGED_EPOCH = "diverged", "diverged_epoch"
 
 
 @dataclass

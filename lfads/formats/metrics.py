@@ -22,9 +22,12 @@ VALID_RECON_SMOOTHED = "valid_recon_smoothed"  # exponentially smoothed valid re
 
 
 def write_metrics_csv(path: str | Path, rows: list[dict[str, float]]) -> None:
-    """Write the rows atomically: columns in order of first appearance, `epoch` as an integer,
-    other values as repr() (exact), NaN and missing values as empty cells."""
-    columns: list[str] = []
+    """Write the rows atomically: `epoch` first (as an integer), then the other columns in order
+    of first appearance, values as repr() (exact), NaN and missing values as empty cells.
+
+    No rows (a run that diverged in its first epoch) give the header `epoch` alone.
+    """
+    columns: list[str] = [EPOCH]
     for row in rows:
         columns += [key for key in row if key not in columns]
     buffer = io.StringIO()

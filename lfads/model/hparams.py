@@ -1,6 +1,7 @@
 """Hyperparameters of one LFADS run: a typed, validated dataclass that round-trips plain data.
 
-Defaults are lfads-torch's NLB mc_maze settings at 20 ms bins. Sizes of the
+Defaults are lfads-torch's NLB mc_maze settings at 20 ms bins (the table in lfads/README.md,
+checked by tests/test_documented_defaults.py). Sizes of the
 data (neurons, bins, external inputs) are not hyperparameters: they come from
 the prepared files; nor is how the recurrent loops run (`rnn_impl`, an option
 of training and inference: `lfads.model.loops`). This module does not import
@@ -101,7 +102,7 @@ class HParams:
     readin_dim: int | None = None
     readin_init: str = "pcr"  # "pcr" (principal-components regression) or "random"
     readin_trainable: bool = False  # PCR readins stay frozen unless True
-    dropout: float = 0.02  # on encoder inputs and outputs, controller input, generator state
+    dropout: float = 0.3  # on encoder inputs and outputs, controller input, generator state
     cell_clip: float = 5.0  # every recurrent state is clipped to +-cell_clip
     ic_post_var_min: float = 1e-4  # floor of the IC posterior variance
     variational: bool = True  # False: posterior means are used everywhere; priors must be "null"

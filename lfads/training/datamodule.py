@@ -62,9 +62,14 @@ def load_session(
     Optional `<split>/ext_input` (N, T or T + F, ext_input_dim) gives external
     inputs (zero-padded over bins it lacks); eval trials get NaN reconstruction targets. With
     sv_rate > 0, a fixed `sv_mask` (1 = used for training) is drawn per train/valid element
-    from (seed, session).
+    from (seed, session). A NaN or infinite input (encod_data, ext_input), or an infinite
+    recon_data (NaN there means unobserved), is a ValueError naming file, split and trial.
     """
     prepared = read_prepared(path)
+    for split, arrays in prepared.splits.items():
+        _check_finite_input(prepared.path, split, "encod_data", arrays.encod_data)
+        _check_finite_input(prepared.path, split, "ext_input", arrays.ext_input)
+        _check_finite_input(prepared.path, split, "recon_data", arrays.recon_data, nan_ok=True)
     attributes = prepared.attributes
     n_obs, n_fwd = attributes.n_obs_bins, attributes.n_fwd_bins
     n_neurons = attributes.n_heldin + attributes.n_heldout
@@ -97,6 +102,24 @@ def load_session(
             sv_mask=_tensor(sv_mask),
         )
     return data
+
+
+def _check_finite_input(
+    path: Path, split: str, key: str, array: np.ndarray | None, nan_ok: bool = False
+) -> None:
+    """ValueError unless `array` (N trials, bins, channels) is finite (or NaN, with nan_ok)."""
+    if array is None:
+        return
+    bad = np.isinf(array) if nan_ok else ~np.isfinite(array)
+    if not bad.any():
+        return
+    trial, bin_index, channel = np.argwhere(bad)[0]
+    what = "infinite" if nan_ok else "NaN or infinite"
+    raise ValueError(
+        f"{path}: {split}/{key} has {int(bad.sum())} {what} value(s), the first in trial "
+        f"{trial} (bin {bin_index}, column {channel}): the model's data must be finite. Rerun the "
+        "`prepare` rule, or fix the program that wrote the file."
+    )
 
 
 def _tensor(array: np.ndarray | None) -> torch.Tensor | None:

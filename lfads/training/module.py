@@ -1,10 +1,10 @@
-"""The LightningModule: training and validation steps, per-epoch metrics, LR schedule, stopping and
-resumable state.
+"""The LightningModule: training and validation steps, per-epoch metrics, LR schedule, stopping,
+the best epoch and resumable state.
 
-Everything a resumed run needs beyond weights and optimiser (metric history,
-smoothed validation loss, scheduler, RNG states) is saved under the
-checkpoint's "lfads" key as plain tensors, numbers and lists, so checkpoints
-load with `torch.load(weights_only=True)`.
+Everything a resumed run needs beyond weights and optimiser (metric history, smoothed validation
+loss, the best epoch and its weights, scheduler, RNG states, the run's identity) is saved under
+the checkpoint's "lfads" key as plain tensors, numbers and lists, so checkpoints load with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -26,29 +26,37 @@ from lfads.model.batch import SessionBatch
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, LossTerms, SessionDims, ramp
 from lfads.model.metrics import RegionMetrics, mean_over_sessions
-from lfads.training.step import run_step
+from lfads.training.step import check_finite, run_step
 
 log = logging.getLogger("lfads.training.train")
 
 LOSS_TERMS = ("loss", "recon", "kl_ic", "kl_co", "l2")
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; training stops and the last good checkpoint is kept."""
-
-
 class LFADSModule(L.LightningModule):
-    def __init__(self, hparams: HParams, sessions: list[SessionDims], rnn_impl: str = "fast"):
+    """identity: the run's `RunIdentity.to_dict()`, saved in every last.ckpt."""
+
+    def __init__(
+        self,
+        hparams: HParams,
+        sessions: list[SessionDims],
+        rnn_impl: str = "fast",
+        identity: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.config = hparams  # (`self.hparams` is Lightning's own)
+        self.identity = dict(identity or {})
         self.model = LFADS(hparams, sessions, rnn_impl=rnn_impl)
-        self.history: list[
-            dict[str, float]
-        ] = []  # one row per finished epoch: the metrics.csv rows
+        self.history: list[dict[str, float]] = []  # one row per finished epoch (metrics.csv)
         self.valid_smoothed = math.nan  # exponentially smoothed valid reconstruction
         self.best_smoothed = math.inf  # best valid_smoothed since the ramps ended
         self.epochs_since_best = 0
         self.stop_reason = ""
+        # The epoch (from 1) with the lowest valid_smoothed so far, and the LFADS weights after it:
+        # what model.ckpt holds and inference samples (0 and {} before the first epoch ends).
+        self.best_epoch = 0
+        self.best_valid_recon_smoothed = math.inf
+        self.best_weights: dict[str, torch.Tensor] = {}
         self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._restored: TrainingState | None = None
         self._reset_epoch()
@@ -72,8 +80,8 @@ class LFADSModule(L.LightningModule):
 
     def _step(self, batch: dict[int, SessionBatch], split: str) -> LossTerms:
         result = run_step(self.model, batch, self.current_epoch, training=split == "train")
+        check_finite(result, split, self.current_epoch)
         terms = result.terms
-        self._check_finite(terms, split)
         size = sum(len(b) for b in batch.values())
         sums = self._sums[split]
         sums["trials"] += size
@@ -87,16 +95,6 @@ class LFADSModule(L.LightningModule):
                     self.model.rates(s, out).detach(), batch[s].recon_data, None
                 )
         return terms
-
-    def _check_finite(self, terms: LossTerms, split: str) -> None:
-        for name in ("recon", "kl_ic", "kl_co", "l2", "loss"):
-            value = float(getattr(terms, name).detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"{split} loss term {name!r} is {value} at epoch {self.current_epoch}; "
-                    "training stopped. The last good checkpoint is kept. Try a lower lr, a smaller "
-                    "cell_clip or a stronger gradient_clip."
-                )
 
     def training_step(self, batch: dict[int, SessionBatch], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train").loss
@@ -190,6 +188,10 @@ class LFADSModule(L.LightningModule):
             else a * valid_recon + (1 - a) * self.valid_smoothed
         )
         row[VALID_RECON_SMOOTHED] = self.valid_smoothed
+        # (A NaN valid_smoothed means no validation trials: then the latest epoch is kept.)
+        if math.isnan(self.valid_smoothed) or self.valid_smoothed < self.best_valid_recon_smoothed:
+            self.best_epoch, self.best_valid_recon_smoothed = epoch + 1, self.valid_smoothed
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         row["l2_ramp"] = ramp(epoch, hp.l2_start_epoch, hp.l2_increase_epoch)
         row["kl_ramp"] = ramp(epoch, hp.kl_start_epoch, hp.kl_increase_epoch)
         optimizer = self.optimizers(use_pl_optimizer=False)
@@ -251,6 +253,10 @@ class LFADSModule(L.LightningModule):
             stop_reason=self.stop_reason,
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             rng=get_rng_state(),
+            identity=self.identity,
+            best_epoch=self.best_epoch,
+            best_valid_recon_smoothed=self.best_valid_recon_smoothed,
+            best_weights=self.best_weights,
         )
         add_training_state(checkpoint, state)
 
@@ -259,6 +265,8 @@ class LFADSModule(L.LightningModule):
         self.history = [dict(row) for row in state.history]
         self.valid_smoothed, self.best_smoothed = state.valid_smoothed, state.best_smoothed
         self.epochs_since_best, self.stop_reason = state.epochs_since_best, state.stop_reason
+        self.best_epoch, self.best_weights = state.best_epoch, state.best_weights
+        self.best_valid_recon_smoothed = state.best_valid_recon_smoothed
         self._restored = state
 
 

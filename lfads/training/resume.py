@@ -1,43 +1,179 @@
-"""Resuming a run: read its last.ckpt, check that it may be resumed, and say what to continue."""
+"""Whether a checkpoint folder's run is this run, and what to do with it: resume, only write
+its outputs, or set it aside and train afresh.
+
+A run's identity is everything that changes its result besides the epoch budget: the
+hyperparameters (HParams.to_dict() without max_epochs) and the content (SHA-256) of each prepared
+file, in session order. The folder's `last.ckpt` (TrainingState.identity) and `run.json`
+(RunRecord) both carry it. What `plan_run` decides, for a folder that holds:
+
+- nothing: train afresh;
+- another identity, or an unreadable or older-format file: set it aside, train afresh;
+- an interrupted run (outputs not delivered) with fewer epochs than max_epochs: resume;
+- a finished run (stopped by itself, or max_epochs reached) whose outputs were not delivered
+  (the job was killed after its last epoch): write its outputs, no training;
+- an interrupted run with more epochs than max_epochs: set it aside, train afresh;
+- a delivered run that diverged: write its outputs again; it is final until its identity changes;
+- a delivered run that did not stop by itself, with fewer epochs than max_epochs: resume (raising
+  max_epochs continues a finished run);
+- any other delivered run (`--forcerun`, or its outputs were deleted): set aside, train afresh.
+
+Setting aside renames the folder to `<folder>.superseded-<UTC time>`; nothing is deleted.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from lfads.formats.checkpoints import read_training_checkpoint
+from lfads.formats.checkpoints import (
+    RunRecord,
+    TrainingState,
+    read_run_record,
+    read_training_checkpoint,
+)
 from lfads.model.hparams import HParams
 
-# Hyperparameters that may change on resume: the epochs in all.
-MAY_CHANGE_ON_RESUME = ("max_epochs",)
+log = logging.getLogger("lfads.training.resume")
+
+LAST_CHECKPOINT = "last.ckpt"
+RUN_RECORD = "run.json"
+SUPERSEDED = ".superseded-"  # infix of a folder set aside
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(2**22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
-class ResumePoint:
-    checkpoint: Path  # the last.ckpt
-    epochs_done: int  # epochs finished, counting from 1
-    stop_reason: str  # why the run had stopped by itself (early stopping, lr_stop), else ""
+class RunIdentity:
+    """What a run's result depends on, besides its epoch budget (max_epochs)."""
 
-    def max_epochs(self, hparams: HParams) -> int:
-        """Epochs in all for the Trainer: a run that had stopped is not continued (its outputs are
-        only rewritten); any other continues to hparams.max_epochs."""
-        return self.epochs_done if self.stop_reason else hparams.max_epochs
+    hparams: dict[str, Any]  # HParams.to_dict() without max_epochs
+    data: tuple[dict[str, str], ...]  # per session: "file" (for messages) and "sha256"
+
+    @classmethod
+    def of(cls, hparams: HParams, data_files: list[Path]) -> RunIdentity:
+        """The identity of training `hparams` on `data_files`; hashes each file (logs the time)."""
+        data = []
+        for path in data_files:
+            start = time.perf_counter()
+            data.append({"file": str(path), "sha256": file_sha256(path)})
+            log.info(
+                "sha256 of %s (%.1f MB) in %.2f s",
+                path,
+                path.stat().st_size / 1e6,
+                time.perf_counter() - start,
+            )
+        settings = {k: v for k, v in hparams.to_dict().items() if k != "max_epochs"}
+        return cls(settings, tuple(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hparams": self.hparams, "data": [dict(entry) for entry in self.data]}
+
+    def differences(self, recorded: dict[str, Any] | None) -> list[str]:
+        """What differs from a recorded identity (`to_dict()` form), as phrases that complete "it
+        was trained with ..."; [] when the same."""
+        if not recorded:
+            return ["no recorded run identity (written by an older version)"]
+        found = []
+        old_hparams = recorded.get("hparams", {})
+        keys = sorted(k for k in self.hparams.keys() | old_hparams.keys() if k != "max_epochs")
+        differing = [k for k in keys if self.hparams.get(k) != old_hparams.get(k)]
+        if differing:
+            found.append(f"other hyperparameters {differing}")
+        old_data = recorded.get("data", [])
+        if len(old_data) != len(self.data):
+            found.append(f"{len(old_data)} prepared file(s), not {len(self.data)}")
+        for session, (old, new) in enumerate(zip(old_data, self.data)):
+            if old.get("sha256") != new["sha256"]:
+                was, now = str(old.get("sha256"))[:12], new["sha256"][:12]
+                found.append(
+                    f"another prepared file for session {session} ({old.get('file')}, sha256 "
+                    f"{was}; now {new['file']}, sha256 {now})"
+                )
+        return found
 
 
-def resume_point(last_checkpoint: Path, hparams: HParams) -> ResumePoint | None:
-    """Where a run continues: None without a last.ckpt. A last.ckpt trained with other
-    hyperparameters (besides MAY_CHANGE_ON_RESUME) is a ValueError; one of another format
-    version a FormatVersionError."""
-    if not last_checkpoint.exists():
-        return None
-    state = read_training_checkpoint(last_checkpoint)
-    given = hparams.to_dict()
-    differing = sorted(
-        k for k in given if k not in MAY_CHANGE_ON_RESUME and state.hparams.get(k) != given[k]
-    )
-    if differing:
-        raise ValueError(
-            f"{last_checkpoint} was trained with other hyperparameters ({differing}); "
-            "delete it to start afresh or use another checkpoint directory"
+@dataclass(frozen=True)
+class RunPlan:
+    """What `train_model` does with a checkpoint folder."""
+
+    action: str  # "afresh", "resume" or "deliver" (write the outputs of the state, no training)
+    state: TrainingState | None = None  # the folder's last.ckpt ("resume", "deliver")
+    record: RunRecord | None = None  # the folder's run.json, if any
+    checkpoint: Path | None = None  # the last.ckpt ("resume", "deliver" when there is one)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.state.history) if self.state else 0
+
+
+def plan_run(checkpoint_dir: Path, identity: RunIdentity, max_epochs: int) -> RunPlan:
+    """Decide what to do with `checkpoint_dir` (module docstring); a folder that is set aside is
+    renamed here, and the plan is then "afresh"."""
+    last, record_path = checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / RUN_RECORD
+    found = {}
+    for path, read in ((record_path, read_run_record), (last, read_training_checkpoint)):
+        if not path.exists():
+            continue
+        try:
+            found[path] = read(path)
+        except Exception as error:  # truncated, unreadable or of another format version
+            first_sentence = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+            reason = f"{path.name} is unreadable ({type(error).__name__}: {first_sentence})"
+            set_aside(checkpoint_dir, reason, warn=True)
+            return RunPlan("afresh")
+    record, state = found.get(record_path), found.get(last)
+
+    differences: list[str] = []
+    for found in (saved.identity for saved in (record, state) if saved is not None):
+        differences += [d for d in identity.differences(found) if d not in differences]
+    if differences:
+        set_aside(checkpoint_dir, f"it was trained with {'; '.join(differences)}")
+        return RunPlan("afresh")
+
+    epochs = len(state.history) if state else 0
+    if record is not None and record.delivered:
+        if record.diverged is not None:  # final until the identity changes
+            return RunPlan("deliver", state, record, last if state else None)
+        if state is not None and not state.stop_reason and epochs < max_epochs:
+            return RunPlan("resume", state, record, last)
+        set_aside(
+            checkpoint_dir,
+            f"its outputs were delivered after {record.epochs} epochs, so this is a request to "
+            "train again (e.g. --forcerun, or its outputs were deleted)",
         )
-    return ResumePoint(last_checkpoint, len(state.history), state.stop_reason)
+        return RunPlan("afresh")
+    if state is None:
+        return RunPlan("afresh", record=record)
+    if state.stop_reason or epochs == max_epochs:
+        return RunPlan("deliver", state, record, last)
+    if epochs > max_epochs:
+        set_aside(checkpoint_dir, f"it has {epochs} epochs, more than max_epochs {max_epochs}")
+        return RunPlan("afresh")
+    return RunPlan("resume", state, record, last)
+
+
+def set_aside(checkpoint_dir: Path, reason: str, warn: bool = False) -> Path:
+    """Rename `checkpoint_dir` to `<checkpoint_dir>.superseded-<UTC time>` and log why (one line);
+    returns the new path. An empty folder is removed instead."""
+    if not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()
+        return checkpoint_dir
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = checkpoint_dir.with_name(f"{checkpoint_dir.name}{SUPERSEDED}{stamp}")
+    checkpoint_dir.rename(aside)
+    (log.warning if warn else log.info)(
+        "%s: %s; set aside as %s; training afresh", checkpoint_dir, reason, aside
+    )
+    return aside

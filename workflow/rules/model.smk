@@ -21,7 +21,9 @@ rule train:
         mem_mb=config["resources"]["train"]["mem_mb"],
     params:
         hparams=lambda wildcards: run_hparams(wildcards.run),
-        # Outside the declared outputs, so a killed job resumes when Snakemake reruns it.
+        # Outside the declared outputs, so a killed job resumes when Snakemake reruns it. A state
+        # of another run (changed data or hyperparameters), or one already delivered (--forcerun),
+        # is set aside there and the run starts afresh (lfads.training.resume).
         checkpoint_dir=lambda wildcards: f"{CHECKPOINTS_DIR}/{wildcards.run}",
     script:
         "../scripts/train.py"
