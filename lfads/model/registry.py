@@ -19,7 +19,9 @@ and lists that module under `plugins: [mypackage.laplace]` in the config;
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("prior", "reconstruction", "augmentation")
@@ -47,6 +49,110 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "selective_backprop": "lfads.model.augmentations:SelectiveBackprop",
     },
 }
+
+
+@dataclass(frozen=True)
+class OptionRange:
+    """The values one option of a built-in part accepts: a finite number (or an integer) in a
+    range, e.g. `OptionRange(low=0, low_open=True)` for "a number > 0"."""
+
+    integer: bool = False
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self) -> str:
+        what = "an integer" if self.integer else "a number"
+        if math.isinf(self.low) and math.isinf(self.high):
+            return f"{what}" if self.integer else "a finite number"
+        if math.isinf(self.high):
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        if math.isinf(self.low):
+            return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+
+
+_NUMBER = OptionRange()
+_POSITIVE = OptionRange(low=0, low_open=True)
+_NON_NEGATIVE = OptionRange(low=0)
+_RATE = OptionRange(low=0, high=1, high_open=True)
+_FRACTION = OptionRange(low=0, high=1)
+_COUNT = OptionRange(integer=True, low=0)
+
+# Every option of each built-in part (the keywords of its constructor besides the sizes the model
+# supplies) and the values it accepts, checked when hyperparameters are read
+# (`check_options`), so that a bad value stops the workflow before any job, not inside every
+# train job. tests/test_config.py checks this table against the constructors.
+BUILTIN_OPTIONS: dict[str, dict[str, dict[str, OptionRange]]] = {
+    "prior": {
+        "null": {},
+        "multivariate_normal": {"mean": _NUMBER, "variance": _POSITIVE},
+        "autoregressive_normal": {"tau": _POSITIVE, "noise_variance": _POSITIVE},
+        "multivariate_student_t": {"loc": _NUMBER, "scale": _POSITIVE, "df": _POSITIVE},
+    },
+    "reconstruction": {
+        "poisson": {},
+        "gaussian": {},
+        "gamma": {},
+        "zero_inflated_gamma": {
+            "gamma_loc": _NON_NEGATIVE,
+            "scale_init": _POSITIVE,
+            "scale_prior": _POSITIVE,
+            "scale_penalty": _NON_NEGATIVE,
+        },
+        "mse": {},
+    },
+    "augmentation": {
+        "coordinated_dropout": {"rate": _RATE, "pass_rate": _FRACTION, "ic_enc_seq_len": _COUNT},
+        "sample_validation": {"rate": _RATE, "ic_enc_seq_len": _COUNT},
+        "temporal_shift": {"std": _NON_NEGATIVE, "max_shift": _COUNT},
+        "spike_jitter": {"width": _COUNT},
+        "selective_backprop": {"fill_value": _NUMBER},
+    },
+}
+
+
+def check_options(kind: str, name: str, options: dict[str, Any], where: str) -> None:
+    """Raise ValueError("<where>.<option>: ...") for an unknown or out-of-range option of a
+    built-in part. Parts of plugins are not checked here (their constructors check them)."""
+    _check_kind(kind)
+    if name not in _BUILTINS[kind]:
+        return
+    accepted = BUILTIN_OPTIONS[kind][name]
+    for option, value in options.items():
+        if option not in accepted:
+            raise ValueError(
+                f"{where}: {kind} {name!r} has no option {option!r}; its options are "
+                f"{sorted(accepted) or 'none'}"
+            )
+        if not accepted[option].accepts(value):
+            hint = ""
+            if isinstance(value, str) and _reads_as_number(value):
+                hint = " (YAML reads a number without a dot, like 1e-3, as a string: write 1.0e-3)"
+            raise ValueError(
+                f"{where}.{option}: must be {accepted[option].describe()}, got {value!r}{hint}"
+            )
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # Implementations registered at run time by plugins (and tests).
 _REGISTERED: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 
