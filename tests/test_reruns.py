@@ -1,0 +1,324 @@
+"""Trustworthy reruns, through Snakemake as users run it: no path can delete a user's file,
+verified downloads are never thrown away, a lost run file is rebuilt, stale temporaries go."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO, write_tiny_config
+
+from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
+from lfads.infra.io import host_name
+
+# Before dandi is imported anywhere: keep its digest cache out of the user's home.
+os.environ.setdefault("DANDI_CACHE", "ignore")
+
+SNAKEFILE = str(REPO / "workflow" / "Snakefile")
+DANDISET, VERSION = "000128", "0.220113.0400"
+TRAIN, TEST = SYNTHETIC_ASSETS["train"], SYNTHETIC_ASSETS["test"]
+# The order in which the rules' outputs are made, for a complete workflow state made by hand.
+STAGES = ("fetch", "prepare", "targets", "train", "infer", "evaluate", "aggregate", "figures")
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float = 600):
+    """`snakemake --snakefile ... --directory workdir --configfile workdir/config.yaml ARGS`."""
+    return subprocess.run(
+        snakemake_command(workdir, *args),
+        cwd=REPO,
+        env=environment(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        SNAKEFILE,
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+
+
+def environment(extra: dict | None = None) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(extra or {})}
+
+
+def job_count(output: str, rule: str) -> int:
+    match = re.search(rf"^{rule}\s+(\d+)$", output, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def dandi_source(folder: Path, api_url: str, **assets) -> dict:
+    pins = {
+        role: {"path": path, "sha256": hashlib.sha256((folder / path).read_bytes()).hexdigest()}
+        for role, path in SYNTHETIC_ASSETS.items()
+    }
+    return {
+        "dandi": {
+            "dandiset": DANDISET,
+            "version": VERSION,
+            "instance_url": api_url,
+            "assets": {**pins, **assets},
+        }
+    }
+
+
+def asset_requests(archive, asset_path: str) -> list:
+    """Every request the loopback server had that names `asset_path` or its asset id."""
+    (asset_id,) = [aid for aid, path in archive.assets.items() if path == asset_path]
+    return [
+        request
+        for request in archive.requests
+        if asset_id in request.path or asset_path in request.query or asset_path in request.path
+    ]
+
+
+def test_a_hostile_asset_path_is_refused_before_any_job_and_outside_files_survive(tmp_path):
+    """An absolute asset path, or one with `..`, was an output of fetch: Snakemake deleted the
+    user's file (and its folder) when the job started, before fetch refused the path."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victims = [outside / "absolute.nwb", outside / "dotdot.nwb"]
+    for victim in victims:
+        victim.write_text("a user's file")
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    pins = {"sha256": "0" * 64}
+    source = {
+        "dandi": {
+            "dandiset": DANDISET,
+            "version": VERSION,
+            "instance_url": "http://127.0.0.1:9/api",
+            "assets": {
+                "train": {"path": str(victims[0]), **pins},
+                # resources/data/tiny/../../../../outside/dotdot.nwb
+                "test": {"path": "../../../../outside/dotdot.nwb", **pins},
+            },
+        }
+    }
+    write_tiny_config(workdir, source=source)
+    result = snakemake(workdir, "--cores", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"source.dandi.assets.train.path: {str(victims[0])!r} is not valid" in output
+    assert "source.dandi.assets.test.path: '../../../../outside/dotdot.nwb' is not valid" in output
+    assert "a relative path inside the dandiset ending in .nwb" in output
+    assert "rule fetch" not in output and "Building DAG" not in output
+    assert all(victim.read_text() == "a user's file" for victim in victims)
+
+
+@pytest.mark.slow
+def test_a_corrupted_second_asset_keeps_the_verified_first(synthetic_dir, tmp_path):
+    """When one asset failed its SHA-256, Snakemake removed the outputs of the failed job, the
+    other, verified asset included; deleting fetched.json downloaded everything again."""
+    from dandi_server import FakeDandiArchive
+
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    data = workdir / "resources" / "data" / "tiny"
+    with FakeDandiArchive(synthetic_dir, DANDISET, VERSION, corrupt={TEST: b"bad" * 1000}) as bad:
+        write_tiny_config(workdir, source=dandi_source(synthetic_dir, bad.api_url))
+        failed = snakemake(workdir, "--cores", "2", "--until", "fetch")
+    assert failed.returncode != 0
+    assert "SHA-256 mismatch" in (workdir / "results/tiny/val/logs/fetch_test.log").read_text()
+    assert (data / "fetched" / "train.json").exists() and not (
+        data / "fetched" / "test.json"
+    ).exists()
+    assert (data / TRAIN).read_bytes() == (synthetic_dir / TRAIN).read_bytes()
+    assert not (data / TEST).exists() and list((data / TEST).parent.glob("*.sha256-mismatch-*"))
+
+    with FakeDandiArchive(synthetic_dir, DANDISET, VERSION) as archive:
+        write_tiny_config(workdir, source=dandi_source(synthetic_dir, archive.api_url))
+        again = snakemake(workdir, "--cores", "2", "--until", "prepare")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert asset_requests(archive, TRAIN) == [] and archive.downloads() == 1
+        assert job_count(again.stdout + again.stderr, "fetch") == 1
+
+        # A lost marker costs a hash, not a download; the rewritten marker reruns prepare.
+        (data / "fetched" / "train.json").unlink()
+        requests_before = len(archive.requests)
+        refetched = snakemake(workdir, "--cores", "2", "--until", "prepare")
+        output = refetched.stdout + refetched.stderr
+        assert refetched.returncode == 0, output
+        assert len(archive.requests) == requests_before  # not even a metadata request
+        assert job_count(output, "fetch") == 1 and job_count(output, "prepare") == 1
+    assert (data / TEST).read_bytes() == (synthetic_dir / TEST).read_bytes()
+
+    # A downloaded file deleted behind the marker's back: a message that says what to delete.
+    (data / TEST).unlink()
+    lost = snakemake(workdir, "-n", "--until", "prepare")
+    assert lost.returncode != 0
+    assert (
+        f"{Path('resources/data/tiny') / TEST} is missing, but "
+        "resources/data/tiny/fetched/test.json records it as fetched and verified; delete "
+        "resources/data/tiny/fetched/test.json and run again: its fetch job then downloads the "
+        "file again." in lost.stdout + lost.stderr
+    )
+
+
+def _wait_for(condition, timeout: float, what: str, process) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"snakemake ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_kill_mid_download_of_the_second_asset_keeps_the_first(synthetic_dir, tmp_path, kill):
+    """After Ctrl-C or SIGKILL during a download, the rerun stopped with IncompleteFilesException on
+    the finished file, and --rerun-incomplete downloaded it again from byte 0."""
+    from dandi_server import FakeDandiArchive
+
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    data = workdir / "resources" / "data" / "tiny"
+    partial = data / (TEST + ".dandidownload") / "file"
+    # small client chunks, so that the bytes before the stall (whole chunks) reach the partial file
+    chunk = 1 << 16
+    cut = (synthetic_dir / TEST).stat().st_size // 2 // chunk * chunk
+    assert cut > 0
+    env = {"DANDI_MAX_CHUNK_SIZE": str(chunk), "DANDI_CACHE": "ignore"}
+    with FakeDandiArchive(synthetic_dir, DANDISET, VERSION, stall_after={TEST: cut}) as archive:
+        write_tiny_config(workdir, source=dandi_source(synthetic_dir, archive.api_url))
+        with open(tmp_path / "killed.log", "w") as log:
+            process = subprocess.Popen(
+                snakemake_command(workdir, "--cores", "2", "--until", "fetch"),
+                cwd=REPO,
+                env=environment(env),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own process group, as a terminal's foreground job
+            )
+            try:
+                _wait_for(archive.stalled.is_set, 120, "the stalled download", process)
+                # train's job done, as far as Snakemake is concerned (a kill between its marker and
+                # this line leaves the marker "incomplete": --rerun-incomplete then hashes, no more)
+                _wait_for(
+                    lambda: re.search(
+                        r"^1 of \d+ steps", (tmp_path / "killed.log").read_text(), re.M
+                    ),
+                    120,
+                    "train's job to finish",
+                    process,
+                )
+                _wait_for(
+                    lambda: partial.exists() and partial.stat().st_size == cut,
+                    30,
+                    "the partial file",
+                    process,
+                )
+                os.killpg(process.pid, kill)
+                process.wait(timeout=60)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        archive.release()
+    assert (data / TRAIN).read_bytes() == (synthetic_dir / TRAIN).read_bytes()
+    assert partial.stat().st_size == cut
+
+    with FakeDandiArchive(synthetic_dir, DANDISET, VERSION) as archive:
+        write_tiny_config(workdir, source=dandi_source(synthetic_dir, archive.api_url))
+        if kill == signal.SIGKILL:  # a killed Snakemake leaves its lock
+            unlocked = snakemake(workdir, "--unlock")
+            assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+        rerun = snakemake(workdir, "--cores", "2", "--until", "fetch")
+        output = rerun.stdout + rerun.stderr
+        assert rerun.returncode == 0, output
+        assert "Incomplete" not in output and job_count(output, "fetch") == 1
+        assert asset_requests(archive, TRAIN) == []
+        assert [request.range for request in archive.download_requests()] == [f"bytes={cut}-"]
+    assert (data / TEST).read_bytes() == (synthetic_dir / TEST).read_bytes()
+    assert (
+        json.loads((data / "fetched" / "test.json").read_text())["files"][0]["bytes"]
+        == (synthetic_dir / TEST).stat().st_size
+    )
+
+
+def planned_outputs(output: str) -> dict[str, list[str]]:
+    """{rule: the output files of its jobs} from the job list of a dry run."""
+    outputs: dict[str, list[str]] = {}
+    rule = None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif rule and (match := re.match(r"^    output: (.*)$", line)):
+            outputs.setdefault(rule, []).extend(match.group(1).split(", "))
+    return outputs
+
+
+def make_finished_state(workdir: Path) -> dict[str, list[str]]:
+    """Create every file a dry run plans, oldest first in pipeline order: a finished workflow (no
+    file has real content: only what Snakemake decides from them is tested)."""
+    dry = snakemake(workdir, "-n")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    outputs = planned_outputs(dry.stdout)
+    assert set(outputs) == set(STAGES), outputs
+    now = time.time()  # (newer than the rules' scripts, or Snakemake reruns their jobs)
+    for stage, rule in enumerate(STAGES):
+        for name in outputs[rule]:
+            path = workdir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
+            os.utime(path, (now + stage, now + stage))
+    return outputs
+
+
+@pytest.mark.slow
+def test_a_run_file_lost_to_a_killed_forced_rerun_is_rebuilt(tmp_path):
+    """A killed `--forcerun infer` leaves no inferred.h5 (Snakemake deletes it at the start): then
+    `snakemake -n` said "Nothing to be done", since the files after it still existed."""
+    write_tiny_config(tmp_path, search={"grid": {"dropout": [0.1, 0.2]}})
+    make_finished_state(tmp_path)
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    for name in ("inferred.h5", "model.ckpt", "metrics.json"):
+        lost = tmp_path / "results" / "tiny" / "val" / "runs" / "dropout~0.2" / name
+        kept, mtime = lost.read_text(), lost.stat().st_mtime
+        lost.unlink()
+        dry = snakemake(tmp_path, "-n")
+        output = dry.stdout + dry.stderr
+        assert dry.returncode == 0, output
+        assert f"Missing output files: {lost.relative_to(tmp_path)}" in output
+        rule = {"inferred.h5": "infer", "model.ckpt": "train", "metrics.json": "evaluate"}[name]
+        assert job_count(output, rule) == 1 and job_count(output, "aggregate") == 1, output
+        lost.write_text(kept)
+        os.utime(lost, (mtime, mtime))
+
+
+@pytest.mark.slow
+def test_stale_temporary_files_are_removed_when_the_workflow_starts(tmp_path):
+    """Hidden .*.tmp.* files of killed jobs were never cleaned (one from a disk-full crash kept
+    the disk full); a live writer's file must survive."""
+    write_tiny_config(tmp_path)
+    here = host_name()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = tmp_path / "results" / "tiny" / "val" / f".inferred.tmp.{here}@{dead.pid}.a1b2c3d4.h5"
+    live = tmp_path / "resources" / "data" / f".model.tmp.{here}@{os.getpid()}.a1b2c3d5.ckpt"
+    for path in (killed, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+    dry = snakemake(tmp_path, "-n", "--until", "fetch")  # a dry run removes nothing
+    assert dry.returncode == 0 and killed.exists()
+    result = snakemake(tmp_path, "--cores", "1", "--until", "fetch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not killed.exists() and live.read_text() == "partial"
+    assert f"removed {killed.relative_to(tmp_path)}, a temporary file left by a killed job" in (
+        result.stderr
+    )
