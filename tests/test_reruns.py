@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from conftest import BIN, REPO, write_tiny_config
 
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
-from lfads.infra.io import host_name
+from lfads.infra.io import host_name, remove_stale_temporaries
 
 # Before dandi is imported anywhere: keep its digest cache out of the user's home.
 os.environ.setdefault("DANDI_CACHE", "ignore")
@@ -322,3 +323,56 @@ def test_stale_temporary_files_are_removed_when_the_workflow_starts(tmp_path):
     assert f"removed {killed.relative_to(tmp_path)}, a temporary file left by a killed job" in (
         result.stderr
     )
+
+
+FAKE_SNAKEMAKE = """#!{python}
+import os, sys, time
+report = sys.argv[sys.argv.index("--report") + 1]
+with open(report, "w") as handle:
+    handle.write("<!DOCTYPE html> the first 3 MB of a 4 MB report")
+    handle.flush()
+    if os.environ["FAKE_REPORT"] == "fail":
+        sys.exit(3)
+    if os.environ["FAKE_REPORT"] == "hang":
+        print("writing", flush=True)
+        time.sleep(120)
+    handle.write(" and the rest")
+"""
+
+
+@pytest.mark.parametrize("outcome", ["complete", "fail", "kill"])
+def test_the_report_reaches_its_final_path_only_when_complete(tmp_path, outcome):
+    """A kill during `snakemake --report` left a 3 MB report.html (of 4 MB) at the final path."""
+    fake = tmp_path / "snakemake"
+    fake.write_text(FAKE_SNAKEMAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+    report = tmp_path / "results" / "report.html"
+    report.parent.mkdir()
+    report.write_text("the previous, complete report")
+    command = ["make", "-C", str(REPO), "report", "STAMP=", f"SNAKEMAKE={fake}"]
+    command += [f"REPORT={report}", "CONFIGFILE=config/config.yaml"]
+    env = environment({"FAKE_REPORT": {"kill": "hang"}.get(outcome, outcome)})
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    if outcome == "kill":
+        _wait_for(lambda: "writing" in process.stdout.readline(), 60, "the report", process)
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    left = list(report.parent.glob(".report.tmp.*"))
+    if outcome == "complete":
+        assert process.returncode == 0 and left == []
+        assert report.read_text().endswith("4 MB report and the rest")
+        return
+    assert process.returncode != 0
+    assert report.read_text() == "the previous, complete report"
+    if outcome == "fail":
+        assert left == []
+    else:  # the killed shell could not clean up: the workflow's next start does
+        (temporary,) = left
+        assert temporary.read_text().startswith("<!DOCTYPE html> the first 3 MB")
+        deadline = time.monotonic() + 10  # (until the killed shell has exited)
+        while not (removed := remove_stale_temporaries([tmp_path / "results"])):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert removed == [temporary]

@@ -1,4 +1,4 @@
-"""`snakemake --profile slurm` on a real local SLURM cluster (tests/slurm/cluster.py), faults included.
+"""`snakemake --profile slurm` on a real local SLURM cluster (tests/slurm/cluster.py), with faults.
 
 Skipped, with the reason, where SLURM cannot be installed or started. The
 commands are the ones users type; only the partition and account of the
@@ -233,7 +233,8 @@ def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
 
 
 def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
-    """A train job over its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues from the checkpoint."""
+    """A train job over its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues
+    from the checkpoint."""
     # about 100 s of epochs at ~0.1 s each (no early stopping): SLURM kills the first attempt after
     # 60-90 s,
     # the second finishes well within its minute

@@ -78,13 +78,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _process_exists(pid: int) -> bool:
+    """True while process `pid` runs on this host (not a zombie: exited, not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:  # Linux: the state letter follows the command name in parentheses
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def is_stale_temporary(path: Path, now: float | None = None) -> bool:
