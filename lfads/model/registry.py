@@ -62,25 +62,27 @@ class OptionRange:
     low_open: bool = False  # low itself is not allowed
     high_open: bool = False
 
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if self.integer and not isinstance(value, int):
-            return False
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` ("expected a number", "must be > 0"), None if nothing."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (self.integer and not isinstance(value, int)):
+            return "expected an integer" if self.integer else "expected a number"
+        if not math.isfinite(value):
+            return "expected a finite number"
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
+        return None if above and below else f"must be {self.describe()}"
 
     def describe(self) -> str:
-        what = "an integer" if self.integer else "a number"
+        """The range as messages give it: "> 0", ">= 0", "in [0, 1)", "finite"."""
         if math.isinf(self.low) and math.isinf(self.high):
-            return f"{what}" if self.integer else "a finite number"
+            return "finite"
         if math.isinf(self.high):
-            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
         if math.isinf(self.low):
-            return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
 
 
 _NUMBER = OptionRange()
@@ -136,13 +138,12 @@ def check_options(kind: str, name: str, options: dict[str, Any], where: str) -> 
                 f"{where}: {kind} {name!r} has no option {option!r}; its options are "
                 f"{sorted(accepted) or 'none'}"
             )
-        if not accepted[option].accepts(value):
+        problem = accepted[option].problem(value)
+        if problem:
             hint = ""
             if isinstance(value, str) and _reads_as_number(value):
                 hint = " (YAML reads a number without a dot, like 1e-3, as a string: write 1.0e-3)"
-            raise ValueError(
-                f"{where}.{option}: must be {accepted[option].describe()}, got {value!r}{hint}"
-            )
+            raise ValueError(f"{where}.{option}: {problem}, got {value!r}{hint}")
 
 
 def _reads_as_number(text: str) -> bool:
