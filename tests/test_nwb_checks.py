@@ -100,7 +100,7 @@ def test_bad_spike_time_is_named_before_nlb_tools(train_copy, value, problem):
     message = _error(train_copy)
     assert str(train_copy) in message and "units.spike_times" in message
     assert f"unit {unit_id} (row 1)" in message and problem in message
-    assert "1 such spike times" in message and "remove those spike times" in message
+    assert "(1 of the file's" in message and "remove those spike times" in message
 
 
 def test_prepare_refuses_a_nan_spike_time_and_writes_nothing(train_copy, synthetic_dir, tmp_path):

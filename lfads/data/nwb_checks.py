@@ -87,13 +87,13 @@ def _check_spike_times(path: Path, units: h5py.Group, end_ms: int) -> None:
     raise _fail(
         path,
         "units.spike_times",
-        f"unit {unit_id} (row {row}) has a spike at {times[first]!r} s, "
+        f"unit {unit_id} (row {row}) has a spike at {float(times[first])!r} s, "
         + (
             "not a finite time"
             if not np.isfinite(times[first])
             else f"outside the recording [0, {end_ms / 1000:.3f}) s"
         )
-        + f" ({int(bad.sum())} such spike times of {bad.size})",
+        + f" ({int(bad.sum())} of the file's {bad.size} spike times are bad)",
         "nlb_tools cannot bin them: remove those spike times (or fix obs_intervals) and run again.",
     )
 
