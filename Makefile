@@ -10,9 +10,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+SNAKEMAKE ?= $(BIN)/snakemake
+# `make report`: the report of CONFIGFILE's results, written to REPORT.
+CONFIGFILE ?= config/config.yaml
+REPORT ?= results/report.html
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast lint bench gpu-check clean-demo
+.PHONY: install demo report test test-fast lint bench gpu-check clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +30,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
+	$(SNAKEMAKE) --cores $(CORES) --configfile config/config.yaml
+	$(MAKE) --no-print-directory report CONFIGFILE=config/config.yaml REPORT=results/report.html
 	@echo
 	@echo "Done. Report: results/report.html; table of runs: results/synthetic/val/summary.tsv;"
 	@echo "figures: results/synthetic/val/figures/; NWB files: resources/data/synthetic/."
+
+# `snakemake --report` writes its file in place, so a kill left a half-written report at the final
+# path. This writes a temporary file beside it, renamed when complete; its name follows
+# lfads.infra.io.atomic_path's (host and shell process), so the workflow's next run removes one
+# left by a kill.
+report: $(STAMP)
+	@mkdir -p "$(dir $(REPORT))"
+	tmp="$(dir $(REPORT)).$(basename $(notdir $(REPORT))).tmp.$$(uname -n)@$$$$.make$(suffix $(REPORT))"; \
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIGFILE) --report "$$tmp" \
+		&& mv -f "$$tmp" "$(REPORT)" || { status=$$?; rm -f "$$tmp"; exit $$status; }
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -8,7 +8,13 @@ from conftest import REPO
 
 from lfads.data import prepare
 from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
-from lfads.infra.config import ConfigError, check_config, load_yaml, validate_config
+from lfads.infra.config import (
+    ConfigError,
+    check_config,
+    check_output_paths,
+    load_yaml,
+    validate_config,
+)
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -158,3 +164,183 @@ def test_workflow_stops_on_bad_config_before_any_job(tmp_path, mc_maze, snakemak
     output = result.stdout
     assert "phase: 'testing' is not valid" in output
     assert "Building DAG" not in output and "rule fetch" not in output
+
+
+HOSTILE_ASSET_PATHS = [
+    "../../../outside/victim.nwb",
+    "/tmp/victim.nwb",
+    "sub-A//file.nwb",
+    "sub-A/../../file.nwb",
+    "./file.nwb",
+    ".hidden/file.nwb",
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_ASSET_PATHS)
+def test_asset_paths_that_could_escape_are_refused_by_schema_and_code(mc_maze, bad):
+    """An absolute path or one with `..` was an output of fetch: Snakemake deleted that file."""
+    mc_maze["source"]["dandi"]["assets"]["test"]["path"] = bad
+    message = _error(mc_maze)
+    assert f"source.dandi.assets.test.path: {bad!r} is not valid" in message
+    assert "a relative path inside the dandiset ending in .nwb" in message
+    config = validate_config(load_yaml(REPO / "config" / "mc_maze.yaml"), SCHEMA)
+    config["source"]["dandi"]["assets"]["test"]["path"] = bad  # past the schema: the code refuses
+    with pytest.raises(ConfigError, match="source.dandi.assets.test.path: .*(relative|below)"):
+        check_config(config)
+
+
+def test_names_too_long_for_the_file_system_are_refused(mc_maze):
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    long_name = "sub-A/" + "x" * 223 + ".nwb"  # 227 bytes: its set-aside name would be 256
+    config["source"]["dandi"]["assets"]["train"]["path"] = long_name
+    with pytest.raises(ConfigError, match=r"assets.train.path: .* is 227 bytes long.* 226 bytes"):
+        check_config(config)
+    config["source"]["dandi"]["assets"]["train"]["path"] = long_name.replace("x", "", 1)
+    check_config(config)
+    mc_maze["dataset"] = "d" * 101
+    assert "dataset: 'ddd" in _error(mc_maze) and "at most 100" in _error(mc_maze)
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", ".hidden", ""])
+def test_dataset_names_that_are_not_one_folder_name_are_refused(mc_maze, bad):
+    mc_maze["dataset"] = bad
+    assert f"dataset: {bad!r} is not valid: expected a name of at most 100" in _error(mc_maze)
+
+
+def test_output_paths_outside_the_project_are_refused():
+    check_output_paths(["resources/data/x", "results/x/val/runs/base"])
+    for bad in ("/etc/x", "results/../../x", "elsewhere/x", "results//x"):
+        with pytest.raises(ConfigError, match="Outputs go below resources/ and results/"):
+            check_output_paths(["results/x", bad])
+
+
+def test_a_layout_the_dandiset_does_not_hold_is_refused(mc_maze):
+    mc_maze["nlb_layout"] = "mc_rtt"
+    config = validate_config(mc_maze, SCHEMA)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config)
+    assert str(caught.value) == (
+        "nlb_layout: DANDI:000128 (source.dandi.dandiset) holds the mc_maze files, not 'mc_rtt'; "
+        "set nlb_layout: mc_maze, or name the dandiset of mc_rtt (DANDI:000129)."
+    )
+
+
+def _hparams_error(mc_maze, **hparams) -> str:
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    config["model"]["hparams"].update(hparams)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "hparams, message",
+    [
+        (
+            {"ic_prior": {"name": "multivariate_normal", "variance": -1}},
+            "ic_prior.variance: must be > 0, got -1",
+        ),
+        (
+            {"co_prior": {"name": "autoregressive_normal", "tau": -5}},
+            "co_prior.tau: must be > 0, got -5",
+        ),
+        (
+            {"co_prior": {"name": "autoregressive_normal", "noise_variance": 0}},
+            "co_prior.noise_variance: must be > 0",
+        ),
+        (
+            {"co_prior": {"name": "multivariate_student_t", "df": 0}},
+            "co_prior.df: must be > 0, got 0",
+        ),
+        (
+            {"co_prior": {"name": "multivariate_student_t", "scale": -0.1}},
+            "co_prior.scale: must be > 0",
+        ),
+        (
+            {"ic_prior": {"name": "multivariate_normal", "varience": 1.0}},
+            "ic_prior: prior 'multivariate_normal' has no option 'varience'; "
+            "its options are ['mean', 'variance']",
+        ),
+        (
+            {"reconstruction": {"name": "zero_inflated_gamma", "scale_init": 0}},
+            "reconstruction.scale_init: must be > 0, got 0",
+        ),
+        (
+            {"reconstruction": {"name": "zero_inflated_gamma", "gamma_loc": -0.1}},
+            "reconstruction.gamma_loc: must be >= 0",
+        ),
+        (
+            {"reconstruction": {"name": "zero_inflated_gamma", "scale_penalty": -1}},
+            "reconstruction.scale_penalty: must be >= 0",
+        ),
+        (
+            {"reconstruction": {"name": "poisson", "rate": 1}},
+            "reconstruction: reconstruction 'poisson' has no option 'rate'; its options are none",
+        ),
+        (
+            {"train_augmentations": [{"name": "temporal_shift", "std": -1}]},
+            "train_augmentations[0].std: must be >= 0, got -1",
+        ),
+        (
+            {"train_augmentations": [{"name": "temporal_shift", "max_shift": -2}]},
+            "train_augmentations[0].max_shift: must be >= 0, got -2",
+        ),
+        (
+            {"infer_augmentations": [{"name": "spike_jitter", "width": 1.5}]},
+            "infer_augmentations[0].width: expected an integer, got 1.5",
+        ),
+        (
+            {"train_augmentations": [{"name": "coordinated_dropout", "rate": 1.0}]},
+            "train_augmentations[0].rate: must be in [0, 1), got 1.0",
+        ),
+        (
+            {"train_augmentations": [{"name": "sample_validation", "rate": -0.1}]},
+            "train_augmentations[0].rate: must be in [0, 1)",
+        ),
+        (
+            {"train_augmentations": [{"name": "selective_backprop", "fill_value": "one"}]},
+            "train_augmentations[0].fill_value: expected a number, got 'one'",
+        ),
+        (
+            {"co_prior": {"name": "autoregressive_normal", "tau": float("inf")}},
+            "co_prior.tau: expected a finite number, got inf",
+        ),
+        (
+            {"ic_prior": {"name": "multivariate_normal", "variance": "1e-3"}},
+            "YAML reads a number without a dot, like 1e-3, as a string: write 1.0e-3",
+        ),
+    ],
+    ids=lambda value: str(value)[:40] if isinstance(value, dict) else None,
+)
+def test_options_of_built_in_parts_out_of_range_fail_before_any_job(mc_maze, hparams, message):
+    """ic_prior variance -1 or co_prior tau -5 passed the start-up check, then every train job died
+    with `math domain error`."""
+    error = _hparams_error(mc_maze, **hparams)
+    assert error.startswith("model.hparams / search (run ") and message in error
+
+
+def test_the_option_table_lists_every_option_of_every_built_in_part():
+    import inspect
+
+    from lfads.model import registry
+
+    for kind in registry.KINDS:
+        assert sorted(registry.BUILTIN_OPTIONS[kind]) == sorted(registry._BUILTINS[kind])
+        for name, options in registry.BUILTIN_OPTIONS[kind].items():
+            parameters = inspect.signature(registry.lookup(kind, name)).parameters
+            keywords = set(parameters) - {"dim", "n_neurons"}  # the sizes the model supplies
+            assert set(options) == keywords, (kind, name)
+            for option, accepted in options.items():  # every default is accepted
+                assert accepted.problem(parameters[option].default) is None, (kind, name)
+
+
+def test_grid_over_null_runs_and_a_grid_over_a_part_is_refused(mc_maze):
+    config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
+    config["search"] = {"grid": {"readin_dim": [None, 8]}}
+    assert check_config(config) == {
+        "readin_dim~null": {"readin_dim": None},
+        "readin_dim~8": {"readin_dim": 8},
+    }
+    config["search"] = {"grid": {"ic_prior": [{"name": "multivariate_normal", "variance": 0.2}]}}
+    with pytest.raises(ConfigError, match=r"search.grid.ic_prior\[0\]: .* is a mapping; a grid"):
+        check_config(config)

@@ -83,3 +83,40 @@ def test_prepare_refuses_bad_input_and_writes_nothing(train_copy, synthetic_dir,
     with pytest.raises(NWBLayoutError):
         prepare(train_copy, synthetic_dir / SYNTHETIC_ASSETS["test"], out, "mc_maze", 20)
     assert list(tmp_path.iterdir()) == [train_copy]
+
+
+def _set_spike_time(path, index, value):
+    with h5py.File(path, "a") as handle:
+        handle["units/spike_times"][index] = value
+
+
+@pytest.mark.parametrize("value, problem", [(np.nan, "not a finite time"), (1e6, "outside")])
+def test_bad_spike_time_is_named_before_nlb_tools(train_copy, value, problem):
+    """A NaN spike time made nlb_tools fail with IndexError: index -9223372036854775808."""
+    with h5py.File(train_copy) as handle:
+        first_of_unit_1 = int(handle["units/spike_times_index"][0])
+        unit_id = int(handle["units/id"][1])
+    _set_spike_time(train_copy, first_of_unit_1 + 3, value)
+    message = _error(train_copy)
+    assert str(train_copy) in message and "units.spike_times" in message
+    assert f"unit {unit_id} (row 1)" in message and problem in message
+    assert "(1 of the file's" in message and "remove those spike times" in message
+
+
+def test_prepare_refuses_a_nan_spike_time_and_writes_nothing(train_copy, synthetic_dir, tmp_path):
+    _set_spike_time(train_copy, 0, np.nan)
+    out = tmp_path / "prepared.h5"
+    with pytest.raises(NWBLayoutError, match="units.spike_times"):
+        prepare(train_copy, synthetic_dir / SYNTHETIC_ASSETS["test"], out, "mc_maze", 20)
+    assert not out.exists()
+
+
+def test_no_val_trials_fails_in_the_val_phase_only(train_copy):
+    """In the val phase nlb_tools failed with AttributeError: 'NoneType' ... 'groupby'."""
+    with h5py.File(train_copy, "a") as handle:
+        split = handle["intervals/trials/split"]
+        split[...] = np.array([b"train" if s == b"val" else s for s in split[()]], dtype=object)
+    message = _error(train_copy)
+    assert "trials.split" in message and "no trial has split 'val'" in message
+    assert "val phase" in message and "phase: test" in message
+    check_nwb_file(train_copy, "mc_maze", "train", phase="test")  # test phase: train trials do

@@ -47,7 +47,8 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     n_runs = config.get("search", {}).get("random", {}).get("n", 1) * max(
         1, np.prod([len(v) for v in config.get("search", {}).get("grid", {}).values()])
     )
-    assert job_count(output, "fetch") == 1
+    # one fetch job per asset (train, test); the generator writes all its files in one
+    assert job_count(output, "fetch") == (1 if "synthetic" in config["source"] else 2)
     assert job_count(output, "prepare") == job_count(output, "targets") == n_bins
     assert (
         job_count(output, "train")
@@ -212,9 +213,10 @@ def test_data_stages_end_to_end_then_nothing_to_do(tmp_path):
         assert handle["train/encod_data"].shape[1:] == (35, SMALL_SYNTHETIC["n_heldin"])
     with h5py.File(results / "targets_20ms.h5") as handle:
         assert "psth" in handle["mc_maze_20"]
-    marker = json.loads((tmp_path / "resources" / "data" / "tiny" / "fetched.json").read_text())
+    marker_path = tmp_path / "resources" / "data" / "tiny" / "fetched" / "synthetic.json"
+    marker = json.loads(marker_path.read_text())
     assert marker["source"] == "synthetic" and len(marker["files"]) == 4
-    for rule in ("fetch", "prepare_20ms", "targets_20ms"):
+    for rule in ("fetch_synthetic", "prepare_20ms", "targets_20ms"):
         assert (results / "logs" / f"{rule}.log").exists()
         assert (results / "benchmarks" / f"{rule}.tsv").exists()
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lfads.infra.io import write_json
+from lfads.infra.paths import MAX_NAME_BYTES, relative_parts
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ DEFAULT_INSTANCE = "https://api.dandiarchive.org/api"
 REACH_TIMEOUT_S = 8.0  # per attempt of the reachability check (dandi itself would retry for ~54 s)
 REACH_ATTEMPTS = 3
 PROGRESS_EVERY_S = 15.0  # hashing progress interval for big files
+ASIDE_SUFFIX = ".sha256-mismatch-"  # + the first 12 hex digits of the file's actual SHA-256
+# Longest file name an asset may have: its set-aside name must fit the file system too.
+MAX_ASSET_NAME_BYTES = MAX_NAME_BYTES - len(ASIDE_SUFFIX) - 12
 
 
 class FetchError(RuntimeError):
@@ -76,7 +80,7 @@ def sha256_of(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 def set_aside(path: Path, actual: str) -> Path:
     """Move a file of the wrong hash to `<name>.sha256-mismatch-<hash prefix>`; return its path."""
-    aside = path.with_name(f"{path.name}.sha256-mismatch-{actual[:12]}")
+    aside = path.with_name(f"{path.name}{ASIDE_SUFFIX}{actual[:12]}")
     os.replace(path, aside)
     return aside
 
@@ -99,17 +103,14 @@ def _mismatch(path: Path, expected: str, actual: str, user_file: bool) -> FetchE
 
 
 def _checked_relative(asset_path: str) -> str:
-    """An asset path must stay below the output folder: relative, no `..`."""
-    parts = asset_path.split("/")
-    if (
-        not asset_path
-        or asset_path.startswith("/")
-        or any(part in ("", ".", "..") for part in parts)
-    ):
+    """An asset path must stay below the output folder: relative, no `..`, names short enough."""
+    try:
+        relative_parts(asset_path, "asset path", MAX_ASSET_NAME_BYTES)
+    except ValueError as error:
         raise FetchError(
-            f"invalid asset path {asset_path!r}: expected a relative path like "
+            f"invalid asset path {asset_path!r} ({error}): expected a relative path like "
             "sub-Jenkins/sub-Jenkins_ses-full_desc-test_ecephys.nwb"
-        )
+        ) from None
     return asset_path
 
 

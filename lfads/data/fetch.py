@@ -1,14 +1,22 @@
 """Where a dataset's NWB files come from (rule `fetch`): DANDI, a local folder, or the generator.
 
-The configfile's `source` key names exactly one of `dandi`, `local` or
-`synthetic`. This module maps it to file paths and materialises the files,
-then writes a marker JSON (file, size, SHA-256) that downstream rules depend on.
-The workflow imports this module while it parses, for the paths: the DANDI
-client and the generator's writers are imported only when files are made.
+The configfile's `source` key names exactly one of `dandi`, `local` or `synthetic`. This module
+maps it to file paths and to fetch jobs, and materialises the files of one job, then writes that
+job's marker JSON (each file's path, bytes and SHA-256).
+
+Downloads are never thrown away. The NWB files are outputs of no rule (Snakemake deletes a job's
+outputs when the job starts, fails or is killed); only the markers are. Each asset of a `dandi`
+or `local` source has its own fetch job (`train`, `test`) whose marker is written only once its
+file is verified, and a file already present with its pinned SHA-256 is kept without a request,
+so a failed, killed or forced fetch never costs a verified download. The generator writes all of
+its files in one job (`synthetic`). Downstream rules depend on the markers and take the file
+paths as parameters. The workflow imports this module while it parses (for the paths and the
+check of the markers): the DANDI client and the generator are imported only when files are made.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +24,13 @@ from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.data.synthetic import TRUTH_PATHS as SYNTHETIC_TRUTH
 
 log = logging.getLogger(__name__)
+
+ROLES = ("train", "test")  # the NWB files of every source
+SYNTHETIC_JOB = "synthetic"  # the one fetch job of the generator
+
+
+class FetchedFileError(RuntimeError):
+    """A file that a fetch marker records is missing or has changed since it was verified."""
 
 
 def source_kind(source: dict) -> str:
@@ -41,8 +56,43 @@ def truth_paths(source: dict, data_dir: str | Path) -> dict[str, Path] | None:
     return {role: Path(data_dir) / path for role, path in SYNTHETIC_TRUTH.items()}
 
 
-def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[Path]:
-    """Fetch, verify or generate the source's files, then write `marker`."""
+def fetch_jobs(source: dict) -> dict[str, tuple[str, ...]]:
+    """{fetch job: the NWB roles whose files it provides}, one job per asset of a dandi or local
+    source ({"train": ("train",), "test": ("test",)}), one for the generator ({"synthetic":
+    ("train", "test")}, which also writes the truth files)."""
+    if source_kind(source) == "synthetic":
+        return {SYNTHETIC_JOB: ROLES}
+    return {role: (role,) for role in ROLES}
+
+
+def marker_path(data_dir: str | Path, job: str) -> Path:
+    """The marker a fetch job writes once its files are verified: <data_dir>/fetched/<job>.json."""
+    return Path(data_dir) / "fetched" / f"{job}.json"
+
+
+def job_source(source: dict, job: str) -> dict:
+    """The part of `source` that fetch job `job` materialises (the rule's params).
+
+    A dandi or local source is cut down to the job's own asset, so that changing another asset
+    reruns only that asset's job; `instance_url` is left out, since where the files come from
+    changes none of their bytes and must not rerun the job and everything after it.
+    """
+    kind, settings = source_kind(source), next(iter(source.values()))
+    if kind == "synthetic":
+        return source
+    settings = {key: value for key, value in settings.items() if key != "instance_url"}
+    settings["assets"] = {job: settings["assets"][job]}
+    return {kind: settings}
+
+
+def materialise(
+    source: dict, data_dir: str | Path, marker: str | Path, instance_url: str | None = None
+) -> list[Path]:
+    """Fetch, verify or generate the source's files, then write `marker`.
+
+    source: a whole source, or one fetch job's part of it (`job_source`).
+    instance_url: the DANDI API to download from (default: the source's, else the archive's).
+    """
     from lfads.data.dandi import sha256_of, write_fetch_marker
 
     kind, settings = source_kind(source), next(iter(source.values()))
@@ -57,7 +107,7 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
             settings["version"],
             assets,
             data_dir,
-            instance_url=settings.get("instance_url"),
+            instance_url=instance_url or settings.get("instance_url"),
         )
         verified = dict(zip(files, assets.values()))
     elif kind == "local":
@@ -78,3 +128,41 @@ def materialise(source: dict, data_dir: str | Path, marker: str | Path) -> list[
     )
     log.info("%s source ready: %d files", kind, len(files))
     return files
+
+
+def check_fetched(source: dict, data_dir: str | Path) -> None:
+    """Raise FetchedFileError when a file that a present marker records is gone or changed.
+
+    Snakemake sees only the markers, so a deleted (or replaced) NWB file would otherwise surface
+    late, inside prepare. The message names the file, the marker and what to delete. Cheap: a
+    `stat` per file, no hashing.
+    """
+    for job in fetch_jobs(source):
+        marker = marker_path(data_dir, job)
+        if not marker.is_file():
+            continue
+        try:
+            records = json.loads(marker.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise FetchedFileError(
+                f"{marker}: not a fetch marker ({error}); delete it and run again"
+            ) from None
+        for record in records:
+            path = Path(record["path"])
+            again = (
+                "put the file back, or fix source.local in the configfile, then delete "
+                f"{marker} and run again to verify it"
+                if source_kind(source) == "local"
+                else f"delete {marker} and run again: its fetch job then "
+                + ("generates" if job == SYNTHETIC_JOB else "downloads")
+                + " the file again"
+            )
+            if not path.is_file():
+                raise FetchedFileError(
+                    f"{path} is missing, but {marker} records it as fetched and verified; {again}."
+                )
+            if path.stat().st_size != record["bytes"]:
+                raise FetchedFileError(
+                    f"{path} has {path.stat().st_size} bytes, but {marker} records "
+                    f"{record['bytes']}: it changed after it was verified; {again}."
+                )

@@ -116,6 +116,19 @@ LAYOUTS: dict[str, NLBLayout] = {
 }
 
 
+# The DANDI dandiset that holds each layout's NLB files: a `dandi` or `local` source that names
+# one of these dandisets can only produce its layout.
+NLB_DANDISETS: dict[str, str] = {
+    "000127": "area2_bump",
+    "000128": "mc_maze",
+    "000129": "mc_rtt",
+    "000130": "dmfc_rsg",
+    "000138": "mc_maze_large",
+    "000139": "mc_maze_medium",
+    "000140": "mc_maze_small",
+}
+
+
 def layout(nlb_layout: str) -> NLBLayout:
     """The table's record of `nlb_layout`; ValueError naming the known layouts if there is none."""
     try:

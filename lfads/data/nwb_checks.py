@@ -2,9 +2,12 @@
 
 nlb_tools fails late and vaguely on malformed files: a behaviour series that is
 one sample off the 1 ms grid is dropped with only a warning and surfaces later
-as `KeyError: 'hand_vel'`; a file without held-out units breaks tensor making.
-These checks read the file with h5py (no pynwb, so they are quick) and raise an
-`NWBLayoutError` that names the file and the field, and says what to do.
+as `KeyError: 'hand_vel'`; a file without held-out units breaks tensor making;
+a NaN spike time ends in `IndexError: index -9223372036854775808`; a train file
+without `val` trials in the val phase in `AttributeError: 'NoneType' object has
+no attribute 'groupby'`. These checks read the file with h5py (no pynwb, so
+they are quick) and raise an `NWBLayoutError` that names the file and the
+field, and says what to do.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import numpy as np
 
 from lfads.data.layouts import BASE_TRIAL_FIELDS, layout
 
-SPLITS = {"train": ("train",), "test": ("test",)}
+# The trial splits a file must hold: {(role, phase): splits}. The val phase scores on the train
+# file's `val` trials; the test phase trains on train (and val, if any) and scores on the test file.
+SPLITS = {
+    ("train", "val"): ("train", "val"),
+    ("train", "test"): ("train",),
+    ("test", "val"): ("test",),
+    ("test", "test"): ("test",),
+}
 
 
 class NWBLayoutError(ValueError):
@@ -61,16 +71,46 @@ def _sample_times(series: h5py.Group) -> np.ndarray:
     return start + np.arange(series["data"].shape[0]) / rate
 
 
-def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
+def _check_spike_times(path: Path, units: h5py.Group, end_ms: int) -> None:
+    """Every spike time must be a finite time on nlb_tools' 1 ms grid [0, end_ms) (seconds)."""
+    times = units["spike_times"][()]
+    # nlb_tools' bin of each spike: int(round(t * 1000, 6)), an index into the grid
+    with np.errstate(invalid="ignore"):
+        bins = np.trunc(np.round(times * 1000, 6))
+        bad = ~np.isfinite(times) | (bins < 0) | (bins >= end_ms)
+    if not bad.any():
+        return
+    first = int(np.argmax(bad))
+    ends = units["spike_times_index"][()] if "spike_times_index" in units else np.array([bad.size])
+    row = int(np.searchsorted(ends, first, side="right"))
+    unit_id = int(units["id"][row]) if "id" in units and row < len(units["id"]) else row
+    raise _fail(
+        path,
+        "units.spike_times",
+        f"unit {unit_id} (row {row}) has a spike at {float(times[first])!r} s, "
+        + (
+            "not a finite time"
+            if not np.isfinite(times[first])
+            else f"outside the recording [0, {end_ms / 1000:.3f}) s"
+        )
+        + f" ({int(bad.sum())} of the file's {bad.size} spike times are bad)",
+        "nlb_tools cannot bin them: remove those spike times (or fix obs_intervals) and run again.",
+    )
+
+
+def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "val") -> None:
     """Raise NWBLayoutError if `path` lacks what nlb_tools needs for `nlb_layout`.
 
-    role: "train" (held-in and held-out units, train/val trials, behaviour) or
-    "test" (held-in units and test trials only).
+    role: "train" (held-in and held-out units, train and val trials in the val phase,
+    behaviour) or "test" (held-in units and test trials only).
+    phase: "val" or "test", as the configfile's `phase` (which trial splits are needed).
     """
     path = Path(path)
     spec = layout(nlb_layout)
-    if role not in SPLITS:
-        raise ValueError(f"role must be 'train' or 'test', not {role!r}")
+    if (role, phase) not in SPLITS:
+        raise ValueError(
+            f"role must be 'train' or 'test' and phase 'val' or 'test', not {role!r}, {phase!r}"
+        )
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such file. Run the fetch rule, or fix the source's asset paths."
@@ -134,19 +174,22 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str) -> None:
             value.decode() if isinstance(value, bytes) else str(value)
             for value in trials["split"][()]
         }
-        for split in SPLITS[role]:
+        for split in SPLITS[role, phase]:
             if split not in splits:
                 raise _fail(
                     path,
                     "trials.split",
                     f"no trial has split {split!r} (found {sorted(splits)})",
-                    f"A {role} file needs {split!r} trials.",
+                    f"A {role} file needs {split!r} trials in the {phase} phase"
+                    + (" (they are scored there); or use phase: test" if split == "val" else "")
+                    + ".",
                 )
 
         # The 1 ms grid that nlb_tools builds: [0, end) with end the last obs_interval end
         # (or the last trial end, if later).
         end_ms = round(float(np.max(_ragged_last_ends(units, "obs_intervals"))) * 1000)
         end_ms = max(end_ms, round(float(trials["stop_time"][-1]) * 1000))
+        _check_spike_times(path, units, end_ms)
         found = set()
         for top in ("acquisition", "processing"):
             if top not in handle:

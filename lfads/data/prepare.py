@@ -187,9 +187,9 @@ def prepare(
     train_nwb, test_nwb, out_path = Path(train_nwb), Path(test_nwb), Path(out_path)
     if phase not in ("val", "test"):
         raise ValueError(f"phase must be 'val' or 'test', not {phase!r}")
-    check_nwb_file(train_nwb, nlb_layout, "train")
+    check_nwb_file(train_nwb, nlb_layout, "train", phase)
     if phase == "test":
-        check_nwb_file(test_nwb, nlb_layout, "test")
+        check_nwb_file(test_nwb, nlb_layout, "test", phase)
     started = time.perf_counter()
 
     dataset = load_dataset(train_nwb, bin_width_ms)

@@ -8,6 +8,7 @@ are filled in, so rules can rely on every key being present.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"source: give exactly one of {', '.join(sorted(error.schema['properties']))}"
     if error.validator == "required":
         return f"{where}: {error.message}"
+    if error.validator in ("pattern", "maxLength") and "description" in error.schema:
+        return f"{where}: {error.instance!r} is not valid: expected {error.schema['description']}"
     return f"{where}: {error.instance!r} is not valid: {error.message}"
 
 
@@ -82,12 +85,16 @@ def check_config(config: dict) -> dict[str, dict]:
     """The checks of a validated configfile that its schema cannot express; returns its runs.
 
     Checks that model.bin_width is one of bin_widths, that the source can produce the
-    nlb_layout, the synthetic settings (lfads.data.synthetic.SyntheticSettings), the search
+    nlb_layout, the synthetic settings (lfads.data.synthetic.SyntheticSettings), the paths built
+    from the dataset name and asset paths (lfads.infra.paths), the search and its run names
     (lfads.search.space) and every run's hyperparameters (lfads.model.hparams.HParams, without
     importing plugins: that would run their code whenever the workflow is parsed). Raises
     ConfigError naming the key. Returns {run name: its searched values}.
     """
+    from lfads.data.dandi import MAX_ASSET_NAME_BYTES
+    from lfads.data.layouts import NLB_DANDISETS
     from lfads.data.synthetic import SYNTHETIC_LAYOUTS, SyntheticSettings
+    from lfads.infra.paths import check_name, relative_parts
     from lfads.model.hparams import HParams
     from lfads.search.space import expand_search, run_hparams
 
@@ -97,18 +104,31 @@ def check_config(config: dict) -> dict[str, dict]:
             f"model.bin_width: {model['bin_width']} is not one of bin_widths "
             f"{config['bin_widths']}; add it to bin_widths or choose one of them."
         )
-    if "synthetic" in config["source"]:
-        if config["nlb_layout"] not in SYNTHETIC_LAYOUTS:
+    (kind, source), layout = next(iter(config["source"].items())), config["nlb_layout"]
+    if kind == "synthetic":
+        if layout not in SYNTHETIC_LAYOUTS:
             raise ConfigError(
                 f"nlb_layout: the synthetic source writes the MC_Maze layout, not "
-                f"{config['nlb_layout']!r}; use one of {list(SYNTHETIC_LAYOUTS)}, or a dandi or "
+                f"{layout!r}; use one of {list(SYNTHETIC_LAYOUTS)}, or a dandi or "
                 "local source for other layouts."
             )
         try:
-            SyntheticSettings.from_dict(config["source"]["synthetic"])
+            SyntheticSettings.from_dict(source)
         except ValueError as error:
             raise ConfigError(f"source.synthetic: {error}") from None
+    else:
+        holds = NLB_DANDISETS.get(source["dandiset"], layout)
+        if holds != layout:
+            raise ConfigError(
+                f"nlb_layout: DANDI:{source['dandiset']} (source.{kind}.dandiset) holds the "
+                f"{holds} files, not {layout!r}; set nlb_layout: {holds}, or name the dandiset "
+                f"of {layout} ({_dandiset_of(layout, NLB_DANDISETS)})."
+            )
     try:
+        check_name(config["dataset"], "dataset")
+        for role, asset in (source.get("assets") or {}).items() if kind != "synthetic" else ():
+            # a downloaded file that fails its SHA-256 is renamed `<name>.sha256-mismatch-<hash>`
+            relative_parts(asset["path"], f"source.{kind}.assets.{role}.path", MAX_ASSET_NAME_BYTES)
         runs = {run.name: run.params for run in expand_search(config["search"])}
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -118,3 +138,26 @@ def check_config(config: dict) -> dict[str, dict]:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model.hparams / search (run {name}): {error}") from None
     return runs
+
+
+def _dandiset_of(layout: str, dandisets: dict[str, str]) -> str:
+    found = [f"DANDI:{dandiset}" for dandiset, name in dandisets.items() if name == layout]
+    return found[0] if found else "see config/"
+
+
+def check_output_paths(paths: Iterable[str | Path]) -> None:
+    """Raise ConfigError unless every path is relative and inside resources/ or results/.
+
+    The workflow calls this with the folders and files it builds from the configfile, after
+    check_config: it catches what a new path built from a configfile value would let escape.
+    """
+    from lfads.infra.paths import check_inside_project
+
+    for path in paths:
+        try:
+            check_inside_project(str(path), "the workflow's output path")
+        except ValueError as error:
+            raise ConfigError(
+                f"{error}. Outputs go below resources/ and results/ only; fix the configfile "
+                "value this path is built from (dataset, source assets, search)."
+            ) from None

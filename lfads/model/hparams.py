@@ -57,6 +57,7 @@ class Component:
             )
         for key, option in options.items():
             _check_plain(option, f"{where}.{key}")
+        registry.check_options(kind, name, options, where)  # built-in parts' option ranges
         return cls(name, dict(options))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,17 +1,29 @@
 """Hyperparameter search space: a crossed grid and/or a seeded random search, one run per point.
 
 A run's folder name is built only from the values it searches, e.g.
-`dropout~0.1_lr~0.004`, so it is stable when unrelated config keys change, and
-changing one grid value changes (and reruns) only the runs that carry it.
+`dropout~0.1_lr~0.004` (`readin_dim~null` for a null value), so it is stable when unrelated
+config keys change, and changing one grid value changes (and reruns) only the runs that carry it.
+Grid values are plain scalars (numbers, strings, true/false, null): a run's name must be one
+short, safe folder name, so values that cannot be part of one are refused with the key.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from lfads.infra.paths import MAX_NAME_BYTES
+
+# A run's name is a folder name (runs/<run>/, checkpoints/<run>/) and a file name
+# (logs/train/<run>.log, benchmarks/train/<run>.tsv), so it leaves room for those suffixes.
+MAX_RUN_NAME_BYTES = MAX_NAME_BYTES - len(".log")
+# Characters a value may bring into a run name (letters and digits are always fine).
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+HYPERPARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,8 @@ class Run:
 
 def format_value(value) -> str:
     """Short, exact-enough text of a value for a folder name (4 significant digits for floats)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool) or isinstance(value, str):
         return str(value)
     if isinstance(value, int | np.integer):
@@ -33,7 +47,33 @@ def run_name(params: dict) -> str:
     return "_".join(f"{key}~{format_value(params[key])}" for key in sorted(params)) or "base"
 
 
+def _check_key(key, where: str) -> None:
+    """Searched keys are hyperparameter names (identifiers): they are part of the run names too."""
+    if not isinstance(key, str) or not HYPERPARAMETER_NAME.match(key):
+        raise ValueError(f"{where}: {key!r} is not a hyperparameter name")
+
+
+def _check_grid_value(key: str, index: int, value) -> None:
+    """A grid value must be a scalar that can be part of a folder name; ValueError otherwise."""
+    where = f"search.grid.{key}[{index}]"
+    if isinstance(value, dict | list | tuple):
+        raise ValueError(
+            f"{where}: {value!r} is a {'mapping' if isinstance(value, dict) else 'list'}; a grid "
+            "lists plain values (numbers, strings, true/false, null). Search the flat keys of a "
+            "part's options instead (e.g. cd_rate), or give the part in model.hparams."
+        )
+    if isinstance(value, str) and not SAFE_NAME.match(value):
+        raise ValueError(
+            f"{where}: {value!r} cannot be part of a run's folder name; use letters, digits "
+            "and _ . + - only"
+        )
+
+
 def _grid_points(grid: dict) -> list[dict]:
+    for key, values in grid.items():
+        _check_key(key, "search.grid")
+        for index, value in enumerate(values):
+            _check_grid_value(key, index, value)
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
 
@@ -41,6 +81,15 @@ def _grid_points(grid: dict) -> list[dict]:
 def _random_points(random: dict) -> list[dict]:
     """`n` points drawn with `seed` from `log_uniform` and `uniform` ranges {key: [low, high]}."""
     rng = np.random.default_rng(random.get("seed", 0))
+    for kind in ("log_uniform", "uniform"):
+        for key, (low, high) in random.get(kind, {}).items():
+            _check_key(key, f"search.random.{kind}")
+            lowest = 0.0 if kind == "log_uniform" else -math.inf
+            if not (lowest < low <= high < math.inf):
+                bounds = "0 < low <= high" if kind == "log_uniform" else "low <= high, both finite"
+                raise ValueError(
+                    f"search.random.{kind}.{key}: [low, high] must have {bounds}, got {[low, high]}"
+                )
     ranges = [
         (key, "log_uniform", bounds)
         for key, bounds in sorted(random.get("log_uniform", {}).items())
@@ -84,6 +133,14 @@ def expand_search(search: dict | None) -> list[Run]:
             {**grid_point, **random_point} for grid_point in grid for random_point in random
         )
     ]
+    for run in runs:  # (keys and values are safe characters, so only the length can be wrong)
+        size = len(run.name.encode())
+        if size > MAX_RUN_NAME_BYTES:
+            raise ValueError(
+                f"search: the run name {run.name[:60]!r}... is {size} bytes long; a run's folder "
+                f"and log file names allow {MAX_RUN_NAME_BYTES}. Search fewer keys at once, or "
+                "use shorter string values."
+            )
     names = [run.name for run in runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

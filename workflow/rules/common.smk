@@ -1,14 +1,25 @@
 # Config validation and path helpers shared by every rule file. The modules imported here import
 # no torch, pandas, h5py, dandi, nlb_tools or user plugins, so parsing the workflow is quick and
 # runs no plugin code (tests/test_workflow.py checks it).
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from lfads.data.fetch import nwb_paths, source_kind, truth_paths
+from lfads.data.fetch import (
+    FetchedFileError,
+    check_fetched,
+    fetch_jobs,
+    job_source,
+    marker_path,
+    nwb_paths,
+    source_kind,
+    truth_paths,
+)
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
 from lfads.evaluation.outputs import figures_for
-from lfads.infra.config import ConfigError, check_config, validate_config
+from lfads.infra.config import ConfigError, check_config, check_output_paths, validate_config
+from lfads.infra.io import remove_stale_temporaries
 from lfads.search.space import run_hparams as merged_hparams
 
 try:
@@ -27,22 +38,30 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 NWB = {role: str(path) for role, path in nwb_paths(SOURCE, DATA_DIR).items()}
 TRUTH = {role: str(path) for role, path in (truth_paths(SOURCE, DATA_DIR) or {}).items()}
-FETCH_MARKER = f"{DATA_DIR}/fetched.json"
+# One fetch job per asset ("train", "test"; "synthetic" for the generator). Its output is a marker
+# written once its files are verified; the files themselves are outputs of no rule, so Snakemake
+# never deletes a download (lfads/data/fetch.py).
+FETCH_JOBS = fetch_jobs(SOURCE)  # {job: the NWB roles it provides}
 
 
 wildcard_constraints:
     bin="|".join(str(width) for width in BIN_WIDTHS_MS),
+    asset="|".join(FETCH_JOBS),
 
 
-def fetched_files():
-    """Files the fetch rule writes (a local source is only verified, not copied)."""
-    if source_kind(SOURCE) == "local":
-        return []
-    return list(NWB.values()) + list(TRUTH.values())
+def fetch_markers(*roles):
+    """Markers of the fetch jobs that provide the NWB files of `roles` (their truth included)."""
+    jobs = [job for job, provides in FETCH_JOBS.items() if set(roles) & set(provides)]
+    return [str(marker_path(DATA_DIR, job)) for job in jobs]
 
 
-def local_source_files():
-    return list(NWB.values()) if source_kind(SOURCE) == "local" else []
+def local_source_file(wildcards):
+    """A local source's file of one fetch job (an input: replacing the file reruns the check)."""
+    return [NWB[wildcards.asset]] if source_kind(SOURCE) == "local" else []
+
+
+def fetch_params(wildcards):
+    return job_source(SOURCE, wildcards.asset)
 
 
 def data_outputs():
@@ -83,3 +102,27 @@ def final_outputs():
     if PHASE == "test":
         outputs.append(f"{RESULTS}/submission_{DATASET}.h5")
     return outputs
+
+
+# Every file of every run is a target of the workflow (the Snakefile's first rule): Snakemake
+# rebuilds a missing target, but a missing intermediate file counts as fine when the files after
+# it exist, so an inferred.h5 lost to a killed forced rerun would otherwise leave it "done".
+RUN_FILES = ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json")
+
+
+def run_outputs():
+    return [f"{RUNS_DIR}/{run}/{name}" for run in RUNS for name in RUN_FILES]
+
+
+# The paths built from configfile values stay inside resources/ and results/ (checked in the code
+# as well as by the schema: an output path outside would be deleted when its job starts), and a
+# file that a fetch marker records must still be there.
+try:
+    check_output_paths(
+        [DATA_DIR, RESULTS, *(str(marker_path(DATA_DIR, job)) for job in FETCH_JOBS)]
+        + ([] if source_kind(SOURCE) == "local" else [*NWB.values(), *TRUTH.values()])
+        + [f"{folder}/{run}" for folder in (RUNS_DIR, CHECKPOINTS_DIR) for run in RUNS]
+    )
+    check_fetched(SOURCE, DATA_DIR)
+except (ConfigError, FetchedFileError) as error:
+    raise WorkflowError(str(error)) from None

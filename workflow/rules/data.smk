@@ -1,4 +1,7 @@
 # Data stages: fetch the NWB files, bin and split them, and build the evaluation targets.
+# fetch: one job per asset; its output is the asset's marker (path, bytes, SHA-256), and the NWB
+# files are outputs of no rule, so Snakemake never deletes a verified download. The later rules
+# depend on the markers and read the files' paths from params.
 
 
 localrules:
@@ -7,29 +10,25 @@ localrules:
 
 rule fetch:
     input:
-        local_source_files(),
+        local_source_file,
     output:
-        marker=FETCH_MARKER,
-        files=fetched_files(),
+        f"{DATA_DIR}/fetched/{{asset}}.json",
     log:
-        f"{LOGS}/fetch.log",
+        f"{LOGS}/fetch_{{asset}}.log",
     benchmark:
-        f"{BENCHMARKS}/fetch.tsv"
+        f"{BENCHMARKS}/fetch_{{asset}}.tsv"
     conda:
         "../../envs/lfads.yaml"
     params:
-        source=SOURCE,
-        data_dir=lambda wildcards, output: Path(output.marker).parent,
+        source=fetch_params,
+        data_dir=lambda wildcards, output: Path(output[0]).parent.parent,  # (fetched/<asset>.json)
     script:
         "../scripts/fetch.py"
 
 
 rule prepare:
     input:
-        marker=FETCH_MARKER,
-        train=NWB["train"],
-        test=NWB["test"],
-        truth=list(TRUTH.values()),
+        fetch_markers("train", "test"),
     output:
         f"{RESULTS}/prepared_{{bin}}ms.h5",
     log:
@@ -39,6 +38,8 @@ rule prepare:
     conda:
         "../../envs/lfads.yaml"
     params:
+        train=NWB["train"],
+        test=NWB["test"],
         dataset=DATASET,
         layout=LAYOUT,
         phase=PHASE,
@@ -51,8 +52,7 @@ rule prepare:
 
 rule targets:
     input:
-        marker=FETCH_MARKER,
-        train=NWB["train"],
+        fetch_markers("train"),
     output:
         f"{RESULTS}/targets_{{bin}}ms.h5",
     log:
@@ -64,6 +64,7 @@ rule targets:
     resources:
         mem_mb=config["targets"]["mem_mb"],
     params:
+        train=NWB["train"],
         layout=LAYOUT,
     script:
         "../scripts/targets.py"

@@ -3,8 +3,8 @@ from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     prepare(
-        snakemake.input.train,
-        snakemake.input.test,
+        snakemake.params.train,
+        snakemake.params.test,
         snakemake.output[0],
         nlb_layout=snakemake.params.layout,
         bin_width_ms=int(snakemake.wildcards.bin),
