@@ -178,7 +178,14 @@ def test_every_schema_key_is_documented_in_config_readme():
 
     missing = [key for key in keys if not is_documented(key)]
     assert missing == [], "schema keys missing in config/README.md (under their section)"
-    stale = [pattern for pattern in documented if not any(matches(pattern, k) for k in keys)]
+    # source.synthetic is a plain mapping in the schema: its keys are SyntheticSettings' fields,
+    # checked against config/README.md by the next test
+    stale = [
+        pattern
+        for pattern in documented
+        if not pattern.startswith("source.synthetic.")
+        and not any(matches(pattern, k) for k in keys)
+    ]
     assert stale == [], "config/README.md documents keys the schema does not have"
 
 

@@ -11,8 +11,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY_HPARAMS, write_lorenz_prepared
+from conftest import TINY_HPARAMS
 
+from lfads.bench.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import read_model
 from lfads.formats.metrics import read_metrics_csv
 from lfads.model.hparams import HParams
@@ -53,14 +54,6 @@ class PoissonNanAfterCalls(Poisson):
         self.calls_left -= 1
         loss = super().compute_loss(data, params)
         return loss * math.nan if self.calls_left < 0 else loss
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
