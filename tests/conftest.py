@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -62,6 +63,30 @@ WORKFLOW_HPARAMS = {
     "kl_increase_epoch": 10,
     "l2_increase_epoch": 10,
 }
+
+
+@pytest.fixture(scope="session")
+def poisson_nan_after() -> str:
+    """Registers, once, the reconstruction "poisson_nan_after": Poisson whose loss turns NaN
+    after `calls` evaluations (train and valid batches alike), to trip the NaN guard. Returns
+    the name, for `{"reconstruction": {"name": ..., "calls": n}}`."""
+    from lfads.model.recons import Poisson
+    from lfads.model.registry import names, register_reconstruction
+
+    if "poisson_nan_after" not in names("reconstruction"):
+
+        @register_reconstruction("poisson_nan_after")
+        class PoissonNanAfter(Poisson):
+            def __init__(self, *, n_neurons: int, calls: int = 0):
+                super().__init__(n_neurons=n_neurons)
+                self.calls_left = calls
+
+            def compute_loss(self, data, params):
+                self.calls_left -= 1
+                loss = super().compute_loss(data, params)
+                return loss * math.nan if self.calls_left < 0 else loss
+
+    return "poisson_nan_after"
 
 
 @pytest.fixture(scope="session", autouse=True)

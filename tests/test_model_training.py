@@ -22,25 +22,9 @@ from lfads.bench.toydata import write_lorenz_prepared
 from lfads.cli import main
 from lfads.formats.checkpoints import load_model, read_model, read_training_checkpoint
 from lfads.model.hparams import HParams
-from lfads.model.recons import Poisson
-from lfads.model.registry import register_reconstruction
 from lfads.training.train import train_model
 
 FAC_DIM = TINY_HPARAMS["fac_dim"]
-
-
-@register_reconstruction("poisson_nan_after")
-class PoissonNanAfter(Poisson):
-    """Poisson whose loss turns NaN after `calls` evaluations (to trip the NaN guard)."""
-
-    def __init__(self, *, n_neurons: int, calls: int = 0):
-        super().__init__(n_neurons=n_neurons)
-        self.calls_left = calls
-
-    def compute_loss(self, data, params):
-        self.calls_left -= 1
-        loss = super().compute_loss(data, params)
-        return loss * math.nan if self.calls_left < 0 else loss
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +150,13 @@ def test_resume_in_process_continues_exactly(lorenz_file, tmp_path, caplog):
         assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-5), key
 
 
-def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(lorenz_file, tmp_path, caplog):
+def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(
+    lorenz_file, tmp_path, caplog, poisson_nan_after
+):
     # 2 train batches + 1 valid batch per epoch: the 7th loss evaluation is in the third epoch,
     # which the log counts as epoch 3
     hp = HParams.from_dict(
-        {**TINY_HPARAMS, "reconstruction": {"name": "poisson_nan_after", "calls": 6}}
+        {**TINY_HPARAMS, "reconstruction": {"name": poisson_nan_after, "calls": 6}}
     )
     config = tmp_path / "hp.yaml"
     config.write_text(hp.to_yaml())

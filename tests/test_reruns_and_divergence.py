@@ -42,20 +42,6 @@ class PoissonWorseValidAfter(Poisson):
         return loss + 1.0 if self.validations_left < 0 else loss
 
 
-@register_reconstruction("poisson_nan_after_calls")
-class PoissonNanAfterCalls(Poisson):
-    """Poisson whose loss turns NaN after `calls` evaluations (4 train + 1 valid per epoch)."""
-
-    def __init__(self, *, n_neurons: int, calls: int = 0):
-        super().__init__(n_neurons=n_neurons)
-        self.calls_left = calls
-
-    def compute_loss(self, data, params):
-        self.calls_left -= 1
-        loss = super().compute_loss(data, params)
-        return loss * math.nan if self.calls_left < 0 else loss
-
-
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("reruns")
@@ -243,10 +229,10 @@ def test_lr_1000_names_the_posterior_parameter_and_writes_a_diverged_run(data_fi
 
 
 def test_a_diverged_run_keeps_its_best_epoch_and_a_rerun_does_not_resume_into_the_nan(
-    data_files, tmp_path, caplog
+    data_files, tmp_path, caplog, poisson_nan_after
 ):
     # 4 train batches + 1 valid batch per epoch: the 13th loss evaluation is in epoch 3
-    hp = HP.replace(reconstruction={"name": "poisson_nan_after_calls", "calls": 12})
+    hp = HP.replace(reconstruction={"name": poisson_nan_after, "calls": 12})
     model = train_model([data_files["a"]], hp, tmp_path / "run", max_epochs=5, device="cpu")
     saved = read_model(model)
     assert saved.diverged.epoch == 3 and saved.epochs == 2 and saved.best_epoch in (1, 2)
