@@ -257,9 +257,10 @@ def test_compiled_path_gives_the_numbers_of_eager():
             compiled_values[name], eager_values[name], rtol=1e-5, atol=1e-6, msg=name
         )
     assert set(compiled_grads) == set(eager_grads)
-    for name in eager_grads:
+    for name in eager_grads:  # float32 rounding: relative to each gradient's scale
+        scale = float(eager_grads[name].abs().max())
         torch.testing.assert_close(
-            compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name
+            compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name
         )
     model.eval()
     averaged = {}
