@@ -18,16 +18,19 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install demo report test test-fast lint bench gpu-check clean-demo
 
+# Every target that needs the environment installs it once (the stamp); `make install` always
+# runs the install, so `make install TORCH_SPEC=...` also acts on an existing .venv.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(MAKE) --no-print-directory install
+
+install:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@# nlb-tools 0.0.4 pins pandas<=1.3.4 (no Python 3.11 wheel); it runs fine on pandas 2.
 	$(BIN)/python -m pip install --quiet --no-deps nlb-tools==0.0.4
 	touch $(STAMP)
-
-install: $(STAMP)
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/config.yaml
