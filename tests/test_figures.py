@@ -1,0 +1,121 @@
+"""The report's references (smoothing baseline, true rates), its summary table and its figures,
+from stand-in runs whose 'inferred' rates are the truth times noise (as tests/test_evaluation.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lfads.evaluation.aggregate import write_summary
+from lfads.evaluation.evaluate import evaluate_run
+from lfads.evaluation.references import (
+    PER_NEURON_CO_BPS,
+    SMOOTHING,
+    TRUE_RATES,
+    bits_per_spike_per_neuron,
+    write_references,
+)
+from lfads.formats.inferred import InferredAttributes, InferredSplit, write_inferred
+from lfads.formats.metrics import write_metrics_csv
+from lfads.formats.prepared import read_prepared
+
+RUNS = {"noise~0.2": {"noise": 0.2}, "noise~0.6": {"noise": 0.6}}
+
+
+@pytest.fixture(scope="module")
+def prepared(prepared_files):
+    files = prepared_files(20)
+    return files.prepared, files.targets
+
+
+def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], seed: int):
+    """A run folder with inferred.h5 (truth x lognormal noise, 2 inferred inputs) and metrics.csv."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    prepared = read_prepared(prepared_path)
+    splits = {}
+    for split, arrays in prepared.splits.items():
+        truth = arrays.truth
+        n_trials, n_bins = truth.shape[:2]
+        splits[split] = InferredSplit(
+            rates=(truth * np.exp(noise * rng.normal(size=truth.shape))).astype(np.float32),
+            factors=rng.normal(size=(n_trials, n_bins, 5)).astype(np.float32),
+            co_mean=rng.normal(size=(n_trials, n_bins, 2)).astype(np.float32),
+            co_std=np.full((n_trials, n_bins, 2), 0.5, np.float32),
+            nlb_index=arrays.nlb_index,
+        )
+    attributes = InferredAttributes(
+        n_samples=1,
+        seed=seed,
+        session=0,
+        model_epochs=len(valid_losses),
+        data_file=str(prepared_path),
+        mantissa_bits=23,
+    )
+    write_inferred(folder / "inferred.h5", prepared.session_attributes(), attributes, splits)
+    write_metrics_csv(
+        folder / "metrics.csv",
+        [
+            {
+                "epoch": epoch,
+                "train_loss": loss * 0.9,
+                "valid_loss": loss,
+                "valid_recon_smoothed": loss,
+            }
+            for epoch, loss in enumerate(valid_losses)
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def scored(prepared, tmp_path_factory):
+    """Two evaluated stand-in runs, their summary.tsv and references.json: a dict of paths."""
+    prepared_path, targets = prepared
+    folder = tmp_path_factory.mktemp("runs")
+    for (name, params), losses, seed in zip(RUNS.items(), ([3.0, 1.5], [3.0, 1.2]), (1, 2)):
+        fake_run(folder / name, prepared_path, params["noise"], losses, seed)
+        evaluate_run(
+            prepared_path, folder / name / "inferred.h5", targets, folder / name / "metrics.json"
+        )
+    write_summary(RUNS, folder, folder / "summary.tsv")
+    write_references(prepared_path, targets, folder / "references.json")
+    return {
+        "runs": folder,
+        "summary": folder / "summary.tsv",
+        "references": folder / "references.json",
+        "prepared": prepared_path,
+        "targets": targets,
+    }
+
+
+def test_references_score_the_smoothing_baseline_below_the_true_rates(scored):
+    references = json.loads(scored["references"].read_text())
+    smoothing, truth = references[SMOOTHING], references[TRUE_RATES]
+    assert "fp-bps" not in smoothing and "fp-bps" in truth
+    # Smoothing recovers part of what the truth explains, and less than the truth.
+    assert 0.0 < smoothing["co-bps"] < truth["co-bps"]
+    assert smoothing["vel R2"] < truth["vel R2"] and smoothing["psth R2"] < truth["psth R2"]
+    per_neuron = np.array(smoothing[PER_NEURON_CO_BPS], dtype=float)
+    n_heldout = read_prepared(scored["prepared"], keys=()).attributes.n_heldout
+    assert per_neuron.shape == (n_heldout,)
+    assert np.nanmax(per_neuron) > 0
+
+
+def test_per_neuron_bits_per_spike_average_to_the_total_when_neurons_fire_alike():
+    from nlb_tools.evaluation import bits_per_spike
+
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0.05, 0.5, size=(40, 30, 3))
+    spikes = rng.poisson(rates).astype(float)
+    per_neuron = bits_per_spike_per_neuron(rates, spikes)
+    # Each neuron's bits are its own log-likelihood gain over its own mean rate, so the total is
+    # the spike-weighted mean of the neurons' values.
+    weights = spikes.sum((0, 1))
+    assert np.sum(per_neuron * weights) / weights.sum() == pytest.approx(
+        bits_per_spike(rates, spikes), rel=1e-9
+    )
+    silent = spikes.copy()
+    silent[..., 1] = 0
+    assert np.isnan(bits_per_spike_per_neuron(rates, silent)[1])
