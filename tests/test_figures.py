@@ -119,3 +119,108 @@ def test_per_neuron_bits_per_spike_average_to_the_total_when_neurons_fire_alike(
     silent = spikes.copy()
     silent[..., 1] = 0
     assert np.isnan(bits_per_spike_per_neuron(rates, silent)[1])
+
+
+def drawn_texts(figure) -> list:
+    """The text artists a drawn figure shows: visible, non-empty, and for tick labels only those
+    of ticks inside the axis's view (matplotlib keeps labels of ticks outside it, undrawn)."""
+    from matplotlib.text import Text
+
+    tick_labels, shown = set(), []
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-9
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                labels = (tick.label1, tick.label2)
+                tick_labels.update(id(label) for label in labels)
+                if low - span <= tick.get_loc() <= high + span:
+                    shown += [label for label in labels if label.get_visible()]
+    shown += [text for text in figure.findobj(Text) if id(text) not in tick_labels]
+    return [text for text in shown if text.get_visible() and text.get_text().strip()]
+
+
+def text_overlaps(figure) -> list[tuple[str, str]]:
+    """Pairs of shown text artists of a drawn figure whose boxes overlap."""
+    renderer = figure.canvas.get_renderer()
+    boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in drawn_texts(figure)]
+    return [
+        (first, second)
+        for index, (first, box) in enumerate(boxes)
+        for second, other in boxes[index + 1 :]
+        if box.overlaps(other) and box.width > 0 and other.width > 0
+    ]
+
+
+def unlabelled_axes(figure) -> list[str]:
+    """The drawn axes (not colour bars) of a figure without an x or y label."""
+    return [
+        ax.get_title() or repr(ax)
+        for ax in figure.axes
+        if ax.get_visible()
+        and ax.axison
+        and not hasattr(ax, "_colorbar")
+        and not (ax.get_xlabel() and ax.get_ylabel())
+    ]
+
+
+@pytest.mark.slow
+def test_every_figure_is_drawn_labelled_without_overlapping_text(scored, monkeypatch, tmp_path):
+    """Every figure of the val phase on synthetic data, drawn by all_figures; the PNGs are kept in
+    tmp_path for a look (pytest --basetemp)."""
+    from lfads.evaluation import figures
+    from lfads.evaluation.outputs import figures_for
+
+    drawn = {}
+    save = figures.save_figure
+
+    def keep(figure, path):
+        figure.canvas.draw()
+        drawn[path.stem] = (text_overlaps(figure), unlabelled_axes(figure))
+        save(figure, path)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
+    outputs = {name: tmp_path / f"{name}.png" for name in names}
+    figures.all_figures(
+        scored["summary"],
+        scored["runs"],
+        RUNS,
+        scored["prepared"],
+        scored["targets"],
+        "mc_maze_20",
+        outputs,
+        scored["references"],
+    )
+    assert sorted(drawn) == sorted(names)
+    for name, (overlaps, unlabelled) in drawn.items():
+        assert overlaps == [], f"{name}: overlapping text {overlaps}"
+        assert unlabelled == [], f"{name}: axes without labels {unlabelled}"
+        assert outputs[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_velocity_figure_uses_the_decoder_of_vel_r2(scored):
+    """The figure's decoder, scored over every eval bin, gives the summary's vel R2."""
+    from lfads.evaluation.figures import nlb_velocity_decoder
+    from lfads.evaluation.submission import nlb_submission
+    from lfads.formats.targets import read_targets
+
+    run = "noise~0.6"
+    submission = nlb_submission(scored["prepared"], scored["runs"] / run / "inferred.h5")
+    rates = {
+        split: np.concatenate(
+            [submission["mc_maze_20"][f"{split}_rates_heldin"],
+             submission["mc_maze_20"][f"{split}_rates_heldout"]],
+            axis=2,
+        )
+        for split in ("train", "eval")
+    }
+    targets = read_targets(scored["targets"], "mc_maze_20")
+    decoder = nlb_velocity_decoder(rates["train"], targets.train_behavior)
+    x = rates["eval"].reshape(-1, rates["eval"].shape[2]).astype(float)
+    y = targets.eval_behavior.reshape(-1, targets.eval_behavior.shape[2])
+    keep = ~np.isnan(y[:, 0])
+    metrics = json.loads((scored["runs"] / run / "metrics.json").read_text())
+    assert decoder.score(x[keep], y[keep]) == pytest.approx(metrics["vel R2"], abs=1e-9)
+    assert 0.3 < metrics["vel R2"] < 1.0

@@ -1,4 +1,4 @@
-"""What a run's scores are compared with (rule `references`): NLB's smoothing baseline and, on
+"""What a run's scores are compared with (rule `aggregate`, references.json): NLB's smoothing baseline and, on
 synthetic data, the true rates, both scored with nlb_tools' `evaluate` on the eval trials.
 
 The smoothing baseline follows NLB's: held-in spikes smoothed with a Gaussian kernel
