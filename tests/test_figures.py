@@ -141,10 +141,17 @@ def drawn_texts(figure) -> list:
 
 
 def text_overlaps(figure) -> list[tuple[str, str]]:
-    """Pairs of shown text artists of a drawn figure whose boxes overlap."""
+    """Pairs of shown text artists of a drawn figure whose boxes overlap, and ("outside", text)
+    for a text that reaches past the figure's edge."""
     renderer = figure.canvas.get_renderer()
     boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in drawn_texts(figure)]
-    return [
+    page = figure.bbox.padded(1)
+    outside = [
+        ("outside", text)
+        for text, box in boxes
+        if not (page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1)
+    ]
+    return outside + [
         (first, second)
         for index, (first, box) in enumerate(boxes)
         for second, other in boxes[index + 1 :]

@@ -107,15 +107,16 @@ def _condition_legend(figure, colours, conditions, title: str) -> None:
 def metrics_vs_hyperparameters(
     summary_tsv: str | Path, searched: list[str], out: str | Path
 ) -> None:
-    """One panel per (metric, searched hyperparameter); the best run is circled."""
+    """One panel per (searched hyperparameter, metric); the best run is circled."""
     from lfads.evaluation.aggregate import read_summary
 
     table = read_summary(summary_tsv, scored_only=True)
     metrics = [m for m in METRICS if m in table]
     searched = searched or ["run"]
-    figure, axes = new_figure(len(metrics), len(searched), 3.2 * len(searched), 2.2 * len(metrics))
-    for row, metric in enumerate(metrics):
-        for column, key in enumerate(searched):
+    # One row per searched hyperparameter, one column per metric: wide, as a report page is.
+    figure, axes = new_figure(len(searched), len(metrics), 2.6 * len(metrics), 2.4 * len(searched))
+    for row, key in enumerate(searched):
+        for column, metric in enumerate(metrics):
             ax = axes[row, column]
             x = table[key] if key in table else np.arange(len(table))
             ax.scatter(x, table[metric], s=18, color="0.3", label="run")
@@ -142,7 +143,9 @@ def metrics_vs_hyperparameters(
 
 
 def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
-    """Train and valid loss per epoch of every run."""
+    """Train and valid loss per epoch (from 1) of every run."""
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = new_figure(1, 2, 10, 3.6, sharey=True)
     for index, (name, folder) in enumerate(sorted(run_dirs.items())):
         table = read_metrics_csv(Path(folder) / "metrics.csv")
@@ -153,6 +156,7 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     for ax, title in zip(axes[0], ("train loss", "valid loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.set_ylabel("loss (nats, the training objective)")
     axes[0, 1].legend(fontsize=6, title="run", title_fontsize=7)
