@@ -1,5 +1,5 @@
 """The report's references (smoothing baseline, true rates), its summary table and its figures,
-from stand-in runs whose 'inferred' rates are the truth times noise (as tests/test_evaluation.py)."""
+from stand-in runs whose 'inferred' rates are the truth times noise (see test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def prepared(prepared_files):
 
 
 def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], seed: int):
-    """A run folder with inferred.h5 (truth x lognormal noise, 2 inferred inputs) and metrics.csv."""
+    """A run folder: inferred.h5 (truth x lognormal noise, 2 inferred inputs) and metrics.csv."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     prepared = read_prepared(prepared_path)
@@ -90,6 +90,7 @@ def scored(prepared, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_references_score_the_smoothing_baseline_below_the_true_rates(scored):
     references = json.loads(scored["references"].read_text())
     smoothing, truth = references[SMOOTHING], references[TRUE_RATES]
@@ -217,8 +218,10 @@ def test_the_velocity_figure_uses_the_decoder_of_vel_r2(scored):
     submission = nlb_submission(scored["prepared"], scored["runs"] / run / "inferred.h5")
     rates = {
         split: np.concatenate(
-            [submission["mc_maze_20"][f"{split}_rates_heldin"],
-             submission["mc_maze_20"][f"{split}_rates_heldout"]],
+            [
+                submission["mc_maze_20"][f"{split}_rates_heldin"],
+                submission["mc_maze_20"][f"{split}_rates_heldout"],
+            ],
             axis=2,
         )
         for split in ("train", "eval")
@@ -231,3 +234,41 @@ def test_the_velocity_figure_uses_the_decoder_of_vel_r2(scored):
     metrics = json.loads((scored["runs"] / run / "metrics.json").read_text())
     assert decoder.score(x[keep], y[keep]) == pytest.approx(metrics["vel R2"], abs=1e-9)
     assert 0.3 < metrics["vel R2"] < 1.0
+
+
+def test_summary_html_puts_the_best_run_beside_the_references(tmp_path):
+    from lfads.evaluation.report_table import BEST_ROW, write_summary_html
+
+    runs = {"lr~0.01": {"lr": 0.01}, "lr~0.001": {"lr": 0.001}, "lr~1000": {"lr": 1000.0}}
+    curves = {"lr~0.01": [3.0, 1.1], "lr~0.001": [3.0, 1.4], "lr~1000": [3.0]}
+    scores = {
+        "lr~0.01": {"co-bps": 0.31234, "vel R2": 0.8},
+        "lr~0.001": {"co-bps": 0.2},
+        "lr~1000": {"diverged": True, "diverged_epoch": 1, "diverged_reason": "NaN"},
+    }
+    for name, losses in curves.items():
+        rows = [
+            {"epoch": epoch, "valid_loss": loss, "valid_recon_smoothed": loss}
+            for epoch, loss in enumerate(losses)
+        ]
+        write_metrics_csv(tmp_path / name / "metrics.csv", rows)
+        (tmp_path / name / "metrics.json").write_text(json.dumps(scores[name]))
+    write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    references = {SMOOTHING: {"co-bps": 0.25, "vel R2": 0.6, "kernel_sd_ms": 50.0}}
+    (tmp_path / "references.json").write_text(json.dumps(references))
+    page = write_summary_html(
+        tmp_path / "summary.tsv", tmp_path / "references.json", tmp_path / "summary.html"
+    ).read_text()
+    assert "Best run: <b>lr~0.01</b>" in page and "co-bps <b>0.3123</b>" in page
+    result = page[page.index('id="result-table"') : page.index('id="runs-table"')]
+    assert result.count("<tr") == 3  # header, the best run, the smoothing baseline
+    assert "smoothing baseline (Gaussian 50 ms + Poisson GLM)" in result and "0.2500" in result
+    runs_table = page[page.index('id="runs-table"') :]
+    body_rows = runs_table.split("<tr")[2:]
+    assert [row.split("</td>")[0].rsplit(">", 1)[1] for row in body_rows] == [
+        "lr~0.01",
+        "lr~0.001",
+        "lr~1000",
+    ]
+    assert BEST_ROW in body_rows[0] and BEST_ROW not in body_rows[1]
+    assert ">diverged<" in body_rows[2] and "—" in body_rows[2]

@@ -334,7 +334,9 @@ def inferred_inputs(prepared_path: str | Path, inferred_path: str | Path, out: s
         ax.set_title(f"inferred input {index + 1}")
         ax.set_xlabel(time_label)
         ax.set_ylabel("posterior mean (a.u.)")
-    figure.suptitle(f"Best run: inferred inputs per condition (shade: ±1 s.d., condition {drawn[0]})")
+    figure.suptitle(
+        f"Best run: inferred inputs per condition (shade: ±1 s.d., condition {drawn[0]})"
+    )
     _condition_legend(figure, colours, drawn, "condition")
     save_figure(figure, out)
 
@@ -452,7 +454,8 @@ def neuron_co_bps(
     out: str | Path,
 ) -> None:
     """Each held-out neuron's co-bps on the eval trials: best run against the smoothing baseline
-    (references.json), and both against the neuron's firing rate."""
+    (references_json, the aggregate rule's references.json; None: fit here), and both against the
+    neuron's firing rate."""
     from lfads.evaluation.references import PER_NEURON_CO_BPS, SMOOTHING, bits_per_spike_per_neuron
 
     attributes = read_prepared(prepared_path, keys=()).attributes
@@ -460,9 +463,13 @@ def neuron_co_bps(
     n_obs, n_heldin = attributes.n_obs_bins, attributes.n_heldin
     rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates[:, :n_obs, n_heldin:]
     model = bits_per_spike_per_neuron(rates, spikes)
-    smoothing = np.array(
-        json.loads(Path(references_json).read_text())[SMOOTHING][PER_NEURON_CO_BPS], dtype=float
-    )
+    if references_json is not None:
+        found = json.loads(Path(references_json).read_text())
+    else:  # outside the workflow: fit the baseline here (seconds)
+        from lfads.evaluation.references import references
+
+        found = references(prepared_path, targets_path)
+    smoothing = np.array(found[SMOOTHING][PER_NEURON_CO_BPS], dtype=float)
     mean_rate = np.nanmean(spikes, axis=(0, 1)) * _bin_hz(attributes)
     figure, axes = new_figure(1, 2, 10, 4.2)
     ax = axes[0, 0]
@@ -499,7 +506,8 @@ def all_figures(
     references_json: Path | None = None,
 ) -> None:
     """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES);
-    references_json: the aggregate rule's references.json (for the per-neuron co-bps figure)."""
+    references_json: the aggregate rule's references.json (for the per-neuron co-bps figure;
+    None: the smoothing baseline is fit again)."""
     from lfads.evaluation.aggregate import best_run, scored_runs
 
     unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})

@@ -1,5 +1,6 @@
-"""What a run's scores are compared with (rule `aggregate`, references.json): NLB's smoothing baseline and, on
-synthetic data, the true rates, both scored with nlb_tools' `evaluate` on the eval trials.
+"""What a run's scores are compared with (rule `aggregate`, references.json): NLB's smoothing
+baseline and, on synthetic data, the true rates, both scored with nlb_tools' `evaluate` on the
+eval trials.
 
 The smoothing baseline follows NLB's: held-in spikes smoothed with a Gaussian kernel
 (SMOOTHING_KERNEL_SD_MS), then one Poisson GLM per held-out neuron from the smoothed held-in
@@ -40,7 +41,10 @@ def smooth_spikes(spikes: np.ndarray, bin_width_ms: float, kernel_sd_ms: float) 
     from scipy.ndimage import gaussian_filter1d
 
     return gaussian_filter1d(
-        np.nan_to_num(spikes.astype(np.float64)), kernel_sd_ms / bin_width_ms, axis=1, mode="nearest"
+        np.nan_to_num(spikes.astype(np.float64)),
+        kernel_sd_ms / bin_width_ms,
+        axis=1,
+        mode="nearest",
     )
 
 
@@ -110,7 +114,8 @@ def smoothing_submission(prepared: PreparedFile) -> dict[str, np.ndarray]:
         return np.stack(columns, axis=1).reshape(heldin.shape[:2] + (len(glms),))
 
     forward_mean = np.nanmean(
-        np.concatenate([splits[s].recon_data[:, n_obs:, :] for s in ("train", "valid")]), axis=(0, 1)
+        np.concatenate([splits[s].recon_data[:, n_obs:, :] for s in ("train", "valid")]),
+        axis=(0, 1),
     )
     n_eval, n_fwd = len(eval_heldin), attributes.n_fwd_bins
     forward = np.broadcast_to(forward_mean, (n_eval, n_fwd, len(forward_mean)))
