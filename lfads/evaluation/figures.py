@@ -1,16 +1,21 @@
 """Figures of a dataset's runs and of its best run (rule `figures`), with matplotlib's Agg backend.
 
-Every function takes file paths and writes one PNG atomically. Rates are in
-spikes per bin; figures show them as Hz. Runs that diverged are left out (`aggregate.read_summary`).
+Every function takes file paths and writes one PNG atomically (`save_figure`). Rates are stored in
+spikes per bin and drawn in Hz; time runs in ms from the layout's alignment event (dmfc_rsg: from
+the start of the window). Every figure uses matplotlib's constrained layout, so titles, labels and
+colour bars do not overlap (tests/test_figures.py checks the drawn text). Runs that diverged are
+left out (`aggregate.read_summary`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from lfads.data.layouts import layout
 from lfads.evaluation.outputs import FIGURES
 from lfads.formats.inferred import read_inferred
 from lfads.formats.metrics import (
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", VALID_RECON_SMOOTHED]
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
+MAX_CONDITIONS = 20  # conditions drawn with their own colour (tab20); more are subsampled
+DPI = 110
 
 
 def _pyplot():
@@ -40,43 +47,83 @@ def _pyplot():
     return plt
 
 
-def _log_norm():
-    from matplotlib.colors import LogNorm
+def new_figure(n_rows: int, n_columns: int, width: float, height: float, **keywords):
+    """(figure, axes array of shape (n_rows, n_columns)) with the constrained layout engine."""
+    return _pyplot().subplots(
+        n_rows, n_columns, squeeze=False, figsize=(width, height), layout="constrained", **keywords
+    )
 
-    return LogNorm()
 
-
-def _save(figure, path: str | Path) -> None:
+def save_figure(figure, path: str | Path) -> None:
+    """Write `figure` as PNG atomically and close it."""
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        figure.savefig(tmp, dpi=DPI, format="png")
     _pyplot().close(figure)
+
+
+def _bin_hz(attributes: PreparedAttributes) -> float:
+    return 1000.0 / float(attributes.bin_width_ms)
+
+
+def time_axis_ms(attributes: PreparedAttributes, n_bins: int) -> tuple[np.ndarray, str]:
+    """(centre of each bin in ms, axis label): ms from the layout's alignment event."""
+    spec = layout(attributes.nlb_layout)
+    width = float(attributes.bin_width_ms)
+    if spec.name == "dmfc_rsg":  # its eval windows are front-padded, not aligned to one event
+        return (np.arange(n_bins) + 0.5) * width, "time from window start (ms)"
+    start = spec.window_ms[0]
+    return start + (np.arange(n_bins) + 0.5) * width, f"time from {spec.align_field} (ms)"
+
+
+def condition_colours(n_conditions: int) -> list:
+    """One distinct colour per condition (tab10 up to 10 conditions, else tab20)."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if n_conditions <= 10 else "tab20")
+    return [cmap(index % cmap.N) for index in range(n_conditions)]
+
+
+def _drawn_conditions(n_conditions: int) -> np.ndarray:
+    """Every condition, or MAX_CONDITIONS of them evenly spaced when there are more."""
+    if n_conditions <= MAX_CONDITIONS:
+        return np.arange(n_conditions)
+    return np.unique(np.linspace(0, n_conditions - 1, MAX_CONDITIONS).astype(int))
+
+
+def _condition_legend(figure, colours, conditions, title: str) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[i], lw=2) for i in range(len(conditions))]
+    figure.legend(
+        handles,
+        [str(c) for c in conditions],
+        title=title,
+        loc="outside right upper",
+        fontsize=7,
+        title_fontsize=8,
+        ncols=1 if len(conditions) <= 12 else 2,
+    )
 
 
 def metrics_vs_hyperparameters(
     summary_tsv: str | Path, searched: list[str], out: str | Path
 ) -> None:
-    """One panel per (metric, searched hyperparameter); the best run is marked."""
+    """One panel per (searched hyperparameter, metric); the best run is circled."""
     from lfads.evaluation.aggregate import read_summary
 
-    plt = _pyplot()
     table = read_summary(summary_tsv, scored_only=True)
     metrics = [m for m in METRICS if m in table]
     searched = searched or ["run"]
-    figure, axes = plt.subplots(
-        len(metrics),
-        len(searched),
-        squeeze=False,
-        figsize=(3.2 * len(searched), 2.4 * len(metrics)),
-    )
-    for row, metric in enumerate(metrics):
-        for column, key in enumerate(searched):
+    # One row per searched hyperparameter, one column per metric: wide, as a report page is.
+    figure, axes = new_figure(len(searched), len(metrics), 2.6 * len(metrics), 2.4 * len(searched))
+    for row, key in enumerate(searched):
+        for column, metric in enumerate(metrics):
             ax = axes[row, column]
             x = table[key] if key in table else np.arange(len(table))
-            ax.scatter(x, table[metric], s=18, color="0.3")
+            ax.scatter(x, table[metric], s=18, color="0.3", label="run")
             ax.scatter(
                 x[table.best],
                 table[metric][table.best],
-                s=60,
+                s=70,
                 facecolor="none",
                 edgecolor="C3",
                 label="best (valid recon)",
@@ -91,55 +138,78 @@ def metrics_vs_hyperparameters(
             ax.set_xlabel(key)
             ax.set_ylabel(metric)
     axes[0, 0].legend(fontsize=7)
-    figure.suptitle("Metrics against searched hyperparameters")
-    _save(figure, out)
+    figure.suptitle("Metrics of each run against its searched hyperparameters")
+    save_figure(figure, out)
 
 
 def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
-    """Train and valid loss per epoch of every run."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    """Train and valid loss per epoch (from 1) of every run."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = new_figure(1, 2, 10, 3.6, sharey=True)
     for index, (name, folder) in enumerate(sorted(run_dirs.items())):
         table = read_metrics_csv(Path(folder) / "metrics.csv")
-        for ax, column in zip(axes, (TRAIN_LOSS, VALID_LOSS)):
+        for ax, column in zip(axes[0], (TRAIN_LOSS, VALID_LOSS)):
             if column in table:
                 rows = table.dropna(subset=[column])
-                ax.plot(rows[EPOCH], rows[column], color=f"C{index % 10}", label=name, lw=1)
-    for ax, title in zip(axes, ("train loss", "valid loss")):
+                ax.plot(rows[EPOCH] + 1, rows[column], color=f"C{index % 10}", label=name, lw=1)
+    for ax, title in zip(axes[0], ("train loss", "valid loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
-    axes[0].legend(fontsize=6)
-    _save(figure, out)
-
-
-def _bin_hz(attributes: PreparedAttributes) -> float:
-    return 1000.0 / float(attributes.bin_width_ms)
+        ax.set_ylabel("loss (nats, the training objective)")
+    axes[0, 1].legend(fontsize=6, title="run", title_fontsize=7)
+    save_figure(figure, out)
 
 
 def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
-    """Observed spikes beside inferred rates of example validation trials (all neurons and bins)."""
-    plt = _pyplot()
+    """Observed spikes above inferred rates of example validation trials, all neurons and bins;
+    the rate panels share one colour scale."""
+    from matplotlib.colors import Normalize
+
     prepared = read_prepared(prepared_path, keys=("recon_data",))
+    attributes = prepared.attributes
     spikes = prepared.splits["valid"].recon_data[:N_EXAMPLE_TRIALS]
-    inferred = read_inferred(inferred_path, keys=("rates",)).splits
-    rates = inferred["valid"].rates[:N_EXAMPLE_TRIALS] * _bin_hz(prepared.attributes)
-    n_obs, n_heldin = prepared.attributes.n_obs_bins, prepared.attributes.n_heldin
-    figure, axes = plt.subplots(2, len(spikes), figsize=(4 * len(spikes), 6), squeeze=False)
+    rates = read_inferred(inferred_path, keys=("rates",)).splits["valid"].rates[:N_EXAMPLE_TRIALS]
+    rates = rates * _bin_hz(attributes)
+    n_obs, n_heldin = attributes.n_obs_bins, attributes.n_heldin
+    times, time_label = time_axis_ms(attributes, spikes.shape[1])
+    width = float(attributes.bin_width_ms)
+    extent = (times[0] - width / 2, times[-1] + width / 2, spikes.shape[2] - 0.5, -0.5)
+    forward_starts = times[0] - width / 2 + n_obs * width
+    figure, axes = new_figure(2, len(spikes), 4 * len(spikes), 6.4, sharex=True, sharey=True)
+    rate_norm = Normalize(0, float(np.percentile(rates, 99.5)))
+    spike_max = max(1.0, float(np.nanmax(spikes)))
     for trial in range(len(spikes)):
-        axes[0, trial].imshow(spikes[trial].T, aspect="auto", cmap="Greys", interpolation="nearest")
-        image = axes[1, trial].imshow(
-            rates[trial].T, aspect="auto", cmap="viridis", interpolation="nearest"
+        spike_image = axes[0, trial].imshow(
+            spikes[trial].T,
+            aspect="auto",
+            cmap="Greys",
+            interpolation="nearest",
+            extent=extent,
+            vmin=0,
+            vmax=spike_max,
+        )
+        rate_image = axes[1, trial].imshow(
+            rates[trial].T,
+            aspect="auto",
+            cmap="viridis",
+            norm=rate_norm,
+            interpolation="nearest",
+            extent=extent,
         )
         for ax in axes[:, trial]:
-            ax.axvline(n_obs - 0.5, color="C3", lw=0.8)
-            ax.axhline(n_heldin - 0.5, color="C1", lw=0.8)
+            ax.axvline(forward_starts, color="C3", lw=1)
+            ax.axhline(n_heldin - 0.5, color="C1", lw=1)
+            ax.set_xlabel(time_label)
+            ax.set_ylabel("neuron (held-out below orange)")
         axes[0, trial].set_title(f"valid trial {trial}: spikes")
-        axes[1, trial].set_title("inferred rates (Hz)")
-        axes[1, trial].set_xlabel("bin (red: forward prediction starts)")
-    axes[0, 0].set_ylabel("neuron (orange: held-out below)")
-    figure.colorbar(image, ax=axes[1, -1])
-    _save(figure, out)
+        axes[1, trial].set_title(f"valid trial {trial}: inferred rates")
+    figure.colorbar(spike_image, ax=axes[0, :], label="spikes per bin", shrink=0.9)
+    figure.colorbar(rate_image, ax=axes[1, :], label="rate (Hz)", shrink=0.9)
+    figure.suptitle("Best run: spikes and inferred rates (red line: forward prediction starts)")
+    save_figure(figure, out)
 
 
 def psths(
@@ -149,63 +219,139 @@ def psths(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """nlb_tools' target PSTHs beside PSTHs of the inferred eval rates, per condition, of example
-    neurons."""
-    plt = _pyplot()
+    """nlb_tools' target PSTHs (solid) beside PSTHs of the inferred eval rates (dashed), every
+    condition in its own colour, for example neurons."""
     attributes = read_prepared(prepared_path, keys=()).attributes
     targets = read_targets(targets_path, group, keys=("psth", "eval_cond_idx"))
     true = targets.psth * _bin_hz(attributes)  # (conditions, T, neurons)
-    cond_idx = targets.eval_cond_idx
     n_obs = attributes.n_obs_bins
     rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates[:, :n_obs]
     rates = rates * _bin_hz(attributes)
+    times, time_label = time_axis_ms(attributes, n_obs)
+    conditions = _drawn_conditions(len(true))
+    colours = condition_colours(len(conditions))
     neurons = np.linspace(0, true.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
-    figure, axes = plt.subplots(1, len(neurons), figsize=(4 * len(neurons), 3.2), squeeze=False)
+    figure, axes = new_figure(1, len(neurons), 3.4 * len(neurons) + 1.2, 3.4, sharex=True)
     for ax, neuron in zip(axes[0], neurons):
-        for condition, trials in enumerate(cond_idx[:6]):
-            if len(trials) == 0:
-                continue
-            color = f"C{condition % 10}"
-            ax.plot(true[condition, :, neuron], color=color, lw=1)
-            ax.plot(
-                rates[np.asarray(trials, dtype=int), :, neuron].mean(0), color=color, lw=1, ls="--"
-            )
+        for colour, condition in zip(colours, conditions):
+            trials = np.asarray(targets.eval_cond_idx[condition], dtype=int)
+            ax.plot(times, true[condition, :, neuron], color=colour, lw=1)
+            if len(trials):
+                ax.plot(times, rates[trials, :, neuron].mean(0), color=colour, lw=1, ls="--")
         ax.set_title(f"neuron {neuron}")
-        ax.set_xlabel("bin")
-    axes[0, 0].set_ylabel("rate (Hz)")
-    figure.suptitle("PSTHs per condition (colour): nlb_tools target (solid), inferred (dashed)")
-    _save(figure, out)
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("rate (Hz)")
+    drawn = "all" if len(conditions) == len(true) else f"{len(conditions)} evenly spaced of"
+    figure.suptitle(
+        f"PSTHs of {drawn} {len(true)} conditions: nlb_tools target (solid), inferred (dashed)"
+    )
+    _condition_legend(figure, colours, conditions, "condition")
+    save_figure(figure, out)
+
+
+def _factor_projection(factors: np.ndarray, n_components: int = 3) -> np.ndarray:
+    """factors (N, T, F) projected on their top principal components: (N, T, n_components)."""
+    n_trials, n_bins, n_factors = factors.shape
+    flat = factors.reshape(-1, n_factors)
+    centred = flat - flat.mean(0)
+    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20000)], full_matrices=False)
+    return (centred @ components[:n_components].T).reshape(n_trials, n_bins, -1)
+
+
+def _train_valid_conditions(prepared_path: str | Path, n_trials: int) -> np.ndarray:
+    prepared = read_prepared(prepared_path, keys=("condition",)).splits
+    if prepared["train"].condition is None:
+        return np.zeros(n_trials, dtype=int)
+    return np.concatenate([prepared["train"].condition, prepared["valid"].condition])
 
 
 def factor_trajectories(
     prepared_path: str | Path, inferred_path: str | Path, out: str | Path
 ) -> None:
-    """Condition-averaged factors on their top principal components, coloured by condition."""
-    plt = _pyplot()
+    """Condition-averaged factors of the train and valid trials on their top principal
+    components, one colour per condition."""
     inferred = read_inferred(inferred_path, keys=("factors",)).splits
     factors = np.concatenate([inferred["train"].factors, inferred["valid"].factors])
-    prepared = read_prepared(prepared_path, keys=("condition",)).splits
-    if prepared["train"].condition is not None:
-        conditions = np.concatenate([prepared["train"].condition, prepared["valid"].condition])
-    else:
-        conditions = np.zeros(len(factors), dtype=int)
-    n_trials, n_bins, n_factors = factors.shape
-    flat = factors.reshape(-1, n_factors)
-    centred = flat - flat.mean(0)
-    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20000)], full_matrices=False)
-    projected = (centred @ components[:3].T).reshape(n_trials, n_bins, -1)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for index, condition in enumerate(np.unique(conditions)[:20]):
+    conditions = _train_valid_conditions(prepared_path, len(factors))
+    attributes = read_prepared(prepared_path, keys=()).attributes
+    projected = _factor_projection(factors)
+    times, time_label = time_axis_ms(attributes, factors.shape[1])
+    present = np.unique(conditions[conditions >= 0])
+    drawn = present[_drawn_conditions(len(present))]
+    colours = condition_colours(len(drawn))
+    figure, axes = new_figure(1, 2, 10.5, 4)
+    for colour, condition in zip(colours, drawn):
         mean = projected[conditions == condition].mean(0)
-        axes[0].plot(mean[:, 0], mean[:, 1], color=f"C{index % 10}", lw=1)
-        axes[0].plot(mean[0, 0], mean[0, 1], "o", color=f"C{index % 10}", ms=3)
-        axes[1].plot(mean[:, 0], color=f"C{index % 10}", lw=1)
-    axes[0].set_xlabel("PC 1")
-    axes[0].set_ylabel("PC 2")
-    axes[0].set_title("factors, mean per condition (dot: first bin)")
-    axes[1].set_xlabel("bin")
-    axes[1].set_ylabel("PC 1")
-    _save(figure, out)
+        axes[0, 0].plot(mean[:, 0], mean[:, 1], color=colour, lw=1)
+        axes[0, 0].plot(mean[0, 0], mean[0, 1], "o", color=colour, ms=3)
+        axes[0, 1].plot(times, mean[:, 0], color=colour, lw=1)
+    axes[0, 0].set_xlabel("factor PC 1")
+    axes[0, 0].set_ylabel("factor PC 2")
+    axes[0, 0].set_title("trajectories (dot: first bin)")
+    axes[0, 1].set_xlabel(time_label)
+    axes[0, 1].set_ylabel("factor PC 1")
+    axes[0, 1].set_title("PC 1 over time")
+    shown = "every" if len(drawn) == len(present) else f"{len(drawn)} of {len(present)}"
+    figure.suptitle(f"Best run: factors averaged per condition ({shown} condition)")
+    _condition_legend(figure, colours, drawn, "condition")
+    save_figure(figure, out)
+
+
+def inferred_inputs(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
+    """The controller's inferred inputs (posterior means) averaged per condition, one panel per
+    input, with the across-trial standard deviation of one example condition shaded."""
+    inferred = read_inferred(inferred_path, keys=("co_mean",)).splits
+    attributes = read_prepared(prepared_path, keys=()).attributes
+    if inferred["train"].co_mean is None or inferred["train"].co_mean.shape[-1] == 0:
+        figure, axes = new_figure(1, 1, 6, 2)
+        axes[0, 0].text(0.5, 0.5, "This model has no inferred inputs (co_dim 0).", ha="center")
+        axes[0, 0].set_axis_off()
+        save_figure(figure, out)
+        return
+    inputs = np.concatenate([inferred["train"].co_mean, inferred["valid"].co_mean])
+    conditions = _train_valid_conditions(prepared_path, len(inputs))
+    times, time_label = time_axis_ms(attributes, inputs.shape[1])
+    present = np.unique(conditions[conditions >= 0])
+    drawn = present[_drawn_conditions(len(present))]
+    colours = condition_colours(len(drawn))
+    n_inputs = inputs.shape[2]
+    figure, axes = new_figure(1, n_inputs, 3.8 * n_inputs + 1.2, 3.4, sharex=True)
+    for index in range(n_inputs):
+        ax = axes[0, index]
+        for colour, condition in zip(colours, drawn):
+            ax.plot(times, inputs[conditions == condition, :, index].mean(0), color=colour, lw=1)
+        example = inputs[conditions == drawn[0], :, index]
+        ax.fill_between(
+            times,
+            example.mean(0) - example.std(0),
+            example.mean(0) + example.std(0),
+            color=colours[0],
+            alpha=0.2,
+            lw=0,
+        )
+        forward_starts = times[0] + (attributes.n_obs_bins - 0.5) * attributes.bin_width_ms
+        ax.axvline(forward_starts, color="C3", lw=0.8)
+        ax.set_title(f"inferred input {index + 1}")
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("posterior mean (a.u.)")
+    figure.suptitle(
+        f"Best run: inferred inputs per condition (shade: ±1 s.d., condition {drawn[0]})"
+    )
+    _condition_legend(figure, colours, drawn, "condition")
+    save_figure(figure, out)
+
+
+def nlb_velocity_decoder(train_rates: np.ndarray, train_behavior: np.ndarray):
+    """nlb_tools' vel R2 decoder: GridSearchCV over Ridge's alpha in logspace(-4, 0, 9), fit on
+    every bin of the NLB train trials (bins without behaviour left out), as its
+    `fit_and_eval_decoder`. train_rates (N, T, neurons), train_behavior (N, T, dims)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    x = train_rates.reshape(-1, train_rates.shape[2]).astype(np.float64)
+    y = train_behavior.reshape(-1, train_behavior.shape[2])
+    keep = ~np.isnan(y[:, 0])
+    return GridSearchCV(Ridge(), {"alpha": np.logspace(-4, 0, 9)}).fit(x[keep], y[keep])
 
 
 def decoded_velocity(
@@ -215,13 +361,12 @@ def decoded_velocity(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """Ridge decoding of behaviour from the inferred rates (fit on train trials), against the truth
-    on eval trials."""
-    from sklearn.linear_model import Ridge
-
+    """Behaviour decoded from the inferred rates by nlb_tools' vel R2 decoder (fit on the NLB train
+    trials), against the recorded behaviour of example eval trials; the R² of every eval bin is
+    the vel R2 of the summary."""
     from lfads.evaluation.submission import nlb_submission
 
-    plt = _pyplot()
+    attributes = read_prepared(prepared_path, keys=()).attributes
     submission = nlb_submission(prepared_path, inferred_path)[group]
     targets = read_targets(targets_path, group, keys=("train_behavior", "eval_behavior"))
     train_behavior, eval_behavior = targets.train_behavior, targets.eval_behavior
@@ -231,61 +376,123 @@ def decoded_velocity(
     eval_rates = np.concatenate(
         [submission["eval_rates_heldin"], submission["eval_rates_heldout"]], axis=2
     )
-    x, y = (
-        train_rates.reshape(-1, train_rates.shape[2]),
-        train_behavior.reshape(-1, train_behavior.shape[2]),
-    )
-    keep = np.isfinite(y).all(1)
-    decoder = Ridge(alpha=1.0).fit(x[keep], y[keep])
-    predicted = decoder.predict(eval_rates.reshape(-1, eval_rates.shape[2])).reshape(
-        eval_behavior.shape
-    )
-    figure, axes = plt.subplots(
-        eval_behavior.shape[2],
-        N_EXAMPLE_TRIALS,
-        squeeze=False,
-        figsize=(4 * N_EXAMPLE_TRIALS, 2.6 * eval_behavior.shape[2]),
-    )
-    for trial in range(min(N_EXAMPLE_TRIALS, len(eval_behavior))):
-        for axis in range(eval_behavior.shape[2]):
-            ax = axes[axis, trial]
-            ax.plot(eval_behavior[trial, :, axis], color="k", lw=1, label="true")
-            ax.plot(predicted[trial, :, axis], color="C0", lw=1, label="decoded")
-            ax.set_title(f"eval trial {trial}, dimension {axis}")
+    decoder = nlb_velocity_decoder(train_rates, train_behavior)
+    flat_eval = eval_rates.reshape(-1, eval_rates.shape[2]).astype(np.float64)
+    predicted = decoder.predict(flat_eval).reshape(eval_behavior.shape)
+    flat_behavior = eval_behavior.reshape(-1, eval_behavior.shape[2])
+    keep = ~np.isnan(flat_behavior[:, 0])
+    r2 = decoder.score(flat_eval[keep], flat_behavior[keep])
+    spec = layout(attributes.nlb_layout)
+    quantity = (spec.behavior_series or "behaviour").replace("_vel", " velocity")
+    times, time_label = time_axis_ms(attributes, eval_behavior.shape[1])
+    n_dims = eval_behavior.shape[2]
+    n_trials = min(N_EXAMPLE_TRIALS, len(eval_behavior))
+    figure, axes = new_figure(n_dims, n_trials, 3.8 * n_trials, 2.5 * n_dims, sharex=True)
+    for trial in range(n_trials):
+        for dim in range(n_dims):
+            ax = axes[dim, trial]
+            ax.plot(times, eval_behavior[trial, :, dim], color="k", lw=1, label="recorded")
+            ax.plot(times, predicted[trial, :, dim], color="C0", lw=1, label="decoded")
+            ax.set_title(f"eval trial {trial}, {'xyz'[dim] if n_dims <= 3 else dim}", fontsize=9)
+            ax.set_xlabel(time_label)
+            ax.set_ylabel(f"{quantity} (mm/s)")
     axes[0, 0].legend(fontsize=7)
-    _save(figure, out)
+    figure.suptitle(
+        f"Best run: {quantity} decoded by nlb_tools' ridge decoder (alpha "
+        f"{decoder.best_params_['alpha']:.0e}); R² over all eval bins {r2:.3f}"
+    )
+    save_figure(figure, out)
 
 
 def rates_vs_truth(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
-    """Synthetic data: inferred against true rates, as example traces and a density of all bins."""
-    plt = _pyplot()
+    """Synthetic data: inferred against true rates of every eval bin and neuron (a 2-D histogram
+    with its R², as the summary's rate R2), and example traces."""
+    from matplotlib.colors import LogNorm
+
+    from lfads.evaluation.evaluate import rate_r2
+
     prepared = read_prepared(prepared_path, keys=("truth",))
-    truth = prepared.splits["eval"].truth * _bin_hz(prepared.attributes)
+    attributes = prepared.attributes
+    truth = prepared.splits["eval"].truth * _bin_hz(attributes)
     rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates
-    rates = rates * _bin_hz(prepared.attributes)
-    figure, axes = plt.subplots(
-        1, 1 + N_EXAMPLE_NEURONS, figsize=(4 * (1 + N_EXAMPLE_NEURONS), 3.4)
-    )
+    rates = rates * _bin_hz(attributes)
+    r2 = rate_r2(truth, rates)
+    times, time_label = time_axis_ms(attributes, truth.shape[1])
+    figure, axes = new_figure(1, 1 + N_EXAMPLE_NEURONS, 3.4 * (1 + N_EXAMPLE_NEURONS) + 1, 3.4)
     limit = float(np.percentile(truth, 99.5))
-    axes[0].hist2d(
+    *_, image = axes[0, 0].hist2d(
         truth.ravel(),
         rates.ravel(),
         bins=60,
         range=[[0, limit], [0, limit]],
         cmap="Greys",
-        norm=_log_norm(),
+        norm=LogNorm(),
     )
-    axes[0].plot([0, limit], [0, limit], color="C3", lw=0.8)
-    axes[0].set_xlabel("true rate (Hz)")
-    axes[0].set_ylabel("inferred rate (Hz)")
-    for ax, neuron in zip(
-        axes[1:], np.linspace(0, truth.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
-    ):
-        ax.plot(truth[0, :, neuron], color="k", lw=1, label="true")
-        ax.plot(rates[0, :, neuron], color="C0", lw=1, label="inferred")
+    axes[0, 0].plot([0, limit], [0, limit], color="C3", lw=0.8)
+    axes[0, 0].set_xlabel("true rate (Hz)")
+    axes[0, 0].set_ylabel("inferred rate (Hz)")
+    axes[0, 0].set_title(f"every eval bin; R² {r2:.3f}")
+    figure.colorbar(image, ax=axes[0, 0], label="bins (neuron x time)", location="left")
+    neurons = np.linspace(0, truth.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
+    for ax, neuron in zip(axes[0, 1:], neurons):
+        ax.plot(times, truth[0, :, neuron], color="k", lw=1, label="true")
+        ax.plot(times, rates[0, :, neuron], color="C0", lw=1, label="inferred")
         ax.set_title(f"eval trial 0, neuron {neuron}")
-    axes[1].legend(fontsize=7)
-    _save(figure, out)
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("rate (Hz)")
+    axes[0, 1].legend(fontsize=7)
+    figure.suptitle("Synthetic data, best run: inferred against true rates")
+    save_figure(figure, out)
+
+
+def neuron_co_bps(
+    targets_path: str | Path,
+    group: str,
+    inferred_path: str | Path,
+    prepared_path: str | Path,
+    references_json: str | Path,
+    out: str | Path,
+) -> None:
+    """Each held-out neuron's co-bps on the eval trials: best run against the smoothing baseline
+    (references_json, the aggregate rule's references.json; None: fit here), and both against the
+    neuron's firing rate."""
+    from lfads.evaluation.references import PER_NEURON_CO_BPS, SMOOTHING, bits_per_spike_per_neuron
+
+    attributes = read_prepared(prepared_path, keys=()).attributes
+    spikes = read_targets(targets_path, group, keys=("eval_spikes_heldout",)).eval_spikes_heldout
+    n_obs, n_heldin = attributes.n_obs_bins, attributes.n_heldin
+    rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates[:, :n_obs, n_heldin:]
+    model = bits_per_spike_per_neuron(rates, spikes)
+    if references_json is not None:
+        found = json.loads(Path(references_json).read_text())
+    else:  # outside the workflow: fit the baseline here (seconds)
+        from lfads.evaluation.references import references
+
+        found = references(prepared_path, targets_path)
+    smoothing = np.array(found[SMOOTHING][PER_NEURON_CO_BPS], dtype=float)
+    mean_rate = np.nanmean(spikes, axis=(0, 1)) * _bin_hz(attributes)
+    figure, axes = new_figure(1, 2, 10, 4.2)
+    ax = axes[0, 0]
+    both = np.isfinite(model) & np.isfinite(smoothing)
+    low = min(float(np.min(model[both])), float(np.min(smoothing[both])), 0.0)
+    high = max(float(np.max(model[both])), float(np.max(smoothing[both])))
+    ax.plot([low, high], [low, high], color="C3", lw=0.8, label="equal")
+    ax.scatter(smoothing[both], model[both], s=14, color="C0", label="held-out neuron")
+    better = int(np.sum(model[both] > smoothing[both]))
+    ax.set_title(f"best run above the line for {better} of {int(both.sum())} neurons")
+    ax.set_xlabel("smoothing baseline co-bps (bits/spike)")
+    ax.set_ylabel("best run co-bps (bits/spike)")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    ax.scatter(mean_rate, model, s=14, color="C0", label="best run")
+    ax.scatter(mean_rate, smoothing, s=14, color="0.5", marker="x", label="smoothing")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("mean firing rate on eval trials (Hz)")
+    ax.set_ylabel("co-bps (bits/spike)")
+    ax.set_title("per neuron, against firing rate")
+    ax.legend(fontsize=7)
+    figure.suptitle("Held-out neurons' co-bps on the eval trials: best run and smoothing baseline")
+    save_figure(figure, out)
 
 
 def all_figures(
@@ -296,8 +503,11 @@ def all_figures(
     targets_path: Path | None,
     group: str,
     outputs: dict[str, Path],
+    references_json: Path | None = None,
 ) -> None:
-    """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES)."""
+    """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES);
+    references_json: the aggregate rule's references.json (for the per-neuron co-bps figure;
+    None: the smoothing baseline is fit again)."""
     from lfads.evaluation.aggregate import best_run, scored_runs
 
     unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})
@@ -312,19 +522,23 @@ def all_figures(
     searched = sorted({key for params in runs.values() for key in params})
     inferred = best / "inferred.h5"
     makers = {
-        "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
-            summary_tsv, searched, out
-        ),
-        "training_curves": lambda out: training_curves(
-            {name: Path(run_dir) / name for name in runs if name in scored}, out
+        "best_neuron_co_bps": lambda out: neuron_co_bps(
+            targets_path, group, inferred, prepared_path, references_json, out
         ),
         "best_raster": lambda out: raster_and_rates(prepared_path, inferred, out),
-        "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),
         "best_psth": lambda out: psths(targets_path, group, inferred, prepared_path, out),
         "best_velocity": lambda out: decoded_velocity(
             targets_path, group, inferred, prepared_path, out
         ),
         "best_rates_vs_truth": lambda out: rates_vs_truth(prepared_path, inferred, out),
+        "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),
+        "best_inputs": lambda out: inferred_inputs(prepared_path, inferred, out),
+        "training_curves": lambda out: training_curves(
+            {name: Path(run_dir) / name for name in runs if name in scored}, out
+        ),
+        "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
+            summary_tsv, searched, out
+        ),
     }
     for figure in FIGURES:
         if figure.name in outputs:

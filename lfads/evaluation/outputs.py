@@ -25,6 +25,12 @@ class Figure:
     needs_behavior_series: bool = False  # needs the layout's decoded behaviour series
 
     @property
+    def title(self) -> str:
+        """The figure's label in the report: its place in FIGURES (reading order) and its name,
+        so that the report, which sorts labels as text, lists figures in that order."""
+        return f"{FIGURES.index(self) + 1:02d} {self.name.removeprefix('best_').replace('_', ' ')}"
+
+    @property
     def caption(self) -> str:
         """The report's caption file of this figure, in workflow/report/."""
         return f"{self.name}.rst"
@@ -40,14 +46,17 @@ class Figure:
         )
 
 
+# In the report's reading order: the result per neuron, what the model infers, then the search.
 FIGURES: tuple[Figure, ...] = (
-    Figure("metrics_vs_hyperparameters"),
-    Figure("training_curves"),
+    Figure("best_neuron_co_bps", needs_val_phase=True),
     Figure("best_raster"),
-    Figure("best_factors"),
     Figure("best_psth", needs_val_phase=True, needs_psth=True),
     Figure("best_velocity", needs_val_phase=True, needs_behavior_series=True),
     Figure("best_rates_vs_truth", needs_truth=True),
+    Figure("best_factors"),
+    Figure("best_inputs"),
+    Figure("training_curves"),
+    Figure("metrics_vs_hyperparameters"),
 )
 
 

@@ -31,6 +31,7 @@ class TargetsGroup:
     eval_cond_idx: np.ndarray | None = None  # (conditions,) object array of eval trial rows
     train_behavior: np.ndarray | None = None  # (N_train, T, n_behavior) of the NLB train trials
     eval_behavior: np.ndarray | None = None  # (N_eval, T, n_behavior)
+    eval_spikes_heldout: np.ndarray | None = None  # (N_eval, T, n_heldout) spikes per bin
 
 
 TARGETS_KEYS = tuple(f.name for f in fields(TargetsGroup))

@@ -27,13 +27,22 @@ rule aggregate:
     input:
         metrics=expand(f"{RUNS_DIR}/{{run}}/metrics.json", run=RUNS),
         curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
+        prepared=PREPARED_FOR_MODEL,
+        targets=TARGETS_FOR_MODEL,
     output:
         report(
             f"{RESULTS}/summary.tsv",
             caption="../report/summary.rst",
-            category="1. Summary",
-            labels={"dataset": DATASET, "table": "all runs"},
+            category="1. Result",
+            labels={"dataset": DATASET, "table": "all runs (TSV)"},
         ),
+        html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary_html.rst",
+            category="1. Result",
+            labels={"dataset": DATASET, "table": "best run and references"},
+        ),
+        references=f"{RESULTS}/references.json",
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -50,6 +59,7 @@ rule aggregate:
 rule figures:
     input:
         summary=f"{RESULTS}/summary.tsv",
+        references=f"{RESULTS}/references.json",
         prepared=PREPARED_FOR_MODEL,
         targets=TARGETS_FOR_MODEL,
         inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
@@ -59,7 +69,7 @@ rule figures:
                 figure_path(figure),
                 caption=f"../report/{figure.caption}",
                 category=f"2. Figures: {DATASET}",
-                labels={"dataset": DATASET, "figure": figure.name.replace("_", " ")},
+                labels={"dataset": DATASET, "figure": figure.title},
             )
             for figure in FIGURES
         },

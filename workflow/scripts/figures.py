@@ -12,4 +12,5 @@ with log_to_file(snakemake.log[0]):
         Path(snakemake.input.targets[0]) if snakemake.input.targets else None,
         snakemake.params.group,
         {name: Path(path) for name, path in snakemake.output.items()},
+        Path(snakemake.input.references),
     )

@@ -1,0 +1,76 @@
+"""The report in a real browser: the workflow on the tiny synthetic dataset, `snakemake --report`,
+then headless Chromium renders report.html (a single-page app) and the test reads the rendered
+DOM: the result table's rows, the best run's co-bps and the figure captions must be on the
+landing page. Debian's `chromium` package provides the browser (.ci/run installs it)."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import WORKFLOW_HPARAMS, snakemake_in, write_tiny_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered_dom(page, out_png=None) -> str:
+    """The DOM of a local HTML file after its scripts ran, from headless Chromium."""
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=8000",
+    ]
+    if out_png is not None:  # a picture of the page, kept for a look
+        subprocess.run(
+            command + [f"--screenshot={out_png}", "--window-size=1400,2000", page.as_uri()],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    result = subprocess.run(
+        command + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian package `chromium`)")
+def test_the_report_shows_the_table_and_the_best_runs_co_bps(tmp_path):
+    configfile = write_tiny_config(
+        tmp_path,
+        model={"bin_width": 20, "n_samples": 2, "hparams": {**WORKFLOW_HPARAMS, "max_epochs": 3}},
+        search={"grid": {"dropout": [0.05, 0.3]}},
+        resources={
+            "train": {"threads": 1, "mem_mb": 1000},
+            "infer": {"threads": 1, "mem_mb": 1000},
+        },
+    )
+    run = snakemake_in(tmp_path, "--configfile", str(configfile), "--cores", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = tmp_path / "report.html"
+    made = snakemake_in(tmp_path, "--configfile", str(configfile), "--report", str(report))
+    assert made.returncode == 0, made.stdout + made.stderr
+
+    dom = rendered_dom(report, tmp_path / "report.png")
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    text = re.sub(r"\s+", " ", text)
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "val" / "summary.tsv", sep="\t")
+    best = table[table.best].iloc[0]
+    assert 'id="runs-table"' in dom and 'id="result-table"' in dom
+    for name in table.run:  # every run is a row of the rendered table
+        assert re.search(rf"<tr[^>]*>\s*<td[^>]*>{re.escape(name)}</td>", dom), name
+    assert f"Best run: {best.run}" in text
+    assert f"co-bps {best['co-bps']:.4f}" in text
+    assert "smoothing baseline" in text and "true rates" in text
+    # figures are listed in reading order, each with its caption
+    order = [text.find(label) for label in ("01 neuron co bps", "02 raster", "09 metrics vs")]
+    assert -1 not in order and order == sorted(order), order
+    assert "nlb_tools' own vel R2 decoder" in text
+    assert "built-in synthetic population" in text and "DANDI" not in text
