@@ -4,7 +4,8 @@
 The best run is the one with the lowest best-epoch smoothed validation reconstruction loss of the
 model itself (the epoch that model.ckpt holds and inference samples); the NLB evaluation targets
 never take part in the choice. A run that diverged is listed (column `diverged`), unscored, last,
-and never chosen.
+and never chosen. The ensemble of the best runs (`ensemble.top_k`) is one more row, after the
+runs (lfads/evaluation/ensemble.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lfads.evaluation.ensemble import is_ensemble
 from lfads.evaluation.evaluate import DIVERGED_METRICS
 from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED, read_metrics_csv
 from lfads.infra.io import atomic_path
@@ -68,18 +70,26 @@ def summary_row(name: str, params: dict, folder: Path) -> dict:
 
 
 def summary_table(runs: dict[str, dict], run_dir: Path) -> pd.DataFrame:
-    """Rows: one per run, by best-epoch validation loss, diverged runs last; `best` marks the
-    selected run (none when every run diverged).
+    """Rows: one per run, by best-epoch validation loss, then the ensemble of the best runs (if
+    any: lfads.evaluation.ensemble), diverged rows last; `best` marks the selected run (none when
+    every run diverged), never the ensemble.
 
-    runs: {run name: searched hyperparameters}; run_dir/<name>/ holds
-    metrics.csv and metrics.json.
+    runs: {run name: searched hyperparameters} (an ensemble's: {}); run_dir/<name>/ holds
+    metrics.csv and metrics.json. The ensemble row's epochs and best_epoch are 1 and its
+    best_valid_recon_smoothed is its validation Poisson loss, which is not on the runs' footing:
+    lfads.evaluation.submission.submitted_run compares it with the best run's.
     """
     rows = [summary_row(name, params, Path(run_dir) / name) for name, params in runs.items()]
     table = pd.DataFrame(rows)
     if BEST_SELECTION not in table:  # every run diverged
         table[BEST_EPOCH], table[BEST_SELECTION] = pd.NA, float("nan")
-    table = table.sort_values([DIVERGED, BEST_SELECTION], kind="stable").reset_index(drop=True)
-    table.insert(1, "best", (table.index == 0) & ~table[DIVERGED])
+    table = (
+        table.assign(_ensemble=table.run.map(is_ensemble))
+        .sort_values([DIVERGED, "_ensemble", BEST_SELECTION], kind="stable")
+        .drop(columns="_ensemble")
+        .reset_index(drop=True)
+    )
+    table.insert(1, "best", (table.index == 0) & ~table[DIVERGED] & ~table.run.map(is_ensemble))
     return table
 
 

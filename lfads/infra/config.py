@@ -88,7 +88,8 @@ def check_config(config: dict) -> dict[str, dict]:
     nlb_layout, the synthetic settings (lfads.data.synthetic.SyntheticSettings), the paths built
     from the dataset name and asset paths (lfads.infra.paths), the search and its run names
     (lfads.search.space) and every run's hyperparameters (lfads.model.hparams.HParams, without
-    importing plugins: that would run their code whenever the workflow is parsed). Raises
+    importing plugins: that would run their code whenever the workflow is parsed), and that
+    ensemble.top_k is at most the number of runs. Raises
     ConfigError naming the key. Returns {run name: its searched values}.
     """
     from lfads.data.dandi import MAX_ASSET_NAME_BYTES
@@ -137,7 +138,24 @@ def check_config(config: dict) -> dict[str, dict]:
             HParams.from_dict(run_hparams(model["hparams"], params), import_plugins=False)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model.hparams / search (run {name}): {error}") from None
+    if "ensemble" in config:
+        _check_ensemble(config["ensemble"]["top_k"], runs)
     return runs
+
+
+def _check_ensemble(top_k: int, runs: dict[str, dict]) -> None:
+    from lfads.evaluation.ensemble import ensemble_name
+
+    if top_k > len(runs):
+        raise ConfigError(
+            f"ensemble.top_k: {top_k} is more than the {len(runs)} run(s) of the search; set it "
+            f"to at most {len(runs)}, search more runs, or remove the ensemble key."
+        )
+    if ensemble_name(top_k) in runs:
+        raise ConfigError(
+            f"ensemble.top_k: the ensemble's name {ensemble_name(top_k)} is also a run of the "
+            "search; rename that run's searched key."
+        )
 
 
 def _dandiset_of(layout: str, dandisets: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ from lfads.data.fetch import (
     truth_paths,
 )
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
+from lfads.evaluation.ensemble import MEMBERS_TSV, ensemble_name
 from lfads.evaluation.outputs import figures_for
 from lfads.infra.config import ConfigError, check_config, check_output_paths, validate_config
 from lfads.infra.io import remove_stale_temporaries
@@ -110,8 +111,17 @@ def final_outputs():
 RUN_FILES = ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json")
 
 
+# The ensemble of the best runs (`ensemble.top_k`; lfads/evaluation/ensemble.py): a folder of
+# runs/ without a model, scored and listed in the summary like a run.
+ENSEMBLES = [ensemble_name(config["ensemble"]["top_k"])] if "ensemble" in config else []
+ENSEMBLE_FILES = ("inferred.h5", "metrics.csv", MEMBERS_TSV, "metrics.json")
+SUMMARY_ROWS = {**RUNS, **{name: {} for name in ENSEMBLES}}  # {row: its searched values}
+
+
 def run_outputs():
-    return [f"{RUNS_DIR}/{run}/{name}" for run in RUNS for name in RUN_FILES]
+    return [f"{RUNS_DIR}/{run}/{name}" for run in RUNS for name in RUN_FILES] + [
+        f"{RUNS_DIR}/{name}/{file}" for name in ENSEMBLES for file in ENSEMBLE_FILES
+    ]
 
 
 # The paths built from configfile values stay inside resources/ and results/ (checked in the code
@@ -122,6 +132,7 @@ try:
         [DATA_DIR, RESULTS, *(str(marker_path(DATA_DIR, job)) for job in FETCH_JOBS)]
         + ([] if source_kind(SOURCE) == "local" else [*NWB.values(), *TRUTH.values()])
         + [f"{folder}/{run}" for folder in (RUNS_DIR, CHECKPOINTS_DIR) for run in RUNS]
+        + [f"{RUNS_DIR}/{name}" for name in ENSEMBLES]
     )
     check_fetched(SOURCE, DATA_DIR)
 except (ConfigError, FetchedFileError) as error:

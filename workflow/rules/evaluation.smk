@@ -1,4 +1,5 @@
-# Scoring with nlb_tools, the table of all runs, figures, and the EvalAI submission.
+# Scoring with nlb_tools, the ensemble of the best runs, the table of all runs, figures, and the
+# EvalAI submission.
 
 
 localrules:
@@ -23,10 +24,42 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+if ENSEMBLES:
+
+    localrules:
+        ensemble,
+
+    # The ensemble's folder is a run's without a model: its files come from this rule alone.
+    ruleorder: ensemble > train
+    ruleorder: ensemble > infer
+
+    rule ensemble:
+        input:
+            prepared=PREPARED_FOR_MODEL,
+            inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
+            curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
+        output:
+            inferred=f"{RUNS_DIR}/{ENSEMBLES[0]}/inferred.h5",
+            curves=f"{RUNS_DIR}/{ENSEMBLES[0]}/metrics.csv",
+            members=f"{RUNS_DIR}/{ENSEMBLES[0]}/{MEMBERS_TSV}",
+        log:
+            f"{LOGS}/ensemble.log",
+        benchmark:
+            f"{BENCHMARKS}/ensemble.tsv"
+        conda:
+            "../../envs/lfads.yaml"
+        params:
+            runs=list(RUNS),
+            top_k=config["ensemble"]["top_k"],
+            run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
+        script:
+            "../scripts/ensemble.py"
+
+
 rule aggregate:
     input:
-        metrics=expand(f"{RUNS_DIR}/{{run}}/metrics.json", run=RUNS),
-        curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
+        metrics=expand(f"{RUNS_DIR}/{{run}}/metrics.json", run=SUMMARY_ROWS),
+        curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=SUMMARY_ROWS),
         prepared=PREPARED_FOR_MODEL,
         targets=TARGETS_FOR_MODEL,
     output:
@@ -50,7 +83,7 @@ rule aggregate:
     conda:
         "../../envs/lfads.yaml"
     params:
-        runs=RUNS,
+        runs=SUMMARY_ROWS,
         run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
     script:
         "../scripts/aggregate.py"
@@ -91,7 +124,8 @@ rule submission:
     input:
         summary=f"{RESULTS}/summary.tsv",
         prepared=PREPARED_FOR_MODEL,
-        inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
+        inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=SUMMARY_ROWS),
+        members=expand(f"{RUNS_DIR}/{{run}}/{MEMBERS_TSV}", run=ENSEMBLES),
     output:
         f"{RESULTS}/submission_{DATASET}.h5",
     log:

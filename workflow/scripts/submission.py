@@ -1,11 +1,10 @@
 from pathlib import Path
 
-from lfads.evaluation.aggregate import best_run
-from lfads.evaluation.submission import write_submission
+from lfads.evaluation.submission import submitted_run, write_submission
 from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
-    run = best_run(snakemake.input.summary)
+    run = submitted_run(snakemake.input.summary, snakemake.params.run_dir)
     write_submission(
         snakemake.input.prepared,
         Path(snakemake.params.run_dir) / run / "inferred.h5",

@@ -1,0 +1,342 @@
+"""The ensemble of a search's best runs (lfads/evaluation/ensemble.py): member selection, rate
+averaging, its validation Poisson loss, its summary row, the submission's choice, the workflow.
+
+The unit tests use stand-in runs whose 'inferred' rates are the truth times lognormal noise
+(no model is trained); the workflow test trains two tiny runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, SNAKEFILE, WORKFLOW_HPARAMS, job_count, snakemake_in, write_tiny_config
+
+from lfads.evaluation.aggregate import best_run, write_summary
+from lfads.evaluation.ensemble import (
+    average_rates,
+    ensemble_name,
+    is_ensemble,
+    poisson_loss,
+    rank_runs,
+    read_members,
+    write_ensemble,
+)
+from lfads.evaluation.evaluate import evaluate_run
+from lfads.evaluation.submission import submitted_run
+from lfads.formats.inferred import (
+    DIVERGED,
+    DIVERGED_EPOCH,
+    InferredAttributes,
+    InferredSplit,
+    read_inferred,
+    write_inferred,
+)
+from lfads.formats.metrics import read_metrics_csv, write_metrics_csv
+from lfads.formats.prepared import read_prepared
+from lfads.infra.config import ConfigError, check_config, validate_config
+from lfads.infra.io import write_json
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture(scope="module")
+def prepared(prepared_files):
+    """The session's 20 ms prepared file (conftest.prepared_files)."""
+    return prepared_files(20).prepared
+
+
+def stand_in_run(folder, prepared_path, noise: float, smoothed: list[float], seed: int):
+    """A run folder: inferred.h5 (truth x lognormal noise of `noise` per entry, seeded) and a
+    metrics.csv whose valid_recon_smoothed per epoch is `smoothed`."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    data = read_prepared(prepared_path, keys=("truth", "nlb_index"))
+    splits = {
+        split: InferredSplit(
+            rates=(arrays.truth * np.exp(noise * rng.normal(size=arrays.truth.shape))).astype(
+                np.float32
+            ),
+            factors=rng.normal(size=(*arrays.truth.shape[:2], 4)).astype(np.float32),
+            nlb_index=arrays.nlb_index,
+        )
+        for split, arrays in data.splits.items()
+    }
+    attributes = InferredAttributes(
+        n_samples=10,
+        seed=seed,
+        session=0,
+        model_epochs=len(smoothed),
+        data_file=str(prepared_path),
+        mantissa_bits=23,
+    )
+    write_inferred(folder / "inferred.h5", data.session_attributes(), attributes, splits)
+    write_metrics_csv(
+        folder / "metrics.csv",
+        [
+            {"epoch": epoch, "valid_recon": loss, "valid_recon_smoothed": loss}
+            for epoch, loss in enumerate(smoothed)
+        ],
+    )
+    return folder
+
+
+def diverged_run(folder, prepared_path):
+    """A run folder of a run that diverged in its second epoch: infer's placeholder inferred.h5,
+    and a metrics.csv whose one epoch has the lowest loss of all."""
+    folder.mkdir(parents=True)
+    attributes = read_prepared(prepared_path, keys=()).session_attributes()
+    attributes.update({DIVERGED: "the loss is not finite", DIVERGED_EPOCH: 2})
+    placeholder = InferredAttributes(0, 0, 0, 0, str(prepared_path), 23)
+    write_inferred(folder / "inferred.h5", attributes, placeholder, {})
+    write_metrics_csv(folder / "metrics.csv", [{"epoch": 0, "valid_recon_smoothed": 0.01}])
+    return folder
+
+
+# -- averaging and the loss ------------------------------------------------------------------------
+def test_averaging_identical_runs_gives_that_run_exactly(prepared, tmp_path):
+    runs = {
+        f"copy{index}": stand_in_run(tmp_path / f"copy{index}", prepared, 0.3, [0.5 + index], 7)
+        for index in range(3)
+    }
+    result = write_ensemble(prepared, runs, 3, tmp_path / "ensemble-top3")
+    one = read_inferred(runs["copy0"] / "inferred.h5").splits
+    ensemble = read_inferred(tmp_path / "ensemble-top3" / "inferred.h5")
+    assert list(ensemble.splits) == ["train", "valid", "eval"]
+    for split, arrays in ensemble.splits.items():
+        assert np.array_equal(arrays.rates, one[split].rates), split
+        assert np.array_equal(arrays.nlb_index, one[split].nlb_index), split
+        assert arrays.factors is None  # factors of different models are not averaged
+    assert json.loads(ensemble.attrs["ensemble_members"]) == ["copy0", "copy1", "copy2"]
+    assert ensemble.attrs["n_samples"] == 30
+    assert result.loss == result.member_losses[0] == result.member_losses[2]
+
+
+def test_poisson_loss_is_the_mean_negative_log_likelihood_of_observed_entries():
+    from scipy.stats import poisson
+
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0.05, 3.0, size=(4, 5, 6)).astype(np.float32)
+    spikes = rng.poisson(rates).astype(np.float32)
+    spikes[0, 0, :3] = np.nan  # unobserved entries do not count
+    observed = ~np.isnan(spikes)
+    expected = -poisson.logpmf(spikes[observed], rates[observed].astype(np.float64)).mean()
+    assert poisson_loss(rates, spikes) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ensemble_loss_is_at_most_the_members_mean(prepared, tmp_path, capsys):
+    runs = {
+        f"noise~{noise}": stand_in_run(tmp_path / f"noise{noise}", prepared, noise, [loss], seed)
+        for seed, (noise, loss) in enumerate([(0.3, 1.0), (0.5, 1.1), (0.7, 1.2)])
+    }
+    result = write_ensemble(prepared, runs, 3, tmp_path / "ensemble-top3")
+    members_mean = float(np.mean(result.member_losses))
+    # Poisson loss is convex in the rate: the loss of the mean rate is at most the mean loss
+    assert result.loss <= members_mean
+    assert result.member_losses == sorted(result.member_losses)  # less noise, lower loss
+    with capsys.disabled():
+        print(
+            f"\nstand-in runs: ensemble {result.loss:.5f}, best member "
+            f"{result.member_losses[0]:.5f}, members' mean {members_mean:.5f}"
+        )
+    valid_spikes = read_prepared(prepared, keys=("recon_data",)).splits["valid"].recon_data
+    rates = read_inferred(tmp_path / "ensemble-top3" / "inferred.h5").splits["valid"].rates
+    assert poisson_loss(rates, valid_spikes) == result.loss
+    curve = read_metrics_csv(tmp_path / "ensemble-top3" / "metrics.csv")
+    assert curve.to_dict("records") == [
+        {"epoch": 0, "valid_recon": result.loss, "valid_recon_smoothed": result.loss}
+    ]
+
+
+# -- which runs are members ------------------------------------------------------------------------
+def test_members_are_the_best_at_their_best_epoch_and_never_diverged(prepared, tmp_path, caplog):
+    runs = {
+        # the lowest best epoch (0.4 at epoch 2) though its last epoch is the worst
+        "late-worse": stand_in_run(tmp_path / "a", prepared, 0.3, [0.9, 0.4, 2.0], 0),
+        "steady": stand_in_run(tmp_path / "b", prepared, 0.3, [0.9, 0.6, 0.5], 1),
+        "diverged": diverged_run(tmp_path / "c", prepared),
+        "worst": stand_in_run(tmp_path / "d", prepared, 0.3, [0.8, 0.7], 2),
+    }
+    ranked = rank_runs(runs)
+    assert [(m.name, m.best_valid_recon_smoothed) for m in ranked] == [
+        ("late-worse", 0.4),
+        ("steady", 0.5),
+        ("worst", 0.7),
+    ]
+    write_ensemble(prepared, runs, 2, tmp_path / "ensemble-top2")
+    members = read_members(tmp_path / "ensemble-top2" / "members.tsv")
+    assert list(members.run) == ["late-worse", "steady"] and list(members["rank"]) == [1, 2]
+    assert list(members.best_valid_recon_smoothed) == [0.4, 0.5]
+    # more members asked for than runs that did not diverge: those left, and the log says so
+    with caplog.at_level(logging.WARNING):
+        result = write_ensemble(prepared, runs, 4, tmp_path / "ensemble-top4")
+    assert [member.name for member in result.members] == ["late-worse", "steady", "worst"]
+    assert "ensemble.top_k is 4 but only 3 of the 4 runs did not diverge" in caplog.text
+
+
+def test_an_ensemble_of_diverged_runs_is_listed_as_diverged(prepared, tmp_path):
+    runs = {name: diverged_run(tmp_path / name, prepared) for name in ("lr~10", "lr~100")}
+    result = write_ensemble(prepared, runs, 2, tmp_path / "runs" / "ensemble-top2")
+    assert result.members == [] and np.isnan(result.loss)
+    metrics = evaluate_run(
+        prepared, tmp_path / "runs" / "ensemble-top2" / "inferred.h5", None, tmp_path / "m.json"
+    )
+    assert metrics["diverged"] is True
+    assert "every one of the 2 runs diverged" in metrics["diverged_reason"]
+
+
+# -- the summary row and the submission ------------------------------------------------------------
+def scored_search(tmp_path, prepared, noises):
+    """runs/ of a search of stand-in runs (noise, best loss) with metrics.json written by hand,
+    plus its ensemble of all of them; returns (run_dir, {run: searched values})."""
+    run_dir = tmp_path / "runs"
+    runs = {}
+    for seed, (noise, loss) in enumerate(noises):
+        name = f"dropout~{seed / 10}"
+        folder = stand_in_run(run_dir / name, prepared, noise, [loss + 1, loss], seed)
+        write_json(folder / "metrics.json", {"co-bps": 0.3 - loss / 10, "vel R2": 0.5})
+        runs[name] = {"dropout": seed / 10}
+    diverged = diverged_run(run_dir / "dropout~0.9", prepared)
+    write_json(diverged / "metrics.json", {"diverged": True, "diverged_epoch": 2})
+    runs["dropout~0.9"] = {"dropout": 0.9}
+    name = ensemble_name(len(noises))
+    write_ensemble(prepared, {run: run_dir / run for run in runs}, len(noises), run_dir / name)
+    write_json(run_dir / name / "metrics.json", {"co-bps": 0.31, "vel R2": 0.52})
+    return run_dir, runs
+
+
+def test_the_ensemble_row_is_added_and_the_run_rows_stay_the_same(prepared, tmp_path):
+    run_dir, runs = scored_search(tmp_path, prepared, [(0.5, 1.2), (0.5, 1.0), (0.5, 1.1)])
+    write_summary(runs, run_dir, tmp_path / "without.tsv")
+    table = write_summary({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "with.tsv")
+    without = (tmp_path / "without.tsv").read_text().splitlines()
+    with_ensemble = (tmp_path / "with.tsv").read_text().splitlines()
+    # one row more, after the scored runs and before the diverged one; the others byte for byte
+    assert with_ensemble == [*without[:4], with_ensemble[4], without[4]]
+    assert list(table.run) == ["dropout~0.1", "dropout~0.2", "dropout~0.0", "ensemble-top3"] + [
+        "dropout~0.9"
+    ]
+    assert list(table.best) == [True, False, False, False, False]
+    ensemble = table.iloc[3]
+    assert not ensemble.diverged and np.isnan(ensemble.dropout)
+    assert ensemble.epochs == 1 and ensemble.best_epoch == 1 and ensemble["co-bps"] == 0.31
+    curve = read_metrics_csv(run_dir / "ensemble-top3" / "metrics.csv")
+    assert ensemble.best_valid_recon_smoothed == pytest.approx(curve.valid_recon_smoothed[0], 1e-5)
+    assert is_ensemble("ensemble-top3") and not is_ensemble("dropout~0.1")
+
+
+def test_the_submission_takes_the_ensemble_only_when_its_loss_is_lower(prepared, tmp_path):
+    # Independent noise of one size: the average is nearer the truth than any member
+    run_dir, runs = scored_search(tmp_path / "a", prepared, [(0.5, 1.2), (0.5, 1.0), (0.5, 1.1)])
+    summary = write_summary({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "a.tsv")
+    members = read_members(run_dir / "ensemble-top3" / "members.tsv")
+    assert summary.best_valid_recon_smoothed[3] < members.valid_poisson_loss[0]
+    assert submitted_run(tmp_path / "a.tsv", run_dir) == "ensemble-top3"
+    # Two members, one far noisier than the best: the average is worse than the best run
+    run_dir, runs = scored_search(tmp_path / "b", prepared, [(0.05, 1.0), (1.5, 1.1)])
+    summary = write_summary({**runs, "ensemble-top2": {}}, run_dir, tmp_path / "b.tsv")
+    members = read_members(run_dir / "ensemble-top2" / "members.tsv")
+    assert summary.best_valid_recon_smoothed[2] > members.valid_poisson_loss[0]
+    assert submitted_run(tmp_path / "b.tsv", run_dir) == best_run(tmp_path / "b.tsv")
+    assert best_run(tmp_path / "b.tsv") == "dropout~0.0"
+    # without an ensemble the best run, as before
+    write_summary(runs, run_dir, tmp_path / "c.tsv")
+    assert submitted_run(tmp_path / "c.tsv", run_dir) == "dropout~0.0"
+
+
+# -- the configfile --------------------------------------------------------------------------------
+@pytest.fixture
+def search_of_three():
+    return {
+        "dataset": "tiny",
+        "nlb_layout": "mc_maze",
+        "source": {"synthetic": {}},
+        "search": {"grid": {"dropout": [0.1, 0.2, 0.3]}},
+    }
+
+
+def test_top_k_is_checked_against_the_runs_of_the_search(search_of_three):
+    config = validate_config({**search_of_three, "ensemble": {"top_k": 3}}, SCHEMA)
+    assert len(check_config(config)) == 3
+    with pytest.raises(ConfigError, match=r"ensemble.top_k: 4 is more than the 3 run\(s\)"):
+        check_config(validate_config({**search_of_three, "ensemble": {"top_k": 4}}, SCHEMA))
+    with pytest.raises(ConfigError, match=r"ensemble.top_k: 1 is not valid"):
+        validate_config({**search_of_three, "ensemble": {"top_k": 1}}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"unknown key ensemble.k"):
+        validate_config({**search_of_three, "ensemble": {"top_k": 2, "k": 2}}, SCHEMA)
+    off = validate_config(copy.deepcopy(search_of_three), SCHEMA)
+    assert "ensemble" not in off  # off when absent
+
+
+# -- the workflow ----------------------------------------------------------------------------------
+def tiny_search(folder, phase: str = "val", max_epochs: int = 40):
+    return write_tiny_config(
+        folder,
+        phase=phase,
+        model={
+            "bin_width": 20,
+            "n_samples": 5,
+            "hparams": {**WORKFLOW_HPARAMS, "max_epochs": max_epochs},
+        },
+        search={"grid": {"dropout": [0.05, 0.3]}},
+        ensemble={"top_k": 2},
+        resources={
+            "train": {"threads": 1, "mem_mb": 1000},
+            "infer": {"threads": 1, "mem_mb": 1000},
+        },
+    )
+
+
+@pytest.mark.parametrize("phase", ["val", "test"])
+def test_a_dry_run_plans_the_ensemble_and_scores_it(tmp_path, phase, snakemake_in_process):
+    configfile = tiny_search(tmp_path, phase)
+    result = snakemake_in_process(
+        "--snakefile",
+        SNAKEFILE,
+        "--directory",
+        str(tmp_path),
+        "-n",
+        "--configfile",
+        str(configfile),
+    )
+    output = result.stdout
+    assert result.returncode == 0, output
+    assert job_count(output, "ensemble") == 1 and job_count(output, "train") == 2
+    assert job_count(output, "evaluate") == 3  # the two runs and the ensemble
+    assert job_count(output, "submission") == (phase == "test")
+    assert "runs/ensemble-top2/members.tsv" in output
+
+
+@pytest.mark.slow
+def test_a_tiny_search_writes_the_ensemble_row(tmp_path):
+    configfile = tiny_search(tmp_path, max_epochs=10)
+    result = snakemake_in(tmp_path, "--configfile", str(configfile), "--cores", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = tmp_path / "results" / "tiny" / "val"
+    table = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert list(table.run[:2]) != ["ensemble-top2"] and table.run[2] == "ensemble-top2"
+    assert table.best.tolist() == [True, False, False]
+    members = read_members(results / "runs" / "ensemble-top2" / "members.tsv")
+    assert list(members.run) == list(table.run[:2])
+    ensemble = table.iloc[2]
+    # trained runs: the loss of the averaged rates is at most the mean of the members' losses
+    assert ensemble.best_valid_recon_smoothed <= members.valid_poisson_loss.mean()
+    scores = ensemble[["co-bps", "fp-bps", "vel R2", "psth R2", "rate R2"]].astype(float)
+    assert np.isfinite(scores).all(), scores  # scored like a run (10 epochs: not yet good scores)
+    rates = [
+        read_inferred(results / "runs" / run / "inferred.h5", keys=("rates",)).splits["eval"].rates
+        for run in [*members.run, "ensemble-top2"]
+    ]
+    assert np.array_equal(rates[2], average_rates(rates[:2]))
+    log = (results / "logs" / "ensemble.log").read_text()
+    assert "2 members (" in log and "members' mean" in log
+    metrics = json.loads((results / "runs" / "ensemble-top2" / "metrics.json").read_text())
+    assert set(metrics) == set(
+        json.loads((results / "runs" / table.run[0] / "metrics.json").read_text())
+    )
+    assert yaml.safe_load(configfile.read_text())["ensemble"] == {"top_k": 2}
