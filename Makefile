@@ -16,7 +16,16 @@ CONFIGFILE ?= config/config.yaml
 REPORT ?= results/report.html
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo report test test-fast lint bench gpu-check clean-demo
+# `make submission`: the EvalAI file of the whole benchmark, SUBMISSION: the workflow of each of
+# the seven NLB configfiles in PHASE (test: trained on train+val, rates for the test trials; val:
+# the same file for EvalAI's validation phase), then their submission files combined and checked
+# (lfads combine-submissions; the three MC_Maze scaling datasets are scored together).
+NLB_CONFIGFILES := $(addprefix config/,mc_maze.yaml mc_rtt.yaml area2_bump.yaml dmfc_rsg.yaml \
+	mc_maze_large.yaml mc_maze_medium.yaml mc_maze_small.yaml)
+PHASE ?= test
+SUBMISSION ?= results/submission_$(PHASE).h5
+
+.PHONY: install demo report submission test test-fast lint bench gpu-check clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +54,17 @@ report: $(STAMP)
 	tmp="$(dir $(REPORT)).$(basename $(notdir $(REPORT))).tmp.$$(uname -n)@$$$$.make$(suffix $(REPORT))"; \
 	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIGFILE) --report "$$tmp" \
 		&& mv -f "$$tmp" "$(REPORT)" || { status=$$?; rm -f "$$tmp"; exit $$status; }
+
+# Each configfile's dataset is its file name (tests/test_submission.py checks it).
+submission: $(STAMP)
+	set -e; files=""; \
+	for configfile in $(NLB_CONFIGFILES); do \
+		dataset=$$(basename $$configfile .yaml); \
+		target=results/$$dataset/$(PHASE)/submission_$$dataset.h5; \
+		$(SNAKEMAKE) --cores $(CORES) --configfile $$configfile --config phase=$(PHASE) -- $$target; \
+		files="$$files $$target"; \
+	done; \
+	$(BIN)/python -m lfads combine-submissions --whole-benchmark --out $(SUBMISSION) $$files
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

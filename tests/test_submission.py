@@ -167,3 +167,102 @@ def test_command_line_writes_the_combined_file(tmp_path):
         "mc_maze_medium_20",
         "mc_maze_small_20",
     ]
+
+
+# Stands in for Snakemake in `make submission`: checks the arguments, writes the target file.
+STUB_SNAKEMAKE = """
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+from lfads.data.layouts import group_name
+
+args = sys.argv[1:]
+config = yaml.safe_load(Path(args[args.index("--configfile") + 1]).read_text())
+assert args[args.index("--config") + 1] == "phase=test", args
+dataset = config["dataset"]
+target = Path(args[-1])
+assert target == Path("results", dataset, "test", f"submission_{dataset}.h5"), args
+target.parent.mkdir(parents=True)
+with h5py.File(target, "w") as file:  # nlb_tools' save_to_h5 layout, without its import time
+    group = file.create_group(group_name(dataset, config["model"]["bin_width"]))
+    for key, shape in SHAPES[dataset].items():
+        group[key] = np.full(shape, 0.5, np.float32)
+"""
+
+
+def shapes_at(dataset: str, bin_width: int) -> dict[str, tuple[int, int, int]]:
+    """Shapes of a submission group of `dataset` (N_TRAIN, N_EVAL trials; 3 + 2 neurons)."""
+    spec = LAYOUTS[dataset]
+    n_obs, n_fwd = (
+        (spec.window_ms[1] - spec.window_ms[0]) // bin_width,
+        spec.forward_ms // bin_width,
+    )
+    return {
+        key: (
+            N_EVAL if key.startswith("eval") else N_TRAIN,
+            n_fwd if key.endswith("forward") else n_obs,
+            3 if "heldin" in key else 2,
+        )
+        for key in SUBMISSION_KEYS
+    }
+
+
+@pytest.mark.slow
+def test_make_submission_combines_the_seven_configfiles(tmp_path):
+    """`make submission` with a stand-in for Snakemake that writes each dataset's file."""
+    import yaml
+
+    widths = {}
+    for dataset in NLB_DATASETS:
+        config = yaml.safe_load((REPO / "config" / f"{dataset}.yaml").read_text())
+        assert config["dataset"] == config["nlb_layout"] == dataset  # the recipe relies on it
+        widths[dataset] = config["model"]["bin_width"]
+    shapes = {dataset: shapes_at(dataset, width) for dataset, width in widths.items()}
+    (tmp_path / "config").symlink_to(REPO / "config")
+    stub = tmp_path / "snakemake_stub.py"
+    stub.write_text(f"SHAPES = {shapes!r}\n" + STUB_SNAKEMAKE)
+    done = subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "submission", "STAMP=", f"BIN={sys.prefix}/bin"]
+        + [f"SNAKEMAKE={sys.executable} {stub}"],
+        cwd=tmp_path,
+        env=environment({"PYTHONPATH": str(REPO)}),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    combined = read_submission(tmp_path / "results" / "submission_test.h5")
+    assert sorted(combined) == sorted(group_name(d, width) for d, width in widths.items())
+    assert (
+        combined[group_name("dmfc_rsg", widths["dmfc_rsg"])]["eval_rates_heldout"].shape
+        == (shapes["dmfc_rsg"]["eval_rates_heldout"])
+    )
+
+
+def test_the_test_phase_submission_of_a_configfile_is_a_workflow_target(
+    tmp_path, snakemake_in_process
+):
+    """What `make submission` asks Snakemake for, dry-run on one NLB configfile."""
+    from conftest import SNAKEFILE, job_count
+
+    target = "results/mc_maze_small/test/submission_mc_maze_small.h5"
+    result = snakemake_in_process(
+        "--snakefile",
+        SNAKEFILE,
+        "--directory",
+        str(tmp_path),
+        "-n",
+        "--configfile",
+        str(REPO / "config" / "mc_maze_small.yaml"),
+        "--config",
+        "phase=test",
+        "--",
+        target,
+    )
+    assert result.returncode == 0, result.stdout
+    assert job_count(result.stdout, "submission") == 1
+    assert job_count(result.stdout, "train") == 20  # the configfile's random search
+    assert job_count(result.stdout, "targets") == 0  # the test phase has no local targets
