@@ -3,9 +3,11 @@
 # and installs on first use.
 
 PYTHON ?= python3
-# The CPU wheel of torch 2.13.0; set TORCH_SPEC="torch" on a GPU machine to let
-# pip choose a CUDA build.
+# torch 2.13.0 from PyPI: on Linux x86_64 the CUDA build, with its nvidia-* wheels. For the CPU
+# build (laptops): TORCH_INDEX=https://download.pytorch.org/whl/cpu. TORCH_SPEC="torch" lets pip
+# choose the newest release.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -30,7 +32,7 @@ SUBMISSION ?= results/submission_$(PHASE).h5
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@# nlb-tools 0.0.4 pins pandas<=1.3.4 (no Python 3.11 wheel); it runs fine on pandas 2.
 	$(BIN)/python -m pip install --quiet --no-deps nlb-tools==0.0.4

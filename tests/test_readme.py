@@ -171,6 +171,11 @@ EXERCISED = {
     "make bench": check_make_recipe("python -m lfads.bench"),
     "make install TORCH_SPEC=torch": check_make_recipe('pip install --quiet "torch"'),
     "make gpu-check": check_make_recipe("python -m lfads.bench.gpu_check"),
+    "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu": check_make_recipe(
+        '"torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
+    ),
+    "make submission": check_make_recipe("combine-submissions --whole-benchmark"),
+    "make submission PHASE=val": check_make_recipe("--config phase=val"),
 }
 
 
@@ -179,7 +184,15 @@ def test_every_readme_command_is_exercised():
     assert sorted(readme_commands()) == sorted(EXERCISED)
 
 
-QUICK = {"make test", "make bench", "make install TORCH_SPEC=torch", "make gpu-check"}
+QUICK = {
+    "make test",
+    "make bench",
+    "make install TORCH_SPEC=torch",
+    "make gpu-check",
+    "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu",
+    "make submission",
+    "make submission PHASE=val",
+}
 
 
 @pytest.mark.parametrize(

@@ -199,8 +199,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"posterior samples averaged (default {DEFAULT_N_SAMPLES})",
     )
     parser.add_argument("--batch-size", type=int, help="trials per pass (default: automatic)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (auto: CUDA when torch sees a GPU)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument(
         "--mantissa-bits",
         type=int,

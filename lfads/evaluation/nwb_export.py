@@ -7,7 +7,7 @@ nlb_tools makes its tensors (`make_tensors.PARAMS`): the trials of the phase's s
 alignment field is set, each window starting at the alignment time plus the layout's offset (and
 dmfc_rsg's jitter, drawn with nlb_tools' seed 0), rounded up to the bin grid that starts at 0 s.
 
-Layout of the written file (lfads/README.md, "NWB export"):
+Layout of the written file (README.md, "NWB export"):
 
 - `trials`: one row per model trial, sorted by start time: `start_time`/`stop_time` of the
   observed window (s), `forward_stop_time`, `source_trial_id` (the `id` in the source file's
