@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[workflow,test]'
 	@# nlb-tools 0.0.4 pins pandas<=1.3.4 (no Python 3.11 wheel); it runs fine on pandas 2.
 	$(BIN)/python -m pip install --quiet --no-deps nlb-tools==0.0.4
 	touch $(STAMP)
