@@ -45,7 +45,7 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory report CONFIGFILE=config/config.yaml REPORT=results/report.html
 	@echo
 	@echo "Done. Report: results/report.html; table of runs: results/synthetic/val/summary.tsv;"
-	@echo "figures: results/synthetic/val/figures/; NWB files: resources/data/synthetic/."
+	@echo "figures: results/synthetic/val/figures/; the best run as NWB: results/synthetic/val/best_rates.nwb."
 
 # `snakemake --report` writes its file in place, so a kill left a half-written report at the final
 # path. This writes a temporary file beside it, renamed when complete; its name follows
