@@ -3,9 +3,11 @@
 # and installs on first use.
 
 PYTHON ?= python3
-# The CPU wheel of torch 2.13.0; set TORCH_SPEC="torch" on a GPU machine to let
-# pip choose a CUDA build.
+# torch 2.13.0 from PyPI: on Linux x86_64 the CUDA build, with its nvidia-* wheels. For the CPU
+# build (laptops): TORCH_INDEX=https://download.pytorch.org/whl/cpu. TORCH_SPEC="torch" lets pip
+# choose the newest release.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,7 +18,16 @@ CONFIGFILE ?= config/config.yaml
 REPORT ?= results/report.html
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo report test test-fast lint bench gpu-check clean-demo
+# `make submission`: the EvalAI file of the whole benchmark, SUBMISSION: the workflow of each of
+# the seven NLB configfiles in PHASE (test: trained on train+val, rates for the test trials; val:
+# the same file for EvalAI's validation phase), then their submission files combined and checked
+# (lfads combine-submissions; the three MC_Maze scaling datasets are scored together).
+NLB_CONFIGFILES := $(addprefix config/,mc_maze.yaml mc_rtt.yaml area2_bump.yaml dmfc_rsg.yaml \
+	mc_maze_large.yaml mc_maze_medium.yaml mc_maze_small.yaml)
+PHASE ?= test
+SUBMISSION ?= results/submission_$(PHASE).h5
+
+.PHONY: install demo report submission test test-fast lint bench gpu-check clean-demo
 
 # Every target that needs the environment installs it once (the stamp); `make install` always
 # runs the install, so `make install TORCH_SPEC=...` also acts on an existing .venv.
@@ -26,8 +37,8 @@ $(STAMP): pyproject.toml
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e '.[workflow,test]'
 	@# nlb-tools 0.0.4 pins pandas<=1.3.4 (no Python 3.11 wheel); it runs fine on pandas 2.
 	$(BIN)/python -m pip install --quiet --no-deps nlb-tools==0.0.4
 	touch $(STAMP)
@@ -37,7 +48,7 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory report CONFIGFILE=config/config.yaml REPORT=results/report.html
 	@echo
 	@echo "Done. Report: results/report.html; table of runs: results/synthetic/val/summary.tsv;"
-	@echo "figures: results/synthetic/val/figures/; NWB files: resources/data/synthetic/."
+	@echo "figures: results/synthetic/val/figures/; the best run as NWB: results/synthetic/val/best_rates.nwb."
 
 # `snakemake --report` writes its file in place, so a kill left a half-written report at the final
 # path. This writes a temporary file beside it, renamed when complete; its name follows
@@ -48,6 +59,17 @@ report: $(STAMP)
 	tmp="$(dir $(REPORT)).$(basename $(notdir $(REPORT))).tmp.$$(uname -n)@$$$$.make$(suffix $(REPORT))"; \
 	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIGFILE) --report "$$tmp" \
 		&& mv -f "$$tmp" "$(REPORT)" || { status=$$?; rm -f "$$tmp"; exit $$status; }
+
+# Each configfile's dataset is its file name (tests/test_submission.py checks it).
+submission: $(STAMP)
+	set -e; files=""; \
+	for configfile in $(NLB_CONFIGFILES); do \
+		dataset=$$(basename $$configfile .yaml); \
+		target=results/$$dataset/$(PHASE)/submission_$$dataset.h5; \
+		$(SNAKEMAKE) --cores $(CORES) --configfile $$configfile --config phase=$(PHASE) -- $$target; \
+		files="$$files $$target"; \
+	done; \
+	$(BIN)/python -m lfads combine-submissions --whole-benchmark --out $(SUBMISSION) $$files
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lfads.evaluation.evaluate",
         "score a run's rates with nlb_tools (and against true rates)",
     ),
+    "combine-submissions": (
+        "lfads.evaluation.submission",
+        "combine submission files into one EvalAI file (MC_Maze scaling datasets together)",
+    ),
+    "export-nwb": (
+        "lfads.evaluation.nwb_export",
+        "write a run's rates, factors and inferred inputs as an NWB file aligned to the trials",
+    ),
 }
 
 

@@ -282,7 +282,18 @@ def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
 
 # -- a workflow state made by hand, and Snakemake runs on a folder's own config.yaml ------------
 # The order in which the rules' outputs are made, for a complete workflow state made by hand.
-STAGES = ("fetch", "prepare", "targets", "train", "infer", "evaluate", "aggregate", "figures")
+STAGES = (
+    "fetch",
+    "prepare",
+    "targets",
+    "train",
+    "infer",
+    "evaluate",
+    "aggregate",
+    "figures",
+    "export_nwb",
+    "best_nwb",
+)
 
 
 def snakemake_with_config(workdir: Path, *args: str, env: dict | None = None, timeout: float = 600):

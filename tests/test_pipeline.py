@@ -39,7 +39,8 @@ def test_every_output_and_metrics(pipeline):
     results = workdir / "results" / "tiny" / "val"
     for run in RUNS:
         folder = results / "runs" / run
-        for name in ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json"):
+        names = ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json")
+        for name in (*names, "rates.nwb"):
             assert (folder / name).stat().st_size > 0, folder / name
         assert yaml.safe_load((folder / "hparams.yaml").read_text())["dropout"] == float(
             run.split("~")[1]
@@ -51,6 +52,9 @@ def test_every_output_and_metrics(pipeline):
         assert (results / "benchmarks" / "train" / f"{run}.tsv").exists()
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert sorted(table.run) == RUNS and table.best.sum() == 1
+    best = table.run[table.best].iloc[0]
+    best_nwb = (results / "best_rates.nwb").read_bytes()
+    assert best_nwb == (results / "runs" / best / "rates.nwb").read_bytes()
     assert table.best_valid_recon_smoothed.is_monotonic_increasing and not table.diverged.any()
     assert (table.best_epoch >= 1).all() and (table.best_epoch <= table.epochs).all()
     for figure in (

@@ -103,7 +103,8 @@ def check_full_dry_run(command, tmp_path):
 def check_forced_rule(command, tmp_path):
     finished_copy_of("config/config.yaml", tmp_path)
     planned = counts(snakemake_variant(command, tmp_path, "-n"))
-    assert planned == {**dict.fromkeys(STAGES, 0), "evaluate": 3, "aggregate": 1, "figures": 1}
+    expected = {"evaluate": 3, "aggregate": 1, "figures": 1, "best_nwb": 1}
+    assert planned == {**dict.fromkeys(STAGES, 0), **expected}
 
 
 def check_one_run_rerun(command, tmp_path):
@@ -111,6 +112,7 @@ def check_one_run_rerun(command, tmp_path):
     finished_copy_of("config/config.yaml", tmp_path)
     result = snakemake_variant(command, tmp_path, "-n")
     expected = {"train": 1, "infer": 1, "evaluate": 1, "aggregate": 1, "figures": 1}
+    expected |= {"export_nwb": 1, "best_nwb": 1}
     assert counts(result) == {**dict.fromkeys(STAGES, 0), **expected}
     (model,) = re.findall(r"output: (\S+/model\.ckpt)", result.stdout)
     assert model == shlex.split(command)[-1]
@@ -169,6 +171,11 @@ EXERCISED = {
     "make bench": check_make_recipe("python -m lfads.bench"),
     "make install TORCH_SPEC=torch": check_make_recipe('pip install --quiet "torch"'),
     "make gpu-check": check_make_recipe("python -m lfads.bench.gpu_check"),
+    "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu": check_make_recipe(
+        '"torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
+    ),
+    "make submission": check_make_recipe("combine-submissions --whole-benchmark"),
+    "make submission PHASE=val": check_make_recipe("--config phase=val"),
 }
 
 
@@ -177,7 +184,15 @@ def test_every_readme_command_is_exercised():
     assert sorted(readme_commands()) == sorted(EXERCISED)
 
 
-QUICK = {"make test", "make bench", "make install TORCH_SPEC=torch", "make gpu-check"}
+QUICK = {
+    "make test",
+    "make bench",
+    "make install TORCH_SPEC=torch",
+    "make gpu-check",
+    "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu",
+    "make submission",
+    "make submission PHASE=val",
+}
 
 
 @pytest.mark.parametrize(

@@ -289,17 +289,41 @@ def prepare(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-nwb", type=Path, required=True)
-    parser.add_argument("--test-nwb", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--nlb-layout", required=True)
-    parser.add_argument("--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True)
-    parser.add_argument("--phase", choices=("val", "test"), default="val")
-    parser.add_argument("--dataset-name", default="")
-    parser.add_argument("--valid-fraction", type=float, default=DEFAULT_VALID_FRACTION)
-    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
-    parser.add_argument("--truth-train", type=Path)
-    parser.add_argument("--truth-test", type=Path)
+    parser.add_argument(
+        "--train-nwb", type=Path, required=True, help="NLB train NWB file (train and val trials)"
+    )
+    parser.add_argument(
+        "--test-nwb", type=Path, required=True, help="NLB test NWB file (read in the test phase)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the prepared file to write")
+    parser.add_argument(
+        "--nlb-layout", required=True, help="nlb_tools dataset name, e.g. mc_maze_small"
+    )
+    parser.add_argument(
+        "--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True, help="bin width (ms)"
+    )
+    parser.add_argument(
+        "--phase",
+        choices=("val", "test"),
+        default="val",
+        help="val: eval = the val trials; test: train on train+val, eval = the test trials",
+    )
+    parser.add_argument("--dataset-name", default="", help="name kept in the file's attributes")
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=DEFAULT_VALID_FRACTION,
+        help="fraction of the train trials held out for the model's validation",
+    )
+    parser.add_argument(
+        "--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the train/valid split"
+    )
+    parser.add_argument(
+        "--truth-train", type=Path, help="true rates of the train file (synthetic data only)"
+    )
+    parser.add_argument(
+        "--truth-test", type=Path, help="true rates of the test file (synthetic data only)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

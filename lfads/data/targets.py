@@ -78,10 +78,16 @@ def write_targets(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-nwb", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--nlb-layout", required=True)
-    parser.add_argument("--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True)
+    parser.add_argument(
+        "--train-nwb", type=Path, required=True, help="NLB train NWB file (train and val trials)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the targets file to write")
+    parser.add_argument(
+        "--nlb-layout", required=True, help="nlb_tools dataset name, e.g. mc_maze_small"
+    )
+    parser.add_argument(
+        "--bin-width", type=int, choices=BIN_WIDTHS_MS, required=True, help="bin width (ms)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,10 +78,14 @@ def evaluate_run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prepared", type=Path, required=True)
-    parser.add_argument("--inferred", type=Path, required=True)
-    parser.add_argument("--targets", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prepared", type=Path, required=True, help="the run's prepared file")
+    parser.add_argument(
+        "--inferred", type=Path, required=True, help="the run's inference file (inferred.h5)"
+    )
+    parser.add_argument(
+        "--targets", type=Path, help="nlb_tools targets file (val phase; omit in the test phase)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the metrics JSON to write")
 
 
 def run(args: argparse.Namespace) -> int:

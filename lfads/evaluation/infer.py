@@ -28,6 +28,9 @@ from lfads.formats.inferred import (
 
 log = logging.getLogger("lfads.evaluation.infer")
 
+# Seconds between progress lines while a split is sampled (a line also ends each split).
+PROGRESS_SECONDS = 10.0
+
 # Posterior samples averaged per trial (lfads-torch also uses 50); the configfile's model.n_samples.
 DEFAULT_N_SAMPLES = 50
 
@@ -159,6 +162,8 @@ def _sample_split(
 ) -> InferredSplit:
     n = data.n_trials(split)
     out: dict[str, np.ndarray] = {}
+    started = last_line = time.perf_counter()
+    log.info("%s: sampling %d trials in batches of %d", split, n, batch_size)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
         batch = data.batch(split, rows).to(device)
@@ -174,6 +179,17 @@ def _sample_split(
             if key not in out:
                 out[key] = np.empty((n, *value.shape[1:]), dtype=np.float32)
             out[key][rows] = value.float().cpu().numpy()
+        now = time.perf_counter()
+        if now - last_line >= PROGRESS_SECONDS or rows[-1] == n - 1:
+            log.info(
+                "%s: %d/%d trials (%.0f%%) in %.1f s",
+                split,
+                rows[-1] + 1,
+                n,
+                100 * (rows[-1] + 1) / n,
+                now - started,
+            )
+            last_line = now
     return InferredSplit(**out)
 
 
@@ -199,8 +215,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"posterior samples averaged (default {DEFAULT_N_SAMPLES})",
     )
     parser.add_argument("--batch-size", type=int, help="trials per pass (default: automatic)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (auto: CUDA when torch sees a GPU)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     parser.add_argument(
         "--mantissa-bits",
         type=int,

@@ -41,7 +41,9 @@ def fit(
 
     device: "cpu" or "cuda"; gradient_clip: max gradient norm (0: off). After every epoch
     last_checkpoint and metrics_csv (rows so far) are rewritten; resume_from: a last.ckpt to
-    continue from. TensorBoard logs go to out_dir/tensorboard when tensorboard is installed.
+    continue from. TensorBoard logs go to out_dir/tensorboard: every metrics.csv column (the
+    learning rate `lr` included) each epoch, and a figure of one validation trial every
+    FIGURE_EVERY_EPOCHS epochs.
     """
     import lightning as L
 
@@ -55,7 +57,7 @@ def fit(
             max_epochs=max_epochs,
             gradient_clip_val=gradient_clip or None,
             logger=_tensorboard_logger(out_dir),
-            callbacks=[_epoch_checkpoint(last_checkpoint, metrics_csv)],
+            callbacks=[_epoch_checkpoint(last_checkpoint, metrics_csv), _tensorboard_figures()],
             plugins=[_atomic_checkpoint_io(), _plain_environment()],
             num_sanity_val_steps=0,
             enable_progress_bar=sys.stderr.isatty(),
@@ -112,7 +114,11 @@ class _DropLightningTips(logging.Filter):
 
 
 def quiet_lightning_logs() -> None:
-    """Drop Lightning's tips from its loggers (idempotent)."""
+    """Drop Lightning's tips from its loggers, and its console handler where the root logger
+    writes its lines already (idempotent)."""
+    from lfads.infra.logs import drop_duplicate_handlers
+
+    drop_duplicate_handlers()
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningTips) for f in logger.filters):
@@ -128,11 +134,58 @@ def _plain_environment():
 
 
 def _tensorboard_logger(out_dir: Path):
-    """TensorBoard logs in out_dir/tensorboard when tensorboard is installed; else none."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
+    """TensorBoard logs in out_dir/tensorboard/version_<n> (a resumed run adds a version)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     return TensorBoardLogger(str(out_dir), name="tensorboard", default_hp_metric=False)
+
+
+# TensorBoard's image of one validation trial: at the first epoch, then every this many epochs.
+FIGURE_EVERY_EPOCHS = 20
+FIGURE_TAG = "valid/first_trial"
+
+
+def _tensorboard_figures():
+    from lightning.pytorch.callbacks import Callback
+
+    class TensorBoardFigures(Callback):
+        """The first validation trial's spikes, posterior-mean rates and factors, as an image.
+
+        Drawn from the model's deterministic pass on a forked random stream, so the training's
+        numbers are those of a run without it.
+        """
+
+        def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, *_):
+            epoch = trainer.current_epoch
+            if batch_idx != 0 or not trainer.loggers or epoch % FIGURE_EVERY_EPOCHS:
+                return
+            session = min(batch)
+            device = batch[session].encod_data.device
+            cuda = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                processed = module.model.infer_augmentations.process_batch(batch[session])[0]
+                output = module.model({session: processed}, sample_posteriors=False)[session]
+                rates = module.model.rates(session, output)[0].float().cpu().numpy()
+                factors = output.factors[0].float().cpu().numpy()
+            spikes = batch[session].recon_data[0].float().cpu().numpy()
+            figure = trial_figure(spikes, rates, factors)
+            trainer.logger.experiment.add_figure(FIGURE_TAG, figure, global_step=epoch + 1)
+
+    return TensorBoardFigures()
+
+
+def trial_figure(spikes, rates, factors):
+    """A matplotlib Figure of one trial: spikes and rates (bins x neurons, spikes per bin) as
+    images, factors (bins x fac_dim) as lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 3)
+    for ax, values, title in ((axes[0], spikes, "spikes"), (axes[1], rates, "rates")):
+        ax.imshow(values.T, aspect="auto", interpolation="nearest", cmap="Greys")
+        ax.set(title=f"{title} (per bin)", xlabel="bin", ylabel="neuron")
+    axes[2].plot(factors)
+    axes[2].set(title="factors", xlabel="bin")
+    return figure

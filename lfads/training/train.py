@@ -260,7 +260,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, help="where last.ckpt lives (default OUT/checkpoints)"
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (auto: CUDA when torch sees a GPU)",
+    )
     parser.add_argument("--max-epochs", type=int, help="override max_epochs of the config")
     from lfads.model.loops import RNN_IMPLS
 

@@ -99,7 +99,8 @@ def figure_path(figure):
 
 
 def final_outputs():
-    outputs = [f"{RESULTS}/summary.tsv"] + [figure_path(figure) for figure in FIGURES]
+    outputs = [f"{RESULTS}/summary.tsv", f"{RESULTS}/best_rates.nwb"]
+    outputs += [figure_path(figure) for figure in FIGURES]
     if PHASE == "test":
         outputs.append(f"{RESULTS}/submission_{DATASET}.h5")
     return outputs
@@ -108,7 +109,14 @@ def final_outputs():
 # Every file of every run is a target of the workflow (the Snakefile's first rule): Snakemake
 # rebuilds a missing target, but a missing intermediate file counts as fine when the files after
 # it exist, so an inferred.h5 lost to a killed forced rerun would otherwise leave it "done".
-RUN_FILES = ("model.ckpt", "metrics.csv", "hparams.yaml", "inferred.h5", "metrics.json")
+RUN_FILES = (
+    "model.ckpt",
+    "metrics.csv",
+    "hparams.yaml",
+    "inferred.h5",
+    "metrics.json",
+    "rates.nwb",
+)
 
 
 # The ensemble of the best runs (`ensemble.top_k`; lfads/evaluation/ensemble.py): a folder of

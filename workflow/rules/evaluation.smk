@@ -138,3 +138,39 @@ rule submission:
         run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
     script:
         "../scripts/submission.py"
+
+
+rule export_nwb:
+    input:
+        fetch_markers("train", "test"),
+        prepared=PREPARED_FOR_MODEL,
+        inferred=f"{RUNS_DIR}/{{run}}/inferred.h5",
+    output:
+        f"{RUNS_DIR}/{{run}}/rates.nwb",
+    log:
+        f"{LOGS}/export_nwb/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/export_nwb/{{run}}.tsv"
+    conda:
+        "../../envs/lfads.yaml"
+    params:
+        nwb=NWB,
+    script:
+        "../scripts/export_nwb.py"
+
+
+# The best run's NWB file under a fixed name (a copy: a link would break when results/ moves).
+rule best_nwb:
+    input:
+        summary=f"{RESULTS}/summary.tsv",
+        nwb=expand(f"{RUNS_DIR}/{{run}}/rates.nwb", run=RUNS),
+    output:
+        f"{RESULTS}/best_rates.nwb",
+    log:
+        f"{LOGS}/best_nwb.log",
+    conda:
+        "../../envs/lfads.yaml"
+    params:
+        run_dir=lambda wildcards, input: Path(input.nwb[0]).parent.parent,
+    script:
+        "../scripts/best_nwb.py"

@@ -1,0 +1,75 @@
+"""The Snakemake catalog's conventions: .test/ run by CI, the catalog file, LICENSE, help text."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+
+import pytest
+import yaml
+from conftest import REPO, job_count, run_snakemake
+
+from lfads.cli import COMMANDS
+
+
+def test_test_config_dry_run(tmp_path, snakemake_in_process):
+    """`snakemake --directory .test -n`, as the catalog runs it (the Snakefile finds the config)."""
+    shutil.copytree(REPO / ".test", tmp_path / ".test")
+    result = snakemake_in_process(
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(tmp_path / ".test"),
+        "-n",
+    )
+    assert result.returncode == 0, result.stdout
+    for rule, count in (("train", 1), ("export_nwb", 1), ("best_nwb", 1), ("figures", 1)):
+        assert job_count(result.stdout, rule) == count, rule
+
+
+@pytest.mark.slow
+def test_test_config_runs_end_to_end(tmp_path):
+    shutil.copytree(REPO / ".test", tmp_path / ".test")
+    workdir = tmp_path / ".test"
+    result = run_snakemake(
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = workdir / "results" / "ci" / "val"
+    assert len(open(results / "summary.tsv").read().splitlines()) == 2  # header + the run
+    assert (results / "best_rates.nwb").stat().st_size > 10_000
+
+
+def test_catalog_file_names_the_usage():
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())
+    usage = catalog["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert "--configfile" in usage["mandatory-flags"]["flags"]
+    assert usage["software-stack-deployment"]["conda"] is True and usage["report"] is True
+
+
+def test_license_is_the_one_pyproject_names():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"  # an SPDX string: the table form is deprecated
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    assert "LICENSE" in project["license-files"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_line_option_has_help(command):
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    undocumented = [
+        action.option_strings or action.dest
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert undocumented == [], f"lfads {command}: options without help text"
