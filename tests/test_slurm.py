@@ -164,7 +164,7 @@ def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
 
 def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
     """The profile's retries resubmit a cancelled train job, which continues from its checkpoint."""
-    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 300}}
+    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 150}}
     one_run = {"grid": {"dropout": [0.1]}}
     workdir = workdir_with_config(tmp_path / "cancel", model=long, search=one_run)
     env = environment(cluster)
@@ -174,7 +174,7 @@ def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
         "INT",
         "-k",
         "30",
-        "1500",
+        "2400",
         *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER),
     ]
     process = subprocess.Popen(
@@ -202,7 +202,7 @@ def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
         assert len(running) == 1, queue
         subprocess.run(["scancel", running[0]], env=env, check=True)
         cancelled_after = _checkpoint_epochs(workdir, "dropout~0.1")
-        output, _ = process.communicate(timeout=1600)
+        output, _ = process.communicate(timeout=2500)
     finally:
         if process.poll() is None:
             process.kill()
