@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -22,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# nlb_tools smooths spikes in a multiprocessing.Pool. Forked from this long-lived test process,
+# whose other threads (earlier tests' loggers and writers) may hold a lock at that moment, a pool
+# worker can wait on that lock forever: a full run hung so in tests/test_synthetic.py. Workers
+# started from a fork server hold no such lock.
+multiprocessing.set_start_method("forkserver", force=True)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

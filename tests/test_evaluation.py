@@ -145,8 +145,10 @@ def test_every_figure_of_the_runs_is_drawn(prepared, scored_runs, tmp_path):
     all_figures(
         tmp_path / "summary.tsv", folder, RUNS, prepared_path, targets, "mc_maze_20", outputs
     )
-    for path in outputs.values():
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    for name, path in outputs.items():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        # the stand-in runs infer no inputs: that figure is a one-line note (about 5 kB)
+        assert path.stat().st_size > (2_000 if name == "best_inputs" else 10_000), name
 
 
 def test_the_best_run_is_chosen_by_its_best_epoch_not_its_last(tmp_path):
