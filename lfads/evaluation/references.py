@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lfads.data.layouts import group_name
-from lfads.evaluation.submission import nlb_order
+from lfads.evaluation.ensemble import RATE_FLOOR
+from lfads.evaluation.submission import nlb_order, submission_group
 from lfads.formats.prepared import PreparedFile, read_prepared
 from lfads.formats.targets import read_targets
 from lfads.infra.io import write_json
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 SMOOTHING_KERNEL_SD_MS = 50.0  # NLB's smoothing baseline uses a kernel of 50 ms
 SMOOTHING_GLM_ALPHA = 0.01  # L2 penalty of each held-out neuron's Poisson GLM
 SMOOTHING_MAX_SAMPLES = 30_000  # bins the GLMs are fit on at most (a fixed random subset)
-RATE_FLOOR = 1e-9  # nlb_tools refuses zero rates in its Poisson likelihood
 # Keys of references.json: one entry per reference, each {metric: value, ...}.
 SMOOTHING, TRUE_RATES = "smoothing", "true rates"
 PER_NEURON_CO_BPS = "per-neuron co-bps"  # smoothing entry: co-bps of each held-out neuron
@@ -136,15 +136,7 @@ def truth_submission(prepared: PreparedFile) -> dict[str, np.ndarray]:
     truth = {split: arrays.truth for split, arrays in prepared.splits.items()}
     train = nlb_order(prepared, truth["train"], truth["valid"])
     evaluation = truth["eval"]
-    train, evaluation = (np.maximum(a, RATE_FLOOR).astype(np.float32) for a in (train, evaluation))
-    return {
-        "train_rates_heldin": train[:, :n_obs, :n_heldin],
-        "train_rates_heldout": train[:, :n_obs, n_heldin:],
-        "eval_rates_heldin": evaluation[:, :n_obs, :n_heldin],
-        "eval_rates_heldout": evaluation[:, :n_obs, n_heldin:],
-        "eval_rates_heldin_forward": evaluation[:, n_obs:, :n_heldin],
-        "eval_rates_heldout_forward": evaluation[:, n_obs:, n_heldin:],
-    }
+    return submission_group(train, evaluation, n_obs, n_heldin)
 
 
 def _nlb_scores(targets_path: Path, group: str, arrays: dict[str, np.ndarray]) -> dict[str, float]:

@@ -65,18 +65,25 @@ def nlb_submission(prepared_path: str | Path, inferred_path: str | Path) -> dict
     name = group_name(attributes.nlb_layout, attributes.bin_width_ms)
     train = nlb_order(prepared, inferred["train"].rates, inferred["valid"].rates)
     evaluation = inferred["eval"].rates
+    return {name: submission_group(train, evaluation, n_obs, n_heldin)}
+
+
+def submission_group(
+    train: np.ndarray, evaluation: np.ndarray, n_obs: int, n_heldin: int
+) -> dict[str, np.ndarray]:
+    """The six arrays of one submission group from (trials, bins, neurons) rates of the NLB
+    train and eval trials (observed then forward bins; held-in then held-out neurons), float32
+    and clipped at RATE_FLOOR."""
     train, evaluation = (
         np.maximum(array, RATE_FLOOR).astype(np.float32) for array in (train, evaluation)
     )
     return {
-        name: {
-            "train_rates_heldin": train[:, :n_obs, :n_heldin],
-            "train_rates_heldout": train[:, :n_obs, n_heldin:],
-            "eval_rates_heldin": evaluation[:, :n_obs, :n_heldin],
-            "eval_rates_heldout": evaluation[:, :n_obs, n_heldin:],
-            "eval_rates_heldin_forward": evaluation[:, n_obs:, :n_heldin],
-            "eval_rates_heldout_forward": evaluation[:, n_obs:, n_heldin:],
-        }
+        "train_rates_heldin": train[:, :n_obs, :n_heldin],
+        "train_rates_heldout": train[:, :n_obs, n_heldin:],
+        "eval_rates_heldin": evaluation[:, :n_obs, :n_heldin],
+        "eval_rates_heldout": evaluation[:, :n_obs, n_heldin:],
+        "eval_rates_heldin_forward": evaluation[:, n_obs:, :n_heldin],
+        "eval_rates_heldout_forward": evaluation[:, n_obs:, n_heldin:],
     }
 
 
