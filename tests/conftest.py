@@ -360,3 +360,49 @@ def make_finished_state(workdir: Path) -> dict[str, list[str]]:
             path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
             os.utime(path, (now + stage, now + stage))
     return outputs
+
+
+def script_processes(workdir: Path, script: str) -> list[int]:
+    """Process ids of the Snakemake `script:` jobs of `script` (e.g. "train.py") running in
+    `workdir` (Snakemake runs a copy, .snakemake/scripts/tmp<...>.train.py, from there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if re.search(rf"[./]{re.escape(script)}\b", command) and Path(cwd) == Path(workdir):
+            found.append(int(entry.name))
+    return found
+
+
+# The whole workflow of the tiny dataset, once per session: tests/test_pipeline.py reruns and
+# forces rules in it, tests/test_report_browser.py renders its report and tests/test_slurm.py
+# compares the same search run through the SLURM profile with it.
+PIPELINE_MODEL = {"bin_width": 20, "n_samples": 10, "hparams": dict(WORKFLOW_HPARAMS)}
+PIPELINE_SEARCH = {"grid": {"dropout": [0.05, 0.3]}}
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> tuple[Path, Callable[..., subprocess.CompletedProcess]]:
+    """(workdir, snakemake): the finished workflow and `snakemake(*args)` run in it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    configfile = write_tiny_config(
+        workdir,
+        model=PIPELINE_MODEL,
+        search=PIPELINE_SEARCH,
+        resources={
+            "train": {"threads": 1, "mem_mb": 1000},
+            "infer": {"threads": 1, "mem_mb": 1000},
+        },
+    )
+
+    def snakemake(*args):
+        return snakemake_in(workdir, "--configfile", str(configfile), *args)
+
+    result = snakemake("--cores", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, snakemake

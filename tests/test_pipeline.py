@@ -12,27 +12,6 @@ from conftest import WORKFLOW_HPARAMS, job_count, snakemake_in, write_tiny_confi
 RUNS = ["dropout~0.05", "dropout~0.3"]
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pipeline")
-    configfile = write_tiny_config(
-        workdir,
-        model={"bin_width": 20, "n_samples": 10, "hparams": dict(WORKFLOW_HPARAMS)},
-        search={"grid": {"dropout": [0.05, 0.3]}},
-        resources={
-            "train": {"threads": 1, "mem_mb": 1000},
-            "infer": {"threads": 1, "mem_mb": 1000},
-        },
-    )
-
-    def snakemake(*args):
-        return snakemake_in(workdir, "--configfile", str(configfile), *args)
-
-    result = snakemake("--cores", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return workdir, snakemake
-
-
 @pytest.mark.slow
 def test_every_output_and_metrics(pipeline):
     workdir, _ = pipeline

@@ -1,7 +1,8 @@
-"""The report in a real browser: the workflow on the tiny synthetic dataset, `snakemake --report`,
-then headless Chromium renders report.html (a single-page app) and the test reads the rendered
-DOM: the result table's rows, the best run's co-bps and the figure captions must be on the
-landing page. Debian's `chromium` package provides the browser (.ci/run installs it)."""
+"""The report in a real browser: the workflow on the tiny synthetic dataset (the session's
+`pipeline`), `snakemake --report`, then headless Chromium renders report.html (a single-page
+app) and the test reads the rendered DOM: the result table's rows, the best run's co-bps and
+the figure captions must be on the landing page. Debian's `chromium` package provides the
+browser (.ci/run installs it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 
 import pandas as pd
 import pytest
-from conftest import WORKFLOW_HPARAMS, snakemake_in, write_tiny_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -42,26 +42,16 @@ def rendered_dom(page, out_png=None) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian package `chromium`)")
-def test_the_report_shows_the_table_and_the_best_runs_co_bps(tmp_path):
-    configfile = write_tiny_config(
-        tmp_path,
-        model={"bin_width": 20, "n_samples": 2, "hparams": {**WORKFLOW_HPARAMS, "max_epochs": 3}},
-        search={"grid": {"dropout": [0.05, 0.3]}},
-        resources={
-            "train": {"threads": 1, "mem_mb": 1000},
-            "infer": {"threads": 1, "mem_mb": 1000},
-        },
-    )
-    run = snakemake_in(tmp_path, "--configfile", str(configfile), "--cores", "2")
-    assert run.returncode == 0, run.stdout + run.stderr
+def test_the_report_shows_the_table_and_the_best_runs_co_bps(pipeline, tmp_path):
+    workdir, snakemake = pipeline
     report = tmp_path / "report.html"
-    made = snakemake_in(tmp_path, "--configfile", str(configfile), "--report", str(report))
+    made = snakemake("--report", str(report))
     assert made.returncode == 0, made.stdout + made.stderr
 
     dom = rendered_dom(report, tmp_path / "report.png")
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
     text = re.sub(r"\s+", " ", text)
-    table = pd.read_csv(tmp_path / "results" / "tiny" / "val" / "summary.tsv", sep="\t")
+    table = pd.read_csv(workdir / "results" / "tiny" / "val" / "summary.tsv", sep="\t")
     best = table[table.best].iloc[0]
     assert 'id="runs-table"' in dom and 'id="result-table"' in dom
     for name in table.run:  # every run is a row of the rendered table

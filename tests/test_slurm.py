@@ -8,8 +8,10 @@ profile are overridden for the local cluster (its CPU partition is `debug`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snakemake_command, write_tiny_config
+from conftest import (
+    PIPELINE_MODEL,
+    PIPELINE_SEARCH,
+    REPO,
+    script_processes,
+    snakemake_command,
+    write_tiny_config,
+)
 from conftest import WORKFLOW_HPARAMS as MODEL
 from conftest import environment as shared_environment
 
@@ -57,9 +66,9 @@ def cluster(tmp_path_factory):
 
 def workdir_with_config(folder: Path, **changes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    defaults = {
-        "model": {"bin_width": 20, "n_samples": 10, "hparams": dict(MODEL)},
-        "search": {"grid": {"dropout": [0.05, 0.3]}},
+    defaults = {  # the model and search of the session's `pipeline`
+        "model": PIPELINE_MODEL,
+        "search": PIPELINE_SEARCH,
         "resources": {
             "train": {"threads": 1, "mem_mb": 1000, "runtime": 30},
             "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30},
@@ -127,7 +136,7 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         assert a[run] == pytest.approx(b[run], abs=1e-6), run
 
 
-def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
+def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp_path):
     submitted_before = {job["job"] for job in sacct(cluster)}
     on_slurm = workdir_with_config(tmp_path / "slurm")
     result = run(
@@ -151,10 +160,29 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, tmp_path):
     for rule in ("fetch", "aggregate", "figures"):
         assert rule not in by_rule, f"local rule {rule} reached SLURM"
 
-    local = workdir_with_config(tmp_path / "local")
-    result = run(snakemake_command(local, "--cores", "2"), environment(cluster))
-    assert result.returncode == 0, result.stdout[-3000:]
+    local, _ = pipeline  # the same configfile run with --cores 2
     assert_same_metrics(metrics(on_slurm), metrics(local))
+
+
+# The two resume tests train one run of 60 epochs (no early stopping); they share one
+# uninterrupted reference run of it.
+LONG = {
+    "bin_width": 20,
+    "n_samples": 10,
+    "hparams": {**MODEL, "max_epochs": 60, "early_stopping_patience": 0},
+}
+ONE_RUN = {"grid": {"dropout": [0.1]}}
+RUN = "dropout~0.1"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory) -> dict[str, dict]:
+    reference = workdir_with_config(
+        tmp_path_factory.mktemp("reference"), model=LONG, search=ONE_RUN
+    )
+    result = run(snakemake_command(reference, "--cores", "2"), environment(cluster))
+    assert result.returncode == 0, result.stdout[-3000:]
+    return metrics(reference)
 
 
 def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
@@ -162,94 +190,108 @@ def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
-def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, tmp_path):
-    """The profile's retries resubmit a cancelled train job, which continues from its checkpoint."""
-    long = {"bin_width": 20, "n_samples": 10, "hparams": {**MODEL, "max_epochs": 150}}
-    one_run = {"grid": {"dropout": [0.1]}}
-    workdir = workdir_with_config(tmp_path / "cancel", model=long, search=one_run)
-    env = environment(cluster)
+def _train_jobs(env: dict) -> list[str]:
+    """Ids of the train jobs in the queue (pending or running), oldest first."""
+    queue = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    jobs = [line.split("|") for line in queue.splitlines() if "|" in line]
+    return sorted((job for job, comment in jobs if comment.startswith("rule_train")), key=int)
+
+
+def _wait(condition, process: subprocess.Popen, what: str, seconds: float = 900):
+    """Poll `condition()` until it returns something truthy; fail if snakemake exits first."""
+    deadline = time.monotonic() + seconds  # generous: CI machines may be several times slower
+    while not (value := condition()):
+        assert process.poll() is None, f"snakemake exited before {what}"
+        assert time.monotonic() < deadline, f"{what} did not happen in {seconds} s"
+        time.sleep(0.5)
+    return value
+
+
+def _start(workdir: Path, env: dict, *options: str) -> subprocess.Popen:
     command = [
         "timeout",
         "-s",
         "INT",
         "-k",
         "30",
-        "2400",
-        *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER),
+        "1800",
+        *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER, *options),
     ]
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+def _resumed_epochs(workdir: Path) -> list[int]:
+    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / f"{RUN}.log").read_text()
+    return [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
+
+
+def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, uninterrupted, tmp_path):
+    """The profile's retries resubmit a cancelled train job, which continues from its checkpoint."""
+    workdir = workdir_with_config(tmp_path / "cancel", model=LONG, search=ONE_RUN)
+    env = environment(cluster)
+    process = _start(workdir, env)
     try:
-        deadline = time.monotonic() + 900  # generous: CI machines may be several times slower
-        while _checkpoint_epochs(workdir, "dropout~0.1") < 30:
-            assert process.poll() is None and time.monotonic() < deadline, (
-                "training never reached epoch 30"
-            )
-            time.sleep(0.5)
-        queue = subprocess.run(
-            ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        ).stdout
-        running = [
-            line.split("|")[0]
-            for line in queue.splitlines()
-            if line.split("|")[1].startswith("rule_train")
-        ]
-        assert len(running) == 1, queue
+        _wait(lambda: _checkpoint_epochs(workdir, RUN) >= 20, process, "training reached epoch 20")
+        running = _train_jobs(env)
+        assert len(running) == 1, running
         subprocess.run(["scancel", running[0]], env=env, check=True)
-        cancelled_after = _checkpoint_epochs(workdir, "dropout~0.1")
-        output, _ = process.communicate(timeout=2500)
+        cancelled_after = _checkpoint_epochs(workdir, RUN)
+        output, _ = process.communicate(timeout=1900)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output[-5000:]
     assert "CANCELLED" in output and "Trying to restart" in output
-    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / "dropout~0.1.log").read_text()
-    resumed = [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
+    resumed = _resumed_epochs(workdir)
     assert resumed and 1 < resumed[-1] <= cancelled_after + 1
-
-    reference = workdir_with_config(tmp_path / "reference", model=long, search=one_run)
-    result = run(snakemake_command(reference, "--cores", "2"), env)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert_same_metrics(metrics(workdir), metrics(reference))
+    assert_same_metrics(metrics(workdir), uninterrupted)
 
 
-def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, tmp_path):
-    """A train job over its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues
-    from the checkpoint."""
-    # 600 epochs at 0.4-0.6 s each on 2 cores (measured; no early stopping): SLURM kills the first
-    # attempt after 60-90 s, each attempt trains about 80 epochs and the next resumes there, so
-    # about 8 attempts finish the run (up to 21 allowed). A machine 3x faster still needs 2.
-    long = {
-        "bin_width": 20,
-        "n_samples": 10,
-        "hparams": {**MODEL, "max_epochs": 600, "early_stopping_patience": 0},
-    }
-    one_run = {"grid": {"dropout": [0.1]}}
+def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, uninterrupted, tmp_path):
+    """A train job past its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues
+    from the checkpoint and ends where an uninterrupted run ends."""
+    # The first attempt's training process is stopped (SIGSTOP) once it has
+    # checkpointed 5 epochs: it then stays past its limit on any machine, and SLURM kills it at
+    # 60-90 s. The retry's limit is raised to 30 minutes, so the run finishes however slow the
+    # machine is (an attempt's limit is the configured runtime, 1 minute, again).
     resources = {
         "train": {"threads": 1, "mem_mb": 1000, "runtime": 1},
         "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30},
     }
     workdir = workdir_with_config(
-        tmp_path / "timeout", model=long, search=one_run, resources=resources
+        tmp_path / "timeout", model=LONG, search=ONE_RUN, resources=resources
     )
     env = environment(cluster)
-    command = snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER, "--retries", "20")
-    result = run(command, env, timeout=1800)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    assert "TIMEOUT" in output
-    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / "dropout~0.1.log").read_text()
-    assert re.search(r"resumed from epoch (\d+)", log)
-
-    reference = workdir_with_config(tmp_path / "reference", model=long, search=one_run)
-    result = run(snakemake_command(reference, "--cores", "2"), env)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert_same_metrics(metrics(workdir), metrics(reference))
+    process = _start(workdir, env)
+    try:
+        _wait(lambda: _checkpoint_epochs(workdir, RUN) >= 5, process, "training reached epoch 5")
+        (first,) = _train_jobs(env)
+        (training,) = script_processes(workdir, "train.py")
+        os.kill(training, signal.SIGSTOP)
+        stopped_after = _checkpoint_epochs(workdir, RUN)
+        retry = _wait(
+            lambda: [job for job in _train_jobs(env) if int(job) > int(first)],
+            process,
+            "the train job was resubmitted",
+            seconds=300,
+        )[0]
+        subprocess.run(
+            ["scontrol", "update", f"JobId={retry}", "TimeLimit=30"], env=env, check=True
+        )
+        output, _ = process.communicate(timeout=1900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-5000:]
+    states = {job["job"]: job["state"] for job in sacct(cluster)}
+    assert states[first] == "TIMEOUT" and states[retry] == "COMPLETED", states
+    resumed = _resumed_epochs(workdir)
+    assert resumed and 1 < resumed[-1] <= stopped_after + 1
+    assert_same_metrics(metrics(workdir), uninterrupted)
 
 
 def test_bad_config_value_submits_nothing(cluster, tmp_path):
