@@ -164,27 +164,6 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp
     assert_same_metrics(metrics(on_slurm), metrics(local))
 
 
-# The two resume tests train one run of 60 epochs (no early stopping); they share one
-# uninterrupted reference run of it.
-LONG = {
-    "bin_width": 20,
-    "n_samples": 10,
-    "hparams": {**MODEL, "max_epochs": 60, "early_stopping_patience": 0},
-}
-ONE_RUN = {"grid": {"dropout": [0.1]}}
-RUN = "dropout~0.1"
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(cluster, tmp_path_factory) -> dict[str, dict]:
-    reference = workdir_with_config(
-        tmp_path_factory.mktemp("reference"), model=LONG, search=ONE_RUN
-    )
-    result = run(snakemake_command(reference, "--cores", "2"), environment(cluster))
-    assert result.returncode == 0, result.stdout[-3000:]
-    return metrics(reference)
-
-
 def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
     path = workdir / "results" / "tiny" / "val" / "checkpoints" / run_name / "metrics.csv"
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
@@ -209,89 +188,79 @@ def _wait(condition, process: subprocess.Popen, what: str, seconds: float = 900)
     return value
 
 
-def _start(workdir: Path, env: dict, *options: str) -> subprocess.Popen:
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "-k",
-        "30",
-        "1800",
-        *snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER, *options),
-    ]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def _resumed_epochs(workdir: Path) -> list[int]:
-    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / f"{RUN}.log").read_text()
-    return [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
-
-
-def test_scancel_mid_training_is_resubmitted_and_resumes(cluster, uninterrupted, tmp_path):
-    """The profile's retries resubmit a cancelled train job, which continues from its checkpoint."""
-    workdir = workdir_with_config(tmp_path / "cancel", model=LONG, search=ONE_RUN)
-    env = environment(cluster)
-    process = _start(workdir, env)
-    try:
-        _wait(lambda: _checkpoint_epochs(workdir, RUN) >= 20, process, "training reached epoch 20")
-        running = _train_jobs(env)
-        assert len(running) == 1, running
-        subprocess.run(["scancel", running[0]], env=env, check=True)
-        cancelled_after = _checkpoint_epochs(workdir, RUN)
-        output, _ = process.communicate(timeout=1900)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output[-5000:]
-    assert "CANCELLED" in output and "Trying to restart" in output
-    resumed = _resumed_epochs(workdir)
-    assert resumed and 1 < resumed[-1] <= cancelled_after + 1
-    assert_same_metrics(metrics(workdir), uninterrupted)
-
-
-def test_job_killed_at_its_time_limit_is_resubmitted_and_resumes(cluster, uninterrupted, tmp_path):
-    """A train job past its 1-minute `runtime` is killed by SLURM (TIMEOUT); the retry continues
-    from the checkpoint and ends where an uninterrupted run ends."""
-    # The first attempt's training process is stopped (SIGSTOP) once it has
-    # checkpointed 5 epochs: it then stays past its limit on any machine, and SLURM kills it at
-    # 60-90 s. The retry's limit is raised to 30 minutes, so the run finishes however slow the
-    # machine is (an attempt's limit is the configured runtime, 1 minute, again).
+def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(cluster, tmp_path):
+    """The profile's 2 retries: a train job past its 1-minute `runtime` is killed by SLURM
+    (TIMEOUT), its retry is cancelled (scancel), and the last attempt continues from the
+    checkpoint each time and ends where an uninterrupted run ends."""
+    # Attempt 1's training process is stopped (SIGSTOP) once it has checkpointed 5 epochs: it
+    # then stays past its limit on any machine, and SLURM kills it at 60-90 s. The retries'
+    # limits (the configured runtime, 1 minute, again) are raised to 30 minutes, so they
+    # finish however slow the machine is; attempt 2 is cancelled at epoch 20.
+    run_name = "dropout~0.1"
+    model = {
+        "bin_width": 20,
+        "n_samples": 10,
+        "hparams": {**MODEL, "max_epochs": 60, "early_stopping_patience": 0},
+    }
+    one_run = {"grid": {"dropout": [0.1]}}
     resources = {
         "train": {"threads": 1, "mem_mb": 1000, "runtime": 1},
         "infer": {"threads": 1, "mem_mb": 1000, "runtime": 30},
     }
     workdir = workdir_with_config(
-        tmp_path / "timeout", model=LONG, search=ONE_RUN, resources=resources
+        tmp_path / "faults", model=model, search=one_run, resources=resources
     )
     env = environment(cluster)
-    process = _start(workdir, env)
+    command = snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER)
+    process = subprocess.Popen(
+        ["timeout", "-s", "INT", "-k", "30", "1800", *command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def retry_of(job: str) -> str:
+        later = _wait(
+            lambda: [other for other in _train_jobs(env) if int(other) > int(job)],
+            process,
+            f"the resubmission of job {job}",
+        )
+        subprocess.run(
+            ["scontrol", "update", f"JobId={later[0]}", "TimeLimit=30"], env=env, check=True
+        )
+        return later[0]
+
     try:
-        _wait(lambda: _checkpoint_epochs(workdir, RUN) >= 5, process, "training reached epoch 5")
+        _wait(lambda: _checkpoint_epochs(workdir, run_name) >= 5, process, "epoch 5")
         (first,) = _train_jobs(env)
         (training,) = script_processes(workdir, "train.py")
         os.kill(training, signal.SIGSTOP)
-        stopped_after = _checkpoint_epochs(workdir, RUN)
-        retry = _wait(
-            lambda: [job for job in _train_jobs(env) if int(job) > int(first)],
-            process,
-            "the train job was resubmitted",
-            seconds=300,
-        )[0]
-        subprocess.run(
-            ["scontrol", "update", f"JobId={retry}", "TimeLimit=30"], env=env, check=True
-        )
+        stopped_after = _checkpoint_epochs(workdir, run_name)
+        second = retry_of(first)
+        _wait(lambda: _checkpoint_epochs(workdir, run_name) >= 20, process, "epoch 20")
+        subprocess.run(["scancel", second], env=env, check=True)
+        cancelled_after = _checkpoint_epochs(workdir, run_name)
+        third = retry_of(second)
         output, _ = process.communicate(timeout=1900)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output[-5000:]
     states = {job["job"]: job["state"] for job in sacct(cluster)}
-    assert states[first] == "TIMEOUT" and states[retry] == "COMPLETED", states
-    resumed = _resumed_epochs(workdir)
-    assert resumed and 1 < resumed[-1] <= stopped_after + 1
-    assert_same_metrics(metrics(workdir), uninterrupted)
+    found = [states[job].split()[0] for job in (first, second, third)]  # "CANCELLED by 0"
+    assert found == ["TIMEOUT", "CANCELLED", "COMPLETED"], states
+    assert output.count("Trying to restart") == 2
+    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / f"{run_name}.log").read_text()
+    resumed = [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
+    assert len(resumed) == 2, log[-3000:]
+    assert 1 < resumed[0] <= stopped_after + 1 < resumed[1] <= cancelled_after + 1
+
+    reference = workdir_with_config(tmp_path / "reference", model=model, search=one_run)
+    result = run(snakemake_command(reference, "--cores", "2"), env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert_same_metrics(metrics(workdir), metrics(reference))
 
 
 def test_bad_config_value_submits_nothing(cluster, tmp_path):
