@@ -82,10 +82,15 @@ def environment(cluster: LocalSlurm) -> dict:
     return shared_environment(cluster.env)
 
 
+def guarded(command: list[str], timeout: float) -> list[str]:
+    """`command` under coreutils' timeout: SIGINT, not SIGTERM, stops a hung
+    `snakemake --executor slurm`."""
+    return ["timeout", "-s", "INT", "-k", "30", str(int(timeout)), *command]
+
+
 def run(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
-    # SIGINT, not SIGTERM, stops a hung `snakemake --executor slurm`
     return subprocess.run(
-        ["timeout", "-s", "INT", "-k", "30", str(int(timeout)), *command],
+        guarded(command, timeout),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -213,7 +218,7 @@ def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(c
     env = environment(cluster)
     command = snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER)
     process = subprocess.Popen(
-        ["timeout", "-s", "INT", "-k", "30", "1800", *command],
+        guarded(command, 1800),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
