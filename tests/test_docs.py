@@ -15,6 +15,7 @@ from conftest import REPO
 from lfads.data.synthetic import SyntheticSettings
 from lfads.infra.config import load_yaml
 from lfads.model.hparams import HParams
+from lfads.search.pbt import PBTSettings
 
 LFADS_README = REPO / "lfads" / "README.md"
 CONFIG_README = REPO / "config" / "README.md"
@@ -178,12 +179,12 @@ def test_every_schema_key_is_documented_in_config_readme():
 
     missing = [key for key in keys if not is_documented(key)]
     assert missing == [], "schema keys missing in config/README.md (under their section)"
-    # source.synthetic is a plain mapping in the schema: its keys are SyntheticSettings' fields,
-    # checked against config/README.md by the next test
+    # source.synthetic and search.pbt are plain mappings in the schema: their keys are the fields
+    # of SyntheticSettings and PBTSettings, checked against config/README.md by the next tests
     stale = [
         pattern
         for pattern in documented
-        if not pattern.startswith("source.synthetic.")
+        if not pattern.startswith(("source.synthetic.", "search.pbt."))
         and not any(matches(pattern, k) for k in keys)
     ]
     assert stale == [], "config/README.md documents keys the schema does not have"
@@ -199,6 +200,22 @@ def test_synthetic_settings_are_documented_with_their_defaults():
         if text is None or parse_default(text) != fields[key]
     }
     assert wrong == {}, "config/README.md, source.synthetic: documented default, default"
+
+
+def test_pbt_settings_are_documented_with_their_defaults():
+    documented = documented_defaults(CONFIG_README, "search.pbt")
+    assert sorted(documented) == sorted(field.name for field in dataclasses.fields(PBTSettings))
+    defaults = PBTSettings()
+    wrong = {
+        key: (text, getattr(defaults, key))
+        for key, text in documented.items()
+        if key != "hyperparameters" and parse_default(text) != getattr(defaults, key)
+    }
+    assert wrong == {}, "config/README.md, search.pbt: documented default, default"
+    # the default search space, named in the hyperparameters row
+    table = sections(CONFIG_README)["search.pbt"]
+    row = next(line for line in table.splitlines() if line.startswith("| `hyperparameters`"))
+    assert [s.name for s in defaults.hyperparameters if f"`{s.name}`" not in row] == []
 
 
 # -- references from the code to README sections --------------------------------------------------

@@ -154,11 +154,24 @@ def check_profile_dry_run(command, tmp_path):
     assert "slurm_partition=gpu" in result.stdout
 
 
+def check_pbt_dry_run(command, tmp_path):
+    """The PBT configfile plans its first generation: one worker job each, no train job (its
+    runs are trained end to end in tests/test_pbt_workflow.py)."""
+    result = snakemake_variant(command, tmp_path, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    config = yaml.safe_load((REPO / "config/synthetic_pbt.yaml").read_text())
+    assert job_count(output, "pbt_worker") == config["search"]["pbt"]["population"]
+    assert job_count(output, "pbt_plan") == 2  # generation 0's, and the next, after its workers
+    assert job_count(output, "train") == 0
+
+
 # README command -> how this file exercises it.
 EXERCISED = {
     "make demo": check_make_demo,
     "make test": check_make_recipe("python -m pytest"),
     ".venv/bin/snakemake --cores 2 --configfile config/mc_maze_small.yaml": check_full_dry_run,
+    ".venv/bin/snakemake --cores 2 --configfile config/synthetic_pbt.yaml": check_pbt_dry_run,
     ".venv/bin/snakemake --cores 2 --forcerun evaluate": check_forced_rule,
     ".venv/bin/snakemake --cores 2 --forcerun results/synthetic/val/runs/dropout~0.2/model.ckpt": (
         check_one_run_rerun

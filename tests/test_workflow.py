@@ -44,18 +44,21 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     assert result.returncode == 0, output
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
-    n_runs = config.get("search", {}).get("random", {}).get("n", 1) * max(
-        1, np.prod([len(v) for v in config.get("search", {}).get("grid", {}).values()])
+    search = config.get("search", {})
+    n_runs = search.get("random", {}).get("n", 1) * max(
+        1, np.prod([len(v) for v in search.get("grid", {}).values()])
     )
+    if "pbt" in search:  # the dry run plans generation 0 (the DAG grows after each plan)
+        n_runs = search["pbt"]["population"]
+        assert job_count(output, "train") == 0
+        assert job_count(output, "pbt_worker") == n_runs
+    else:
+        assert job_count(output, "train") == n_runs
     # one fetch job per asset (train, test); the generator writes all its files in one
     assert job_count(output, "fetch") == (1 if "synthetic" in config["source"] else 2)
     assert job_count(output, "prepare") == job_count(output, "targets") == n_bins
-    assert (
-        job_count(output, "train")
-        == job_count(output, "infer")
-        == job_count(output, "evaluate")
-        == n_runs
-    )
+    assert job_count(output, "infer") == n_runs
+    assert job_count(output, "evaluate") == n_runs + ("ensemble" in config)
     assert job_count(output, "aggregate") == job_count(output, "figures") == 1
 
 
@@ -156,12 +159,13 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
 
     from lfads.evaluation import aggregate, figures
 
+    # pbt_progress is drawn by the pbt_history rule of a PBT search (tests/test_pbt_workflow.py)
     makers = {
         name
         for name, function in inspect.getmembers(figures, inspect.isfunction)
         if function.__module__ == figures.__name__
         and "out" in inspect.signature(function).parameters
-    }
+    } - {"pbt_progress"}
     drawn: dict[str, list] = {name: [] for name in makers}
     for name in makers:
         monkeypatch.setattr(figures, name, lambda *args, name=name: drawn[name].append(args[-1]))
@@ -177,8 +181,8 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
         figures.all_figures(tmp_path, tmp_path, {}, tmp_path, None, "g", {"raster": tmp_path})
 
     report = REPO / "workflow" / "report"
-    tables = {"workflow.rst", "summary.rst", "summary_html.rst"}  # the captions of no figure
-    captions = {path.name for path in report.glob("*.rst")} - tables
+    tables = {"workflow.rst", "summary.rst", "summary_html.rst", "pbt_history.rst"}  # no figure's
+    captions = {path.name for path in report.glob("*.rst")} - tables - {"pbt.rst"}
     assert captions == {figure.caption for figure in FIGURES}
     assert len({figure.name for figure in FIGURES}) == len(FIGURES)
 
@@ -294,8 +298,13 @@ def assert_slurm_plan(path, result) -> None:
     assert result.returncode == 0, output
     config = yaml.safe_load(path.read_text())
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", output, re.M | re.S)
-    train = [body for rule, body in blocks if rule == "train"]
-    assert len(train) == config["search"]["random"]["n"]
+    search = config["search"]
+    if "pbt" in search:  # generation 0's workers, one array job (the profile's slurm-array-jobs)
+        train = [body for rule, body in blocks if rule == "pbt_worker"]
+        assert len(train) == search["pbt"]["population"]
+    else:
+        train = [body for rule, body in blocks if rule == "train"]
+        assert len(train) == search["random"]["n"]
     for body in train:
         resources = re.search(r"resources: (.*)", body).group(1)
         assert "slurm_partition=gpu" in resources and "gpu=1" in resources

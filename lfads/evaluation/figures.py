@@ -163,6 +163,59 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     save_figure(figure, out)
 
 
+def pbt_progress(history: list[dict], curves: dict[tuple[int, str], Path], out: str | Path) -> None:
+    """A PBT search over epochs: each searched hyperparameter of every worker (a step per
+    generation; a dot where the worker copied another), and each worker's smoothed valid recon.
+
+    history: `lfads.search.pbt.read_history` rows; curves: {(generation, worker): its
+    metrics.csv}, whose rows after the previous generation's end are that generation's epochs.
+    """
+    from lfads.search.pbt import HISTORY_COLUMNS
+
+    searched = [column for column in history[0] if column not in HISTORY_COLUMNS]
+    workers = sorted({row["worker"] for row in history})
+    n_panels = len(searched) + 1
+    n_columns = min(n_panels, 4)
+    n_rows = -(-n_panels // n_columns)
+    figure, axes = new_figure(n_rows, n_columns, 3.2 * n_columns, 2.6 * n_rows, sharex=True)
+    colour = {worker: f"C{index % 10}" for index, worker in enumerate(workers)}
+    start = {row["generation"] + 1: row["epochs"] for row in history}  # generation -> first epoch
+    for panel, name in enumerate(searched):
+        ax = axes.flat[panel]
+        for worker in workers:
+            rows = [row for row in history if row["worker"] == worker]
+            begins = [start.get(row["generation"], 0) for row in rows]
+            ends = [row["epochs"] for row in rows]
+            values = [row[name] for row in rows]
+            ax.step(
+                [*begins, ends[-1]], [*values, values[-1]], where="post", color=colour[worker], lw=1
+            )
+            copied = [(b, v) for b, v, row in zip(begins, values, rows) if row["exploited"]]
+            if copied:
+                ax.scatter(*zip(*copied), s=10, color=colour[worker], zorder=3)
+        ax.set_title(name)
+        low, high = min(row[name] for row in history), max(row[name] for row in history)
+        if low > 0 and high / low > 20:
+            ax.set_yscale("log")
+    ax = axes.flat[len(searched)]
+    for (generation, worker), path in sorted(curves.items()):
+        table = read_metrics_csv(path)
+        table = table[table[EPOCH] + 1 > start.get(generation, 0)]
+        ax.plot(table[EPOCH] + 1, table[VALID_RECON_SMOOTHED], color=colour[worker], lw=1)
+    ax.set_title("smoothed valid recon")
+    for worker in workers:
+        ax.plot([], [], color=colour[worker], label=worker)
+    ax.legend(fontsize=6, ncol=2)
+    for ax in axes.flat[n_panels:]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    figure.suptitle(
+        "Population-based training: each worker's values and loss (dot: copied a better worker)"
+    )
+    save_figure(figure, out)
+
+
 def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
     """Observed spikes above inferred rates of example validation trials, all neurons and bins;
     the rate panels share one colour scale."""

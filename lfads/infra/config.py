@@ -130,7 +130,10 @@ def check_config(config: dict) -> dict[str, dict]:
         for role, asset in (source.get("assets") or {}).items() if kind != "synthetic" else ():
             # a downloaded file that fails its SHA-256 is renamed `<name>.sha256-mismatch-<hash>`
             relative_parts(asset["path"], f"source.{kind}.assets.{role}.path", MAX_ASSET_NAME_BYTES)
-        runs = {run.name: run.params for run in expand_search(config["search"])}
+        if "pbt" in config["search"]:
+            runs = _check_pbt(config["search"], model["hparams"])
+        else:
+            runs = {run.name: run.params for run in expand_search(config["search"])}
     except ValueError as error:
         raise ConfigError(str(error)) from None
     for name, params in runs.items():
@@ -141,6 +144,36 @@ def check_config(config: dict) -> dict[str, dict]:
     if "ensemble" in config:
         _check_ensemble(config["ensemble"]["top_k"], runs)
     return runs
+
+
+def _check_pbt(search: dict, base_hparams: dict) -> dict[str, dict]:
+    """The runs of a PBT search (its final workers, searched values unknown until it ends), after
+    checking its settings and every initial worker's hyperparameters (ValueError naming the key)."""
+    from lfads.model.hparams import HParams
+    from lfads.search.pbt import PBTSettings, initial_plan, run_names, worker_hparams
+
+    others = sorted(set(search) - {"pbt"})
+    if others:
+        raise ValueError(
+            f"search.pbt: a PBT search runs on its own, but search also has {others}; remove "
+            f"search.{others[0]}, or move it to another configfile"
+        )
+    settings = PBTSettings.from_config(search["pbt"])
+    if base_hparams.get("lr_scheduler"):
+        raise ValueError(
+            "model.hparams.lr_scheduler: PBT controls the learning rate (search.pbt), so no "
+            "scheduler may change it; set lr_scheduler: false"
+        )
+    plan = initial_plan(settings)
+    for worker in plan.workers:
+        values = worker_hparams(base_hparams, worker.hyperparameters, plan.end_epoch)
+        try:
+            HParams.from_dict(values, import_plugins=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"model.hparams / search.pbt (worker {worker.name}, generation 0): {error}"
+            ) from None
+    return {name: {} for name in run_names(settings)}
 
 
 def _check_ensemble(top_k: int, runs: dict[str, dict]) -> None:

@@ -578,6 +578,72 @@ def stop_reason(settings: PBTSettings, generation: int, best_losses: Sequence[fl
     return ""
 
 
+# -- runs of the workflow ------------------------------------------------------------------
+
+RUN_PREFIX = "pbt-"  # a final worker's run folder: runs/pbt-worker00, ...
+# What PBT controls, so the run's own schedule is off: no learning-rate scheduler (PBT sets the
+# learning rate) and no early stopping (the stop rule decides when the population stops).
+PBT_OVERRIDES = {"lr_scheduler": False, "early_stopping_patience": 0}
+
+
+def run_names(settings: PBTSettings) -> dict[str, str]:
+    """{run name in runs/: worker name} of the final population."""
+    return {f"{RUN_PREFIX}{worker}": worker for worker in settings.worker_names}
+
+
+def worker_hparams(
+    base: Mapping[str, Any], searched: Mapping[str, float], end_epoch: int
+) -> dict[str, Any]:
+    """A worker's plain hyperparameters for one generation: the configfile's `model.hparams`,
+    the plan's searched values, PBT_OVERRIDES, and max_epochs = the generation's end epoch."""
+    return {**base, **searched, **PBT_OVERRIDES, "max_epochs": end_epoch}
+
+
+def generation_name(generation: int) -> str:
+    """The generation as it appears in paths: 0 -> "0000"."""
+    return f"{generation:04d}"
+
+
+def plan_generation(
+    settings: PBTSettings,
+    generation: int,
+    previous_plan: str | Path | None = None,
+    result_files: Sequence[str | Path] = (),
+) -> Plan:
+    """The plan of `generation`: `initial_plan` for 0, else `plan_next_generation` from the plan
+    of generation - 1 and every worker's result file of it."""
+    if generation == 0:
+        return initial_plan(settings)
+    if previous_plan is None:
+        raise ValueError(
+            f"generation {generation}: the plan of generation {generation - 1} is needed"
+        )
+    earlier = read_plan(previous_plan)
+    results = [read_result(path) for path in result_files]
+    return plan_next_generation(settings, generation - 1, results, earlier.best_losses)
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan in words, one line per decision (for logs)."""
+    if plan.stop:
+        return [f"generation {plan.generation}: the search stops ({plan.stop_reason})"]
+    lines = [
+        f"generation {plan.generation}: {len(plan.workers)} workers train epochs "
+        f"{plan.start_epoch + 1}..{plan.end_epoch}"
+        + (
+            f"; best of generation {plan.generation - 1}: {plan.best_worker} "
+            f"({plan.best_losses[-1]:.6g})"
+            if plan.best_worker
+            else ""
+        )
+    ]
+    for worker in plan.workers:
+        values = ", ".join(f"{name} {value:.4g}" for name, value in worker.hyperparameters.items())
+        how = f"copies {worker.parent}" if worker.exploited else "keeps its state"
+        lines.append(f"  {worker.name}: {how}; {values}")
+    return lines
+
+
 # -- files ---------------------------------------------------------------------------------
 
 
