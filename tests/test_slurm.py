@@ -270,6 +270,58 @@ def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(c
     assert_same_metrics(metrics(workdir), metrics(reference))
 
 
+def test_pbt_generations_are_array_jobs_and_match_a_local_run(cluster, tmp_path):
+    """A 4-worker, 3-generation PBT search: each generation's workers are one array job on the
+    gpu partition, and its history (plans and losses) equals the same search run locally."""
+    from lfads.search.pbt import read_history
+
+    pbt = {
+        "population": 4,
+        "burn_in_epochs": 2,
+        "generation_epochs": 1,
+        "max_epochs": 4,
+        "seed": 0,
+        "hyperparameters": {
+            "lr": {"range": [1.0e-3, 2.0e-2], "scale": "log"},
+            "dropout": {"range": [0.0, 0.5], "scale": "linear"},
+        },
+    }
+    model = {
+        "bin_width": 20,
+        "n_samples": 10,
+        "hparams": {**MODEL, "kl_increase_epoch": 2, "l2_increase_epoch": 2},
+    }
+    history = "results/tiny/val/pbt_history.tsv"
+    env = environment(cluster)
+    submitted_before = {job["job"] for job in sacct(cluster)}
+    on_slurm = workdir_with_config(tmp_path / "slurm", model=model, search={"pbt": pbt})
+    result = run(snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER, history), env)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+    workers = [
+        job
+        for job in sacct(cluster)
+        if job["job"] not in submitted_before and rule_of(job) == "pbt_worker"
+    ]
+    arrays: dict[str, list[str]] = {}
+    for job in workers:  # sacct -X names an array's tasks <array job>_<task>
+        array, _, task = job["job"].partition("_")
+        arrays.setdefault(array, []).append(task)
+        assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"], job
+        assert job["state"] == "COMPLETED", job
+    assert len(arrays) == 3, arrays  # generations 0, 1 and 2
+    assert all(sorted(tasks, key=int) == ["0", "1", "2", "3"] for tasks in arrays.values()), arrays
+
+    local = workdir_with_config(tmp_path / "local", model=model, search={"pbt": pbt})
+    result = run(snakemake_command(local, "--cores", "2", history), env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows_slurm, rows_local = read_history(on_slurm / history), read_history(local / history)
+    assert [row["generation"] for row in rows_slurm] == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(rows_slurm) == len(rows_local)
+    for on_cluster, here in zip(rows_slurm, rows_local):
+        assert on_cluster == pytest.approx(here, abs=1e-6)
+
+
 def test_bad_config_value_submits_nothing(cluster, tmp_path):
     submitted_before = len(sacct(cluster))
     workdir = workdir_with_config(
