@@ -310,7 +310,7 @@ def test_pbt_generations_are_array_jobs_and_match_a_local_run(cluster, tmp_path)
         assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"], job
         assert job["state"] == "COMPLETED", job
     assert len(arrays) == 3, arrays  # generations 0, 1 and 2
-    assert all(sorted(tasks, key=int) == ["0", "1", "2", "3"] for tasks in arrays.values()), arrays
+    assert all(len(set(tasks)) == 4 for tasks in arrays.values()), arrays  # one task a worker
 
     local = workdir_with_config(tmp_path / "local", model=model, search={"pbt": pbt})
     result = run(snakemake_command(local, "--cores", "2", history), env)
