@@ -179,6 +179,32 @@ def test_members_are_the_best_at_their_best_epoch_and_never_diverged(prepared, t
     assert "ensemble.top_k is 4 but only 3 of the 4 runs did not diverge" in caplog.text
 
 
+def with_weights(folder, seed: int):
+    """Add a model.ckpt of random weights (seeded) to a stand-in run folder."""
+    import torch
+
+    from lfads.formats.checkpoints import SavedModel, write_model
+    from lfads.model.hparams import HParams
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = {"readin.weight": torch.randn(3, 2, generator=generator)}
+    write_model(folder / "model.ckpt", SavedModel(weights, HParams(), [], [], 3, ""))
+    return folder
+
+
+def test_runs_holding_the_same_weights_are_one_member(prepared, tmp_path, caplog):
+    """PBT workers that copied the same state keep its best epoch: one member, not several."""
+    runs = {
+        "original": with_weights(stand_in_run(tmp_path / "a", prepared, 0.3, [0.5], 0), 7),
+        "copy": with_weights(stand_in_run(tmp_path / "b", prepared, 0.3, [0.5], 0), 7),
+        "other": with_weights(stand_in_run(tmp_path / "c", prepared, 0.3, [0.6], 1), 8),
+    }
+    with caplog.at_level(logging.INFO):
+        result = write_ensemble(prepared, runs, 2, tmp_path / "ensemble-top2")
+    assert [member.name for member in result.members] == ["original", "other"]
+    assert "copy holds the same weights as original" in caplog.text
+
+
 def test_an_ensemble_of_diverged_runs_is_listed_as_diverged(prepared, tmp_path):
     runs = {name: diverged_run(tmp_path / name, prepared) for name in ("lr~10", "lr~100")}
     result = write_ensemble(prepared, runs, 2, tmp_path / "runs" / "ensemble-top2")

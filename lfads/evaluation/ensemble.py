@@ -90,19 +90,52 @@ def rank_runs(run_dirs: dict[str, Path]) -> list[Member]:
     return sorted(ranked, key=lambda member: member.best_valid_recon_smoothed)
 
 
+def weights_digest(folder: Path) -> str | None:
+    """SHA-256 of the weights in a run's model.ckpt (None when the folder has none)."""
+    import hashlib
+
+    from lfads.formats.checkpoints import read_model
+
+    path = Path(folder) / "model.ckpt"
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    for key, tensor in sorted(read_model(path).state_dict.items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def select_members(run_dirs: dict[str, Path], top_k: int) -> list[Member]:
-    """The `top_k` best runs of rank_runs; fewer (with a warning) when diverged runs leave fewer."""
-    ranked = rank_runs(run_dirs)
-    if len(ranked) < top_k:
+    """The `top_k` best runs of rank_runs that hold different weights; fewer (with a warning)
+    when diverged runs or copies leave fewer.
+
+    A run whose model.ckpt holds the same weights as a better one is no second member: the
+    workers of a PBT search that copied the same state keep that state's best epoch.
+    """
+    members, seen = [], {}
+    for member in rank_runs(run_dirs):
+        digest = weights_digest(member.folder)
+        if digest is not None and digest in seen:
+            log.info(
+                "%s holds the same weights as %s (a copy of the same training state), so it "
+                "is no second member",
+                member.name,
+                seen[digest],
+            )
+            continue
+        seen[digest] = member.name
+        members.append(member)
+    if len(members) < top_k:
         log.warning(
-            "ensemble.top_k is %d but only %d of the %d runs did not diverge: the ensemble "
-            "averages those %d",
+            "ensemble.top_k is %d but only %d of the %d runs did not diverge and hold "
+            "different weights: the ensemble averages those %d",
             top_k,
-            len(ranked),
+            len(members),
             len(run_dirs),
-            len(ranked),
+            len(members),
         )
-    return ranked[:top_k]
+    return members[:top_k]
 
 
 def average_rates(rates: list[np.ndarray]) -> np.ndarray:

@@ -195,13 +195,19 @@ def pbt_progress(history: list[dict], curves: dict[tuple[int, str], Path], out: 
                 ax.scatter(*zip(*copied), s=10, color=colour[worker], zorder=3)
         ax.set_title(name)
         low, high = min(row[name] for row in history), max(row[name] for row in history)
-        if low > 0 and high / low > 20:
+        if low > 0 and high / low > 100:
             ax.set_yscale("log")
     ax = axes.flat[len(searched)]
+    after_burn_in = []  # the losses of generations 1, ...: the y range shows their jumps
     for (generation, worker), path in sorted(curves.items()):
         table = read_metrics_csv(path)
         table = table[table[EPOCH] + 1 > start.get(generation, 0)]
         ax.plot(table[EPOCH] + 1, table[VALID_RECON_SMOOTHED], color=colour[worker], lw=1)
+        if generation > 0:
+            after_burn_in += list(table[VALID_RECON_SMOOTHED].dropna())
+    if after_burn_in and max(after_burn_in) > min(after_burn_in):
+        margin = max(after_burn_in) - min(after_burn_in)
+        ax.set_ylim(min(after_burn_in) - margin, max(after_burn_in) + 2 * margin)
     ax.set_title("smoothed valid recon")
     for worker in workers:
         ax.plot([], [], color=colour[worker], label=worker)
