@@ -9,16 +9,10 @@
 #   ...                        a plan with "stop": true ends the search and plans no worker
 # The plans are a `checkpoint`: the DAG grows one generation at a time, so no job of a generation
 # after the stop is ever submitted.
-from lfads.search.pbt import (
-    PBTSettings,
-    generation_name,
-    read_plan,
-    run_names,
-)
+from lfads.search.pbt import RUN_PREFIX, PBTSettings, generation_name, read_plan
 
 PBT = PBTSettings.from_config(config["search"]["pbt"])
 PBT_DIR = f"{RESULTS}/pbt"
-PBT_RUNS = run_names(PBT)  # {run name: worker}
 PBT_HISTORY = f"{RESULTS}/pbt_history.tsv"
 PBT_FIGURE = f"{RESULTS}/figures/pbt.png"
 RUN_FILES_OF_WORKER = {"model": "model.ckpt", "metrics": "metrics.csv", "hparams": "hparams.yaml"}
@@ -126,9 +120,9 @@ rule pbt_final:
             }
         ),
     output:
-        model=f"{RUNS_DIR}/pbt-{{worker}}/model.ckpt",
-        metrics=f"{RUNS_DIR}/pbt-{{worker}}/metrics.csv",
-        hparams=f"{RUNS_DIR}/pbt-{{worker}}/hparams.yaml",
+        model=f"{RUNS_DIR}/{RUN_PREFIX}{{worker}}/model.ckpt",
+        metrics=f"{RUNS_DIR}/{RUN_PREFIX}{{worker}}/metrics.csv",
+        hparams=f"{RUNS_DIR}/{RUN_PREFIX}{{worker}}/hparams.yaml",
     log:
         f"{LOGS}/pbt_final/{{worker}}.log",
     script:
