@@ -101,7 +101,7 @@ def figure_path(figure):
 def final_outputs():
     outputs = [f"{RESULTS}/summary.tsv", f"{RESULTS}/best_rates.nwb"]
     if "pbt" in config["search"]:
-        outputs += [f"{RESULTS}/pbt_history.tsv", f"{RESULTS}/figures/pbt.png"]
+        outputs += [PBT_HISTORY, PBT_FIGURE]  # (rules/pbt.smk)
     outputs += [figure_path(figure) for figure in FIGURES]
     if PHASE == "test":
         outputs.append(f"{RESULTS}/submission_{DATASET}.h5")

@@ -101,7 +101,7 @@ rule pbt_worker:
     params:
         # The plan (an input) adds the searched values and the generation's end epoch.
         base_hparams=config["model"]["hparams"],
-        # Outside the outputs, so a killed worker job resumes from its last epoch (train.smk).
+        # Outside the outputs, so a killed worker job resumes from its last epoch (rule train).
         checkpoint_dir=lambda wildcards: f"{CHECKPOINTS_DIR}/pbt/gen{wildcards.gen}/{wildcards.worker}",
     script:
         "../scripts/pbt_worker.py"
@@ -131,18 +131,11 @@ rule pbt_final:
 
 def pbt_history_inputs(wildcards):
     last = pbt_last_generation()
+    workers = [pbt_worker_dir(g, worker) for g in range(last + 1) for worker in PBT.worker_names]
     return {
         "plans": [f"{PBT_DIR}/plan_gen{generation_name(g)}.json" for g in range(last + 2)],
-        "results": [
-            f"{pbt_worker_dir(g, worker)}/result.json"
-            for g in range(last + 1)
-            for worker in PBT.worker_names
-        ],
-        "curves": [
-            f"{pbt_worker_dir(g, worker)}/metrics.csv"
-            for g in range(last + 1)
-            for worker in PBT.worker_names
-        ],
+        "results": [f"{folder}/result.json" for folder in workers],
+        "curves": [f"{folder}/metrics.csv" for folder in workers],
     }
 
 
