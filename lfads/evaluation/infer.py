@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lfads.formats.inferred import (
     DIVERGED,
@@ -25,6 +24,7 @@ from lfads.formats.inferred import (
     round_mantissa,
     write_inferred,
 )
+from lfads.model.members import MemberRandom
 
 log = logging.getLogger("lfads.evaluation.infer")
 
@@ -114,7 +114,7 @@ def posterior_sample(
         raise ValueError(
             f"{model_path} has {len(model.sessions)} session(s); got {len(data_files)} data files"
         )
-    torch.manual_seed(seed)
+    model.random = MemberRandom([seed])  # the samples' stream
     for session, (data_file, out_path) in enumerate(zip(data_files, out_paths)):
         data = load_session(data_file)
         if data.dims != model.sessions[session]:
@@ -166,9 +166,12 @@ def _sample_split(
     log.info("%s: sampling %d trials in batches of %d", split, n, batch_size)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
-        batch = data.batch(split, rows).to(device)
-        batch, _ = model.infer_augmentations.process_batch(batch)
-        averages = model.posterior_average({session: batch}, n_samples)[session]
+        batch = data.batch(split, rows, n_members=1).to(device)
+        batch, _ = model.infer_augmentations.process_batch(batch, model.random)
+        averages = {
+            key: value[0]
+            for key, value in model.posterior_average({session: batch}, n_samples)[session].items()
+        }
         for key, value in averages.items():
             if not bool(value.isfinite().all()):
                 raise ValueError(
