@@ -93,4 +93,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check workflow/
-	$(BIN)/snakemake --lint --configfile config/config.yaml
+	for configfile in config/*.yaml; do $(BIN)/snakemake --lint --configfile $$configfile || exit 1; done

@@ -203,6 +203,13 @@ def test_flat_keys_are_written_into_the_part_options_once():
     assert (sv.rate, sv.ic_enc_seq_len) == (0.25, 2)
     assert built["infer/CoordinatedDropout"].rate == 0.2
     assert HParams.from_dict(hp.to_dict()) == hp  # both copies round-trip, and agree
+    # cd_rate is a member's own: in a pack, each member's stacks have its rate
+    pack = LFADS([hp, hp.replace(seed=1, cd_rate=0.4)], [SessionDims(6, 2, 9, 3)])
+    assert [
+        parts(pack, m)[f"{stack}/CoordinatedDropout"].rate
+        for m in (0, 1)
+        for stack in ("train", "infer")
+    ] == [0.2, 0.2, 0.4, 0.4]
 
 
 def test_an_option_given_only_in_a_part_sets_its_flat_key():

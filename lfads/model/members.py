@@ -158,8 +158,9 @@ class MemberRandom:
                 device=like.device,
                 generator=generator,
             )
-            # int16 is uniform on [-32768, 32767]
-            keep = words.view(torch.int16)[:count] >= round(rate * 65536) - 32768
+            # int16 is uniform on [-32768, 32767]; compared in int32, where a rate within 2^-17
+            # of 1 (threshold 32768) drops every element instead of overflowing
+            keep = words.view(torch.int16)[:count].int() >= round(rate * 65536) - 32768
             masks.append((keep.to(like.dtype) * (1.0 / (1.0 - rate))).view(tuple(shape)))
         return torch.stack(masks)
 

@@ -24,6 +24,7 @@ the folder to `<folder>.superseded-<UTC time>`; nothing is deleted.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ class RunIdentity:
         settings = tuple(
             {k: v for k, v in member.to_dict().items() if k != "max_epochs"} for member in members
         )
-        return cls(settings, tuple(data), search)
+        # as plain JSON data (lists, not tuples), as run.json and last.ckpt give it back
+        return cls(settings, tuple(data), json.loads(json.dumps(search)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

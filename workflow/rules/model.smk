@@ -39,6 +39,8 @@ rule run_files:
     log:
         f"{LOGS}/run_files/{{run}}.log",
     localrule: True
+    conda:
+        "../../envs/lfads.yaml"
     script:
         "../scripts/run_files.py"
 

@@ -48,7 +48,6 @@ rule pbt:
         settings=config["search"]["pbt"],
         base_hparams=config["model"]["hparams"],
         runs={worker: f"{RUNS_DIR}/{RUN_PREFIX}{worker}" for worker in PBT.worker_names},
-        search_dir=PBT_DIR,
         # Outside the outputs, so a killed job resumes from its last epoch (rule train).
         checkpoint_dir=f"{CHECKPOINTS_DIR}/pbt",
     script:

@@ -15,7 +15,7 @@ with log_to_file(snakemake.log[0]):
         [Path(snakemake.input.data)],
         {worker: Path(folder) for worker, folder in snakemake.params.runs.items()},
         Path(snakemake.params.checkpoint_dir),
-        Path(snakemake.params.search_dir),
+        Path(snakemake.output.curves).parent,  # the plans and results go beside the curves
         Path(snakemake.output.history),
         Path(snakemake.output.curves),
         device="auto",
