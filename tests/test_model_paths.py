@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TINY_HPARAMS, make_batch
 
-from lfads.model.fused import DecoderLoop, DecoderLoopInputs
 from lfads.model.augmentations import MemberAugmentations
+from lfads.model.fused import DecoderLoop, DecoderLoopInputs
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
 from lfads.model.loops import RNN_IMPLS, recurrent_loops
