@@ -143,19 +143,33 @@ def load_model(path: str | Path, device: str = "cpu", rnn_impl: str = "fast"):
     rnn_impl: how the model's loops run (lfads.model.loops); it does not change the numbers.
     A model of a run that diverged before any epoch finished has no weights: a ValueError.
     """
+    model, (saved,) = load_pack([path], device, rnn_impl)
+    return model, saved
+
+
+def load_pack(paths: list[str | Path], device: str = "cpu", rnn_impl: str = "fast"):
+    """(one LFADS pack in eval mode on `device`, each file's SavedModel) from several model.ckpt
+    files whose runs can share a pack (the same architecture and sessions): member m holds
+    paths[m]'s weights, so a pack samples all of them in one pass."""
     from lfads.model.lfads import LFADS
 
-    saved = read_model(path)
-    if not saved.state_dict:
-        raise ValueError(
-            f"{path}: no weights: {saved.diverged.reason if saved.diverged else 'none saved'}"
-        )
-    model = LFADS(saved.hparams, saved.sessions, rnn_impl=rnn_impl)
+    saved = [read_model(path) for path in paths]
+    for path, model in zip(paths, saved):
+        if not model.state_dict:
+            reason = model.diverged.reason if model.diverged else "none saved"
+            raise ValueError(f"{path}: no weights: {reason}")
+    if any(model.sessions != saved[0].sessions for model in saved):
+        raise ValueError(f"{', '.join(map(str, paths))}: the models were trained on other data")
     try:
-        model.load_member_state_dict(saved.state_dict, 0)
+        pack = LFADS([model.hparams for model in saved], saved[0].sessions, rnn_impl=rnn_impl)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    return model.to(device).eval(), saved
+        raise ValueError(f"{', '.join(map(str, paths))}: cannot share a pack: {error}") from None
+    for member, (path, model) in enumerate(zip(paths, saved)):
+        try:
+            pack.load_member_state_dict(model.state_dict, member)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    return pack.to(device).eval(), saved
 
 
 # -- last.ckpt ----------------------------------------------------------------------------

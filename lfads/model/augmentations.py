@@ -111,10 +111,11 @@ class MemberAugmentations:
         if self.empty:
             return losses
         processed, found = [], []
-        for m, stack in enumerate(self.stacks):
+        # unbind, not losses[m]: each index's backward would write a zero tensor of all members
+        for m, (stack, member_losses) in enumerate(zip(self.stacks, losses.unbind(0))):
             member_metrics: dict[str, torch.Tensor] = {}
             processed.append(
-                stack.process_losses(losses[m], batch.member(m), memos[m], member_metrics)
+                stack.process_losses(member_losses, batch.member(m), memos[m], member_metrics)
             )
             found.append(member_metrics)
         for name in found[0]:

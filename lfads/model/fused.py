@@ -77,9 +77,11 @@ def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, 
     z, r = gates.chunk(2, dim=-1)
     dn = torch.mul(dh_new * (1.0 - z), 1.0 - n * n, out=d_n_out)  # through tanh: d(x_n + (r h) U_n)
     drh = mm_t(dn, u_n)
-    d_gates = torch.mul(
-        torch.cat([dh_new * (h - n), drh * h], dim=-1), gates * (1.0 - gates), out=d_zr_out
-    )
+    # [d z | d r] through the sigmoids, each half written in place (no concatenated copy)
+    d_gates = d_zr_out if d_zr_out is not None else torch.empty_like(gates)
+    d_z, d_r = d_gates.chunk(2, dim=-1)
+    torch.mul(dh_new * (h - n), z * (1.0 - z), out=d_z)
+    torch.mul(drh * h, r * (1.0 - r), out=d_r)
     dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
     return d_gates, dn, dh
 
