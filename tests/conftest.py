@@ -295,6 +295,7 @@ STAGES = (
     "prepare",
     "targets",
     "train",
+    "run_files",
     "infer",
     "evaluate",
     "aggregate",
@@ -358,7 +359,10 @@ def make_finished_state(workdir: Path) -> dict[str, list[str]]:
         for name in outputs[rule]:
             path = workdir / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
+            if rule == "train":  # a pack's folder (a directory output)
+                path.mkdir()
+            else:
+                path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
             os.utime(path, (now + stage, now + stage))
     return outputs
 

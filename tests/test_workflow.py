@@ -30,6 +30,14 @@ from lfads.infra.config import DEFAULT_PACK_SIZE
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 
 
+def runs_of(search: dict) -> int:
+    """Runs of a configfile's grid or random search: points times seeds."""
+    points = search.get("random", {}).get("n", 1) * max(
+        1, np.prod([len(v) for v in search.get("grid", {}).values()])
+    )
+    return int(points) * search.get("seeds", 1)
+
+
 def test_lint_is_clean(snakemake_in_process):
     result = snakemake_in_process("--lint")
     assert result.returncode == 0, result.stdout
@@ -46,9 +54,7 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
     search = config.get("search", {})
-    n_runs = search.get("random", {}).get("n", 1) * max(
-        1, np.prod([len(v) for v in search.get("grid", {}).values()])
-    )
+    n_runs = runs_of(search)
     if "pbt" in search:  # the whole population: one job
         n_runs = search["pbt"]["population"]
         assert job_count(output, "train") == 0
@@ -307,7 +313,7 @@ def assert_slurm_plan(path, result) -> None:
         assert len(train) == 1
     else:  # one job per pack (one array job: the profile's slurm-array-jobs)
         train = [body for rule, body in blocks if rule == "train"]
-        assert len(train) == -(-search["random"]["n"] // DEFAULT_PACK_SIZE)
+        assert len(train) == -(-runs_of(search) // DEFAULT_PACK_SIZE)
     for body in train:
         resources = re.search(r"resources: (.*)", body).group(1)
         assert "slurm_partition=gpu" in resources and "gpu=1" in resources

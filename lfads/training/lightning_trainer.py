@@ -141,13 +141,16 @@ FIGURE_TAG = "valid/first_trial"
 
 
 def _tensorboard(out_dirs: list[Path]):
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Checkpoint
 
-    class TensorBoardMembers(Callback):
+    class TensorBoardMembers(Checkpoint):
         """Each member's TensorBoard log (out_dir/tensorboard): its metrics.csv row of every epoch
         it trained, by epoch, and an image of the first validation trial's spikes,
         posterior-mean rates and factors (from the model's deterministic pass, which draws
-        nothing) at the first epoch and every FIGURE_EVERY_EPOCHS."""
+        nothing) at the first epoch and every FIGURE_EVERY_EPOCHS.
+
+        A `Checkpoint` subclass, so Lightning runs its epoch end after the module's, which
+        appends the epoch's rows."""
 
         def __init__(self):
             self.writers = None
