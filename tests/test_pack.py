@@ -257,3 +257,54 @@ def test_a_pack_killed_mid_epoch_resumes_and_ends_as_an_uninterrupted_one(tmp_pa
             for key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (m, key)
         assert not math.isnan(whole[-1]["valid_loss"])
+
+
+def test_a_pbt_worker_that_diverges_in_its_first_epoch_is_replaced_and_the_search_completes(
+    lorenz, tmp_path
+):
+    """Seed 17 draws lr 823 for worker00 (NaN in its first epoch) and 0.013 for worker01: the
+    search replaces worker00 by a copy of worker01, and its history, curves and figure complete."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lfads.evaluation.figures import pbt_progress
+    from lfads.search.pbt import PBTSettings, read_curves, read_history
+    from lfads.training.population import train_population
+
+    settings = PBTSettings.from_config(
+        {
+            "population": 2,
+            "seed": 17,
+            "burn_in_epochs": 2,
+            "generation_epochs": 1,
+            "max_epochs": 3,
+            "hyperparameters": {"lr": {"range": [1.0e-3, 1.0e4], "scale": "log"}},
+        }
+    )
+    runs = {worker: tmp_path / "runs" / worker for worker in settings.worker_names}
+    history, curves = tmp_path / "pbt_history.tsv", tmp_path / "pbt" / "curves.tsv"
+    train_population(
+        settings,
+        dict(TINY_HPARAMS),
+        [lorenz],
+        runs,
+        tmp_path / "ck",
+        tmp_path / "pbt",
+        history,
+        curves,
+        device="cpu",
+    )
+    rows = read_history(history)
+    first = {row["worker"]: row for row in rows if row["generation"] == 0}
+    assert first["worker00"]["lr"] > 100 and math.isnan(first["worker00"]["valid_recon_smoothed"])
+    assert math.isfinite(first["worker01"]["valid_recon_smoothed"])
+    second = {row["worker"]: row for row in rows if row["generation"] == 1}
+    assert second["worker00"]["exploited"] and second["worker00"]["parent"] == "worker01"
+    assert all(math.isfinite(row["valid_recon_smoothed"]) for row in second.values())
+    found = read_curves(curves)
+    assert (0, "worker00") not in found  # no epoch of generation 0 finished
+    assert found[1, "worker00"][0] == [3]
+    pbt_progress(rows, found, tmp_path / "pbt.png")
+    assert (tmp_path / "pbt.png").stat().st_size > 10_000
+    copied = read_model(runs["worker00"] / "model.ckpt")
+    assert copied.diverged is None and copied.epochs == 3 and copied.best_epoch == 3
