@@ -20,8 +20,9 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 
 
-def test_one_configfile_per_nlb_dataset_plus_the_demo_and_its_pbt_search():
-    assert sorted(path.stem for path in CONFIGS) == sorted([*LAYOUTS, "config", "synthetic_pbt"])
+def test_one_configfile_per_nlb_dataset_plus_the_demo_its_pbt_search_and_its_seeds():
+    expected = [*LAYOUTS, "config", "synthetic_pbt", "synthetic_seeds"]
+    assert sorted(path.stem for path in CONFIGS) == sorted(expected)
 
 
 def test_schema_enums_are_those_of_the_layout_table():
