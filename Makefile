@@ -27,7 +27,7 @@ NLB_CONFIGFILES := $(addprefix config/,mc_maze.yaml mc_rtt.yaml area2_bump.yaml 
 PHASE ?= test
 SUBMISSION ?= results/submission_$(PHASE).h5
 
-.PHONY: install demo report submission test test-fast lint bench gpu-check clean-demo
+.PHONY: install demo report submission test test-fast lint bench bench-packs gpu-check clean-demo
 
 # Every target that needs the environment installs it once (the stamp); `make install` always
 # runs the install, so `make install TORCH_SPEC=...` also acts on an existing .venv.
@@ -81,6 +81,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m lfads.bench
 
+# Packs of 1, 2, 4, 8 and 16 members beside the same members trained one process after another
+# (about 15 minutes on 2 CPU cores): prints a table, writes results/bench/packs.json. PACKS=1,4
+# for fewer.
+PACKS ?= 1,2,4,8,16
+bench-packs: $(STAMP)
+	$(BIN)/python -m lfads.bench --packs $(PACKS) --epochs 5
+
 # The GPU check (CUDA only; about 8 minutes on one GPU; exits 3 without a GPU): equivalence of the
 # paths on CUDA, checkpoint portability, timings; writes results/gpu_check/gpu_check.json. Options:
 # make gpu-check GPU_CHECK_OPTIONS="--skip-compiled --threads 4".
@@ -93,4 +100,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check workflow/
-	$(BIN)/snakemake --lint --configfile config/config.yaml
+	for configfile in config/*.yaml; do $(BIN)/snakemake --lint --configfile $$configfile || exit 1; done

@@ -84,8 +84,8 @@ def poisson_nan_after() -> str:
 
         @register_reconstruction("poisson_nan_after")
         class PoissonNanAfter(Poisson):
-            def __init__(self, *, n_neurons: int, calls: int = 0):
-                super().__init__(n_neurons=n_neurons)
+            def __init__(self, *, n_neurons: int, n_members: int = 1, calls: int = 0):
+                super().__init__(n_neurons=n_neurons, n_members=n_members)
                 self.calls_left = calls
 
             def compute_loss(self, data, params):
@@ -108,10 +108,11 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def make_batch(dims, n: int, seed: int = 0):
-    """A SessionBatch of `n` trials of Poisson(1) counts and Gaussian external inputs for a
-    SessionDims: encod_data (n, T, held-in), recon_data (n, T + F, neurons), ext_input
-    (n, T + F, ext_input_dim)."""
+def make_batch(dims, n: int, seed: int = 0, members: int = 1):
+    """A member-major SessionBatch of `n` trials of Poisson(1) counts and Gaussian external inputs
+    for a SessionDims, the same trials for each of `members` members: encod_data
+    (members, n, T, held-in), recon_data (members, n, T + F, neurons), ext_input
+    (members, n, T + F, ext_input_dim)."""
     import torch
 
     from lfads.model.batch import SessionBatch
@@ -123,7 +124,7 @@ def make_batch(dims, n: int, seed: int = 0):
             torch.full((n, dims.n_recon_bins, dims.n_neurons), 1.0), generator=g
         ),
         ext_input=torch.randn(n, dims.n_recon_bins, dims.ext_input_dim, generator=g),
-    )
+    ).expand_members(members)
 
 
 # -- the small synthetic dataset ------------------------------------------------------------------
@@ -294,6 +295,7 @@ STAGES = (
     "prepare",
     "targets",
     "train",
+    "run_files",
     "infer",
     "evaluate",
     "aggregate",
@@ -357,7 +359,10 @@ def make_finished_state(workdir: Path) -> dict[str, list[str]]:
         for name in outputs[rule]:
             path = workdir / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
+            if rule == "train":  # a pack's folder (a directory output)
+                path.mkdir()
+            else:
+                path.write_text(json.dumps({"source": "synthetic", "files": []}))  # a valid marker
             os.utime(path, (now + stage, now + stage))
     return outputs
 

@@ -24,18 +24,19 @@ def test_training_flops_match_the_counted_matmuls_of_a_step():
         n_bins,
         bench.forward_bins(n_bins),
     )
-    torch.manual_seed(0)
     model = LFADS(HParams.from_dict(bench.REFERENCE_HPARAMS), [dims], rnn_impl="reference")
-    counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, dims.n_recon_bins, dims.n_neurons)
+    counts = torch.poisson(torch.full(shape, 0.3), generator=generator)
     batch = {
         0: SessionBatch(
             counts[:, :n_bins, : dims.n_heldin].contiguous(),
             counts,
             counts.new_zeros(batch_size, dims.n_recon_bins, 0),
-        )
+        ).expand_members(1)
     }
     with FlopCounterMode(display=False) as counter:
-        run_step(model, batch, epoch=0, training=False).terms.loss.backward()
+        run_step(model, batch, epoch=0, training=False).terms.loss.sum().backward()
     counted = counter.get_total_flops()
     assert math.isclose(
         bench.training_flops(n_bins, dims.n_fwd_bins, batch_size), counted, rel_tol=0.03
@@ -47,6 +48,42 @@ def test_scaling_worker_times_a_training_step_of_both_paths():
         row = bench.scaling_worker(impl, n_bins=6, batch_size=4, device="cpu")
         assert row["impl"] == impl and row["step_seconds"] > 0 and row["peak_rss_gib"] > 0.1
         assert math.isclose(row["trials_per_second"], 4 / row["step_seconds"])
+
+
+def test_pack_report_sets_each_pack_beside_its_members_alone():
+    def pack(members: int, epoch: float, wall: float) -> dict:
+        return {
+            "members": members,
+            "epoch_seconds_median": epoch,
+            "member_epoch_seconds": epoch / members,
+            "sampling_seconds": 2.0 * members,
+            "sampling_seconds_per_member": 2.0,
+            "peak_rss_gib": 1.0,
+            "process_seconds": wall,
+        }
+
+    report = {
+        "machine": {"cpus": 2, "torch_threads": 2, "torch": "x", "device": "cpu"},
+        "config": {"epochs": 5},
+        "packs": [pack(1, 2.0, 20.0), pack(4, 4.0, 30.0)],
+        "alone": [{"process_seconds": 15.0}] * 4,
+    }
+    lines = bench.format_pack_report(report).splitlines()
+    # a pack of 4: 1.0 s per member per epoch, 0.50 of the pack of 1's 2.0; its 30 s process
+    # against its members' 4 x 15 s one after another
+    (row,) = [line for line in lines if line.split()[:1] == ["4"]]
+    assert row.split() == [
+        "4",
+        "4.000",
+        "1.000",
+        "0.50",
+        "8.00",
+        "2.00",
+        "1.00",
+        "30.0",
+        "60.0",
+        "0.50",
+    ]
 
 
 def test_report_states_ratios_and_peak_memory():

@@ -158,4 +158,5 @@ def test_conda_dry_run_parses_without_lfads_installed_or_its_heavy_dependencies(
     assert (
         f"Conda environment {REPO}/workflow/rules/../../envs/lfads.yaml will be created" in output
     )
-    assert job_count(output, "train") == 20  # mc_rtt's random search: numpy's draws at parse time
+    # mc_rtt's random search (numpy's draws at parse time): 20 runs, in 3 packs of at most 8
+    assert job_count(output, "run_files") == 20 and job_count(output, "train") == 3

@@ -20,8 +20,9 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 
 
-def test_one_configfile_per_nlb_dataset_plus_the_demo_and_its_pbt_search():
-    assert sorted(path.stem for path in CONFIGS) == sorted([*LAYOUTS, "config", "synthetic_pbt"])
+def test_one_configfile_per_nlb_dataset_plus_the_demo_its_pbt_search_and_its_seeds():
+    expected = [*LAYOUTS, "config", "synthetic_pbt", "synthetic_seeds"]
+    assert sorted(path.stem for path in CONFIGS) == sorted(expected)
 
 
 def test_schema_enums_are_those_of_the_layout_table():
@@ -94,7 +95,7 @@ def test_values_the_schema_cannot_check_fail_before_any_job(mc_maze):
     with pytest.raises(ConfigError, match="model.bin_width: 5 is not one of bin_widths"):
         check_config(config)
     config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
-    assert len(check_config(config)) == config["search"]["random"]["n"]
+    assert len(check_config(config).runs) == config["search"]["random"]["n"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -328,7 +329,8 @@ def test_the_option_table_lists_every_option_of_every_built_in_part():
         assert sorted(registry.BUILTIN_OPTIONS[kind]) == sorted(registry._BUILTINS[kind])
         for name, options in registry.BUILTIN_OPTIONS[kind].items():
             parameters = inspect.signature(registry.lookup(kind, name)).parameters
-            keywords = set(parameters) - {"dim", "n_neurons"}  # the sizes the model supplies
+            # the sizes the model supplies
+            keywords = set(parameters) - {"dim", "n_neurons", "n_members"}
             assert set(options) == keywords, (kind, name)
             for option, accepted in options.items():  # every default is accepted
                 assert accepted.problem(parameters[option].default) is None, (kind, name)
@@ -337,10 +339,15 @@ def test_the_option_table_lists_every_option_of_every_built_in_part():
 def test_grid_over_null_runs_and_a_grid_over_a_part_is_refused(mc_maze):
     config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
     config["search"] = {"grid": {"readin_dim": [None, 8]}}
-    assert check_config(config) == {
+    search = check_config(config)
+    assert search.runs == {
         "readin_dim~null": {"readin_dim": None},
         "readin_dim~8": {"readin_dim": 8},
     }
+    # an architecture key cannot differ inside a pack: two packs, and the check says why
+    assert search.packs == {"pack00": ["readin_dim~null"], "pack01": ["readin_dim~8"]}
+    (note,) = search.notes
+    assert "the 2 runs train in 2 packs, not 1: they differ in ['readin_dim']" in note
     config["search"] = {"grid": {"ic_prior": [{"name": "multivariate_normal", "variance": 0.2}]}}
     with pytest.raises(ConfigError, match=r"search.grid.ic_prior\[0\]: .* is a mapping; a grid"):
         check_config(config)

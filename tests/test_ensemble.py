@@ -288,7 +288,7 @@ def search_of_three():
 
 def test_top_k_is_checked_against_the_runs_of_the_search(search_of_three):
     config = validate_config({**search_of_three, "ensemble": {"top_k": 3}}, SCHEMA)
-    assert len(check_config(config)) == 3
+    assert len(check_config(config).runs) == 3
     with pytest.raises(ConfigError, match=r"ensemble.top_k: 4 is more than the 3 run\(s\)"):
         check_config(validate_config({**search_of_three, "ensemble": {"top_k": 4}}, SCHEMA))
     with pytest.raises(ConfigError, match=r"ensemble.top_k: 1 is not valid"):
@@ -332,7 +332,9 @@ def test_a_dry_run_plans_the_ensemble_and_scores_it(tmp_path, phase, snakemake_i
     )
     output = result.stdout
     assert result.returncode == 0, output
-    assert job_count(output, "ensemble") == 1 and job_count(output, "train") == 2
+    # the two runs train as one pack
+    assert job_count(output, "ensemble") == 1 and job_count(output, "train") == 1
+    assert job_count(output, "run_files") == 2
     assert job_count(output, "evaluate") == 3  # the two runs and the ensemble
     assert job_count(output, "submission") == (phase == "test")
     assert "runs/ensemble-top2/members.tsv" in output

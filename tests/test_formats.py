@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import h5py
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import TINY_HPARAMS
 from lfads.bench.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import (
     TRAINING_STATE,
+    MemberState,
     SavedModel,
     TrainingState,
     add_training_state,
@@ -30,6 +32,7 @@ from lfads.formats.targets import check_targets, read_targets, write_targets_fil
 from lfads.formats.version import FormatVersionError
 from lfads.model.hparams import HParams
 from lfads.model.lfads import LFADS, SessionDims
+from lfads.model.members import MemberRandom
 from lfads.training.resume import RunIdentity, plan_run
 
 
@@ -41,11 +44,13 @@ def set_attribute(path, key, value):
             handle.attrs[key] = value
 
 
-def assert_refused(read, path, found: str, rule: str):
+def assert_refused(read, path, found: str, rule: str, version: int = 1):
+    """`read(path)` refuses the file, naming it, what it found, the `version` this code reads and
+    the rule that rewrites it."""
     with pytest.raises(FormatVersionError) as error:
         read(path)
     message = str(error.value)
-    assert str(path) in message and found in message and "version 1" in message, message
+    assert str(path) in message and found in message and f"version {version}" in message, message
     assert rule in message, message
 
 
@@ -129,17 +134,30 @@ def test_targets_file_stays_nlb_tools_layout_with_a_checked_version(tmp_path):
 
 
 def test_model_checkpoint_round_trip_and_refusals(tmp_path):
+    """A model.ckpt holds one member's weights without the member axis: member 1 of a pack of
+    two loads as a model of its own (a pack of one)."""
     hparams = HParams.from_dict(TINY_HPARAMS)
+    other = hparams.replace(seed=1, dropout=0.2)
     sessions = [SessionDims(4, 2, 5, 1)]
-    model = LFADS(hparams, sessions)
+    pack = LFADS([hparams, other], sessions)
     path = tmp_path / "model.ckpt"
-    saved = SavedModel(model.state_dict(), hparams, sessions, [{"file": "p.h5"}], 3, "")
+    saved = SavedModel(pack.member_state_dict(1), other, sessions, [{"file": "p.h5"}], 3, "")
     write_model(path, saved)
+    assert torch.load(path, weights_only=True)["state_dict"]["encoder.ic_encoder.h0"].shape == (
+        2,  # (direction, H): no member axis
+        TINY_HPARAMS["ic_enc_dim"],
+    )
     loaded, read_back = load_model(path)
-    assert read_back.hparams == hparams and read_back.sessions == sessions and read_back.epochs == 3
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+    assert read_back.hparams == other and read_back.sessions == sessions and read_back.epochs == 3
+    assert loaded.n_members == 1 and loaded.members == [other]
+    for key, value in pack.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value[1:]), key
     assert not loaded.training
+    # weights of another shape (a whole pack's) are refused, naming the file
+    write_model(path, SavedModel(pack.state_dict(), hparams, sessions, [], 3, ""))
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: .* does not fit this model"):
+        load_model(path)
+    write_model(path, saved)
 
     raw = torch.load(path, weights_only=True)
     torch.save({**raw, "format_version": 2}, path)
@@ -150,36 +168,56 @@ def test_model_checkpoint_round_trip_and_refusals(tmp_path):
 
 
 def test_training_state_round_trip_and_an_old_last_checkpoint_is_refused(tmp_path):
+    """The state of a pack of two, member 1 stopped early: each member's bookkeeping and the
+    members' random streams read back; the pack resumes (member 0 still trains)."""
+    hparams = HParams.from_dict(TINY_HPARAMS)
+    members = [hparams, hparams.replace(seed=1)]
     identity = RunIdentity(
-        HParams.from_dict(TINY_HPARAMS).to_dict(), ({"file": "p.h5", "sha256": "0"},)
+        tuple(member.to_dict() for member in members), ({"file": "p.h5", "sha256": "0"},)
     )
+    random = MemberRandom([0, 1])
+    random.rand((3,), torch.zeros(0))  # streams that have drawn
     state = TrainingState(
-        hparams=HParams.from_dict(TINY_HPARAMS).to_dict(),
         sessions=[SessionDims(4, 2, 5, 1).to_dict()],
-        history=[{"epoch": 0, "train_loss": 1.5}],
-        valid_smoothed=1.25,
-        best_smoothed=math.inf,
-        epochs_since_best=0,
-        stop_reason="",
-        scheduler=None,
-        rng={"torch": torch.get_rng_state()},
+        members=[
+            MemberState(
+                name="run_a",
+                hparams=members[0].to_dict(),
+                history=[{"epoch": 0, "train_loss": 1.5}],
+                valid_smoothed=1.25,
+            ),
+            MemberState(
+                name="run_b",
+                hparams=members[1].to_dict(),
+                history=[{"epoch": 0, "train_loss": 2.5}],
+                valid_smoothed=2.25,
+                stop_reason="early stopping",
+            ),
+        ],
+        rng=random.state(),
         identity=identity.to_dict(),
     )
     checkpoint = {"epoch": 0, "state_dict": {}}
     add_training_state(checkpoint, state)
-    assert checkpoint[TRAINING_STATE]["format_version"] == 1
+    assert checkpoint[TRAINING_STATE]["format_version"] == 2
     path = tmp_path / "checkpoints" / "last.ckpt"
     path.parent.mkdir()
     torch.save(checkpoint, path)
     read_back = read_training_checkpoint(path)
-    assert read_back.history == state.history and read_back.valid_smoothed == 1.25
-    assert torch.equal(read_back.rng["torch"], state.rng["torch"])
+    assert read_back.members == state.members and read_back.members[0].valid_smoothed == 1.25
+    assert read_back.sessions == state.sessions and read_back.identity == identity.to_dict()
+    restored = MemberRandom([0, 1])
+    assert restored.set_state(read_back.rng, "cpu")
+    torch.testing.assert_close(
+        restored.rand((3,), torch.zeros(0)), random.rand((3,), torch.zeros(0)), rtol=0, atol=0
+    )
     plan = plan_run(path.parent, identity, max_epochs=9)
-    assert (plan.action, plan.epochs_done, plan.state.stop_reason) == ("resume", 1, "")
+    assert (plan.action, plan.epochs_done) == ("resume", 1)
+    assert [m.stop_reason for m in plan.state.members] == ["", "early stopping"]
 
     del checkpoint[TRAINING_STATE]["format_version"]  # as the code before versions wrote it
     torch.save(checkpoint, path)
-    assert_refused(read_training_checkpoint, path, "no format_version", "delete it")
+    assert_refused(read_training_checkpoint, path, "no format_version", "delete it", version=2)
     assert plan_run(path.parent, identity, max_epochs=9).action == "afresh"  # set aside
     assert not path.exists() and len(list(tmp_path.glob("checkpoints.superseded-*/last.ckpt"))) == 1
     with pytest.raises(ValueError, match="no 'lfads' training state"):

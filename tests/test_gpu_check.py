@@ -49,6 +49,7 @@ def tiny_args(tmp_path, **changes) -> argparse.Namespace:
         threads=1,
         budget_seconds=480.0,
         part_seconds=150.0,
+        packs=(1, 4),
     )
     return argparse.Namespace(**{**settings, **changes})
 
@@ -152,7 +153,15 @@ def test_the_report_has_every_key_and_writes_valid_json(tmp_path):
     results = {
         key: EQUIVALENCE_RESULT if key.startswith("equivalence") else PORTABILITY_RESULT
         for key in keys
-        if not key.startswith("timing") and "compiled" not in key
+        if not key.startswith(("timing", "packs")) and "compiled" not in key
+    }
+    results["packs/1"] = {
+        "members": 1,
+        "epoch_seconds_median": 2.0,
+        "member_epoch_seconds": 2.0,
+        "train_seconds": 10.0,
+        "sampling_seconds": 1.5,
+        "peak_gpu_gib": None,
     }
     results["equivalence/fast/small/means"] = {
         **EQUIVALENCE_RESULT,
@@ -177,8 +186,11 @@ def test_the_report_has_every_key_and_writes_valid_json(tmp_path):
         "equivalence",
         "portability",
         "timings",
+        "packs",
         "wall_seconds",
     }
+    assert written["packs"]["1"]["member_epoch_seconds"] == 2.0
+    assert written["packs"]["4"] == {"status": "missing"}
     assert written["passed"] is False and written["failures"] == ["a failure"]
     assert ENVIRONMENT_KEYS <= set(written["environment"])
     assert written["environment"]["torch"] == torch.__version__
@@ -198,6 +210,8 @@ def test_the_report_has_every_key_and_writes_valid_json(tmp_path):
     assert written["equivalence"]["paths"]["compiled"]["small/means"]["status"] == "missing"
     printed = gpu_check.format_report(report)
     assert "FAILED:\n  a failure" in printed and "skipped: over budget" in printed
+    assert "       1     2.000      2.0000       1.00     10.0        1.50           nan" in printed
+    assert "       4  missing" in printed
 
 
 def test_a_part_over_its_time_is_killed_and_an_unfinished_check_fails(tmp_path):
@@ -297,4 +311,10 @@ def test_the_whole_check_on_the_cpu_at_tiny_sizes(tmp_path):
             assert report["timings"][config][impl]["status"] == "measured"
             assert report["timings"][config][impl]["sampling_seconds"] > 0
     assert all(found["passed"] for found in report["portability"].values())
+    packs = report["packs"]  # the default pack sizes, each member its own
+    assert set(packs) == {"1", "4", "20"} and packs["20"]["members"] == 20
+    assert packs["20"]["member_epoch_seconds"] == pytest.approx(
+        packs["20"]["epoch_seconds_median"] / 20
+    )
+    assert "packs of the mc_maze config" in process.stdout
     assert "PASSED: every check" in process.stdout

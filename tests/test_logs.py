@@ -83,7 +83,7 @@ def test_tensorboard_holds_the_csv_columns_the_learning_rate_and_figures(trained
 
     from lfads.training.lightning_trainer import FIGURE_TAG
 
-    (events,) = (trained_in_a_job / "run" / "tensorboard").glob("version_*")
+    events = trained_in_a_job / "run" / "tensorboard"  # the run's own log, one per member
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
@@ -95,7 +95,8 @@ def test_tensorboard_holds_the_csv_columns_the_learning_rate_and_figures(trained
     assert [event.value for event in lr] == pytest.approx([float(row["lr"]) for row in rows])
     valid_loss = [event.value for event in accumulator.Scalars("valid/loss")]
     assert valid_loss == pytest.approx([float(row["valid_loss"]) for row in rows], rel=1e-6)
-    (image,) = accumulator.Images(FIGURE_TAG)  # epoch 1 only: the next is at epoch 21
+    assert [event.step for event in lr] == [1, 2]  # by epoch
+    (image,) = accumulator.Images(FIGURE_TAG)  # epoch 1 only: the next is at epoch 101
     assert image.step == 1 and image.width > 300 and image.encoded_image_string[:4] == b"\x89PNG"
 
 
@@ -115,7 +116,7 @@ def test_the_figures_change_no_number(tmp_path, monkeypatch):
     hparams = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.2})
     monkeypatch.setattr(lightning_trainer, "FIGURE_EVERY_EPOCHS", 1)
     train_model([data], hparams, tmp_path / "figures", max_epochs=2, device="cpu")
-    monkeypatch.setattr(lightning_trainer, "_tensorboard_figures", Callback)
+    monkeypatch.setattr(lightning_trainer, "_tensorboard", lambda out_dirs: Callback())
     train_model([data], hparams, tmp_path / "plain", max_epochs=2, device="cpu")
 
     def columns(run):

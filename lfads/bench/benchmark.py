@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -112,13 +113,24 @@ def peak_rss_gib() -> float:
 
 # -- workers (each runs in its own process) ------------------------------------------------
 def train_worker(
-    data: Path, run_dir: Path, impl: str, epochs: int, device: str, seed: int = 0
+    data: Path,
+    run_dir: Path,
+    impl: str,
+    epochs: int,
+    device: str,
+    seed: int = 0,
+    pack_member: bool = False,
 ) -> dict:
+    """Train the reference config afresh; pack_member: the benchmark pack's member `seed`."""
     from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
     from lfads.model.hparams import HParams
     from lfads.training.train import train_model
 
-    hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "seed": seed})
+    shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
+    if pack_member:
+        hparams = HParams.from_dict(pack_member_hparams(seed, REFERENCE_HPARAMS, epochs))
+    else:
+        hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "seed": seed})
     start = time.perf_counter()
     train_model(
         [data],
@@ -145,10 +157,9 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
 
     model, _ = load_model(run_dir / "model.ckpt", device, rnn_impl=impl)
     session = load_session(data)
-    torch.manual_seed(0)
     start = time.perf_counter()
     batch_size = auto_batch_size(model, N_SAMPLES, session.dims.n_recon_bins)
-    results = sample_splits(model, session, 0, N_SAMPLES, batch_size, device)
+    (results,) = sample_splits(model, session, 0, N_SAMPLES, batch_size, device)
     seconds = time.perf_counter() - start
     n_trials = sum(session.n_trials(split) for split in results)
     valid = read_prepared(data, keys=("recon_data", "truth")).splits["valid"]
@@ -158,11 +169,11 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
 
     def bits_per_spike(rate: np.ndarray, spike: np.ndarray) -> float:
         metric = BitsPerSpike()
-        metric.update(torch.as_tensor(rate), torch.as_tensor(spike))
-        return float(metric.compute())
+        metric.update(torch.as_tensor(rate)[None], torch.as_tensor(spike)[None])  # a pack of one
+        return metric.compute(1)[0]
 
     r2 = RateR2()
-    r2.update(torch.as_tensor(rates), torch.as_tensor(truth))
+    r2.update(torch.as_tensor(rates)[None], torch.as_tensor(truth)[None])
     return {
         "sampling_seconds": seconds,
         "n_trials": n_trials,
@@ -170,7 +181,7 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
         "peak_rss_gib": peak_rss_gib(),
         "valid_co_bps": bits_per_spike(rates[:, :obs, heldin:], spikes[:, :obs, heldin:]),
         "valid_fp_bps": bits_per_spike(rates[:, obs:], spikes[:, obs:]),
-        "valid_rate_r2": float(r2.compute()),
+        "valid_rate_r2": r2.compute(1)[0],
         "truth_co_bps": bits_per_spike(truth[:, :obs, heldin:], spikes[:, :obs, heldin:]),
         "truth_fp_bps": bits_per_spike(truth[:, obs:], spikes[:, obs:]),
     }
@@ -184,28 +195,32 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
     from lfads.model.batch import SessionBatch
     from lfads.model.hparams import HParams
     from lfads.model.lfads import LFADS, SessionDims
+    from lfads.training.optimizer import MemberAdamW
     from lfads.training.step import run_step
 
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     dims = SessionDims(
         REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, forward_bins(n_bins)
     )
     model = LFADS(HParams.from_dict(REFERENCE_HPARAMS), [dims], rnn_impl=impl).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    counts = torch.poisson(torch.full((batch_size, dims.n_recon_bins, dims.n_neurons), 0.3))
+    optimizer = MemberAdamW(model.parameters(), lr=[1e-3])
+    shape = (batch_size, dims.n_recon_bins, dims.n_neurons)
+    counts = torch.poisson(torch.full(shape, 0.3), generator=generator)
     batch = {
         0: SessionBatch(
             encod_data=counts[:, :n_bins, : dims.n_heldin].contiguous(),
             recon_data=counts,
             ext_input=counts.new_zeros(batch_size, dims.n_recon_bins, 0),
-        ).to(device)
+        )
+        .expand_members(1)
+        .to(device)
     }
     seconds = []
     for _ in range(SCALING_STEPS + 1):
         start = time.perf_counter()
         terms = run_step(model, batch, epoch=0).terms
         optimizer.zero_grad()
-        terms.loss.backward()
+        terms.loss.sum().backward()
         optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -221,6 +236,180 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
     }
 
 
+# -- packs: several members in one process, against the same members one process after another --
+# The hidden-set size: 720 train + 180 valid trials x (35 + 10) bins x (100 + 30) neurons, with the
+# reference config's model (lfads-torch's nlb_mc_maze sizes).
+PACK_DATA = dict(
+    n_trials=900, n_obs_bins=35, n_fwd_bins=10, n_heldin=100, n_heldout=30, n_eval=0, seed=0
+)
+PACK_SIZES = (1, 2, 4, 8, 16)
+PACK_DROPOUTS = (0.1, 0.2, 0.3, 0.4)  # member m: seed m and the m-th of these, in turn
+
+
+def pack_member_hparams(member: int, base: dict, epochs: int) -> dict:
+    """The hyperparameters of member `member` of a benchmark pack: its own seed and dropout."""
+    dropout = PACK_DROPOUTS[member % len(PACK_DROPOUTS)]
+    return {**base, "seed": member, "dropout": dropout, "max_epochs": epochs}
+
+
+def time_pack(
+    data: Path,
+    folder: Path,
+    base: dict,
+    n_members: int,
+    epochs: int,
+    device: str,
+    impl: str = "fast",
+    n_samples: int = N_SAMPLES,
+) -> dict:
+    """Train a pack of `n_members` for `epochs` epochs afresh, then posterior-sample its valid
+    trials with every member at once: seconds per epoch (the median after the first), per member,
+    sampling seconds per member, peak RSS and GPU memory. Used by the benchmark and the GPU check.
+    """
+    import torch
+
+    from lfads.evaluation.infer import auto_batch_size, sample_splits
+    from lfads.formats.checkpoints import load_pack
+    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
+    from lfads.model.hparams import HParams
+    from lfads.training.datamodule import load_session
+    from lfads.training.train import Member, train_pack
+
+    shutil.rmtree(folder, ignore_errors=True)  # a checkpoint left there would be resumed
+    members = [
+        Member(
+            f"m{m:02d}",
+            HParams.from_dict(pack_member_hparams(m, base, epochs)),
+            folder / f"m{m:02d}",
+        )
+        for m in range(n_members)
+    ]
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    paths = train_pack(members, [data], folder / "checkpoints", device=device, rnn_impl=impl)
+    train_seconds = time.perf_counter() - start
+    seconds = [
+        float(x) for x in read_metrics_csv(members[0].out_dir / "metrics.csv")[EPOCH_SECONDS]
+    ]
+    median = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    peak_gpu_train = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    model, _ = load_pack(paths, device, rnn_impl=impl)
+    session = load_session(data)
+    session.splits = {"valid": session.splits["valid"]}
+    size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
+    start = time.perf_counter()
+    sample_splits(model, session, 0, n_samples, size, device)
+    if cuda:
+        torch.cuda.synchronize()
+    sampling = time.perf_counter() - start
+    return {
+        "members": n_members,
+        "epoch_seconds": seconds,
+        "epoch_seconds_median": median,
+        "member_epoch_seconds": median / n_members,
+        "train_seconds": train_seconds,
+        "sampled_trials": session.n_trials("valid"),
+        "sampling_seconds": sampling,
+        "sampling_seconds_per_member": sampling / n_members,
+        "peak_rss_gib": peak_rss_gib(),
+        "peak_gpu_gib": peak_gpu_train,
+    }
+
+
+def run_pack_benchmark(args: argparse.Namespace) -> dict:
+    """Packs of each size, each in its own process (timed from its start, imports included), and
+    the largest pack's members trained alone, one process after another (the same epochs)."""
+    import torch
+
+    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.infra.io import write_text
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_lorenz_prepared(out / "packs.h5", **PACK_DATA)
+    report: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads or torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": args.device,
+        },
+        "config": {"data": PACK_DATA, "hparams": REFERENCE_HPARAMS, "epochs": args.epochs},
+        "packs": [],
+        "alone": [],
+    }
+    for size in args.packs:
+        log.info("a pack of %d: training %d epochs, then sampling", size, args.epochs)
+        start = time.perf_counter()
+        row = _run_worker(
+            "pack", args, data=data, run_dir=out / f"pack{size}", members=size, epochs=args.epochs
+        )
+        row["process_seconds"] = time.perf_counter() - start
+        report["packs"].append(row)
+        log.info("a pack of %d: %.3f s per epoch per member", size, row["member_epoch_seconds"])
+    for member in range(max(args.packs)):
+        log.info("member %d alone: training %d epochs", member, args.epochs)
+        start = time.perf_counter()
+        row = _run_worker(
+            "train",
+            args,
+            impl="fast",
+            data=data,
+            run_dir=out / f"alone{member:02d}",
+            epochs=args.epochs,
+            seed=member,
+            members=-1,  # (pack_member_hparams of this member)
+        )
+        row["process_seconds"] = time.perf_counter() - start
+        report["alone"].append(row)
+    write_text(out / "packs.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_pack_report(report: dict) -> str:
+    machine, alone = report["machine"], report["alone"]
+    single = next((row for row in report["packs"] if row["members"] == 1), None)
+    lines = [
+        f"Packs: {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, torch "
+        f"{machine['torch']}, device {machine['device']}; {PACK_DATA['n_trials']} trials "
+        f"(720 train) x {PACK_DATA['n_obs_bins']}+{PACK_DATA['n_fwd_bins']} bins x "
+        f"{PACK_DATA['n_heldin']}/{PACK_DATA['n_heldin'] + PACK_DATA['n_heldout']} neurons, "
+        f"mc_maze model sizes, batch {REFERENCE_HPARAMS['batch_size']}, "
+        f"{report['config']['epochs']} epochs",
+        "",
+        f"{'members':>8}{'s/epoch':>10}{'per member':>12}{'vs alone':>10}{'sampling s':>12}"
+        f"{'per member':>12}{'peak GiB':>10}{'pack wall s':>13}{'alone wall s':>14}{'ratio':>7}",
+    ]
+    for row in report["packs"]:
+        members = row["members"]
+        relative = (
+            row["member_epoch_seconds"] / single["epoch_seconds_median"] if single else math.nan
+        )
+        sequential = (
+            sum(r["process_seconds"] for r in alone[:members])
+            if len(alone) >= members
+            else math.nan
+        )
+        lines.append(
+            f"{members:>8}{row['epoch_seconds_median']:>10.3f}{row['member_epoch_seconds']:>12.3f}"
+            f"{relative:>10.2f}{row['sampling_seconds']:>12.2f}"
+            f"{row['sampling_seconds_per_member']:>12.2f}{row['peak_rss_gib']:>10.2f}"
+            f"{row['process_seconds']:>13.1f}{sequential:>14.1f}"
+            f"{row['process_seconds'] / sequential:>7.2f}"
+        )
+    lines += [
+        "",
+        "s/epoch: the pack's median epoch (train + validation) after the first; vs alone: per "
+        "member, over the pack of 1's;",
+        "pack wall s: the pack's whole process (imports, training, sampling the valid trials); "
+        "alone wall s: its members' training",
+        "processes one after another (imports and training, no sampling); ratio: pack over alone.",
+    ]
+    return "\n".join(lines)
+
+
 def _worker(args: argparse.Namespace) -> int:
     import torch
 
@@ -228,7 +417,22 @@ def _worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.part == "train":
         result = train_worker(
-            Path(args.data), Path(args.run_dir), args.impl, args.epochs, args.device, args.seed
+            Path(args.data),
+            Path(args.run_dir),
+            args.impl,
+            args.epochs,
+            args.device,
+            args.seed,
+            pack_member=args.members == -1,
+        )
+    elif args.part == "pack":
+        result = time_pack(
+            Path(args.data),
+            Path(args.run_dir),
+            REFERENCE_HPARAMS,
+            args.members,
+            args.epochs,
+            args.device,
         )
     elif args.part == "sample":
         result = sample_worker(Path(args.data), Path(args.run_dir), args.impl, args.device)
@@ -463,11 +667,20 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-scaling", action="store_true", help="leave out the sequence-length table"
     )
     parser.add_argument(
-        "--worker", choices=["train", "sample", "scale"], dest="part", help=argparse.SUPPRESS
+        "--packs",
+        type=lambda text: tuple(int(size) for size in text.split(",")),
+        help="instead of the paths: packs of these sizes (e.g. 1,2,4,8,16) at the hidden-set "
+        "size, beside their members trained one process after another; writes packs.json",
+    )
+    parser.add_argument(
+        "--worker",
+        choices=["train", "sample", "scale", "pack"],
+        dest="part",
+        help=argparse.SUPPRESS,
     )
     for hidden in ("--impl", "--data", "--run-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
-    for hidden in ("--n-bins", "--batch-size"):
+    for hidden in ("--n-bins", "--batch-size", "--members"):
         parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -479,6 +692,11 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.epochs < 2:
         parser.error("--epochs: at least 2 (the first epoch is a warm-up)")
+    if args.packs:
+        report = run_pack_benchmark(args)
+        print(format_pack_report(report))
+        print(f"\nwritten: {Path(args.out) / 'packs.json'}")
+        return 0
     report = run_benchmark(args)
     print(format_report(report))
     print(f"\nwritten: {Path(args.out) / 'bench.json'}")

@@ -5,7 +5,8 @@ In about 8 minutes of wall time on one modern GPU it
    for the same weights and inputs (`equivalence_results`), and that a training checkpoint made
    on CUDA resumes on the CPU and back (`checkpoint_portability`);
 2. trains the benchmark's reference config and an MC_Maze-sized config for a few epochs with each
-   path and posterior-samples the trained model (`time_training`, `time_sampling`);
+   path and posterior-samples the trained model (`time_training`, `time_sampling`), and packs of
+   --packs members (default 1, 4 and 20) of the MC_Maze-sized model (`pack_results`);
 3. prints a table and writes one JSON (default results/gpu_check/gpu_check.json) with the
    machine's facts (`environment`) and every figure.
 
@@ -39,7 +40,13 @@ from pathlib import Path
 
 import torch
 
-from lfads.bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS, peak_rss_gib
+from lfads.bench.benchmark import (
+    N_SAMPLES,
+    REFERENCE_DATA,
+    REFERENCE_HPARAMS,
+    peak_rss_gib,
+    time_pack,
+)
 from lfads.model.priors import MultivariateNormalPrior, NullPrior, Prior
 
 EXIT_PASSED, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3  # (and 2, argparse's, for bad arguments)
@@ -220,12 +227,13 @@ class NoiseFromCPU(Prior):
         super().__init__()
         self.prior, self.generator = prior, generator
 
-    def standard_noise(self, like: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
+    def standard_noise(self, shape, like: torch.Tensor, random) -> torch.Tensor:
+        size = (like.shape[0], *shape)  # (members, ...)
+        noise = torch.randn(size, generator=self.generator, dtype=like.dtype)
         return noise.to(like.device)
 
-    def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return self.prior(mean, std)
+    def forward(self, mean: torch.Tensor, std: torch.Tensor, random) -> torch.Tensor:
+        return self.prior(mean, std, random)
 
 
 @contextmanager
@@ -260,20 +268,21 @@ def loss_and_gradients(model, batch: dict, noise_seed: int | None) -> LossAndGra
 
     noise_seed None: posterior means; else posterior samples with noise drawn on the CPU.
     """
+    from lfads.model.augmentations import MemberAugmentations
+
     parameters = dict(model.named_parameters())  # (names before any prior is wrapped)
     model.train()
     model.zero_grad()
     with noise_drawn_on_cpu(model, noise_seed) if noise_seed is not None else nullcontext():
         outputs = model(batch, sample_posteriors=noise_seed is not None)
         memos = {session: [] for session in batch}
-        terms = model.loss(
-            batch, outputs, model.train_augmentations, memos, EQUIVALENCE_EPOCH, metrics={}
-        )
-        terms.loss.backward()
+        none = MemberAugmentations([])
+        terms = model.loss(batch, outputs, none, memos, EQUIVALENCE_EPOCH, metrics={})
+        terms.loss.sum().backward()
     gradients = {
         name: p.grad.detach().cpu().clone() for name, p in parameters.items() if p.grad is not None
     }
-    return LossAndGradients(float(terms.loss.detach().cpu()), gradients)
+    return LossAndGradients(float(terms.loss.sum().detach().cpu()), gradients)
 
 
 def compare(reference: LossAndGradients, candidate: LossAndGradients) -> dict:
@@ -325,8 +334,7 @@ def equivalence_model(case: str, seed: int = 0):
     sizes, shape, n_trials = EQUIVALENCE_CASES[case]
     dims = SessionDims(*shape)
     hparams = HParams.from_dict({**sizes, **EQUIVALENCE_HPARAMS})
-    torch.manual_seed(seed)
-    model = LFADS(hparams, [dims], rnn_impl="fast")
+    model = LFADS(hparams.replace(seed=seed), [dims], rnn_impl="fast")
     generator = torch.Generator().manual_seed(seed)
     counts = torch.poisson(
         torch.full((n_trials, dims.n_recon_bins, dims.n_neurons), 0.5), generator=generator
@@ -336,14 +344,14 @@ def equivalence_model(case: str, seed: int = 0):
         recon_data=counts,
         ext_input=torch.randn(n_trials, dims.n_recon_bins, dims.ext_input_dim, generator=generator),
     )
-    return model, {0: batch}
+    return model, {0: batch.expand_members(1)}
 
 
 def on_device(model, rnn_impl: str, device: str):
     """A copy of `model` (the same weights) built with `rnn_impl`, on `device`."""
     from lfads.model.lfads import LFADS
 
-    copy = LFADS(model.hparams, model.sessions, rnn_impl=rnn_impl)
+    copy = LFADS(model.members, model.sessions, rnn_impl=rnn_impl)
     copy.load_state_dict(model.state_dict())
     return copy.to(device)
 
@@ -497,10 +505,9 @@ def time_sampling(data: Path, model_path: Path, impl: str, n_samples: int, devic
     reset_peak_gpu_memory(device)
     seconds = []
     for _ in range(2):
-        torch.manual_seed(0)
         synchronize(device)
         start = time.perf_counter()
-        results = sample_splits(model, session, 0, n_samples, batch_size, device)
+        (results,) = sample_splits(model, session, 0, n_samples, batch_size, device)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return {
@@ -512,6 +519,24 @@ def time_sampling(data: Path, model_path: Path, impl: str, n_samples: int, devic
         "peak_gpu_sampling_gib": peak_gpu_gib(device),
         "peak_rss_sampling_gib": peak_rss_gib(),
     }
+
+
+def pack_results(spec: dict, device: str) -> Iterator[tuple[str, dict]]:
+    """("packs/<members>", `lfads.bench.benchmark.time_pack`) for each pack size of the spec,
+    largest last: packs of the MC_Maze config's model, each member its own seed and dropout."""
+    for members in spec["sizes"]:
+        yield (
+            f"packs/{members}",
+            time_pack(
+                Path(spec["data"]),
+                Path(spec["work"]) / f"pack{members}",
+                spec["hparams"],
+                members,
+                spec["epochs"],
+                device,
+                n_samples=spec["n_samples"],
+            ),
+        )
 
 
 def timing_results(spec: dict, device: str) -> Iterator[tuple[str, dict]]:
@@ -566,6 +591,20 @@ def plan_parts(args: argparse.Namespace, work: Path, data: dict[str, Path]) -> l
         name = f"timing of {impl} on the {config} config"
         return Part(name, spec, keys, is_check=False, compiled=impl == "compiled")
 
+    packs = Part(
+        f"timing of packs of {', '.join(map(str, args.packs))}",
+        {
+            "kind": "packs",
+            "sizes": list(args.packs),
+            "data": str(data["mc_maze"]),
+            "work": str(work / "packs"),
+            "hparams": configs(args.tiny)["mc_maze"][1],
+            "epochs": args.epochs,
+            "n_samples": args.samples,
+        },
+        [f"packs/{members}" for members in args.packs],
+        is_check=False,
+    )
     portability = Part(
         "checkpoint portability",
         {"kind": "portability", "work": str(work / "portability")},
@@ -577,6 +616,7 @@ def plan_parts(args: argparse.Namespace, work: Path, data: dict[str, Path]) -> l
         portability,
         equivalence(["compiled"], [c for c in cases if c in COMPILED_CASES]),
         *[timing(config, impl) for impl in plain for config in TIMING_CONFIGS],
+        packs,
         *[timing(config, "compiled") for config in TIMING_CONFIGS],
     ]
 
@@ -625,6 +665,8 @@ def worker(spec: dict, device: str) -> int:
         results = equivalence_results(device, spec["impls"], spec["cases"])
     elif spec["kind"] == "portability":
         results = checkpoint_portability(device, Path(spec["work"]))
+    elif spec["kind"] == "packs":
+        results = pack_results(spec, device)
     else:
         results = timing_results(spec, device)
     for key, result in results:
@@ -696,10 +738,13 @@ def build_report(
     equivalence: dict[str, dict] = {}
     portability: dict[str, dict] = {}
     timings: dict[str, dict] = {}
+    packs: dict[str, dict] = {}
     for key in keys:
         found = results.get(key) or {"status": problems.get(key, "missing"), "passed": False}
         kind, *names = key.split("/")
-        if kind == "equivalence":
+        if kind == "packs":
+            packs[names[0]] = results.get(key, {"status": problems.get(key, "missing")})
+        elif kind == "equivalence":
             impl, case, mode = names
             equivalence.setdefault(impl, {})[f"{case}/{mode}"] = found
         elif kind == "portability":
@@ -726,6 +771,7 @@ def build_report(
             "threads": args.threads or torch.get_num_threads(),
             "budget_seconds": args.budget_seconds,
             "part_seconds": args.part_seconds,
+            "packs": list(args.packs),
         },
         "configs": {
             config: {"data": config_data, "hparams": {**hparams, "max_epochs": args.epochs}}
@@ -743,6 +789,7 @@ def build_report(
         },
         "portability": portability,
         "timings": timings,
+        "packs": packs,
         "wall_seconds": wall_seconds,
     }
 
@@ -815,6 +862,23 @@ def format_report(report: dict) -> str:
     for config, impl in columns:
         if timings[config][impl]["status"] != "measured":
             lines.append(f"  {config} {impl}: {timings[config][impl]['status']}")
+    lines += ["", "packs of the mc_maze config (each member its own seed and dropout):"]
+    lines.append(
+        f"{'members':>8}{'s/epoch':>10}{'per member':>12}{'wall vs 1':>11}{'train s':>9}"
+        f"{'sampling s':>12}{'peak GPU GiB':>14}"
+    )
+    one = report["packs"].get("1", {}).get("epoch_seconds_median")
+    for members, found in report["packs"].items():
+        if "epoch_seconds_median" not in found:
+            lines.append(f"{members:>8}  {found.get('status', 'missing')}")
+            continue
+        wall = found["epoch_seconds_median"] / one if one else math.nan
+        peak = found["peak_gpu_gib"]
+        lines.append(
+            f"{members:>8}{found['epoch_seconds_median']:>10.3f}"
+            f"{found['member_epoch_seconds']:>12.4f}{wall:>11.2f}{found['train_seconds']:>9.1f}"
+            f"{found['sampling_seconds']:>12.2f}{peak if peak is not None else math.nan:>14.2f}"
+        )
     lines.append("")
     if report["passed"]:
         lines.append("PASSED: every check")
@@ -841,6 +905,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--part-seconds", type=float, default=150.0, help="wall-clock limit of one part"
+    )
+    parser.add_argument(
+        "--packs",
+        type=lambda text: tuple(int(size) for size in text.split(",")),
+        default=(1, 4, 20),
+        help="pack sizes timed on the mc_maze config (default 1,4,20)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

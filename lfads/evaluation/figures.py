@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -163,12 +164,14 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     save_figure(figure, out)
 
 
-def pbt_progress(history: list[dict], curves: dict[tuple[int, str], Path], out: str | Path) -> None:
+def pbt_progress(
+    history: list[dict], curves: dict[tuple[int, str], tuple[list[int], list[float]]], out
+) -> None:
     """A PBT search over epochs: each searched hyperparameter of every worker (a step per
     generation; a dot where the worker copied another), and each worker's smoothed valid recon.
 
-    history: `lfads.search.pbt.read_history` rows; curves: {(generation, worker): its
-    metrics.csv}, whose rows after the previous generation's end are that generation's epochs.
+    history: `lfads.search.pbt.read_history` rows; curves: `lfads.search.pbt.read_curves`,
+    {(generation, worker): (epochs from 1, smoothed valid recon)} of each generation's epochs.
     """
     from lfads.search.pbt import HISTORY_COLUMNS
 
@@ -199,12 +202,10 @@ def pbt_progress(history: list[dict], curves: dict[tuple[int, str], Path], out: 
             ax.set_yscale("log")
     ax = axes.flat[len(searched)]
     after_burn_in = []  # the losses of generations 1, ...: the y range shows their jumps
-    for (generation, worker), path in sorted(curves.items()):
-        table = read_metrics_csv(path)
-        table = table[table[EPOCH] + 1 > start.get(generation, 0)]
-        ax.plot(table[EPOCH] + 1, table[VALID_RECON_SMOOTHED], color=colour[worker], lw=1)
+    for (generation, worker), (epochs, losses) in sorted(curves.items()):
+        ax.plot(epochs, losses, color=colour[worker], lw=1)
         if generation > 0:
-            after_burn_in += list(table[VALID_RECON_SMOOTHED].dropna())
+            after_burn_in += [loss for loss in losses if math.isfinite(loss)]
     if after_burn_in and max(after_burn_in) > min(after_burn_in):
         margin = max(after_burn_in) - min(after_burn_in)
         ax.set_ylim(min(after_burn_in) - margin, max(after_burn_in) + 2 * margin)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lfads.formats.inferred import (
     DIVERGED,
@@ -25,6 +24,7 @@ from lfads.formats.inferred import (
     round_mantissa,
     write_inferred,
 )
+from lfads.model.members import MemberRandom
 
 log = logging.getLogger("lfads.evaluation.infer")
 
@@ -40,9 +40,10 @@ _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
 
 
 def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
-    """Trials per pass that keep the decoder's activations of (samples x trials) rows near 128 MB.
+    """Trials per pass that keep the decoder's activations of (members x samples x trials) rows
+    near 128 MB.
 
-    The reference loops run one sample at a time, so their rows are the trials.
+    The reference loops run one sample at a time, so their rows are members x trials.
     """
     hp = model.hparams
     if not model.loops.samples_in_one_pass:
@@ -53,7 +54,8 @@ def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
     floats_per_row_bin = (
         3 * (hp.gen_dim + hp.con_dim) + hp.fac_dim + 4 * hp.co_dim + 2 * hp.ci_enc_dim + readout
     )
-    return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * n_samples))
+    rows_per_trial = n_samples * model.n_members
+    return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * rows_per_trial))
 
 
 def posterior_sample(
@@ -114,7 +116,7 @@ def posterior_sample(
         raise ValueError(
             f"{model_path} has {len(model.sessions)} session(s); got {len(data_files)} data files"
         )
-    torch.manual_seed(seed)
+    model.random = MemberRandom([seed])  # the samples' stream
     for session, (data_file, out_path) in enumerate(zip(data_files, out_paths)):
         data = load_session(data_file)
         if data.dims != model.sessions[session]:
@@ -124,7 +126,7 @@ def posterior_sample(
             )
         start = time.perf_counter()
         size = batch_size or auto_batch_size(model, n_samples, data.dims.n_recon_bins)
-        results = sample_splits(model, data, session, n_samples, size, device)
+        (results,) = sample_splits(model, data, session, n_samples, size, device)
         for split, arrays in results.items():
             arrays.nlb_index = data.nlb_index.get(split)
         attributes = InferredAttributes(
@@ -148,37 +150,40 @@ def posterior_sample(
 
 def sample_splits(
     model, data, session: int, n_samples: int, batch_size: int, device: str
-) -> dict[str, InferredSplit]:
-    """Posterior averages of every trial of each split of `data` (a loaded session), per split."""
-    return {
+) -> list[dict[str, InferredSplit]]:
+    """Posterior averages of every trial of each split of `data` (a loaded session), per split,
+    for each member of the model's pack (all members in one pass per batch)."""
+    found = {
         split: _sample_split(model, data, session, split, n_samples, batch_size, device)
         for split in ("train", "valid", "eval")
         if data.n_trials(split) > 0
     }
+    return [{split: members[m] for split, members in found.items()} for m in range(model.n_members)]
 
 
 def _sample_split(
     model, data, session: int, split: str, n_samples: int, batch_size: int, device: str
-) -> InferredSplit:
-    n = data.n_trials(split)
-    out: dict[str, np.ndarray] = {}
+) -> list[InferredSplit]:
+    n, n_members = data.n_trials(split), model.n_members
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n_members)]
     started = last_line = time.perf_counter()
     log.info("%s: sampling %d trials in batches of %d", split, n, batch_size)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
-        batch = data.batch(split, rows).to(device)
-        batch, _ = model.infer_augmentations.process_batch(batch)
+        batch = data.batch(split, rows, n_members=n_members).to(device)
+        batch, _ = model.infer_augmentations.process_batch(batch, model.random)
         averages = model.posterior_average({session: batch}, n_samples)[session]
-        for key, value in averages.items():
+        for key, value in averages.items():  # (P, B, ...)
             if not bool(value.isfinite().all()):
                 raise ValueError(
                     f"{split} {key} of trials {rows[0]}..{rows[-1]} of session {session} is not "
                     "finite: the model's weights give NaN or infinite values on these data. "
                     "Retrain with a lower lr, a smaller cell_clip or a stronger gradient_clip."
                 )
-            if key not in out:
-                out[key] = np.empty((n, *value.shape[1:]), dtype=np.float32)
-            out[key][rows] = value.float().cpu().numpy()
+            for member, member_value in zip(out, value.float().cpu().numpy()):
+                if key not in member:
+                    member[key] = np.empty((n, *member_value.shape[1:]), dtype=np.float32)
+                member[key][rows] = member_value
         now = time.perf_counter()
         if now - last_line >= PROGRESS_SECONDS or rows[-1] == n - 1:
             log.info(
@@ -190,7 +195,7 @@ def _sample_split(
                 now - started,
             )
             last_line = now
-    return InferredSplit(**out)
+    return [InferredSplit(**member) for member in out]
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ The two .ckpt files hold only tensors, numbers, strings, lists and dicts, so the
   Lightning; what we add is the `TrainingState` under the key TRAINING_STATE
   (`add_training_state` when Lightning saves, `training_state` when it loads) and
   `read_training_checkpoint` reads that part of a file.
-- `run.json` (`RunRecord`, `write_run_record`, `read_run_record`) says which run a checkpoint
-  folder holds (its identity) and whether its outputs were delivered.
+- `run.json` (`RunRecord`, `write_run_record`, `read_run_record`) says which pack of runs a
+  checkpoint folder holds (its identity) and whether its outputs were delivered.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ MODEL_REMEDY = (
 )
 
 TRAINING_STATE = "lfads"  # our key in Lightning's checkpoint dict
-TRAINING_FORMAT_VERSION = 1
+TRAINING_FORMAT_VERSION = 2  # 2: a pack of members
 TRAINING_REMEDY = (
     "It cannot be resumed by this code: `train` sets its folder aside and starts afresh; delete it "
     "if you do not need it."
 )
 
 RUN_RECORD_FORMAT = "lfads-run"
-RUN_RECORD_FORMAT_VERSION = 1
+RUN_RECORD_FORMAT_VERSION = 2  # 2: the identity of a pack
 RUN_RECORD_REMEDY = "`train` sets its folder aside and starts afresh."
 
 
@@ -74,7 +74,8 @@ class Divergence:
 class SavedModel:
     """Everything in a model.ckpt besides its format and version."""
 
-    # of lfads.model.lfads.LFADS, on the CPU, at best_epoch; empty when no epoch finished
+    # one member's weights (LFADS.member_state_dict: no member axis), on the CPU, at best_epoch;
+    # empty when no epoch finished
     state_dict: dict[str, torch.Tensor]
     hparams: HParams
     sessions: list[SessionDims]  # per session, in training order
@@ -142,44 +143,84 @@ def load_model(path: str | Path, device: str = "cpu", rnn_impl: str = "fast"):
     rnn_impl: how the model's loops run (lfads.model.loops); it does not change the numbers.
     A model of a run that diverged before any epoch finished has no weights: a ValueError.
     """
+    model, (saved,) = load_pack([path], device, rnn_impl)
+    return model, saved
+
+
+def load_pack(paths: list[str | Path], device: str = "cpu", rnn_impl: str = "fast"):
+    """(one LFADS pack in eval mode on `device`, each file's SavedModel) from several model.ckpt
+    files whose runs can share a pack (the same architecture and sessions): member m holds
+    paths[m]'s weights, so a pack samples all of them in one pass."""
     from lfads.model.lfads import LFADS
 
-    saved = read_model(path)
-    if not saved.state_dict:
-        raise ValueError(
-            f"{path}: no weights: {saved.diverged.reason if saved.diverged else 'none saved'}"
-        )
-    model = LFADS(saved.hparams, saved.sessions, rnn_impl=rnn_impl)
-    model.load_state_dict(saved.state_dict)
-    return model.to(device).eval(), saved
+    saved = [read_model(path) for path in paths]
+    for path, model in zip(paths, saved):
+        if not model.state_dict:
+            reason = model.diverged.reason if model.diverged else "none saved"
+            raise ValueError(f"{path}: no weights: {reason}")
+    if any(model.sessions != saved[0].sessions for model in saved):
+        raise ValueError(f"{', '.join(map(str, paths))}: the models were trained on other data")
+    try:
+        pack = LFADS([model.hparams for model in saved], saved[0].sessions, rnn_impl=rnn_impl)
+    except ValueError as error:
+        raise ValueError(f"{', '.join(map(str, paths))}: cannot share a pack: {error}") from None
+    for member, (path, model) in enumerate(zip(paths, saved)):
+        try:
+            pack.load_member_state_dict(model.state_dict, member)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    return pack.to(device).eval(), saved
 
 
 # -- last.ckpt ----------------------------------------------------------------------------
 @dataclass
-class TrainingState:
-    """What a resumed run needs beyond Lightning's weights, optimiser and loop counters."""
+class MemberState:
+    """One member's training bookkeeping, beyond the pack's weights and optimiser."""
 
-    hparams: dict[str, Any]  # HParams.to_dict() of the run
-    sessions: list[dict[str, int]]  # SessionDims.to_dict() per session
+    name: str  # the run's name (its outputs' folder)
+    hparams: dict[str, Any]  # HParams.to_dict() of the member
     history: list[dict[str, float]]  # the metrics.csv rows of the epochs done
-    valid_smoothed: float  # smoothed valid reconstruction loss
-    best_smoothed: float  # best valid_smoothed since the ramps ended (for early stopping)
-    epochs_since_best: int
-    stop_reason: str  # "" unless training had stopped by itself (early stopping, lr_stop)
-    scheduler: dict[str, Any] | None  # ReduceLROnPlateau.state_dict(), None without a scheduler
-    rng: dict[str, Any]  # torch, cuda, numpy and Python RNG states (lfads.training.module)
-    # what makes the run's result (lfads.training.resume.RunIdentity.to_dict())
-    identity: dict[str, Any] = field(default_factory=dict)
+    valid_smoothed: float = math.nan  # smoothed valid reconstruction loss
+    best_smoothed: float = math.inf  # best valid_smoothed since the ramps ended (early stopping)
+    epochs_since_best: int = 0
+    stop_reason: str = ""  # "" unless the member stopped by itself (early stopping, lr_stop)
+    schedule: dict[str, Any] | None = None  # its PlateauSchedule, None without a scheduler
     best_epoch: int = 0  # epoch (from 1) of the lowest valid_smoothed so far; 0: none yet
     best_valid_recon_smoothed: float = math.inf
-    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # LFADS state_dict there
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights there
+    diverged: dict[str, Any] | None = None  # Divergence.to_dict() once it met a non-finite value
+
+    @property
+    def finished(self) -> bool:
+        """Stopped by itself or diverged: it trains no further."""
+        return bool(self.stop_reason) or self.diverged is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(MemberState)}
+
+
+@dataclass
+class TrainingState:
+    """What a resumed pack needs beyond Lightning's weights, optimiser and loop counters."""
+
+    sessions: list[dict[str, int]]  # SessionDims.to_dict() per session
+    members: list[MemberState]  # in slot order
+    rng: dict[str, Any]  # the members' generator states (lfads.model.members.MemberRandom)
+    # what makes the pack's result (lfads.training.resume.RunIdentity.to_dict())
+    identity: dict[str, Any] = field(default_factory=dict)
+    # a PBT search's record so far (lfads.search.pbt: plans and results), None for other packs
+    search: dict[str, Any] | None = None
 
 
 def add_training_state(checkpoint: dict[str, Any], state: TrainingState) -> None:
     """Put `state` into Lightning's checkpoint dict, with our format version."""
     checkpoint[TRAINING_STATE] = {
         FORMAT_VERSION_KEY: TRAINING_FORMAT_VERSION,
-        **{f.name: getattr(state, f.name) for f in fields(TrainingState)},
+        "sessions": state.sessions,
+        "members": [member.to_dict() for member in state.members],
+        "rng": state.rng,
+        "identity": state.identity,
+        "search": state.search,
     }
 
 
@@ -194,10 +235,12 @@ def training_state(checkpoint: dict[str, Any], path: str | Path) -> TrainingStat
     check_format_version(
         path, state.get(FORMAT_VERSION_KEY), TRAINING_FORMAT_VERSION, TRAINING_REMEDY
     )
-    # identity and best_* came later, without a new version: a state without them reads with
-    # their defaults (no identity: `train` then sets it aside instead of resuming it).
     return TrainingState(
-        **{f.name: state[f.name] for f in fields(TrainingState) if f.name in state}
+        sessions=state["sessions"],
+        members=[MemberState(**member) for member in state["members"]],
+        rng=state["rng"],
+        identity=state.get("identity", {}),
+        search=state.get("search"),
     )
 
 
@@ -209,26 +252,28 @@ def read_training_checkpoint(path: str | Path) -> TrainingState:
 # -- run.json -----------------------------------------------------------------------------
 @dataclass
 class RunRecord:
-    """The run a checkpoint folder holds, and how far it got.
+    """The pack a checkpoint folder holds, and how far it got.
 
-    Written when training starts (delivered false) and again once model.ckpt, metrics.csv and
-    hparams.yaml are written (delivered true): a finished state that is not delivered was killed
-    before its outputs were written; one that is was asked for again (e.g. `--forcerun`).
+    Written when training starts (delivered false) and again once every member's model.ckpt,
+    metrics.csv and hparams.yaml are written (delivered true): a finished state that is not
+    delivered was killed before its outputs were written.
     """
 
     identity: dict[str, Any]  # lfads.training.resume.RunIdentity.to_dict()
     max_epochs: int  # the epoch budget it was trained for
     delivered: bool  # its outputs were written
     epochs: int = 0  # epochs finished when delivered
-    diverged: Divergence | None = None  # a delivered run that met a non-finite value
 
 
 def write_run_record(path: str | Path, record: RunRecord) -> None:
     """Write a run.json atomically."""
-    data = asdict(record)
-    data["diverged"] = record.diverged.to_dict() if record.diverged else None
     write_json(
-        path, {"format": RUN_RECORD_FORMAT, FORMAT_VERSION_KEY: RUN_RECORD_FORMAT_VERSION, **data}
+        path,
+        {
+            "format": RUN_RECORD_FORMAT,
+            FORMAT_VERSION_KEY: RUN_RECORD_FORMAT_VERSION,
+            **asdict(record),
+        },
     )
 
 
@@ -247,5 +292,4 @@ def read_run_record(path: str | Path) -> RunRecord:
         max_epochs=int(data["max_epochs"]),
         delivered=bool(data["delivered"]),
         epochs=int(data["epochs"]),
-        diverged=Divergence.from_dict(data["diverged"]),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,16 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
-def check_config(config: dict) -> dict[str, dict]:
+@dataclass(frozen=True)
+class SearchRuns:
+    """A configfile's search: its runs and how they are packed."""
+
+    runs: dict[str, dict]  # {run name: its searched values}
+    packs: dict[str, list[str]]  # {pack name: its runs}; {} for a PBT search (one pack, rule pbt)
+    notes: list[str]  # what a user should know about the packing (keys that split the runs)
+
+
+def check_config(config: dict) -> SearchRuns:
     """The checks of a validated configfile that its schema cannot express; returns its runs.
 
     Checks that model.bin_width is one of bin_widths, that the source can produce the
@@ -90,14 +100,15 @@ def check_config(config: dict) -> dict[str, dict]:
     (lfads.search.space) and every run's hyperparameters (lfads.model.hparams.HParams, without
     importing plugins: that would run their code whenever the workflow is parsed), and that
     ensemble.top_k is at most the number of runs. Raises
-    ConfigError naming the key. Returns {run name: its searched values}.
+    ConfigError naming the key. Returns the runs and their packs (`search.pack_size` runs that
+    share their architecture train as one pack, `lfads.model.hparams.pack_settings`).
     """
     from lfads.data.dandi import MAX_ASSET_NAME_BYTES
     from lfads.data.layouts import NLB_DANDISETS
     from lfads.data.synthetic import SYNTHETIC_LAYOUTS, SyntheticSettings
     from lfads.infra.paths import check_name, relative_parts
-    from lfads.model.hparams import HParams
-    from lfads.search.space import expand_search, run_hparams
+    from lfads.model.hparams import HParams, pack_settings
+    from lfads.search.space import expand_search, pack_runs, run_hparams
 
     model = config["model"]
     if model["bin_width"] not in config["bin_widths"]:
@@ -136,14 +147,41 @@ def check_config(config: dict) -> dict[str, dict]:
             runs = {run.name: run.params for run in expand_search(config["search"])}
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    built = {}
     for name, params in runs.items():
         try:
-            HParams.from_dict(run_hparams(model["hparams"], params), import_plugins=False)
+            built[name] = HParams.from_dict(
+                run_hparams(model["hparams"], params), import_plugins=False
+            )
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model.hparams / search (run {name}): {error}") from None
     if "ensemble" in config:
         _check_ensemble(config["ensemble"]["top_k"], runs)
-    return runs
+    if "pbt" in config["search"]:
+        return SearchRuns(runs, {}, [])
+    pack_size = config["search"].get("pack_size", DEFAULT_PACK_SIZE)
+    packs = pack_runs(runs, {name: pack_settings(hp) for name, hp in built.items()}, pack_size)
+    return SearchRuns(runs, packs, _pack_notes(built, packs, pack_size))
+
+
+# Runs per pack when search.pack_size is not given: the demo's grid is one pack; a pack of 8
+# trains at about 0.4x a single run's seconds per epoch per member on 2 CPU cores.
+DEFAULT_PACK_SIZE = 8
+
+
+def _pack_notes(built: dict, packs: dict[str, list[str]], pack_size: int) -> list[str]:
+    """Why the runs train in more packs than pack_size needs: the keys that split them."""
+    from lfads.model.hparams import pack_conflicts
+
+    needed = -(-len(built) // pack_size)
+    if len(packs) <= needed:
+        return []
+    first = next(iter(built.values()))
+    keys = sorted({key for hp in built.values() for key in pack_conflicts(first, hp)})
+    return [
+        f"search: the {len(built)} runs train in {len(packs)} packs, not {needed}: they differ "
+        f"in {keys}, which the members of a pack share (search.pack_size {pack_size})"
+    ]
 
 
 def _check_pbt(search: dict, base_hparams: dict) -> dict[str, dict]:
@@ -152,21 +190,27 @@ def _check_pbt(search: dict, base_hparams: dict) -> dict[str, dict]:
     from lfads.model.hparams import HParams
     from lfads.search.pbt import PBTSettings, initial_plan, run_names, worker_hparams
 
-    others = sorted(set(search) - {"pbt"})
+    others = sorted(set(search) - {"pbt", "pack_size"})
     if others:
         raise ValueError(
             f"search.pbt: a PBT search runs on its own, but search also has {others}; remove "
             f"search.{others[0]}, or move it to another configfile"
         )
     settings = PBTSettings.from_config(search["pbt"])
+    if search.get("pack_size", settings.population) < settings.population:
+        raise ValueError(
+            f"search.pack_size: the PBT population ({settings.population} workers, "
+            "search.pbt.population) trains as one pack; remove search.pack_size or raise it to "
+            "the population"
+        )
     if base_hparams.get("lr_scheduler"):
         raise ValueError(
             "model.hparams.lr_scheduler: PBT controls the learning rate (search.pbt), so no "
             "scheduler may change it; set lr_scheduler: false"
         )
     plan = initial_plan(settings)
-    for worker in plan.workers:
-        values = worker_hparams(base_hparams, worker.hyperparameters, plan.end_epoch)
+    for index, worker in enumerate(plan.workers):
+        values = worker_hparams(base_hparams, worker.hyperparameters, plan.end_epoch, index)
         try:
             HParams.from_dict(values, import_plugins=False)
         except (TypeError, ValueError) as error:

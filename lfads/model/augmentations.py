@@ -1,12 +1,15 @@
 """Augmentations: they act on a session's batch before the forward pass and/or on its loss after.
 
-Interface (`Augmentation`): `process_batch(batch) -> (batch, memo)` and
+Interface (`Augmentation`): `process_batch(batch, generator) -> (batch, memo)` and
 `process_losses(losses, batch, memo, metrics) -> losses`, where `losses` is the
 elementwise reconstruction loss (B, T + F, H) and `memo` whatever the batch
 step wants to hand to the loss step (e.g. a mask). Either step may be left as
-the identity. An `AugmentationStack` applies its augmentations in list order,
-first to the batch, then to the losses; the model keeps one stack for training
-and one for validation and inference. Constructors take keyword arguments only
+the identity. Augmentations see one member's batch (no member axis) and draw their random
+numbers from `generator`, that member's stream (`torch.rand(..., generator=generator)`), so a
+member's draws do not depend on its pack. An `AugmentationStack` applies its augmentations in
+list order, first to the batch, then to the losses; the model keeps one stack for training
+and one for validation and inference per member, built from that member's hyperparameters
+(`MemberAugmentations`). Constructors take keyword arguments only
 (the options of the config); the options of coordinated_dropout and
 sample_validation that have flat hyperparameters (`cd_rate`, `sv_rate`, ...)
 are filled in from them by `lfads.model.hparams.HParams`.
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lfads.model.batch import SessionBatch
+from lfads.model.members import MemberRandom
 
 
 def pad_to(mask: torch.Tensor, like: torch.Tensor, value: float) -> torch.Tensor:
@@ -30,7 +34,9 @@ def pad_to(mask: torch.Tensor, like: torch.Tensor, value: float) -> torch.Tensor
 
 
 class Augmentation:
-    def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, Any]:
+    def process_batch(
+        self, batch: SessionBatch, generator: torch.Generator
+    ) -> tuple[SessionBatch, Any]:
         return batch, None
 
     def process_losses(
@@ -43,10 +49,12 @@ class AugmentationStack:
     def __init__(self, augmentations: list[Augmentation]):
         self.augmentations = list(augmentations)
 
-    def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, list[Any]]:
+    def process_batch(
+        self, batch: SessionBatch, generator: torch.Generator
+    ) -> tuple[SessionBatch, list[Any]]:
         memos = []
         for augmentation in self.augmentations:
-            batch, memo = augmentation.process_batch(batch)
+            batch, memo = augmentation.process_batch(batch, generator)
             memos.append(memo)
         return batch, memos
 
@@ -62,6 +70,59 @@ class AugmentationStack:
         return losses
 
 
+def _rand(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform [0, 1) shaped like `like`, from `generator` (torch.rand_like takes none)."""
+    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+class MemberAugmentations:
+    """One `AugmentationStack` per member, applied to each member's rows of a (P, B, ...) batch
+    with the member's own stream: members may differ in their augmentations' options (cd_rate)."""
+
+    def __init__(self, stacks: list[AugmentationStack]):
+        self.stacks = list(stacks)
+
+    @property
+    def empty(self) -> bool:
+        return not any(stack.augmentations for stack in self.stacks)
+
+    def process_batch(
+        self, batch: SessionBatch, random: MemberRandom
+    ) -> tuple[SessionBatch, list[list[Any]]]:
+        """batch (P, B, ...) -> the augmented batch (P, B, ...) and each member's memos."""
+        if self.empty:
+            return batch, [[] for _ in self.stacks]
+        generators = random.generators(batch.encod_data.device)
+        results = [
+            stack.process_batch(batch.member(m), generators[m])
+            for m, stack in enumerate(self.stacks)
+        ]
+        return SessionBatch.stack([b for b, _ in results]), [memos for _, memos in results]
+
+    def process_losses(
+        self,
+        losses: torch.Tensor,
+        batch: SessionBatch,
+        memos: list[list[Any]],
+        metrics: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """losses (P, B, T + F, H) -> (P, B, T + F, H); each member's extra scalars go into
+        `metrics` as (P,) tensors."""
+        if self.empty:
+            return losses
+        processed, found = [], []
+        # unbind, not losses[m]: each index's backward would write a zero tensor of all members
+        for m, (stack, member_losses) in enumerate(zip(self.stacks, losses.unbind(0))):
+            member_metrics: dict[str, torch.Tensor] = {}
+            processed.append(
+                stack.process_losses(member_losses, batch.member(m), memos[m], member_metrics)
+            )
+            found.append(member_metrics)
+        for name in found[0]:
+            metrics[name] = torch.stack([member[name] for member in found])
+        return torch.stack(processed)
+
+
 class CoordinatedDropout(Augmentation):
     """Mask a random `rate` of the encoder input elements (scaling the rest by 1 / (1 - rate)) and
     back-propagate the reconstruction only through the masked elements, so the model cannot learn
@@ -72,13 +133,13 @@ class CoordinatedDropout(Augmentation):
     def __init__(self, *, rate: float = 0.3, pass_rate: float = 0.0, ic_enc_seq_len: int = 0):
         self.rate, self.pass_rate, self.ic_enc_seq_len = rate, pass_rate, ic_enc_seq_len
 
-    def process_batch(self, batch: SessionBatch) -> tuple[SessionBatch, torch.Tensor | None]:
+    def process_batch(self, batch, generator):
         if self.rate == 0:
             return batch, None
         data = batch.encod_data
-        keep = torch.rand_like(data) >= self.rate  # (B, T, n_heldin)
+        keep = _rand(data, generator) >= self.rate  # (B, T, n_heldin)
         keep[:, : self.ic_enc_seq_len] = True
-        passes = torch.rand_like(data) < self.pass_rate
+        passes = _rand(data, generator) < self.pass_rate
         grad_mask = (~keep | passes).to(data.dtype)
         grad_mask[:, : self.ic_enc_seq_len] = 1.0
         return batch.replace(encod_data=data * keep / (1.0 - self.rate)), grad_mask
@@ -110,7 +171,7 @@ class SampleValidation(Augmentation):
         mask[:, : self.ic_enc_seq_len] = 1.0
         return mask
 
-    def process_batch(self, batch):
+    def process_batch(self, batch, generator):
         mask = self._mask(batch)
         if mask is None:
             return batch, None
@@ -134,20 +195,22 @@ class TemporalShift(Augmentation):
     def __init__(self, *, std: float = 3.0, max_shift: int = 6):
         self.std, self.max_shift = std, max_shift
 
-    def _shift(self, data: torch.Tensor) -> torch.Tensor:
+    def _shift(self, data: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch, n_bins, n_channels = data.shape
-        shifts = torch.round(
-            torch.randn(batch, 1, n_channels, device=data.device) * self.std
-        ).long()
+        noise = torch.randn(
+            batch, 1, n_channels, device=data.device, dtype=data.dtype, generator=generator
+        )
+        shifts = torch.round(noise * self.std).long()
         shifts = shifts.clamp(-self.max_shift, self.max_shift)
         source = (torch.arange(n_bins, device=data.device)[None, :, None] - shifts).clamp(
             0, n_bins - 1
         )
         return torch.gather(data, 1, source)
 
-    def process_batch(self, batch):
+    def process_batch(self, batch, generator):
         return batch.replace(
-            encod_data=self._shift(batch.encod_data), recon_data=self._shift(batch.recon_data)
+            encod_data=self._shift(batch.encod_data, generator),
+            recon_data=self._shift(batch.recon_data, generator),
         ), None
 
 
@@ -157,7 +220,7 @@ class SpikeJitter(Augmentation):
     def __init__(self, *, width: int = 2):
         self.width = width
 
-    def _jitter(self, data: torch.Tensor) -> torch.Tensor:
+    def _jitter(self, data: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         missing = torch.isnan(data)
         counts = torch.nan_to_num(data).round().long()
         n_bins = data.shape[1]
@@ -169,7 +232,9 @@ class SpikeJitter(Augmentation):
         if not trial:
             return data
         trial, time, channel = torch.cat(trial), torch.cat(time), torch.cat(channel)
-        time = time + torch.randint(-self.width, self.width + 1, time.shape, device=data.device)
+        time = time + torch.randint(
+            -self.width, self.width + 1, time.shape, device=data.device, generator=generator
+        )
         time = time.abs()  # reflect below 0
         time = torch.where(time > n_bins - 1, 2 * (n_bins - 1) - time, time)  # and above T - 1
         jittered = torch.zeros_like(data)
@@ -178,9 +243,10 @@ class SpikeJitter(Augmentation):
         )
         return jittered.masked_fill(missing, float("nan"))
 
-    def process_batch(self, batch):
+    def process_batch(self, batch, generator):
         return batch.replace(
-            encod_data=self._jitter(batch.encod_data), recon_data=self._jitter(batch.recon_data)
+            encod_data=self._jitter(batch.encod_data, generator),
+            recon_data=self._jitter(batch.recon_data, generator),
         ), None
 
 
@@ -193,7 +259,7 @@ class SelectiveBackprop(Augmentation):
         # placeholder target where data are NaN (any value in every model's support)
         self.fill_value = fill_value
 
-    def process_batch(self, batch):
+    def process_batch(self, batch, generator):
         missing = torch.isnan(batch.recon_data)
         batch = batch.replace(
             encod_data=torch.nan_to_num(batch.encod_data, nan=0.0),

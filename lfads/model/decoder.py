@@ -11,7 +11,6 @@ chosen once, when the model is built (`lfads.model.loops`); the numbers are the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -19,80 +18,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfads.model.gru import ClippedGRUCell, fan_in_linear
+from lfads.model.gru import ClippedGRUCell
+from lfads.model.members import MemberDropout, MemberLinear, MemberRandom, member_linear
 from lfads.model.priors import Prior
 
 if TYPE_CHECKING:
     from lfads.model.loops import RecurrentLoops
 
 
-class RowNormalizedLinear(nn.Linear):
+class RowNormalizedLinear(MemberLinear):
     """Linear map whose weight rows are scaled to unit L2 norm (keeps factors on a fixed scale)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, p=2, dim=1), self.bias)
+        return member_linear(x, F.normalize(self.weight, p=2, dim=2), self.bias)
 
 
 @dataclass
 class DecoderOutput:
-    gen_states: torch.Tensor  # (B, T + F, gen_dim)
-    factors: torch.Tensor  # (B, T + F, fac_dim)
-    co_mean: torch.Tensor  # (B, T + F, co_dim) posterior mean of u_t (width 0 without controller)
-    co_std: torch.Tensor  # (B, T + F, co_dim) posterior std of u_t
+    gen_states: torch.Tensor  # (P, B, T + F, gen_dim)
+    factors: torch.Tensor  # (P, B, T + F, fac_dim)
+    co_mean: (
+        torch.Tensor
+    )  # (P, B, T + F, co_dim) posterior mean of u_t (width 0 without controller)
+    co_std: torch.Tensor  # (P, B, T + F, co_dim) posterior std of u_t
 
 
 @dataclass
 class DecoderNoise:
     """Every random draw of one unroll, made before the loop so that all paths see the same numbers.
 
-    eps (T + F, B, co_dim): standard noise of u_t's posterior, None to use the mean (or when the
-    prior draws its own samples: `sampler`); factor_masks (T + F, B, fac_dim): dropout of the
-    controller's factor input; gen_masks (T + F + 1, B, gen_dim): dropout of the generator state
-    before each factor readout (index 0: the initial state). Masks are None in eval mode.
+    eps (T + F, P, B, co_dim): standard noise of u_t's posterior, None to use the mean (or when
+    the prior draws its own samples: `sampler`); factor_masks (T + F, P, B, fac_dim): dropout of
+    the controller's factor input; gen_masks (T + F + 1, P, B, gen_dim): dropout of the generator
+    state before each factor readout (index 0: the initial state). Masks are None in eval mode.
     """
 
     eps: torch.Tensor | None
     factor_masks: torch.Tensor | None
     gen_masks: torch.Tensor | None
     sampler: Prior | None = None
+    random: MemberRandom | None = None  # the members' streams, for `sampler`
 
     def inferred_input(self, mean: torch.Tensor, std: torch.Tensor, t: int) -> torch.Tensor:
-        """u_t from its posterior (mean, std (B, co_dim)) with this unroll's draws of bin t."""
+        """u_t from its posterior (mean, std (P, B, co_dim)) with this unroll's draws of bin t."""
         if self.eps is not None:
             return mean + std * self.eps[t]
         if self.sampler is not None:
-            return self.sampler.sample(mean, std)
+            return self.sampler.sample(mean, std, self.random)
         return mean
 
 
 class DecoderState(NamedTuple):
     """What one bin of the cell hands to the next."""
 
-    con_state: torch.Tensor | None  # (B, con_dim); None without a controller
-    gen_state: torch.Tensor  # (B, gen_dim)
-    factor: torch.Tensor  # (B, fac_dim)
+    con_state: torch.Tensor | None  # (P, B, con_dim); None without a controller
+    gen_state: torch.Tensor  # (P, B, gen_dim)
+    factor: torch.Tensor  # (P, B, fac_dim)
 
 
-def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
-    """Dropout mask: 0 with probability p (rounded to a multiple of 1/65536), else 1 / (1 - p).
-
-    Built from 16 random bits per element, four per 64-bit draw: a quarter of the
-    generator calls of `bernoulli_` (measured 3-4x faster for a whole unroll's masks on CPU).
-    """
-    count = math.prod(shape)
-    words = torch.randint(
-        -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=like.device
-    )
-    # int16 is uniform on [-32768, 32767]
-    keep = words.view(torch.int16)[:count] >= round(p * 65536) - 32768
-    return (keep.to(like.dtype) * (1.0 / (1.0 - p))).view(shape)
+def _time_major_draws(draws: torch.Tensor) -> torch.Tensor:
+    """(P, T, B, D) draws of each member -> (T, P, B, D), contiguous for the loops."""
+    return draws.transpose(0, 1).contiguous()
 
 
 class Decoder(nn.Module):
     """g_init from the IC sample, then per bin: controller -> u_t posterior -> generator -> factors.
 
-    ci_dim: width of the controller inputs (both CI encoder directions); loops: how the unroll
-    runs (`lfads.model.loops.recurrent_loops`).
+    ci_dim: width of the controller inputs (both CI encoder directions); dropout: each member's
+    rate; generators: each member's initial-weight stream; loops: how the unroll runs
+    (`lfads.model.loops.recurrent_loops`).
     """
 
     def __init__(
@@ -106,44 +100,53 @@ class Decoder(nn.Module):
         ci_dim: int,
         ext_input_dim: int,
         use_controller: bool,
-        dropout: float,
+        dropout: list[float],
         cell_clip: float,
         loops: RecurrentLoops,
+        generators: list[torch.Generator],
     ):
         super().__init__()
         self.use_controller, self.loops = use_controller, loops
         self.co_dim = co_dim if use_controller else 0
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = MemberDropout(dropout)
         # layers are created in this order because their initial weights are drawn in it
-        self.ic_to_g0 = fan_in_linear(ic_dim, gen_dim)
+        self.ic_to_g0 = MemberLinear(ic_dim, gen_dim, generators)
         self.generator = ClippedGRUCell(
-            input_size=self.co_dim + ext_input_dim, hidden_size=gen_dim, clip=cell_clip
+            input_size=self.co_dim + ext_input_dim,
+            hidden_size=gen_dim,
+            clip=cell_clip,
+            generators=generators,
         )
-        self.factor_linear = RowNormalizedLinear(gen_dim, fac_dim, bias=False)
-        nn.init.normal_(self.factor_linear.weight, std=gen_dim**-0.5)
+        self.factor_linear = RowNormalizedLinear(
+            gen_dim, fac_dim, generators, bias=False, std=gen_dim**-0.5
+        )
         if use_controller:
             self.ci_dim = ci_dim
             self.controller = ClippedGRUCell(
-                input_size=ci_dim + fac_dim, hidden_size=con_dim, clip=cell_clip
+                input_size=ci_dim + fac_dim,
+                hidden_size=con_dim,
+                clip=cell_clip,
+                generators=generators,
             )
-            self.co_linear = fan_in_linear(con_dim, 2 * co_dim)  # -> [mean | log-variance]
-            self.con_h0 = nn.Parameter(torch.zeros(con_dim))
+            self.co_linear = MemberLinear(con_dim, 2 * co_dim, generators)  # -> [mean | log-var]
+            self.con_h0 = nn.Parameter(torch.zeros(len(generators), con_dim))
 
     def forward(
         self,
         ic_sample: torch.Tensor,
         ci: torch.Tensor,
         ext_input: torch.Tensor,
+        random: MemberRandom,
         co_prior: Prior | None = None,
     ) -> DecoderOutput:
         """Unroll over T + F bins.
 
-        ic_sample (B, ic_dim); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
+        ic_sample (P, B, ic_dim); ci (P, B, T + F, ci_dim); ext_input (P, B, T + F, ext_input_dim).
         co_prior: draws u_t from its posterior; None uses the posterior mean.
         """
-        gen_init = self.ic_to_g0(ic_sample)  # (B, G)
-        ci, ext_input = self.dropout(ci), self.dropout(ext_input)
-        noise = self.draw_noise(ci.shape[0], ci.shape[1], co_prior, ci)
+        gen_init = self.ic_to_g0(ic_sample)  # (P, B, G)
+        ci, ext_input = self.dropout(ci, random), self.dropout(ext_input, random)
+        noise = self.draw_noise(ci.shape[1], ci.shape[2], co_prior, ci, random)
         # a prior that draws its own samples is drawn bin by bin, so only in the plain loop
         unroll = self.loops.unroll_decoder if noise.sampler is None else unroll_plain
         return unroll(self, gen_init, ci, ext_input, noise)
@@ -158,7 +161,8 @@ class Decoder(nn.Module):
     ) -> tuple[DecoderState, torch.Tensor | None, torch.Tensor | None]:
         """The LFADS cell at bin t -> (new state, co_mean, co_std); co_* None without a controller.
 
-        ci_t (B, ci_dim), ext_t (B, ext_input_dim): this bin's controller and external inputs.
+        ci_t (P, B, ci_dim), ext_t (P, B, ext_input_dim): this bin's controller and external
+        inputs.
         """
         con_state, gen_state, factor = state
         co_mean = co_std = None
@@ -166,13 +170,13 @@ class Decoder(nn.Module):
             # controller: this bin's inputs and the factors of the bin before
             masks = noise.factor_masks
             factor_in = factor * masks[t] if masks is not None else factor
-            con_input = torch.cat([ci_t, factor_in], dim=1)
+            con_input = torch.cat([ci_t, factor_in], dim=-1)
             con_state = self.controller.reference_step(con_input, con_state)
             # inferred-input posterior, and u_t drawn from it
-            co_mean, co_logvar = self.co_linear(con_state).chunk(2, dim=1)
+            co_mean, co_logvar = self.co_linear(con_state).chunk(2, dim=-1)
             co_std = torch.exp(0.5 * co_logvar)
             u = noise.inferred_input(co_mean, co_std, t)
-            gen_input = torch.cat([u, ext_t], dim=1)
+            gen_input = torch.cat([u, ext_t], dim=-1)
         else:
             gen_input = ext_t
         # generator
@@ -184,18 +188,27 @@ class Decoder(nn.Module):
     def read_factors(
         self, gen_state: torch.Tensor, gen_masks: torch.Tensor | None, index: int
     ) -> torch.Tensor:
-        """Factors (B, fac_dim) of a generator state (B, gen_dim) after dropout gen_masks[index]."""
+        """Factors (P, B, fac_dim) of a generator state (P, B, gen_dim) after gen_masks[index]."""
         return self.factor_linear(
             gen_state * gen_masks[index] if gen_masks is not None else gen_state
         )
 
     def draw_noise(
-        self, batch: int, n_bins: int, co_prior: Prior | None, like: torch.Tensor
+        self,
+        batch: int,
+        n_bins: int,
+        co_prior: Prior | None,
+        like: torch.Tensor,
+        random: MemberRandom,
     ) -> DecoderNoise:
-        dropout = self.training and self.dropout.p > 0
+        """Each member's draws from its own stream, in a fixed order: generator masks, factor
+        masks, then the inferred inputs' noise."""
+        dropout = self.training and bool((self.dropout.p > 0).any())
 
         def mask(*shape: int) -> torch.Tensor | None:
-            return dropout_mask(shape, self.dropout.p, like) if dropout else None
+            if not dropout:
+                return None
+            return _time_major_draws(random.dropout_mask(shape, self.dropout.p, like))
 
         gen_masks = mask(n_bins + 1, batch, self.generator.hidden_size)
         factor_masks = (
@@ -204,12 +217,9 @@ class Decoder(nn.Module):
         if not self.use_controller or co_prior is None:
             return DecoderNoise(None, factor_masks, gen_masks)
         if not co_prior.location_scale:
-            return DecoderNoise(None, factor_masks, gen_masks, sampler=co_prior)
-        return DecoderNoise(
-            co_prior.standard_noise(like.new_empty(n_bins, batch, self.co_dim)),
-            factor_masks,
-            gen_masks,
-        )
+            return DecoderNoise(None, factor_masks, gen_masks, sampler=co_prior, random=random)
+        eps = co_prior.standard_noise((n_bins, batch, self.co_dim), like, random)
+        return DecoderNoise(_time_major_draws(eps), factor_masks, gen_masks)
 
     def recurrent_weights(self) -> dict[str, list[torch.Tensor]]:
         weights = {"gen": [self.generator.weight_hh]}
@@ -227,20 +237,24 @@ def unroll_plain(
 ) -> DecoderOutput:
     """`Decoder.step` bin by bin: the reference every other unroll must match.
 
-    gen_init (B, gen_dim); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
+    gen_init (P, B, gen_dim); ci (P, B, T + F, ci_dim); ext_input (P, B, T + F, ext_input_dim).
     """
-    batch, n_bins, _ = ci.shape
-    con_h0 = decoder.con_h0.expand(batch, -1) if decoder.use_controller else None
+    n_members, batch, n_bins, _ = ci.shape
+    con_h0 = (
+        decoder.con_h0.unsqueeze(1).expand(n_members, batch, -1) if decoder.use_controller else None
+    )
     state = DecoderState(con_h0, gen_init, decoder.read_factors(gen_init, noise.gen_masks, 0))
     gen_states, factors, co_means, co_stds = [], [], [], []
     for t in range(n_bins):
-        state, co_mean, co_std = decoder.step(state, ci[:, t], ext_input[:, t], noise, t)
+        state, co_mean, co_std = decoder.step(state, ci[:, :, t], ext_input[:, :, t], noise, t)
         gen_states.append(state.gen_state), factors.append(state.factor)
         if co_mean is not None:
             co_means.append(co_mean), co_stds.append(co_std)
 
-    def stacked(column: list[torch.Tensor]) -> torch.Tensor:  # per-bin (B, D) -> (B, T + F, D)
-        return torch.stack(column, dim=1) if column else ci.new_zeros(batch, n_bins, 0)
+    def stacked(
+        column: list[torch.Tensor],
+    ) -> torch.Tensor:  # (P, B, D) per bin -> (P, B, T + F, D)
+        return torch.stack(column, dim=2) if column else ci.new_zeros(n_members, batch, n_bins, 0)
 
     return DecoderOutput(
         gen_states=stacked(gen_states),

@@ -24,8 +24,10 @@ the generator GRU through the factors:
 with the ci and ext halves of the input projections (and biases) precomputed
 for all bins, dropout masks mf, mg and standard noise eps drawn before the loop.
 
-Activations are kept time-major, (T, ..., width), so that every step reads
-and writes contiguous blocks; outputs are returned as (B, T, width) views.
+Every tensor has the members' axis P before the trials' (members are independent: each member's
+matrices multiply only its own rows, with `torch.baddbmm`/`bmm`). Activations are kept
+time-major, (T, P, B, width), so that every step reads and writes contiguous blocks; outputs are
+returned as (P, B, T, width) views.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lfads.model.decoder import Decoder, DecoderNoise, DecoderOutput
+from lfads.model.members import member_linear
 
 
 def _tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,7 +67,7 @@ def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm, out=(None, None, None)):
 
 
 def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, None)):
-    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T (batched or not).
+    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T, batched.
 
     out: optional (d x_zr, d x_n) tensors to write into.
     """
@@ -74,23 +77,17 @@ def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, 
     z, r = gates.chunk(2, dim=-1)
     dn = torch.mul(dh_new * (1.0 - z), 1.0 - n * n, out=d_n_out)  # through tanh: d(x_n + (r h) U_n)
     drh = mm_t(dn, u_n)
-    d_gates = torch.mul(
-        torch.cat([dh_new * (h - n), drh * h], dim=-1), gates * (1.0 - gates), out=d_zr_out
-    )
+    # [d z | d r] through the sigmoids, each half written in place (no concatenated copy)
+    d_gates = d_zr_out if d_zr_out is not None else torch.empty_like(gates)
+    d_z, d_r = d_gates.chunk(2, dim=-1)
+    torch.mul(dh_new * (h - n), z * (1.0 - z), out=d_z)
+    torch.mul(drh * h, r * (1.0 - r), out=d_r)
     dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
     return d_gates, dn, dh
 
 
-def _addmm(x, h, u):
-    return torch.addmm(x, h, u)
-
-
 def _baddbmm(x, h, u):
     return torch.baddbmm(x, h, u)
-
-
-def _mm_t(a, b):
-    return a @ b.T
 
 
 def _bmm_t(a, b):
@@ -180,34 +177,35 @@ class DecoderLoopInputs(NamedTuple):
 
     `autograd.Function.apply` takes positional arguments: `DecoderLoop.apply(*inputs)`, and the
     backward returns its gradients as one of these (None where there is none).
-    Controller fields are None without a controller. Time axis: T = T + F bins of the model.
+    Controller fields are None without a controller. Time axis: T = T + F bins of the model;
+    P: members.
     """
 
-    con_zr: torch.Tensor | None  # (B, T, 2C) controller gates' input projection (ci, bias)
-    con_n: torch.Tensor | None  # (B, T, C) controller candidate's input projection
-    gen_zr: torch.Tensor  # (B, T, 2G) generator gates' input projection (ext, bias)
-    gen_n: torch.Tensor  # (B, T, G) generator candidate's input projection
-    gen_init: torch.Tensor  # (B, G) g_init
-    con_h0: torch.Tensor | None  # (B, C) controller state before the first bin
-    w_fac_zr: torch.Tensor | None  # (F, 2C) factors -> controller gates (transposed weights)
-    w_fac_n: torch.Tensor | None  # (F, C) factors -> controller candidate
-    uc_zr: torch.Tensor | None  # (C, 2C) controller recurrent weights of the gates
-    uc_n: torch.Tensor | None  # (C, C) controller recurrent weights of the candidate
-    w_co: torch.Tensor | None  # (C, 2K) controller state -> [mean | logvar] of u
-    b_co: torch.Tensor | None  # (2K,)
-    w_u_zr: torch.Tensor | None  # (K, 2G) u -> generator gates
-    w_u_n: torch.Tensor | None  # (K, G) u -> generator candidate
-    ug_zr: torch.Tensor  # (G, 2G) generator recurrent weights of the gates
-    ug_n: torch.Tensor  # (G, G) generator recurrent weights of the candidate
-    w_factor: torch.Tensor  # (G, F) generator state -> factors (rows normalised)
-    eps: torch.Tensor | None  # (T, B, K) standard noise of u, None: u is the mean
-    factor_masks: torch.Tensor | None  # (T, B, F) dropout mf of the controller's factor input
-    gen_masks: torch.Tensor | None  # (T + 1, B, G) dropout mg of the state before each readout
+    con_zr: torch.Tensor | None  # (P, B, T, 2C) controller gates' input projection (ci, bias)
+    con_n: torch.Tensor | None  # (P, B, T, C) controller candidate's input projection
+    gen_zr: torch.Tensor  # (P, B, T, 2G) generator gates' input projection (ext, bias)
+    gen_n: torch.Tensor  # (P, B, T, G) generator candidate's input projection
+    gen_init: torch.Tensor  # (P, B, G) g_init
+    con_h0: torch.Tensor | None  # (P, B, C) controller state before the first bin
+    w_fac_zr: torch.Tensor | None  # (P, F, 2C) factors -> controller gates (transposed weights)
+    w_fac_n: torch.Tensor | None  # (P, F, C) factors -> controller candidate
+    uc_zr: torch.Tensor | None  # (P, C, 2C) controller recurrent weights of the gates
+    uc_n: torch.Tensor | None  # (P, C, C) controller recurrent weights of the candidate
+    w_co: torch.Tensor | None  # (P, C, 2K) controller state -> [mean | logvar] of u
+    b_co: torch.Tensor | None  # (P, 2K)
+    w_u_zr: torch.Tensor | None  # (P, K, 2G) u -> generator gates
+    w_u_n: torch.Tensor | None  # (P, K, G) u -> generator candidate
+    ug_zr: torch.Tensor  # (P, G, 2G) generator recurrent weights of the gates
+    ug_n: torch.Tensor  # (P, G, G) generator recurrent weights of the candidate
+    w_factor: torch.Tensor  # (P, G, F) generator state -> factors (rows normalised)
+    eps: torch.Tensor | None  # (T, P, B, K) standard noise of u, None: u is the mean
+    factor_masks: torch.Tensor | None  # (T, P, B, F) dropout mf of the controller's factor input
+    gen_masks: torch.Tensor | None  # (T + 1, P, B, G) dropout mg of the state before each readout
     clip: float  # every state is clipped to +-clip
 
 
 class DecoderLoopOutputs(NamedTuple):
-    """What `DecoderLoop` returns, each (B, T, .); controller outputs have width 0 without one."""
+    """What `DecoderLoop` returns, each (P, B, T, .); controller outputs are 0 wide without one."""
 
     gen_states: torch.Tensor  # g_t
     factors: torch.Tensor  # f_t
@@ -218,7 +216,7 @@ class DecoderLoopOutputs(NamedTuple):
 
 
 class _DecoderLoopSaved(NamedTuple):
-    """What the forward keeps for the backward (time-major activations, (T, B, .))."""
+    """What the forward keeps for the backward (time-major activations, (T, P, B, .))."""
 
     gen_init: torch.Tensor
     con_h0: torch.Tensor | None
@@ -261,39 +259,39 @@ class DecoderLoop(torch.autograd.Function):
         mf, mg = inputs.factor_masks, inputs.gen_masks
         controller = con_zr is not None
         keep = any(ctx.needs_input_grad)  # inference keeps no activations
-        batch, n_bins = gen_zr.shape[:2]
-        gen_zr, gen_n, con_zr, con_n = (_time_major(x, 1) for x in (gen_zr, gen_n, con_zr, con_n))
+        n_members, batch, n_bins = gen_zr.shape[:3]
+        gen_zr, gen_n, con_zr, con_n = (_time_major(x, 2) for x in (gen_zr, gen_n, con_zr, con_n))
 
         def buffer(width: int, needed: bool = True) -> torch.Tensor | None:
-            return gen_init.new_empty(n_bins, batch, width) if needed else None
+            return gen_init.new_empty(n_bins, n_members, batch, width) if needed else None
 
-        gs, fs = buffer(ug_n.shape[0]), buffer(w_factor.shape[1])
-        g_gates, g_ns = buffer(ug_zr.shape[1], keep), buffer(ug_n.shape[1], keep)
+        gs, fs = buffer(ug_n.shape[1]), buffer(w_factor.shape[2])
+        g_gates, g_ns = buffer(ug_zr.shape[2], keep), buffer(ug_n.shape[2], keep)
         if controller:
-            n_u = w_u_zr.shape[0]
-            cs, means, stds, us = buffer(uc_n.shape[0]), buffer(n_u), buffer(n_u), buffer(n_u)
-            c_gates, c_ns = buffer(uc_zr.shape[1], keep), buffer(uc_n.shape[1], keep)
+            n_u = w_u_zr.shape[1]
+            cs, means, stds, us = buffer(uc_n.shape[1]), buffer(n_u), buffer(n_u), buffer(n_u)
+            c_gates, c_ns = buffer(uc_zr.shape[2], keep), buffer(uc_n.shape[2], keep)
         g, c = gen_init, con_h0
-        f = (g * mg[0] if mg is not None else g) @ w_factor
+        f = torch.bmm(g * mg[0] if mg is not None else g, w_factor)
         for t in range(n_bins):
             x_zr, x_n = gen_zr[t], gen_n[t]  # the generator's projected inputs
             if controller:
                 fi = f * mf[t] if mf is not None else f
                 c, _, _ = _gru_forward(
-                    torch.addmm(con_zr[t], fi, w_fac_zr),
-                    torch.addmm(con_n[t], fi, w_fac_n),
+                    torch.baddbmm(con_zr[t], fi, w_fac_zr),
+                    torch.baddbmm(con_n[t], fi, w_fac_n),
                     c,
                     uc_zr,
                     uc_n,
                     clip,
-                    _addmm,
+                    _baddbmm,
                     (cs[t], c_gates[t] if keep else None, c_ns[t] if keep else None),
                 )
-                mean, logvar = torch.addmm(b_co, c, w_co).chunk(2, dim=1)
+                mean, logvar = torch.baddbmm(b_co.unsqueeze(1), c, w_co).chunk(2, dim=2)
                 means[t] = mean
                 std = torch.exp(0.5 * logvar, out=stds[t])
                 u = torch.addcmul(mean, std, eps[t], out=us[t]) if eps is not None else mean
-                x_zr, x_n = torch.addmm(x_zr, u, w_u_zr), torch.addmm(x_n, u, w_u_n)
+                x_zr, x_n = torch.baddbmm(x_zr, u, w_u_zr), torch.baddbmm(x_n, u, w_u_n)
             g, _, _ = _gru_forward(
                 x_zr,
                 x_n,
@@ -301,12 +299,12 @@ class DecoderLoop(torch.autograd.Function):
                 ug_zr,
                 ug_n,
                 clip,
-                _addmm,
+                _baddbmm,
                 (gs[t], g_gates[t] if keep else None, g_ns[t] if keep else None),
             )
-            f = torch.mm(g * mg[t + 1] if mg is not None else g, w_factor, out=fs[t])
+            f = torch.bmm(g * mg[t + 1] if mg is not None else g, w_factor, out=fs[t])
         if not controller:
-            cs = means = stds = us = gen_init.new_zeros(n_bins, batch, 0)
+            cs = means = stds = us = gen_init.new_zeros(n_bins, n_members, batch, 0)
             c_gates = c_ns = None
         elif eps is None:  # u is the mean (a separate output tensor)
             us = means.clone()
@@ -343,7 +341,7 @@ class DecoderLoop(torch.autograd.Function):
         outputs = DecoderLoopOutputs(
             gen_states=gs, factors=fs, con_states=cs, co_mean=means, co_std=stds, u=us
         )
-        return tuple(x.transpose(0, 1) for x in outputs)
+        return tuple(x.movedim(0, 2) for x in outputs)
 
     @staticmethod
     def backward(ctx, *output_grads):
@@ -360,7 +358,7 @@ class DecoderLoop(torch.autograd.Function):
         eps, mf, mg = saved.eps, saved.mf, saved.mg
         gs, fs, g_gates, g_ns = saved.gs, saved.fs, saved.g_gates, saved.g_ns
         cs, c_gates, c_ns, stds, us = saved.cs, saved.c_gates, saved.c_ns, saved.stds, saved.us
-        d_out = DecoderLoopOutputs(*(_time_major(x, 1) for x in output_grads))
+        d_out = DecoderLoopOutputs(*(_time_major(x, 2) for x in output_grads))
         d_g_out, d_f_out, d_c_out = d_out.gen_states, d_out.factors, d_out.con_states
         d_mean_out, d_std_out, d_u_out = d_out.co_mean, d_out.co_std, d_out.u
         clip, controller = ctx.clip, ctx.controller
@@ -373,13 +371,13 @@ class DecoderLoop(torch.autograd.Function):
         if controller:
             c_prev = torch.cat([con_h0.unsqueeze(0), cs[:-1]])
             d_c_zr, d_c_n = torch.empty_like(c_gates), torch.empty_like(c_ns)
-            d_co = gs.new_empty(n_bins, gs.shape[1], 2 * stds.shape[2])
-            n_u = stds.shape[2]
+            d_co = gs.new_empty(*gs.shape[:3], 2 * stds.shape[3])
+            n_u = stds.shape[3]
             dc = torch.zeros_like(con_h0)
         for t in reversed(range(n_bins)):
             # f_t feeds the factors output and bin t + 1
             df = torch.add(d_f_out[t], df, out=d_fs[t + 1])
-            d_gm = df @ w_factor.T
+            d_gm = _bmm_t(df, w_factor)
             dg_new = d_g_out[t] + dg + (d_gm * mg[t + 1] if mg is not None else d_gm)
             _, _, dg = _gru_backward(
                 dg_new,
@@ -390,16 +388,20 @@ class DecoderLoop(torch.autograd.Function):
                 ug_zr,
                 ug_n,
                 clip,
-                _mm_t,
+                _bmm_t,
                 (d_g_zr[t], d_g_n[t]),
             )
             if controller:
-                du = torch.addmm(torch.addmm(d_u_out[t], d_g_zr[t], w_u_zr.T), d_g_n[t], w_u_n.T)
+                du = torch.baddbmm(
+                    torch.baddbmm(d_u_out[t], d_g_zr[t], w_u_zr.transpose(1, 2)),
+                    d_g_n[t],
+                    w_u_n.transpose(1, 2),
+                )
                 # u = mean + std * eps, std = exp(logvar / 2)
                 d_std = d_std_out[t] + du * eps[t] if eps is not None else d_std_out[t]
-                torch.add(d_mean_out[t], du, out=d_co[t, :, :n_u])
-                torch.mul(d_std, 0.5 * stds[t], out=d_co[t, :, n_u:])
-                dc_new = torch.addmm(d_c_out[t] + dc, d_co[t], w_co.T)
+                torch.add(d_mean_out[t], du, out=d_co[t, ..., :n_u])
+                torch.mul(d_std, 0.5 * stds[t], out=d_co[t, ..., n_u:])
+                dc_new = torch.baddbmm(d_c_out[t] + dc, d_co[t], w_co.transpose(1, 2))
                 _, _, dc = _gru_backward(
                     dc_new,
                     cs[t],
@@ -409,43 +411,51 @@ class DecoderLoop(torch.autograd.Function):
                     uc_zr,
                     uc_n,
                     clip,
-                    _mm_t,
+                    _bmm_t,
                     (d_c_zr[t], d_c_n[t]),
                 )
-                d_fi = torch.addmm(d_c_zr[t] @ w_fac_zr.T, d_c_n[t], w_fac_n.T)
+                d_fi = torch.baddbmm(_bmm_t(d_c_zr[t], w_fac_zr), d_c_n[t], w_fac_n.transpose(1, 2))
                 df = d_fi * mf[t] if mf is not None else d_fi
             else:
                 df = torch.zeros_like(df)
         d_fs[0] = df  # f_{-1} = (g_init * mg_0) @ w_factor
-        d_init_factor = df @ w_factor.T
+        d_init_factor = _bmm_t(df, w_factor)
         d_gen_init = dg + (d_init_factor * mg[0] if mg is not None else d_init_factor)
 
-        def weight_grad(inputs, grads):  # sum over bins and trials of inputs^T grads: one matmul
-            return inputs.reshape(-1, inputs.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
+        def weight_grad(inputs, grads):
+            """Per member, the sum over bins and trials of inputs^T grads: one bmm.
 
-        hidden = gs.shape[2]
-        # (T + 1, B, G): g_{-1} = g_init .. g_{T-1}
+            inputs (T, P, B, a), grads (T, P, B, b) -> (P, a, b)."""
+            inputs, grads = inputs.transpose(0, 1), grads.transpose(0, 1)  # (P, T, B, .)
+            return torch.bmm(
+                inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]).transpose(1, 2),
+                grads.reshape(grads.shape[0], -1, grads.shape[-1]),
+            )
+
+        hidden = gs.shape[3]
+        # (T + 1, P, B, G): g_{-1} = g_init .. g_{T-1}
         factor_inputs = torch.cat([gen_init.unsqueeze(0), gs])
         if mg is not None:
             factor_inputs = factor_inputs * mg
         grads: dict[str, torch.Tensor] = {
-            "gen_zr": d_g_zr.transpose(0, 1),
-            "gen_n": d_g_n.transpose(0, 1),
+            "gen_zr": d_g_zr.movedim(0, 2),
+            "gen_n": d_g_n.movedim(0, 2),
             "gen_init": d_gen_init,
             "ug_zr": weight_grad(g_prev, d_g_zr),
             "ug_n": weight_grad(g_gates[..., hidden:] * g_prev, d_g_n),
             "w_factor": weight_grad(factor_inputs, d_fs),
         }
         if controller:
-            fi = torch.cat([(factor_inputs[0] @ w_factor).unsqueeze(0), fs[:-1]])  # f_{t-1} per bin
+            # f_{t-1} per bin
+            fi = torch.cat([torch.bmm(factor_inputs[0], w_factor).unsqueeze(0), fs[:-1]])
             if mf is not None:
                 fi = fi * mf
-            con_hidden = cs.shape[2]
-            grads.update(con_zr=d_c_zr.transpose(0, 1), con_n=d_c_n.transpose(0, 1), con_h0=dc)
+            con_hidden = cs.shape[3]
+            grads.update(con_zr=d_c_zr.movedim(0, 2), con_n=d_c_n.movedim(0, 2), con_h0=dc)
             grads.update(w_fac_zr=weight_grad(fi, d_c_zr), w_fac_n=weight_grad(fi, d_c_n))
             grads["uc_zr"] = weight_grad(c_prev, d_c_zr)
             grads["uc_n"] = weight_grad(c_gates[..., con_hidden:] * c_prev, d_c_n)
-            grads.update(w_co=weight_grad(cs, d_co), b_co=d_co.sum(dim=(0, 1)))
+            grads.update(w_co=weight_grad(cs, d_co), b_co=d_co.sum(dim=(0, 2)))
             grads.update(w_u_zr=weight_grad(us, d_g_zr), w_u_n=weight_grad(us, d_g_n))
         # eps, the masks and clip get none
         return tuple(grads.get(name) for name in DecoderLoopInputs._fields)
@@ -462,30 +472,33 @@ def unroll_fused(
 
     The inputs known before the loop (controller inputs, external inputs, biases) are projected
     for all bins in one matmul, and the weights split and transposed once.
-    gen_init (B, G); ci (B, T + F, ci_dim); ext_input (B, T + F, ext_input_dim).
+    gen_init (P, B, G); ci (P, B, T + F, ci_dim); ext_input (P, B, T + F, ext_input_dim).
     """
     gen, n_u = decoder.generator, decoder.co_dim
-    w_u, w_ext = gen.weight_ih.split([n_u, gen.input_size - n_u], dim=1)
-    batch, n_bins, _ = ci.shape
-    if ext_input.shape[2]:
-        gen_proj = ext_input @ w_ext.T + gen.bias_ih
-    else:  # no external inputs: the bias alone, broadcast (no (B, T + F, 3G) tensor of zeros)
-        gen_proj = gen.bias_ih.expand(batch, n_bins, -1)
-    gen_zr, gen_n = gen.split_projection(gen_proj)  # (B, T + F, 2G), (B, T + F, G)
-    w_u_zr, w_u_n = gen.split_projection(w_u.T)
+    w_u, w_ext = gen.weight_ih.split([n_u, gen.input_size - n_u], dim=2)
+    n_members, batch, n_bins, _ = ci.shape
+    if ext_input.shape[3]:
+        gen_proj = member_linear(ext_input, w_ext, gen.bias_ih)
+    else:  # no external inputs: the bias alone, broadcast (no (P, B, T + F, 3G) tensor of zeros)
+        gen_proj = gen.bias_ih[:, None, None].expand(n_members, batch, n_bins, -1)
+    gen_zr, gen_n = gen.split_projection(gen_proj)  # (P, B, T + F, 2G), (P, B, T + F, G)
+    w_u_zr, w_u_n = gen.split_projection(w_u.transpose(1, 2))
     ug_zr, ug_n = gen.split_recurrent()
-    w_factor = F.normalize(decoder.factor_linear.weight, p=2, dim=1).T  # (G, fac)
+    w_factor = F.normalize(decoder.factor_linear.weight, p=2, dim=2).transpose(1, 2)  # (P, G, fac)
     controller: dict[str, torch.Tensor | None] = dict.fromkeys(
         ("con_zr", "con_n", "con_h0", "w_fac_zr", "w_fac_n", "uc_zr", "uc_n", "w_co", "b_co")
     )
     if decoder.use_controller:
         con, ci_dim = decoder.controller, decoder.ci_dim
-        w_ci, w_fac = con.weight_ih.split([ci_dim, con.input_size - ci_dim], dim=1)
-        controller["con_zr"], controller["con_n"] = con.split_projection(ci @ w_ci.T + con.bias_ih)
-        controller["w_fac_zr"], controller["w_fac_n"] = con.split_projection(w_fac.T)
+        w_ci, w_fac = con.weight_ih.split([ci_dim, con.input_size - ci_dim], dim=2)
+        controller["con_zr"], controller["con_n"] = con.split_projection(
+            member_linear(ci, w_ci, con.bias_ih)
+        )
+        controller["w_fac_zr"], controller["w_fac_n"] = con.split_projection(w_fac.transpose(1, 2))
         controller["uc_zr"], controller["uc_n"] = con.split_recurrent()
-        controller["con_h0"] = decoder.con_h0.expand(batch, -1)
-        controller["w_co"], controller["b_co"] = decoder.co_linear.weight.T, decoder.co_linear.bias
+        controller["con_h0"] = decoder.con_h0.unsqueeze(1).expand(n_members, batch, -1)
+        controller["w_co"] = decoder.co_linear.weight.transpose(1, 2)
+        controller["b_co"] = decoder.co_linear.bias
     inputs = DecoderLoopInputs(
         gen_zr=gen_zr,
         gen_n=gen_n,

@@ -252,6 +252,55 @@ class HParams:
         return self.ci_enc_dim > 0 and self.con_dim > 0 and self.co_dim > 0
 
 
+# The hyperparameters that may differ between the members of one pack (`lfads.model.members`):
+# each member holds its own value, as a per-member tensor, optimiser setting or its own
+# bookkeeping. Every other key (sizes, parts, data, bin width, batch size, epochs, ramps) is the
+# pack's, shared by all its members.
+MEMBER_KEYS = (
+    "seed",
+    "dropout",
+    "cd_rate",
+    "cd_pass_rate",
+    "kl_ic_scale",
+    "kl_co_scale",
+    "l2_ic_enc_scale",
+    "l2_ci_enc_scale",
+    "l2_gen_scale",
+    "l2_con_scale",
+    "lr",
+    "weight_decay",
+    "gradient_clip",
+    "lr_scheduler",
+    "lr_decay",
+    "lr_patience",
+    "lr_stop",
+    "valid_smoothing",
+    "early_stopping_patience",
+)
+
+
+def pack_settings(hparams: HParams) -> dict[str, Any]:
+    """What the members of one pack must share: `to_dict()` without MEMBER_KEYS (and without the
+    part options that a member key sets, e.g. coordinated_dropout's rate)."""
+    data = {k: v for k, v in hparams.to_dict().items() if k not in MEMBER_KEYS}
+    for stack in _AUGMENTATION_STACKS:
+        data[stack] = [
+            {
+                option: value
+                for option, value in spec.items()
+                if LINKED_OPTIONS.get(spec["name"], {}).get(option) not in MEMBER_KEYS
+            }
+            for spec in data[stack]
+        ]
+    return data
+
+
+def pack_conflicts(first: HParams, other: HParams) -> list[str]:
+    """The keys whose values keep `other` out of a pack with `first` ([] when they can share)."""
+    a, b = pack_settings(first), pack_settings(other)
+    return sorted(key for key in a if a[key] != b[key])
+
+
 # Keys that were hyperparameters once: what to do instead.
 _REMOVED = {
     "rnn_impl": "choose how the loops run when training or sampling "

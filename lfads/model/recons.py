@@ -1,10 +1,12 @@
 """Observation models: how the readout's outputs become a likelihood of the recorded data.
 
 Interface (`Reconstruction`): `n_params` outputs per neuron; `reshape_output_params`
-turns the readout's (B, T, n_params * H) into (B, T, H, n_params);
-`compute_loss(data, params)` is the elementwise negative log-likelihood (B, T, H);
-`compute_means(params)` the expected data (B, T, H), e.g. spikes per bin.
-Constructors take keyword arguments only: `n_neurons` (H) and the options of the config.
+turns the readout's (P, B, T, n_params * H) into (P, B, T, H, n_params);
+`compute_loss(data, params)` is the elementwise negative log-likelihood (P, B, T, H);
+`compute_means(params)` the expected data (P, B, T, H), e.g. spikes per bin; `penalty()` a loss
+on the part's own parameters, per member (P,) or 0. Parameters have a leading member axis P.
+Constructors take keyword arguments only: `n_neurons` (H), `n_members` (P) and the options of
+the config.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from torch import nn
 class Reconstruction(nn.Module):
     n_params: int = 1
 
-    def __init__(self, *, n_neurons: int):
+    def __init__(self, *, n_neurons: int, n_members: int = 1):
         super().__init__()
         self.n_neurons = n_neurons  # H
 
     def reshape_output_params(self, output: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_params * H) -> (B, T, H, n_params); parameter p of all neurons is one block."""
+        """(..., n_params * H) -> (..., H, n_params); parameter p of all neurons is one block."""
         return torch.stack(output.chunk(self.n_params, dim=-1), dim=-1)
 
     def compute_loss(self, data: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -33,7 +35,7 @@ class Reconstruction(nn.Module):
         raise NotImplementedError
 
     def penalty(self) -> torch.Tensor | float:
-        """Extra loss on the reconstruction's own parameters (added to the L2 term)."""
+        """Extra loss on the reconstruction's own parameters (added to the L2 term), (P,) or 0."""
         return 0.0
 
 
@@ -91,6 +93,7 @@ class ZeroInflatedGamma(Reconstruction):
         self,
         *,
         n_neurons: int,
+        n_members: int = 1,
         gamma_loc: float = 0.1,
         scale_init: float = 20.0,
         scale_prior: float = 20.0,
@@ -98,13 +101,14 @@ class ZeroInflatedGamma(Reconstruction):
     ):
         super().__init__(n_neurons=n_neurons)
         self.gamma_loc, self.scale_prior, self.scale_penalty = gamma_loc, scale_prior, scale_penalty
-        # scales of alpha (row 0) and beta (row 1) per neuron, (2, H)
-        self.scale = nn.Parameter(torch.full((2, n_neurons), float(scale_init)))
+        # scales of alpha (row 0) and beta (row 1) per member and neuron, (P, 2, H)
+        self.scale = nn.Parameter(torch.full((n_members, 2, n_neurons), float(scale_init)))
 
     def _scaled(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit = torch.clamp_min(torch.sigmoid(params), 1e-5)  # keeps alpha, beta, q away from 0
-        alpha_unit, beta_unit, q = unit.unbind(-1)
-        return alpha_unit * self.scale[0], beta_unit * self.scale[1], q
+        alpha_unit, beta_unit, q = unit.unbind(-1)  # (P, B, T, H) each
+        scale = self.scale.view(self.scale.shape[0], *[1] * (alpha_unit.dim() - 2), 2, -1)
+        return alpha_unit * scale[..., 0, :], beta_unit * scale[..., 1, :], q
 
     def compute_loss(self, data: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         alpha, beta, q = self._scaled(params)
@@ -118,7 +122,9 @@ class ZeroInflatedGamma(Reconstruction):
         return q * (alpha / beta + self.gamma_loc)
 
     def penalty(self) -> torch.Tensor:
-        return 0.5 * self.scale_penalty * torch.sum((self.scale - self.scale_prior) ** 2)
+        return (
+            0.5 * self.scale_penalty * torch.sum((self.scale - self.scale_prior) ** 2, dim=(1, 2))
+        )
 
 
 class MSE(Reconstruction):

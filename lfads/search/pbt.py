@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lfads.infra.io import write_json, write_text
-from lfads.model.hparams import HParams
+from lfads.model.hparams import MEMBER_KEYS, HParams
 
 FORMAT_VERSION = 1  # of plan and worker-result files; bump when their keys change
 SCALES = ("linear", "log")  # how a hyperparameter's initial values are drawn from its range
@@ -61,8 +61,8 @@ class SearchedHyperparameter:
         searchable = searchable_hyperparameters()
         if self.name not in searchable:
             raise ValueError(
-                f"{where}: {self.name!r} is not a float field of lfads.model.hparams.HParams; "
-                f"searchable: {list(searchable)}"
+                f"{where}: {self.name!r} cannot be searched: the population trains as one pack, "
+                f"whose members may differ only in {list(searchable)}"
             )
         if self.scale not in SCALES:
             raise ValueError(f"{where}.scale: {self.scale!r} is not one of {list(SCALES)}")
@@ -106,9 +106,10 @@ class SearchedHyperparameter:
 
 @functools.cache
 def searchable_hyperparameters() -> tuple[str, ...]:
-    """Names of the HParams fields PBT can search: the float fields, sorted."""
+    """Names of the HParams fields PBT can search: the float fields that the members of one pack
+    may hold apart (MEMBER_KEYS), sorted."""
     hints = typing.get_type_hints(HParams)
-    return tuple(sorted(f.name for f in dataclasses.fields(HParams) if hints[f.name] is float))
+    return tuple(sorted(key for key in MEMBER_KEYS if hints[key] is float))
 
 
 @functools.cache  # built and checked once: the tuple and its items are immutable
@@ -328,6 +329,8 @@ class WorkerResult:
     # Smoothed validation reconstruction loss at the generation's last epoch, in the model's
     # units (nats per element with recon_reduce_mean); NaN or inf: the worker diverged.
     valid_recon_smoothed: float
+    # (epoch from 1, smoothed valid recon) of each epoch it trained in the generation
+    curve: tuple[tuple[int, float], ...] = ()
 
     @property
     def diverged(self) -> bool:
@@ -592,11 +595,13 @@ def run_names(settings: PBTSettings) -> dict[str, str]:
 
 
 def worker_hparams(
-    base: Mapping[str, Any], searched: Mapping[str, float], end_epoch: int
+    base: Mapping[str, Any], searched: Mapping[str, float], end_epoch: int, worker: int
 ) -> dict[str, Any]:
     """A worker's plain hyperparameters for one generation: the configfile's `model.hparams`,
-    the plan's searched values, PBT_OVERRIDES, and max_epochs = the generation's end epoch."""
-    return {**base, **searched, **PBT_OVERRIDES, "max_epochs": end_epoch}
+    the plan's searched values, PBT_OVERRIDES, max_epochs = the generation's end epoch, and its
+    own seed (the base seed plus its index: each worker draws its own weights and noise)."""
+    seed = int(base.get("seed", 0)) + worker
+    return {**base, **searched, **PBT_OVERRIDES, "max_epochs": end_epoch, "seed": seed}
 
 
 def generation_name(generation: int) -> str:
@@ -604,23 +609,22 @@ def generation_name(generation: int) -> str:
     return f"{generation:04d}"
 
 
-def plan_generation(
-    settings: PBTSettings,
-    generation: int,
-    previous_plan: str | Path | None = None,
-    result_files: Sequence[str | Path] = (),
+def next_plan(
+    settings: PBTSettings, plans: Sequence[Plan], results: Sequence[Sequence[WorkerResult]]
 ) -> Plan:
-    """The plan of `generation`: `initial_plan` for 0, else `plan_next_generation` from the plan
-    of generation - 1 and every worker's result file of it."""
+    """The plan of generation len(plans): `initial_plan` for 0, else `plan_next_generation`
+    from the last plan and its generation's results (results[g]: generation g's)."""
+    generation = len(plans)
     if generation == 0:
         return initial_plan(settings)
-    if previous_plan is None:
+    if len(results) < generation:
         raise ValueError(
-            f"generation {generation}: the plan of generation {generation - 1} is needed"
+            f"generation {generation}: the results of generation {generation - 1} are needed"
         )
-    earlier = read_plan(previous_plan)
-    results = [read_result(path) for path in result_files]
-    return plan_next_generation(settings, generation - 1, results, earlier.best_losses)
+    earlier = plans[generation - 1]
+    return plan_next_generation(
+        settings, generation - 1, results[generation - 1], earlier.best_losses
+    )
 
 
 def describe_plan(plan: Plan) -> list[str]:
@@ -647,20 +651,13 @@ def describe_plan(plan: Plan) -> list[str]:
 # -- files ---------------------------------------------------------------------------------
 
 
-def write_plan(path: str | Path, plan: Plan) -> None:
-    """Write `plan` as JSON, atomically (see `read_plan`)."""
-    write_json(
-        path,
-        {
-            "format_version": FORMAT_VERSION,
-            **dataclasses.asdict(plan),
-        },
-    )
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (what `write_plan` writes and a PBT state keeps)."""
+    return {"format_version": FORMAT_VERSION, **dataclasses.asdict(plan)}
 
 
-def read_plan(path: str | Path) -> Plan:
-    """The Plan that `write_plan` wrote to `path`."""
-    data = _read_json(path, "plan", "write_plan")
+def plan_from_dict(data: Mapping[str, Any], where: str | Path) -> Plan:
+    """The Plan of `plan_to_dict`'s data; `where` names its file in errors."""
     try:
         return Plan(
             generation=data["generation"],
@@ -682,39 +679,67 @@ def read_plan(path: str | Path) -> Plan:
         )
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(
-            f"{path}: not a PBT plan ({type(error).__name__}: {error}); delete it and rerun "
+            f"{where}: not a PBT plan ({type(error).__name__}: {error}); delete it and rerun "
             "the rule that writes it"
         ) from None
 
 
-def write_result(path: str | Path, result: WorkerResult) -> None:
-    """Write one worker's result as JSON, atomically; a diverged loss is written as null."""
-    write_json(
-        path,
-        {
-            "format_version": FORMAT_VERSION,
-            "name": result.name,
-            "hyperparameters": dict(result.hyperparameters),
-            "valid_recon_smoothed": None if result.diverged else result.valid_recon_smoothed,
-        },
-    )
+def write_plan(path: str | Path, plan: Plan) -> None:
+    """Write `plan` as JSON, atomically (see `read_plan`)."""
+    write_json(path, plan_to_dict(plan))
 
 
-def read_result(path: str | Path) -> WorkerResult:
-    """The WorkerResult that `write_result` wrote to `path` (a null loss reads as NaN)."""
-    data = _read_json(path, "worker result", "write_result")
+def read_plan(path: str | Path) -> Plan:
+    """The Plan that `write_plan` wrote to `path`."""
+    return plan_from_dict(_read_json(path, "plan", "write_plan"), path)
+
+
+def result_to_dict(result: WorkerResult) -> dict[str, Any]:
+    """One worker's result as plain data; a diverged loss is null."""
+    return {
+        "name": result.name,
+        "hyperparameters": dict(result.hyperparameters),
+        "valid_recon_smoothed": None if result.diverged else result.valid_recon_smoothed,
+        "curve": [[epoch, None if math.isnan(loss) else loss] for epoch, loss in result.curve],
+    }
+
+
+def result_from_dict(data: Mapping[str, Any], where: str | Path) -> WorkerResult:
+    """The WorkerResult of `result_to_dict`'s data (a null loss reads as NaN)."""
     try:
         loss = data["valid_recon_smoothed"]
         return WorkerResult(
             name=data["name"],
             hyperparameters={name: float(value) for name, value in data["hyperparameters"].items()},
             valid_recon_smoothed=math.nan if loss is None else float(loss),
+            curve=tuple(
+                (int(epoch), math.nan if value is None else float(value))
+                for epoch, value in data.get("curve", [])
+            ),
         )
-    except (KeyError, TypeError, AttributeError) as error:
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ValueError(
-            f"{path}: not a PBT worker result ({type(error).__name__}: {error}); delete it "
-            "and rerun the worker"
+            f"{where}: not a PBT worker result ({type(error).__name__}: {error}); delete the "
+            "search's checkpoint folder to start the search again"
         ) from None
+
+
+def write_results(path: str | Path, generation: int, results: Sequence[WorkerResult]) -> None:
+    """Every worker's result of one generation, as JSON, atomically (`read_results`)."""
+    write_json(
+        path,
+        {
+            "format_version": FORMAT_VERSION,
+            "generation": generation,
+            "workers": [result_to_dict(result) for result in results],
+        },
+    )
+
+
+def read_results(path: str | Path) -> list[WorkerResult]:
+    """The results that `write_results` wrote to `path`, in worker order."""
+    data = _read_json(path, "results", "write_results")
+    return [result_from_dict(worker, path) for worker in data.get("workers", [])]
 
 
 def _read_json(path: str | Path, what: str, writer: str) -> dict[str, Any]:
@@ -801,6 +826,34 @@ def write_history(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"{path}: every row needs the columns {columns}, got {list(row)}")
         lines.append("\t".join(_history_cell(row[column]) for column in columns))
     write_text(path, "\n".join(lines) + "\n")
+
+
+CURVE_COLUMNS = ("generation", "worker", "epoch", "valid_recon_smoothed")
+
+
+def write_curves(path: str | Path, results: Sequence[Sequence[WorkerResult]]) -> None:
+    """Every worker's smoothed valid recon at every epoch of every generation (results[g]: the
+    generation's results) as a tab-separated table, atomically; NaN where it diverged."""
+    lines = ["\t".join(CURVE_COLUMNS)]
+    for generation, generation_results in enumerate(results):
+        for result in generation_results:
+            for epoch, loss in result.curve:
+                lines.append(f"{generation}\t{result.name}\t{epoch}\t{loss!r}")
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_curves(path: str | Path) -> dict[tuple[int, str], tuple[list[int], list[float]]]:
+    """{(generation, worker): (epochs, losses)} of `write_curves`'s table."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or tuple(lines[0].split("\t")) != CURVE_COLUMNS:
+        raise ValueError(f"{path}: not a PBT curves table (columns {list(CURVE_COLUMNS)})")
+    curves: dict[tuple[int, str], tuple[list[int], list[float]]] = {}
+    for line in lines[1:]:
+        generation, worker, epoch, loss = line.split("\t")
+        epochs, losses = curves.setdefault((int(generation), worker), ([], []))
+        epochs.append(int(epoch))
+        losses.append(float(loss))
+    return curves
 
 
 def _history_cell(value: Any) -> str:

@@ -111,14 +111,27 @@ def _random_points(random: dict) -> list[dict]:
 
 
 def expand_search(search: dict | None) -> list[Run]:
-    """Runs of a `search` config: every grid point crossed with every random point.
+    """Runs of a `search` config: every grid point crossed with every random point, each
+    `seeds` times with seeds 0 .. seeds - 1 (its replicas, named `..._seed~<i>`).
 
     search: {"grid": {key: [values]}, "random": {"n": N, "seed": S,
-    "log_uniform": {key: [low, high]}, "uniform": {key: [low, high]}}}; both optional.
+    "log_uniform": {key: [low, high]}, "uniform": {key: [low, high]}}, "seeds": k}; all optional.
     """
     search = search or {}
     grid = _grid_points(search["grid"]) if search.get("grid") else [{}]
     random = _random_points(search["random"]) if search.get("random") else [{}]
+    seeds = search.get("seeds", 1)
+    if seeds > 1:
+        searched = set(search.get("grid", {})) | {
+            key
+            for kind in ("log_uniform", "uniform")
+            for key in search.get("random", {}).get(kind, {})
+        }
+        if "seed" in searched:
+            raise ValueError(
+                "search.seeds: the search also varies seed; give the seeds in one place"
+            )
+        random = [{**point, "seed": seed} for point in random for seed in range(seeds)]
     overlap = set(search.get("grid", {})) & (
         set(search.get("random", {}).get("log_uniform", {}))
         | set(search.get("random", {}).get("uniform", {}))
@@ -153,3 +166,29 @@ def expand_search(search: dict | None) -> list[Run]:
 def run_hparams(base: dict, searched: dict) -> dict:
     """Plain hyperparameters of one run: the configfile's base values, then its searched ones."""
     return {**base, **searched}
+
+
+def pack_runs(
+    runs: dict[str, dict], shared: dict[str, object], pack_size: int
+) -> dict[str, list[str]]:
+    """{pack name: its runs}: runs that can share a pack (equal `shared[run]`, the settings a
+    pack's members share) in consecutive packs of at most `pack_size`, in the search's order.
+
+    Packs are named pack00, pack01, ... in that order, so a run keeps its pack when another
+    pack's values change.
+    """
+    groups: list[tuple[object, list[str]]] = []
+    for run in runs:
+        for key, members in groups:
+            if key == shared[run]:
+                members.append(run)
+                break
+        else:
+            groups.append((shared[run], [run]))
+    chunks = [
+        members[start : start + pack_size]
+        for _, members in groups
+        for start in range(0, len(members), pack_size)
+    ]
+    width = max(2, len(str(len(chunks) - 1)))
+    return {f"pack{index:0{width}d}": chunk for index, chunk in enumerate(chunks)}

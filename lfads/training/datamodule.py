@@ -1,8 +1,11 @@
-"""Training data: prepared files (lfads.formats.prepared), one per session, in mixed batches.
+"""Training data: prepared files (lfads.formats.prepared), one per session, in batches for a pack.
 
-Every split is read into memory once (NLB files are tens of MB). A training
-batch draws trials from all sessions together, in an order fixed by
-(seed, epoch) alone, so a resumed run sees exactly the batches it would have.
+Every split is read into memory once (NLB files are tens of MB). In a training epoch each member
+of a pack sees every trial once, in an order fixed by (its seed, epoch) alone, so a resumed run
+sees exactly the batches it would have and a member's batches do not depend on its pack. A batch
+holds trials of all sessions together: member m's batch b takes its share of each session
+(in proportion to the sessions' sizes, the same for every member), so a pack's batch is one
+(P, B_s, ...) tensor per session.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lfads.formats.prepared import MODEL_SPLITS, read_prepared
 from lfads.model.batch import SessionBatch
@@ -22,7 +25,10 @@ from lfads.model.lfads import SessionDims
 
 @dataclass
 class SessionData:
-    """One prepared file in memory: each split's trials as one SessionBatch of float32 tensors."""
+    """One prepared file in memory: each split's trials as one SessionBatch of float32 tensors.
+
+    Its `sv_mask` (sample validation) has one mask per member seed: (P, N, T, n_heldin).
+    """
 
     path: Path
     dims: SessionDims
@@ -35,16 +41,27 @@ class SessionData:
     def n_trials(self, split: str) -> int:
         return len(self.splits[split]) if split in self.splits else 0
 
-    def batch(self, split: str, rows: torch.Tensor | np.ndarray) -> SessionBatch:
+    def batch(
+        self, split: str, rows: torch.Tensor | np.ndarray, n_members: int | None = None
+    ) -> SessionBatch:
+        """Trials `rows` of a split: rows (B,) -> fields (B, ...), or (P, B, ...) shared by
+        `n_members` members; rows (P, B) (each member's own trials) -> (P, B, ...)."""
         rows = torch.as_tensor(rows, dtype=torch.int64)
         trials = self.splits[split]
-        return SessionBatch(
+        members = rows.dim() == 2
+        batch = SessionBatch(
             encod_data=trials.encod_data[rows],
             recon_data=trials.recon_data[rows],
             ext_input=trials.ext_input[rows],
             truth=trials.truth[rows] if trials.truth is not None else None,
-            sv_mask=trials.sv_mask[rows] if trials.sv_mask is not None else None,
         )
+        if not members and n_members is not None:
+            batch = batch.expand_members(n_members)
+        if trials.sv_mask is not None:  # (P, N, T, n_heldin): each member's own mask
+            slots = torch.arange(trials.sv_mask.shape[0])
+            mask = trials.sv_mask[slots[:, None], rows] if members else trials.sv_mask[:, rows]
+            batch = batch.replace(sv_mask=mask)
+        return batch
 
     def has_missing_targets(self) -> bool:
         return any(
@@ -55,15 +72,16 @@ class SessionData:
 
 
 def load_session(
-    path: str | Path, sv_rate: float = 0.0, seed: int = 0, session: int = 0
+    path: str | Path, sv_rate: float = 0.0, seeds: tuple[int, ...] = (0,), session: int = 0
 ) -> SessionData:
     """Read a prepared file (`lfads.formats.prepared.read_prepared`) into tensors.
 
     Optional `<split>/ext_input` (N, T or T + F, ext_input_dim) gives external
     inputs (zero-padded over bins it lacks); eval trials get NaN reconstruction targets. With
     sv_rate > 0, a fixed `sv_mask` (1 = used for training) is drawn per train/valid element
-    from (seed, session). A NaN or infinite input (encod_data, ext_input), or an infinite
-    recon_data (NaN there means unobserved), is a ValueError naming file, split and trial.
+    for each member from (its seed, session). A NaN or infinite input (encod_data, ext_input), or
+    an infinite recon_data (NaN there means unobserved), is a ValueError naming file, split and
+    trial.
     """
     prepared = read_prepared(path)
     for split, arrays in prepared.splits.items():
@@ -77,7 +95,7 @@ def load_session(
         attributes.n_heldin, attributes.n_heldout, n_obs, n_fwd, prepared.ext_input_dim
     )
     data = SessionData(prepared.path, dims, prepared.session_attributes())
-    rng = np.random.default_rng([seed, session])
+    streams = [np.random.default_rng([seed, session]) for seed in seeds]
     for split, arrays in prepared.splits.items():
         encod = arrays.encod_data
         n = encod.shape[0]
@@ -89,7 +107,8 @@ def load_session(
             ext[:, : arrays.ext_input.shape[1]] = arrays.ext_input
         sv_mask = None
         if sv_rate > 0 and split in MODEL_SPLITS:
-            sv_mask = (rng.random(encod.shape) >= sv_rate).astype(np.float32)
+            sv_mask = np.stack([(rng.random(encod.shape) >= sv_rate) for rng in streams])
+            sv_mask = sv_mask.astype(np.float32)
         if arrays.condition is not None:
             data.conditions[split] = arrays.condition
         if arrays.nlb_index is not None:
@@ -126,48 +145,62 @@ def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
     return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
 
 
-class MixedSessionTrials(Dataset):
-    """All trials of one split across sessions; item i is (session, row). `__getitems__` builds a
-    batch."""
+class PackTrials(Dataset):
+    """All trials of one split across sessions, for a pack of `n_members`: item `rows` (a
+    {session: row indices} of `PackOrder`) -> {session: SessionBatch (P, B_s, ...)}."""
 
-    def __init__(self, sessions: list[SessionData], split: str):
-        self.sessions, self.split = sessions, split
-        self.keys = [
-            (s, row) for s, data in enumerate(sessions) for row in range(data.n_trials(split))
+    def __init__(self, sessions: list[SessionData], split: str, n_members: int):
+        self.sessions, self.split, self.n_members = sessions, split, n_members
+
+    def __getitem__(self, rows: dict[int, np.ndarray]) -> dict[int, SessionBatch]:
+        return {
+            s: self.sessions[s].batch(self.split, r, self.n_members)
+            for s, r in sorted(rows.items())
+        }
+
+
+class PackOrder(Sampler[dict]):
+    """The batches of one split: {session: rows}, rows (P, B_s) (each member's own order) or
+    (B_s,) (one order shared by every member).
+
+    Batch b covers trials [b * batch_size, (b + 1) * batch_size) of the split (the last batch
+    smaller); each session gives its share of them, in proportion to its size. With `seeds`
+    (one per member), member m's trials of a session come in the order
+    `np.random.default_rng([seeds[m], epoch])` permutes them (sessions in order); without,
+    in file order.
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int, seeds: list[int] | None = None):
+        self.sizes, self.batch_size, self.seeds, self.epoch = list(sizes), batch_size, seeds, 0
+        total = sum(self.sizes)
+        ends = [min(end, total) for end in range(batch_size, total + batch_size, batch_size)]
+        # per session, the first row of each batch and the end of the last
+        self.bounds = [
+            [0, *(round(size * end / total) for end in ends)] if total else [0]
+            for size in self.sizes
         ]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> tuple[int, int]:
-        return self.keys[i]
-
-    def __getitems__(self, indices: list[int]) -> dict[int, SessionBatch]:
-        rows: dict[int, list[int]] = {}
-        for i in indices:
-            session, row = self.keys[i]
-            rows.setdefault(session, []).append(row)
-        return {s: self.sessions[s].batch(self.split, sorted(r)) for s, r in sorted(rows.items())}
-
-
-class EpochOrder(Sampler[int]):
-    """Trial order: a permutation fixed by (seed, epoch) when shuffling, else 0, 1, 2, ..."""
-
-    def __init__(self, n_items: int, shuffle: bool, seed: int = 0):
-        self.n_items, self.shuffle, self.seed, self.epoch = n_items, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
         self.epoch = epoch
 
     def __iter__(self):
-        if self.shuffle:
-            return iter(
-                np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items).tolist()
-            )
-        return iter(range(self.n_items))
+        if self.seeds is None:
+            orders = [np.arange(size) for size in self.sizes]
+        else:
+            streams = [np.random.default_rng([seed, self.epoch]) for seed in self.seeds]
+            permutations = [[rng.permutation(size) for size in self.sizes] for rng in streams]
+            orders = [
+                np.stack([member[s] for member in permutations]) for s in range(len(self.sizes))
+            ]
+        for b in range(len(self)):
+            rows = {}
+            for s, (order, bounds) in enumerate(zip(orders, self.bounds)):
+                if bounds[b + 1] > bounds[b]:
+                    rows[s] = order[..., bounds[b] : bounds[b + 1]]
+            yield rows
 
     def __len__(self) -> int:
-        return self.n_items
+        return len(self.bounds[0]) - 1 if self.bounds else 0
 
 
 def _identity(batch: Any) -> Any:
@@ -175,61 +208,19 @@ def _identity(batch: Any) -> Any:
 
 
 def batches(
-    sessions: list[SessionData], split: str, batch_size: int, shuffle: bool = False, seed: int = 0
+    sessions: list[SessionData],
+    split: str,
+    batch_size: int,
+    n_members: int,
+    seeds: list[int] | None = None,
 ) -> DataLoader:
-    dataset = MixedSessionTrials(sessions, split)
-    # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG, which
-    # would
-    # make the random stream depend on when iterators are created (and break exact resumption).
+    """The split's batches for a pack of `n_members`: shuffled per member with `seeds`, else in
+    file order, shared."""
+    sizes = [data.n_trials(split) for data in sessions]
     return DataLoader(
-        dataset,
-        batch_sampler=BatchSampler(
-            EpochOrder(len(dataset), shuffle, seed), batch_size, drop_last=False
-        ),
+        PackTrials(sessions, split, n_members),
+        sampler=PackOrder(sizes, batch_size, seeds),
+        batch_size=None,
         collate_fn=_identity,
         num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
     )
-
-
-def _data_module_class() -> type:
-    """Defined on first use: importing Lightning costs ~0.2 GiB and 3 s, which inference does not
-    need."""
-    import lightning as L
-
-    class LFADSDataModule(L.LightningDataModule):
-        """Train and valid batches over a list of session files (the model's session i: file i)."""
-
-        def __init__(
-            self, paths: list[str | Path], batch_size: int, seed: int = 0, sv_rate: float = 0.0
-        ):
-            super().__init__()
-            self.paths, self.batch_size, self.seed, self.sv_rate = (
-                [Path(p) for p in paths],
-                batch_size,
-                seed,
-                sv_rate,
-            )
-            self.sessions: list[SessionData] = []
-
-        def setup(self, stage: str | None = None) -> None:
-            if not self.sessions:
-                self.sessions = [
-                    load_session(p, self.sv_rate, self.seed, i) for i, p in enumerate(self.paths)
-                ]
-
-        def train_dataloader(self) -> DataLoader:
-            return batches(self.sessions, "train", self.batch_size, shuffle=True, seed=self.seed)
-
-        def val_dataloader(self) -> DataLoader:
-            return batches(self.sessions, "valid", self.batch_size)
-
-    LFADSDataModule.__qualname__ = "LFADSDataModule"
-    return LFADSDataModule
-
-
-def __getattr__(name: str) -> Any:
-    if name == "LFADSDataModule":
-        globals()[name] = _data_module_class()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ IGNORED_WARNINGS = (
     ".*`srun` command is available.*",
     ".*overridden `transfer_batch_to_device`.*",
     ".*isinstance.treespec, LeafSpec.*",
+    ".*does not have many workers.*",
 )
 
 
@@ -31,19 +32,17 @@ def fit(
     *,
     max_epochs: int,
     device: str,
-    gradient_clip: float,
-    out_dir: Path,
+    out_dirs: list[Path],
     last_checkpoint: Path,
-    metrics_csv: Path,
+    metrics_csvs: list[Path],
     resume_from: Path | None,
 ) -> None:
-    """Run Lightning's fit of `module` on the datamodule `data` for max_epochs (in all).
+    """Run Lightning's fit of the pack `module` on the datamodule `data` for max_epochs (in all).
 
-    device: "cpu" or "cuda"; gradient_clip: max gradient norm (0: off). After every epoch
-    last_checkpoint and metrics_csv (rows so far) are rewritten; resume_from: a last.ckpt to
-    continue from. TensorBoard logs go to out_dir/tensorboard: every metrics.csv column (the
-    learning rate `lr` included) each epoch, and a figure of one validation trial every
-    FIGURE_EVERY_EPOCHS epochs.
+    device: "cpu" or "cuda". After every epoch last_checkpoint and each member's metrics_csvs
+    (rows so far) are rewritten; resume_from: a last.ckpt to continue from. TensorBoard logs go
+    to each member's out_dirs[m]/tensorboard: every metrics.csv column (the learning rate `lr`
+    included) per epoch, and a figure of one validation trial every FIGURE_EVERY_EPOCHS epochs.
     """
     import lightning as L
 
@@ -55,15 +54,16 @@ def fit(
             accelerator="gpu" if device == "cuda" else "cpu",
             devices=1,
             max_epochs=max_epochs,
-            gradient_clip_val=gradient_clip or None,
-            logger=_tensorboard_logger(out_dir),
-            callbacks=[_epoch_checkpoint(last_checkpoint, metrics_csv), _tensorboard_figures()],
+            logger=False,
+            callbacks=[
+                _epoch_checkpoint(last_checkpoint, metrics_csvs),
+                _tensorboard(out_dirs),
+            ],
             plugins=[_atomic_checkpoint_io(), _plain_environment()],
             num_sanity_val_steps=0,
             enable_progress_bar=sys.stderr.isatty(),
             enable_model_summary=False,
             default_root_dir=str(last_checkpoint.parent),
-            log_every_n_steps=1,
         )
         trainer.fit(
             module,
@@ -90,18 +90,20 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-def _epoch_checkpoint(last_checkpoint: Path, metrics_csv: Path):
+def _epoch_checkpoint(last_checkpoint: Path, metrics_csvs: list[Path]):
     from lightning.pytorch.callbacks import Checkpoint
 
     class EpochCheckpoint(Checkpoint):
-        """After every epoch (and after the module's own epoch-end work): last.ckpt and metrics.
+        """After every epoch (and after the module's own epoch-end work): last.ckpt and each
+        member's metrics so far.
 
         A `Checkpoint` subclass, so Lightning runs it after `LightningModule.on_train_epoch_end`.
         """
 
         def on_train_epoch_end(self, trainer, module) -> None:
             trainer.save_checkpoint(last_checkpoint, weights_only=False)  # (False: full state)
-            write_metrics_csv(metrics_csv, module.history)
+            for path, state in zip(metrics_csvs, module.states):
+                write_metrics_csv(path, state.history)
 
     return EpochCheckpoint()
 
@@ -133,45 +135,67 @@ def _plain_environment():
     return LightningEnvironment()
 
 
-def _tensorboard_logger(out_dir: Path):
-    """TensorBoard logs in out_dir/tensorboard/version_<n> (a resumed run adds a version)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return TensorBoardLogger(str(out_dir), name="tensorboard", default_hp_metric=False)
-
-
 # TensorBoard's image of one validation trial: at the first epoch, then every this many epochs.
-FIGURE_EVERY_EPOCHS = 20
+FIGURE_EVERY_EPOCHS = 100
 FIGURE_TAG = "valid/first_trial"
 
 
-def _tensorboard_figures():
-    from lightning.pytorch.callbacks import Callback
+def _tensorboard(out_dirs: list[Path]):
+    from lightning.pytorch.callbacks import Checkpoint
 
-    class TensorBoardFigures(Callback):
-        """The first validation trial's spikes, posterior-mean rates and factors, as an image.
+    class TensorBoardMembers(Checkpoint):
+        """Each member's TensorBoard log (out_dir/tensorboard): its metrics.csv row of every epoch
+        it trained, by epoch, and an image of the first validation trial's spikes,
+        posterior-mean rates and factors (from the model's deterministic pass, which draws
+        nothing) at the first epoch and every FIGURE_EVERY_EPOCHS.
 
-        Drawn from the model's deterministic pass on a forked random stream, so the training's
-        numbers are those of a run without it.
-        """
+        A `Checkpoint` subclass, so Lightning runs its epoch end after the module's, which
+        appends the epoch's rows."""
+
+        def __init__(self):
+            self.writers = None
+
+        def _writer(self, m: int):
+            if self.writers is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writers = [SummaryWriter(str(Path(d) / "tensorboard")) for d in out_dirs]
+            return self.writers[m]
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            epoch = trainer.current_epoch
+            for m, state in enumerate(module.states):
+                if not state.history or state.history[-1]["epoch"] != epoch:
+                    continue
+                writer = self._writer(m)
+                for key, value in state.history[-1].items():
+                    if key != "epoch":
+                        writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+                writer.flush()
 
         def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, *_):
             epoch = trainer.current_epoch
-            if batch_idx != 0 or not trainer.loggers or epoch % FIGURE_EVERY_EPOCHS:
+            if batch_idx != 0 or epoch % FIGURE_EVERY_EPOCHS:
                 return
             session = min(batch)
-            device = batch[session].encod_data.device
-            cuda = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda), torch.no_grad():
-                processed = module.model.infer_augmentations.process_batch(batch[session])[0]
+            with torch.no_grad():
+                processed = module.model.infer_augmentations.process_batch(
+                    batch[session], module.model.random
+                )[0]
                 output = module.model({session: processed}, sample_posteriors=False)[session]
-                rates = module.model.rates(session, output)[0].float().cpu().numpy()
-                factors = output.factors[0].float().cpu().numpy()
-            spikes = batch[session].recon_data[0].float().cpu().numpy()
-            figure = trial_figure(spikes, rates, factors)
-            trainer.logger.experiment.add_figure(FIGURE_TAG, figure, global_step=epoch + 1)
+                rates = module.model.rates(session, output)[:, 0].float().cpu().numpy()
+                factors = output.factors[:, 0].float().cpu().numpy()
+            spikes = batch[session].recon_data[:, 0].float().cpu().numpy()
+            for m, state in enumerate(module.states):
+                if not state.finished:
+                    figure = trial_figure(spikes[m], rates[m], factors[m])
+                    self._writer(m).add_figure(FIGURE_TAG, figure, global_step=epoch + 1)
 
-    return TensorBoardFigures()
+        def on_fit_end(self, trainer, module) -> None:
+            for writer in self.writers or []:
+                writer.close()
+
+    return TensorBoardMembers()
 
 
 def trial_figure(spikes, rates, factors):

@@ -26,7 +26,8 @@ def set_pcr_readins(model: LFADS, sessions: list[SessionData]) -> None:
         )
         for s in sessions
     ]
-    model.set_readins(pcr_readins(averages, model.readin_dim, seed=model.hparams.seed))
+    for member, hparams in enumerate(model.members):  # random rows from each member's seed
+        model.set_readins(pcr_readins(averages, model.readin_dim, seed=hparams.seed), member)
     log.info(
         "readins of %d sessions set by PCR on %s",
         len(sessions),

@@ -1,28 +1,30 @@
-"""Whether a checkpoint folder's run is this run, and what to do with it: resume, only write
+"""Whether a checkpoint folder's pack is this pack, and what to do with it: resume, only write
 its outputs, or set it aside and train afresh.
 
-A run's identity is everything that changes its result besides the epoch budget: the
-hyperparameters (HParams.to_dict() without max_epochs) and the content (SHA-256) of each prepared
-file, in session order. The folder's `last.ckpt` (TrainingState.identity) and `run.json`
-(RunRecord) both carry it. What `plan_run` decides, for a folder that holds:
+A pack's identity is everything that changes its members' results besides the epoch budget:
+each member's hyperparameters (HParams.to_dict() without max_epochs), in slot order, and the
+content (SHA-256) of each prepared file, in session order. The folder's `last.ckpt`
+(TrainingState.identity) and `run.json` (RunRecord) both carry it. What `plan_run` decides, for
+a folder that holds:
 
 - nothing: train afresh;
 - another identity, or an unreadable or older-format file: set it aside, train afresh;
-- an interrupted run (outputs not delivered) with fewer epochs than max_epochs: resume;
-- a finished run (stopped by itself, or max_epochs reached) whose outputs were not delivered
-  (the job was killed after its last epoch): write its outputs, no training;
-- an interrupted run with more epochs than max_epochs: set it aside, train afresh;
-- a delivered run that diverged: write its outputs again; it is final until its identity changes;
-- a delivered run that did not stop by itself, with fewer epochs than max_epochs: resume (raising
-  max_epochs continues a finished run);
-- any other delivered run (`--forcerun`, or its outputs were deleted): set aside, train afresh.
+- an interrupted pack (outputs not delivered) with fewer epochs than max_epochs: resume;
+- a finished pack (every member stopped by itself or diverged, or max_epochs reached): write its
+  outputs, no training; delivered or not, so a touched input, a forced rerun or deleted outputs
+  cost no training;
+- a pack with fewer epochs than a raised max_epochs, some member not finished: resume
+  (continues a delivered pack);
+- an interrupted pack with more epochs than max_epochs: set it aside, train afresh.
 
-Setting aside renames the folder to `<folder>.superseded-<UTC time>`; nothing is deleted.
+To train a finished pack again from scratch, delete its checkpoint folder. Setting aside renames
+the folder to `<folder>.superseded-<UTC time>`; nothing is deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -56,14 +58,22 @@ def file_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What a run's result depends on, besides its epoch budget (max_epochs)."""
+    """What a pack's results depend on, besides its epoch budget (max_epochs)."""
 
-    hparams: dict[str, Any]  # HParams.to_dict() without max_epochs
+    members: tuple[dict[str, Any], ...]  # per member: HParams.to_dict() without max_epochs
     data: tuple[dict[str, str], ...]  # per session: "file" (for messages) and "sha256"
+    # a PBT search's settings (its members' values change as it goes; these do not)
+    search: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, hparams: HParams, data_files: list[Path]) -> RunIdentity:
-        """The identity of training `hparams` on `data_files`; hashes each file (logs the time)."""
+    def of(
+        cls,
+        members: HParams | list[HParams],
+        data_files: list[Path],
+        search: dict[str, Any] | None = None,
+    ) -> RunIdentity:
+        """The identity of training `members` on `data_files`; hashes each file (logs the time)."""
+        members = [members] if isinstance(members, HParams) else members
         data = []
         for path in data_files:
             start = time.perf_counter()
@@ -74,23 +84,36 @@ class RunIdentity:
                 path.stat().st_size / 1e6,
                 time.perf_counter() - start,
             )
-        settings = {k: v for k, v in hparams.to_dict().items() if k != "max_epochs"}
-        return cls(settings, tuple(data))
+        settings = tuple(
+            {k: v for k, v in member.to_dict().items() if k != "max_epochs"} for member in members
+        )
+        # as plain JSON data (lists, not tuples), as run.json and last.ckpt give it back
+        return cls(settings, tuple(data), json.loads(json.dumps(search)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hparams": self.hparams, "data": [dict(entry) for entry in self.data]}
+        return {
+            "members": [dict(member) for member in self.members],
+            "data": [dict(entry) for entry in self.data],
+            "search": self.search,
+        }
 
     def differences(self, recorded: dict[str, Any] | None) -> list[str]:
         """What differs from a recorded identity (`to_dict()` form), as phrases that complete "it
         was trained with ..."; [] when the same."""
-        if not recorded:
+        if not recorded or "members" not in recorded:
             return ["no recorded run identity (written by an older version)"]
         found = []
-        old_hparams = recorded.get("hparams", {})
-        keys = sorted(k for k in self.hparams.keys() | old_hparams.keys() if k != "max_epochs")
-        differing = [k for k in keys if self.hparams.get(k) != old_hparams.get(k)]
-        if differing:
-            found.append(f"other hyperparameters {differing}")
+        old_members = recorded["members"]
+        if len(old_members) != len(self.members):
+            found.append(f"{len(old_members)} member(s), not {len(self.members)}")
+        for slot, (old, new) in enumerate(zip(old_members, self.members)):
+            keys = sorted(k for k in new.keys() | old.keys() if k != "max_epochs")
+            differing = [k for k in keys if new.get(k) != old.get(k)]
+            if differing:
+                where = f" in member {slot}" if len(self.members) > 1 else ""
+                found.append(f"other hyperparameters {differing}{where}")
+        if recorded.get("search") != self.search:
+            found.append("other search settings (search.pbt)")
         old_data = recorded.get("data", [])
         if len(old_data) != len(self.data):
             found.append(f"{len(old_data)} prepared file(s), not {len(self.data)}")
@@ -106,16 +129,16 @@ class RunIdentity:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What `train_model` does with a checkpoint folder."""
+    """What `train_pack` does with a checkpoint folder."""
 
     action: str  # "afresh", "resume" or "deliver" (write the outputs of the state, no training)
     state: TrainingState | None = None  # the folder's last.ckpt ("resume", "deliver")
     record: RunRecord | None = None  # the folder's run.json, if any
-    checkpoint: Path | None = None  # the last.ckpt ("resume", "deliver" when there is one)
+    checkpoint: Path | None = None  # the last.ckpt ("resume", "deliver")
 
     @property
     def epochs_done(self) -> int:
-        return len(self.state.history) if self.state else 0
+        return max((len(m.history) for m in self.state.members), default=0) if self.state else 0
 
 
 def plan_run(checkpoint_dir: Path, identity: RunIdentity, max_epochs: int) -> RunPlan:
@@ -141,27 +164,17 @@ def plan_run(checkpoint_dir: Path, identity: RunIdentity, max_epochs: int) -> Ru
     if differences:
         set_aside(checkpoint_dir, f"it was trained with {'; '.join(differences)}")
         return RunPlan("afresh")
-
-    epochs = len(state.history) if state else 0
-    if record is not None and record.delivered:
-        if record.diverged is not None:  # final until the identity changes
-            return RunPlan("deliver", state, record, last if state else None)
-        if state is not None and not state.stop_reason and epochs < max_epochs:
-            return RunPlan("resume", state, record, last)
-        set_aside(
-            checkpoint_dir,
-            f"its outputs were delivered after {record.epochs} epochs, so this is a request to "
-            "train again (e.g. --forcerun, or its outputs were deleted)",
-        )
-        return RunPlan("afresh")
     if state is None:
         return RunPlan("afresh", record=record)
-    if state.stop_reason or epochs == max_epochs:
-        return RunPlan("deliver", state, record, last)
-    if epochs > max_epochs:
-        set_aside(checkpoint_dir, f"it has {epochs} epochs, more than max_epochs {max_epochs}")
+    plan = RunPlan("resume", state, record, last)
+    if plan.epochs_done > max_epochs:
+        set_aside(
+            checkpoint_dir, f"it has {plan.epochs_done} epochs, more than max_epochs {max_epochs}"
+        )
         return RunPlan("afresh")
-    return RunPlan("resume", state, record, last)
+    if plan.epochs_done == max_epochs or all(member.finished for member in state.members):
+        return RunPlan("deliver", state, record, last)
+    return plan
 
 
 def set_aside(checkpoint_dir: Path, reason: str, warn: bool = False) -> Path:

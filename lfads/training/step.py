@@ -1,5 +1,5 @@
 """The training step, once: augment -> forward (posteriors sampled) -> loss, for one batch; and
-the check that everything it computed is finite.
+the check, per member, that everything it computed is finite.
 
 Pure torch (no Lightning), so the LightningModule, the benchmark and the tests all run the
 same step. Backward and the optimiser step are the caller's.
@@ -32,19 +32,11 @@ CHECKED_OUTPUTS = {
 CHECKED_TERMS = ("recon", "kl_ic", "kl_co", "l2", "loss")
 
 
-class NonFiniteLossError(RuntimeError):
-    """A posterior or reconstruction parameter, or a loss term, is NaN or infinite."""
-
-    def __init__(self, message: str, epoch: int):
-        super().__init__(message)
-        self.epoch = epoch  # from 1, as the log counts
-
-
 @dataclass
 class StepResult:
-    terms: LossTerms  # terms.loss is what the optimiser minimises
+    terms: LossTerms  # each member's terms (P,); their sum of terms.loss is minimised
     outputs: dict[int, SessionOutput]  # per session, from the augmented batch
-    metrics: dict[str, torch.Tensor]  # extra scalars the augmentations report, e.g. recon_sv
+    metrics: dict[str, torch.Tensor]  # extra values the augmentations report, (P,): recon_sv
 
 
 @contextlib.contextmanager
@@ -63,45 +55,59 @@ def unvalidated_distributions() -> Iterator[None]:
 def run_step(
     model: LFADS, batch: dict[int, SessionBatch], epoch: int, training: bool = True
 ) -> StepResult:
-    """One step on `batch` with the model's training augmentations (training) or its inference
-    augmentations (validation); `epoch` (from 0) sets the KL and L2 ramps."""
-    stack = model.train_augmentations if training else model.infer_augmentations
+    """One step on `batch` (fields (P, B, ...)) with the model's training augmentations (training)
+    or its inference augmentations (validation); `epoch` (from 0) sets the KL and L2 ramps.
+    Each member's terms are (P,)."""
+    augmentations = model.train_augmentations if training else model.infer_augmentations
     augmented, memos = {}, {}
     for session in sorted(batch):
-        augmented[session], memos[session] = stack.process_batch(batch[session])
+        augmented[session], memos[session] = augmentations.process_batch(
+            batch[session], model.random
+        )
     with unvalidated_distributions():
         outputs = model(augmented, sample_posteriors=True)
         metrics: dict[str, torch.Tensor] = {}
-        terms = model.loss(augmented, outputs, stack, memos, epoch, metrics)
+        terms = model.loss(augmented, outputs, augmentations, memos, epoch, metrics)
     return StepResult(terms, outputs, metrics)
 
 
-def check_finite(result: StepResult, split: str, epoch: int) -> None:
-    """Raise NonFiniteLossError naming the first non-finite value of a step: the posterior and
-    reconstruction parameters where they arise (per session), then each loss term.
+def finite_members(result: StepResult) -> torch.Tensor:
+    """(P,) bool: members whose posterior and reconstruction parameters and loss terms are all
+    finite in this step."""
+    finite = None
+    for out in result.outputs.values():
+        for key in CHECKED_OUTPUTS:
+            value = getattr(out, key)
+            ok = value.isfinite().reshape(value.shape[0], -1).all(dim=1)
+            finite = ok if finite is None else finite & ok
+    for name in CHECKED_TERMS:
+        finite = finite & getattr(result.terms, name).detach().isfinite()
+    return finite
 
-    split: "train" or "valid"; epoch: from 0 (the message counts from 1, as the log does).
+
+def describe_non_finite(result: StepResult, member: int, split: str, epoch: int) -> str:
+    """Member `member`'s first non-finite value of a step, in words: the posterior and
+    reconstruction parameters where they arise (per session), then each loss term; with the
+    epoch (from 1, as the log counts) and what to try.
+
+    split: "train" or "valid"; epoch: from 0.
     """
+    where = _first_non_finite(result, member, split)
+    return f"{where} at epoch {epoch + 1}; training stopped. {NON_FINITE_REMEDY}"
+
+
+def _first_non_finite(result: StepResult, member: int, split: str) -> str:
     for session, out in sorted(result.outputs.items()):
-        values = [getattr(out, key) for key in CHECKED_OUTPUTS]
-        if bool(torch.stack([value.isfinite().all() for value in values]).all()):
-            continue
-        for name, value in zip(CHECKED_OUTPUTS.values(), values):
+        for key, name in CHECKED_OUTPUTS.items():
+            value = getattr(out, key)[member]
             if not bool(value.isfinite().all()):
-                n_nan = int(value.isnan().sum())
                 where = f" of session {session}" if len(result.outputs) > 1 else ""
-                _raise(
-                    f"{split} {name}{where} is not finite ({n_nan} NaN, "
-                    f"{int(value.isinf().sum())} infinite of {value.numel()} values)",
-                    epoch,
+                return (
+                    f"{split} {name}{where} is not finite ({int(value.isnan().sum())} NaN, "
+                    f"{int(value.isinf().sum())} infinite of {value.numel()} values)"
                 )
     for name in CHECKED_TERMS:
-        value = float(getattr(result.terms, name).detach())
+        value = float(getattr(result.terms, name)[member].detach())
         if not math.isfinite(value):
-            _raise(f"{split} loss term {name!r} is {value}", epoch)
-
-
-def _raise(what: str, epoch: int) -> None:
-    raise NonFiniteLossError(
-        f"{what} at epoch {epoch + 1}; training stopped. {NON_FINITE_REMEDY}", epoch + 1
-    )
+            return f"{split} loss term {name!r} is {value}"
+    return f"{split}: a non-finite value"

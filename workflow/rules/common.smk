@@ -25,9 +25,15 @@ from lfads.search.space import run_hparams as merged_hparams
 
 try:
     config = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
-    RUNS = check_config(config)  # {run name: its searched hyperparameters}
+    SEARCH = check_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+RUNS = SEARCH.runs  # {run name: its searched hyperparameters}
+PACKS = SEARCH.packs  # {pack name: its runs}, trained together by one `train` job
+PACK_OF = {run: pack for pack, runs in PACKS.items() for run in runs}
+if workflow.is_main_process:
+    for note in SEARCH.notes:
+        print(note, file=sys.stderr)
 
 DATASET = config["dataset"]
 PHASE = config["phase"]
@@ -79,6 +85,7 @@ PREPARED_FOR_MODEL = f"{RESULTS}/prepared_{MODEL_BIN}ms.h5"
 TARGETS_FOR_MODEL = [f"{RESULTS}/targets_{MODEL_BIN}ms.h5"] if PHASE == "val" else []
 NLB_GROUP = group_name(LAYOUT, MODEL_BIN)
 RUNS_DIR = f"{RESULTS}/runs"
+PACKS_DIR = f"{RESULTS}/packs"
 CHECKPOINTS_DIR = f"{RESULTS}/checkpoints"
 
 
@@ -92,6 +99,7 @@ FIGURES = figures_for(PHASE, LAYOUT, has_truth=bool(TRUTH))
 
 wildcard_constraints:
     run="[^/]+",
+    pack=r"pack\d+",
 
 
 def figure_path(figure):
@@ -111,6 +119,8 @@ def final_outputs():
 # Every file of every run is a target of the workflow (the Snakefile's first rule): Snakemake
 # rebuilds a missing target, but a missing intermediate file counts as fine when the files after
 # it exist, so an inferred.h5 lost to a killed forced rerun would otherwise leave it "done".
+# What training writes for each run (rule train's pack folder, copied by rule run_files; rule pbt).
+TRAIN_FILES = {"model": "model.ckpt", "metrics": "metrics.csv", "hparams": "hparams.yaml"}
 RUN_FILES = (
     "model.ckpt",
     "metrics.csv",
@@ -141,7 +151,8 @@ try:
     check_output_paths(
         [DATA_DIR, RESULTS, *(str(marker_path(DATA_DIR, job)) for job in FETCH_JOBS)]
         + ([] if source_kind(SOURCE) == "local" else [*NWB.values(), *TRUTH.values()])
-        + [f"{folder}/{run}" for folder in (RUNS_DIR, CHECKPOINTS_DIR) for run in RUNS]
+        + [f"{RUNS_DIR}/{run}" for run in RUNS]
+        + [f"{folder}/{pack}" for folder in (PACKS_DIR, CHECKPOINTS_DIR) for pack in PACKS]
         + [f"{RUNS_DIR}/{name}" for name in ENSEMBLES]
     )
     check_fetched(SOURCE, DATA_DIR)

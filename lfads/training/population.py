@@ -1,0 +1,257 @@
+"""Population-based training (AutoLFADS) as one pack in one process (rule `pbt`).
+
+The whole population trains as one pack (`lfads.training.train.fit_pack`): one forward and one
+backward pass serve every worker. Between generations, the decisions of `lfads.search.pbt`
+(exploit: who copies whom; explore: the new values) are applied to the pack's state: exploit
+copies the parent's slot of the weights and of AdamW's moments and step counts into the
+worker's slot, with the parent's history (its lineage); explore writes the new values into the
+worker's hyperparameters (the model's per-member tensors, the optimiser's per-member learning
+rate). A copied worker keeps its own random stream, and its best epoch counts from the copy, so
+the final workers are distinct models for an ensemble.
+
+Resumable at any epoch: the pack's `last.ckpt` (rewritten after every epoch) holds the search's
+record (every plan and every finished generation's results, and which plan its state trains),
+so a killed job replays the same decisions and resumes the generation where it stopped. Each
+generation's plan and results are also written for reading, as `plan_gen<g>.json` and
+`results_gen<g>.json` in `search_dir` (lfads/README.md, "Files of a PBT search").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lfads.formats.checkpoints import (
+    TRAINING_STATE,
+    load_checkpoint_file,
+    read_training_checkpoint,
+)
+from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED
+from lfads.infra.io import atomic_path
+from lfads.model.hparams import HParams
+from lfads.search.pbt import (
+    PBTSettings,
+    Plan,
+    WorkerResult,
+    describe_plan,
+    generation_name,
+    history_rows,
+    next_plan,
+    plan_from_dict,
+    plan_to_dict,
+    result_from_dict,
+    result_to_dict,
+    worker_hparams,
+    write_curves,
+    write_history,
+    write_plan,
+    write_results,
+)
+from lfads.training.resume import LAST_CHECKPOINT, RunIdentity, RunPlan, plan_run
+from lfads.training.train import Member, check_missing_targets, deliver, fit_pack, resolve_device
+
+log = logging.getLogger("lfads.search.pbt")
+
+
+def train_population(
+    settings: PBTSettings,
+    base_hparams: dict[str, Any],
+    data_files: list[Path],
+    runs: dict[str, Path],
+    checkpoint_dir: Path,
+    search_dir: Path,
+    history: Path,
+    curves: Path,
+    device: str = "auto",
+    rnn_impl: str = "fast",
+) -> None:
+    """Run the whole search, or resume it, and write its outputs.
+
+    base_hparams: the configfile's `model.hparams`; runs: {worker: its final run folder}, where
+    the last generation's workers go (model.ckpt with the weights of each worker's best epoch
+    since its last copy, metrics.csv of its lineage, hparams.yaml); history: pbt_history.tsv
+    (`lfads.search.pbt.write_history`); curves: every worker's loss per epoch
+    (`write_curves`).
+    """
+    from lfads.training.module import LFADSDataModule
+
+    data_files = [Path(path) for path in data_files]
+    checkpoint_dir, search_dir = Path(checkpoint_dir), Path(search_dir)
+    device = resolve_device(device)
+    workers = settings.worker_names
+    first_plan = next_plan(settings, [], [])
+    starting = _member_hparams(base_hparams, first_plan)
+    data = LFADSDataModule(
+        data_files,
+        starting[0].batch_size,
+        [hp.seed for hp in starting],
+        starting[0].sv_rate,
+    )
+    data.setup()
+    check_missing_targets(data.sessions, starting[0])
+    identity = RunIdentity.of(
+        [
+            HParams.from_dict(worker_hparams(base_hparams, {}, settings.max_epochs, index))
+            for index in range(len(workers))
+        ],
+        data_files,
+        search=dataclasses.asdict(settings),
+    )
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    found = plan_run(checkpoint_dir, identity, settings.max_epochs)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)  # (again: a folder set aside was renamed)
+    last = checkpoint_dir / LAST_CHECKPOINT
+    record = (found.state.search if found.state is not None else None) or {
+        "plans": [],
+        "results": [],
+        "applied": 0,
+    }
+    plans = [plan_from_dict(plan, last) for plan in record["plans"]]
+    results = [[result_from_dict(r, last) for r in generation] for generation in record["results"]]
+    if plans:
+        log.info(
+            "resuming the search: %d generation(s) done, the state trains generation %d",
+            len(results),
+            record["applied"],
+        )
+    search_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        generation = len(results)
+        if len(plans) == generation:
+            plans.append(next_plan(settings, plans, results))
+            record["plans"] = [plan_to_dict(plan) for plan in plans]
+            for line in describe_plan(plans[-1]):
+                log.info("%s", line)
+        plan = plans[generation]
+        if plan.stop:
+            break
+        members = [
+            Member(worker.name, hparams, runs[worker.name])
+            for worker, hparams in zip(plan.workers, _member_hparams(base_hparams, plan))
+        ]
+        write_plan(search_dir / f"plan_gen{generation_name(generation)}.json", plan)
+        if generation > 0 and record["applied"] < generation:
+            _apply_plan(last, plan, members)
+            record["applied"] = generation
+        states = _train_generation(members, data, identity, plan, last, record, device, rnn_impl)
+        results.append(_results(plan, states))
+        record["results"] = [[result_to_dict(r) for r in gen] for gen in results]
+        _save_record(last, record)
+        name = f"results_gen{generation_name(generation)}.json"
+        write_results(search_dir / name, generation, results[-1])
+    for generation, plan in enumerate(plans):  # (again: a kill may have lost one)
+        write_plan(search_dir / f"plan_gen{generation_name(generation)}.json", plan)
+    for generation, generation_results in enumerate(results):
+        name = f"results_gen{generation_name(generation)}.json"
+        write_results(search_dir / name, generation, generation_results)
+    trained = [plan for plan in plans if not plan.stop]
+    final = trained[-1]
+    members = [
+        Member(worker.name, hparams, runs[worker.name])
+        for worker, hparams in zip(final.workers, _member_hparams(base_hparams, final))
+    ]
+    deliver(
+        members, read_training_checkpoint(last).members, data.sessions, checkpoint_dir, identity
+    )
+    write_history(history, history_rows(trained, results))
+    write_curves(curves, results)
+    log.info("the search stopped: %s", plans[-1].stop_reason)
+
+
+def _member_hparams(base: dict[str, Any], plan: Plan) -> list[HParams]:
+    return [
+        HParams.from_dict(worker_hparams(base, worker.hyperparameters, plan.end_epoch, index))
+        for index, worker in enumerate(plan.workers)
+    ]
+
+
+def _train_generation(members, data, identity, plan: Plan, last: Path, record, device, rnn_impl):
+    """Train the pack to the plan's end epoch (nothing when its state is there already); returns
+    every member's state at the generation's end."""
+    if last.exists():
+        state = read_training_checkpoint(last)
+        done = max(len(member.history) for member in state.members)
+        if done >= plan.end_epoch or all(member.finished for member in state.members):
+            return state.members
+        run = RunPlan("resume", state, None, last)
+    else:
+        run = RunPlan("afresh")
+    module = fit_pack(
+        members, data, identity, run, last.parent, device, rnn_impl, search=dict(record)
+    )
+    return module.states
+
+
+def _results(plan: Plan, states) -> list[WorkerResult]:
+    """Each worker's result of the plan's generation: its smoothed valid recon at the last epoch
+    (NaN if it diverged) and its loss at each epoch of the generation."""
+    results = []
+    for worker, state in zip(plan.workers, states):
+        curve = tuple(
+            (int(row[EPOCH]) + 1, float(row[VALID_RECON_SMOOTHED]))
+            for row in state.history
+            if plan.start_epoch <= row[EPOCH] < plan.end_epoch
+        )
+        finished = state.diverged is None and state.history
+        loss = float(state.history[-1][VALID_RECON_SMOOTHED]) if finished else math.nan
+        results.append(WorkerResult(worker.name, dict(worker.hyperparameters), loss, curve))
+    return results
+
+
+def _apply_plan(last: Path, plan: Plan, members: list[Member]) -> None:
+    """Exploit and explore in the pack's state at the end of the previous generation: each
+    worker that copies another takes the parent's slot of the weights, of AdamW's moments and
+    step counts, and its history; every worker takes the plan's values. Copies read the state
+    as it was before any copy, so they never chain."""
+    checkpoint = load_checkpoint_file(last)
+    weights = checkpoint["state_dict"]
+    optimizer = checkpoint["optimizer_states"][0]
+    state = checkpoint[TRAINING_STATE]
+    slot = {worker.name: index for index, worker in enumerate(plan.workers)}
+    source_weights = {name: value.clone() for name, value in weights.items()}
+    source_moments = {
+        index: {key: value.clone() for key, value in moments.items()}
+        for index, moments in optimizer["state"].items()
+    }
+    source_members = copy.deepcopy(state["members"])
+    group = optimizer["param_groups"][0]
+    for target, (worker, member) in enumerate(zip(plan.workers, members)):
+        if worker.exploited:
+            parent = slot[worker.parent]
+            for name, value in weights.items():
+                value[target] = source_weights[name][parent]
+            for index, moments in optimizer["state"].items():
+                for key, value in moments.items():
+                    value[target] = source_moments[index][key][parent]
+            lineage = copy.deepcopy(source_members[parent])
+            lineage.update(  # its best epoch counts from the copy
+                name=worker.name, best_epoch=0, best_valid_recon_smoothed=math.inf, best_weights={}
+            )
+            state["members"][target] = lineage
+        state["members"][target]["hparams"] = member.hparams.to_dict()
+        group["lr"][target] = member.hparams.lr
+        group["weight_decay"][target] = member.hparams.weight_decay
+    state["search"] = {**(state.get("search") or {}), "applied": plan.generation}
+    with atomic_path(last) as tmp:
+        torch.save(checkpoint, tmp)
+    copies = [f"{w.name} <- {w.parent}" for w in plan.workers if w.exploited]
+    log.info(
+        "generation %d starts from the state of epoch %d%s",
+        plan.generation,
+        plan.start_epoch,
+        f"; copies: {', '.join(copies)}" if copies else "; no copies",
+    )
+
+
+def _save_record(last: Path, record: dict[str, Any]) -> None:
+    """Put the search's record into the pack's last.ckpt (atomically)."""
+    checkpoint = load_checkpoint_file(last)
+    checkpoint[TRAINING_STATE]["search"] = record
+    with atomic_path(last) as tmp:
+        torch.save(checkpoint, tmp)
