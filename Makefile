@@ -71,8 +71,10 @@ submission: $(STAMP)
 	done; \
 	$(BIN)/python -m lfads combine-submissions --whole-benchmark --out $(SUBMISSION) $$files
 
+# Two workers, one test file each at a time (module fixtures are built once): the SLURM tests,
+# which mostly wait on the cluster, run beside the others.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm" --durations=10

@@ -96,6 +96,16 @@ def poisson_nan_after() -> str:
     return "poisson_nan_after"
 
 
+# Test files that run first: under `make test`'s two workers (pytest-xdist, one file at a time
+# each), the SLURM tests, which mostly wait on the cluster, then start at once beside the rest
+# instead of running alone at the end.
+FIRST = ("test_slurm.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # (stable: the rest keep their order)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Torch on one thread in the whole suite: the tiny models of the tests run fastest so, and do

@@ -213,6 +213,56 @@ def test_a_population_that_stops_improving_stops_early_and_runs_no_later_generat
     assert dry.returncode == 0 and "rule pbt:" not in dry.stdout
 
 
+# Four workers in two packs of two: seed 3 makes generation 1 copy worker02 (pack 1) into
+# worker01 (pack 0), a copy across packs (asserted below).
+SPLIT = {
+    "population": 4,
+    "burn_in_epochs": 2,
+    "generation_epochs": 2,
+    "max_epochs": 6,
+    "seed": 3,
+    "hyperparameters": {"lr": {"range": [1.0e-4, 2.0e-2], "scale": "log"}},
+}
+
+
+@pytest.mark.slow
+def test_a_population_larger_than_a_pack_makes_the_same_decisions_as_one_pack(tmp_path):
+    """search.pack_size 2 < population 4: one pbt_pack job per pack and generation, exploiting
+    across packs, with the plans and history of the same search in one pack (losses to 1e-4)."""
+    target = [str(RESULTS / "pbt_history.tsv"), str(RESULTS / "runs/pbt-worker03/model.ckpt")]
+    histories, plan_files = {}, {}
+    for pack_size in (4, 2):
+        workdir = pbt_workdir(tmp_path / f"pack{pack_size}", SPLIT)
+        config = yaml.safe_load((workdir / "config.yaml").read_text())
+        config["search"]["pack_size"] = pack_size
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        result = snakemake_with_config(workdir, "--cores", "2", *target)
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        output = result.stdout + result.stderr
+        jobs = len(re.findall(r"^(?:local)?rule pbt_pack:$", output, re.M))
+        assert (jobs, "rule pbt:" in output) == ((0, True) if pack_size == 4 else (6, False))
+        histories[pack_size] = read_history(workdir / RESULTS / "pbt_history.tsv")
+        plan_files[pack_size] = [
+            read_plan(path) for path in sorted((workdir / RESULTS / "pbt").glob("plan_gen*.json"))
+        ]
+        assert (workdir / RESULTS / "runs/pbt-worker03/model.ckpt").stat().st_size > 0
+    one, split = plan_files[4], plan_files[2]
+    assert len(one) == len(split) == 4 and split[-1].stop
+    copies = [(w.name, w.parent) for w in split[1].workers if w.exploited]
+    assert copies and any(PBT_PACKS_OF[a] != PBT_PACKS_OF[b] for a, b in copies), copies
+    for a, b in zip(one, split):
+        assert a.workers == b.workers  # the same copies and values
+        assert a.best_losses == pytest.approx(b.best_losses, rel=1e-4)
+    assert [(r["generation"], r["worker"]) for r in histories[2]] == [
+        (r["generation"], r["worker"]) for r in histories[4]
+    ]
+    for a, b in zip(histories[4], histories[2]):
+        assert b["valid_recon_smoothed"] == pytest.approx(a["valid_recon_smoothed"], rel=1e-4)
+
+
+PBT_PACKS_OF = {"worker00": 0, "worker01": 0, "worker02": 1, "worker03": 1}
+
+
 PBT_CONFIGFILE = REPO / "config" / "synthetic_pbt.yaml"
 
 
@@ -246,12 +296,6 @@ def test_the_pbt_configfile_names_its_final_workers_as_runs():
             r"search.pbt.hyperparameters.lr.range: a log scale needs low > 0",
         ),
         ({"pbt": {}}, {"lr_scheduler": True}, r"model.hparams.lr_scheduler: PBT controls"),
-        (
-            {"pbt": {"population": 4}, "pack_size": 2},
-            {},
-            r"search.pack_size: the PBT population \(4 workers, search.pbt.population\) trains "
-            "as one pack",
-        ),
         (
             {"pbt": {"hyperparameters": {"gen_dim": {"range": [8, 64], "scale": "log"}}}},
             {},

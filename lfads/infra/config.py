@@ -197,12 +197,6 @@ def _check_pbt(search: dict, base_hparams: dict) -> dict[str, dict]:
             f"search.{others[0]}, or move it to another configfile"
         )
     settings = PBTSettings.from_config(search["pbt"])
-    if search.get("pack_size", settings.population) < settings.population:
-        raise ValueError(
-            f"search.pack_size: the PBT population ({settings.population} workers, "
-            "search.pbt.population) trains as one pack; remove search.pack_size or raise it to "
-            "the population"
-        )
     if base_hparams.get("lr_scheduler"):
         raise ValueError(
             "model.hparams.lr_scheduler: PBT controls the learning rate (search.pbt), so no "

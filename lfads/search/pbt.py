@@ -589,6 +589,14 @@ RUN_PREFIX = "pbt-"  # a final worker's run folder: runs/pbt-worker00, ...
 PBT_OVERRIDES = {"lr_scheduler": False, "early_stopping_patience": 0}
 
 
+def worker_packs(settings: PBTSettings, pack_size: int) -> dict[str, list[str]]:
+    """{pack name: its workers}: the population in consecutive packs of at most `pack_size`
+    (pack00, pack01, ...); one pack when it fits. A worker keeps its pack in every generation."""
+    workers = settings.worker_names
+    chunks = [workers[start : start + pack_size] for start in range(0, len(workers), pack_size)]
+    return {f"pack{index:02d}": chunk for index, chunk in enumerate(chunks)}
+
+
 def run_names(settings: PBTSettings) -> dict[str, str]:
     """{run name in runs/: worker name} of the final population."""
     return {f"{RUN_PREFIX}{worker}": worker for worker in settings.worker_names}
@@ -607,6 +615,26 @@ def worker_hparams(
 def generation_name(generation: int) -> str:
     """The generation as it appears in paths: 0 -> "0000"."""
     return f"{generation:04d}"
+
+
+def plan_generation(
+    settings: PBTSettings,
+    generation: int,
+    previous_plan: str | Path | None = None,
+    result_files: Sequence[str | Path] = (),
+) -> Plan:
+    """The plan of `generation` from files (rule `pbt_plan` of a population in several packs):
+    `initial_plan` for 0, else `plan_next_generation` from the plan of generation - 1 and the
+    results files of its packs (`write_results`, in any order)."""
+    if generation == 0:
+        return initial_plan(settings)
+    if previous_plan is None:
+        raise ValueError(
+            f"generation {generation}: the plan of generation {generation - 1} is needed"
+        )
+    earlier = read_plan(previous_plan)
+    results = [result for path in result_files for result in read_results(path)]
+    return plan_next_generation(settings, generation - 1, results, earlier.best_losses)
 
 
 def next_plan(

@@ -14,6 +14,10 @@ record (every plan and every finished generation's results, and which plan its s
 so a killed job replays the same decisions and resumes the generation where it stopped. Each
 generation's plan and results are also written for reading, as `plan_gen<g>.json` and
 `results_gen<g>.json` in `search_dir` (lfads/README.md, "Files of a PBT search").
+
+A population larger than a pack trains one generation of one pack per process
+(`train_generation_of_pack`, rule `pbt_pack`), the workflow planning between generations; the
+same `apply_plan` applies a plan in both.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from lfads.model.hparams import HParams
 from lfads.search.pbt import (
     PBTSettings,
     Plan,
+    PlannedWorker,
     WorkerResult,
     describe_plan,
     generation_name,
@@ -164,6 +170,85 @@ def train_population(
     log.info("the search stopped: %s", plans[-1].stop_reason)
 
 
+def train_generation_of_pack(
+    settings: PBTSettings,
+    base_hparams: dict[str, Any],
+    data_files: list[Path],
+    plan: Plan,
+    pack: list[str],
+    packs: dict[str, list[str]],
+    previous_states: dict[str, Path],
+    out_dir: Path,
+    checkpoint_dir: Path,
+    device: str = "auto",
+    rnn_impl: str = "fast",
+) -> list[WorkerResult]:
+    """One generation of one pack of a population larger than a pack (rule `pbt_pack`): the
+    pack's workers `pack` start from the previous generation's end with the plan applied (a copy
+    may come from another pack's state), train to the plan's end epoch, and write into out_dir
+    `state.ckpt` (the pack's state at the generation's end), `results.json` (its workers') and
+    each worker's `<worker>/` run files.
+
+    packs: {pack name: its workers} of the whole population (a worker keeps its pack);
+    previous_states: {pack name: its state.ckpt at the end of the previous generation}, for
+    generation >= 1. The pack's checkpoint_dir (one per generation) makes a killed job resume.
+    """
+    from lfads.training.module import LFADSDataModule
+
+    data_files, out_dir = [Path(path) for path in data_files], Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir)
+    device = resolve_device(device)
+    index = {name: i for i, name in enumerate(settings.worker_names)}  # (seed + index)
+    workers = [plan.worker(name) for name in pack]
+    hparams = [
+        HParams.from_dict(
+            worker_hparams(base_hparams, worker.hyperparameters, plan.end_epoch, index[worker.name])
+        )
+        for worker in workers
+    ]
+    members = [Member(w.name, hp, out_dir / w.name) for w, hp in zip(workers, hparams)]
+    data = LFADSDataModule(
+        data_files, hparams[0].batch_size, [hp.seed for hp in hparams], hparams[0].sv_rate
+    )
+    data.setup()
+    check_missing_targets(data.sessions, hparams[0])
+    search = {"pbt": dataclasses.asdict(settings), "generation": plan.generation}
+    identity = RunIdentity.of(hparams, data_files, search=search)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    found = plan_run(checkpoint_dir, identity, plan.end_epoch)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last = checkpoint_dir / LAST_CHECKPOINT
+    if found.action == "afresh" and plan.generation > 0:
+        pack_of = {worker: name for name, group in packs.items() for worker in group}
+        own = pack_of[pack[0]]
+        states = {own: load_checkpoint_file(previous_states[own])}
+        checkpoint = load_checkpoint_file(previous_states[own])  # changed; states[own] is read
+        for worker in workers:
+            parent_pack = pack_of[worker.parent]
+            if worker.exploited and parent_pack not in states:
+                states[parent_pack] = load_checkpoint_file(previous_states[parent_pack])
+        sources = {
+            worker: (states[name], slot)
+            for name, group in packs.items()
+            if name in states
+            for slot, worker in enumerate(group)
+        }
+        apply_plan(checkpoint, workers, members, sources, plan.generation)
+        checkpoint[TRAINING_STATE]["identity"] = identity.to_dict()  # a rerun resumes it
+        with atomic_path(last) as tmp:
+            torch.save(checkpoint, tmp)
+        found = RunPlan("resume", read_training_checkpoint(last), None, last)
+    module = fit_pack(members, data, identity, found, checkpoint_dir, device, rnn_impl)
+    deliver(members, module.states, data.sessions, checkpoint_dir, identity)
+    with atomic_path(out_dir / "state.ckpt") as tmp:
+        shutil.copyfile(last, tmp)
+    results = _results(plan, module.states, workers)
+    write_results(out_dir / "results.json", plan.generation, results)
+    for result in results:
+        log.info("%s: smoothed valid recon %.6g", result.name, result.valid_recon_smoothed)
+    return results
+
+
 def _member_hparams(base: dict[str, Any], plan: Plan) -> list[HParams]:
     return [
         HParams.from_dict(worker_hparams(base, worker.hyperparameters, plan.end_epoch, index))
@@ -188,11 +273,12 @@ def _train_generation(members, data, identity, plan: Plan, last: Path, record, d
     return module.states
 
 
-def _results(plan: Plan, states) -> list[WorkerResult]:
-    """Each worker's result of the plan's generation: its smoothed valid recon at the last epoch
-    (NaN if it diverged) and its loss at each epoch of the generation."""
+def _results(plan: Plan, states, workers: list[PlannedWorker] | None = None) -> list[WorkerResult]:
+    """Each worker's result of the plan's generation (workers: those of one pack, default all):
+    its smoothed valid recon at the last epoch (NaN if it diverged) and its loss at each epoch of
+    the generation."""
     results = []
-    for worker, state in zip(plan.workers, states):
+    for worker, state in zip(workers or plan.workers, states):
         curve = tuple(
             (int(row[EPOCH]) + 1, float(row[VALID_RECON_SMOOTHED]))
             for row in state.history
@@ -205,31 +291,42 @@ def _results(plan: Plan, states) -> list[WorkerResult]:
 
 
 def _apply_plan(last: Path, plan: Plan, members: list[Member]) -> None:
-    """Exploit and explore in the pack's state at the end of the previous generation: each
-    worker that copies another takes the parent's slot of the weights, of AdamW's moments and
-    step counts, and its history; every worker takes the plan's values. Copies read the state
-    as it was before any copy, so they never chain."""
+    """Exploit and explore in the one pack's state at the end of the previous generation."""
     checkpoint = load_checkpoint_file(last)
+    before = load_checkpoint_file(last)  # what copies read: the state before any copy
+    sources = {worker.name: (before, slot) for slot, worker in enumerate(plan.workers)}
+    apply_plan(checkpoint, list(plan.workers), members, sources, plan.generation)
+    with atomic_path(last) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def apply_plan(
+    checkpoint: dict[str, Any],
+    workers: list[PlannedWorker],
+    members: list[Member],
+    sources: dict[str, tuple[dict[str, Any], int]],
+    generation: int,
+) -> None:
+    """Exploit and explore in a pack's state (`checkpoint`, a last.ckpt's dict, changed in place)
+    at the end of the previous generation: each worker that copies another takes the parent's
+    slot of every weight, of AdamW's moments and step counts, and its history (a fresh best
+    epoch: its own from the copy); every worker takes the plan's values. workers[m] and
+    members[m] are slot m; sources: {worker: (the state holding it before any copy, its slot)},
+    so copies never chain. A copied worker keeps its own random stream."""
     weights = checkpoint["state_dict"]
     optimizer = checkpoint["optimizer_states"][0]
     state = checkpoint[TRAINING_STATE]
-    slot = {worker.name: index for index, worker in enumerate(plan.workers)}
-    source_weights = {name: value.clone() for name, value in weights.items()}
-    source_moments = {
-        index: {key: value.clone() for key, value in moments.items()}
-        for index, moments in optimizer["state"].items()
-    }
-    source_members = copy.deepcopy(state["members"])
     group = optimizer["param_groups"][0]
-    for target, (worker, member) in enumerate(zip(plan.workers, members)):
+    for target, (worker, member) in enumerate(zip(workers, members)):
         if worker.exploited:
-            parent = slot[worker.parent]
+            source, parent = sources[worker.parent]
             for name, value in weights.items():
-                value[target] = source_weights[name][parent]
+                value[target] = source["state_dict"][name][parent]
+            parent_moments = source["optimizer_states"][0]["state"]
             for index, moments in optimizer["state"].items():
                 for key, value in moments.items():
-                    value[target] = source_moments[index][key][parent]
-            lineage = copy.deepcopy(source_members[parent])
+                    value[target] = parent_moments[index][key][parent]
+            lineage = copy.deepcopy(source[TRAINING_STATE]["members"][parent])
             lineage.update(  # its best epoch counts from the copy
                 name=worker.name, best_epoch=0, best_valid_recon_smoothed=math.inf, best_weights={}
             )
@@ -237,14 +334,12 @@ def _apply_plan(last: Path, plan: Plan, members: list[Member]) -> None:
         state["members"][target]["hparams"] = member.hparams.to_dict()
         group["lr"][target] = member.hparams.lr
         group["weight_decay"][target] = member.hparams.weight_decay
-    state["search"] = {**(state.get("search") or {}), "applied": plan.generation}
-    with atomic_path(last) as tmp:
-        torch.save(checkpoint, tmp)
-    copies = [f"{w.name} <- {w.parent}" for w in plan.workers if w.exploited]
+    state["search"] = {**(state.get("search") or {}), "applied": generation}
+    copies = [f"{w.name} <- {w.parent}" for w in workers if w.exploited]
     log.info(
-        "generation %d starts from the state of epoch %d%s",
-        plan.generation,
-        plan.start_epoch,
+        "generation %d starts from the end of generation %d%s",
+        generation,
+        generation - 1,
         f"; copies: {', '.join(copies)}" if copies else "; no copies",
     )
 

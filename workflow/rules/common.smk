@@ -21,6 +21,7 @@ from lfads.evaluation.ensemble import MEMBERS_TSV, ensemble_name
 from lfads.evaluation.outputs import figures_for
 from lfads.infra.config import ConfigError, check_config, check_output_paths, validate_config
 from lfads.infra.io import remove_stale_temporaries
+from lfads.search.pbt import generation_name, read_plan
 from lfads.search.space import run_hparams as merged_hparams
 
 try:
@@ -158,3 +159,50 @@ try:
     check_fetched(SOURCE, DATA_DIR)
 except (ConfigError, FetchedFileError) as error:
     raise WorkflowError(str(error)) from None
+
+
+# PBT of a population in several packs (pbt_packs.smk): generation g's files.
+def pbt_pack_dir(generation, pack):
+    return f"{PBT_DIR}/gen{generation_name(int(generation))}/{pack}"
+
+
+def pbt_plan_file(generation):
+    """The plan of `generation` once its checkpoint job has run (raises Snakemake's
+    IncompleteCheckpointException before: the DAG is then re-evaluated)."""
+    return checkpoints.pbt_plan.get(gen=generation_name(int(generation))).output.plan
+
+
+def pbt_last_generation():
+    """The last generation that trains: the one before the first plan that stops."""
+    generation = 0
+    while not read_plan(pbt_plan_file(generation + 1)).stop:
+        generation += 1
+    return generation
+
+
+def pbt_plan_inputs(wildcards):
+    generation = int(wildcards.gen)
+    if generation == 0:
+        return {}
+    return {
+        "previous": f"{PBT_DIR}/plan_gen{generation_name(generation - 1)}.json",
+        "packs": [pbt_pack_dir(generation - 1, pack) for pack in PBT_PACKS],
+    }
+
+
+def pbt_pack_inputs(wildcards):
+    inputs = {"plan": pbt_plan_file(wildcards.gen), "data": PREPARED_FOR_MODEL}
+    generation = int(wildcards.gen)
+    if generation > 0:  # every pack's end of the previous generation: copies may cross packs
+        inputs["previous"] = [pbt_pack_dir(generation - 1, pack) for pack in PBT_PACKS]
+    return inputs
+
+
+def pbt_history_inputs(wildcards):
+    last = pbt_last_generation()
+    return {
+        "plans": [f"{PBT_DIR}/plan_gen{generation_name(g)}.json" for g in range(last + 2)],
+        "packs": [  # generation-major (scripts/pbt_history.py)
+            pbt_pack_dir(g, pack) for g in range(last + 1) for pack in PBT_PACKS
+        ],
+    }

@@ -41,6 +41,8 @@ rule run_files:
     localrule: True
     conda:
         "../../envs/lfads.yaml"
+    params:
+        member=lambda wildcards: wildcards.run,
     script:
         "../scripts/run_files.py"
 
