@@ -167,6 +167,29 @@ def test_workflow_stops_on_bad_config_before_any_job(tmp_path, mc_maze, snakemak
     assert "Building DAG" not in output and "rule fetch" not in output
 
 
+def test_two_configfiles_that_both_set_a_search_are_refused_naming_both(
+    tmp_path, snakemake_in_process
+):
+    """Merged key by key, grids of dropout [0.1, 0.2] and cd_rate [0.3, 0.4] would cross into 4
+    runs that neither file asks for."""
+    first, second, other = (
+        tmp_path / "first.yaml",
+        tmp_path / "second.yaml",
+        tmp_path / "other.yaml",
+    )
+    first.write_text(yaml.safe_dump({"search": {"grid": {"dropout": [0.1, 0.2]}}}))
+    second.write_text(yaml.safe_dump({"search": {"grid": {"cd_rate": [0.3, 0.4]}}}))
+    other.write_text(yaml.safe_dump({"ensemble": {"top_k": 2}}))
+    demo = str(REPO / "config" / "config.yaml")
+    both = snakemake_in_process("-n", "--configfile", demo, str(first), str(second))
+    assert both.returncode != 0
+    assert f"search: set in 3 configfiles ({demo}, {first}, {second})" in both.stdout
+    assert "Building DAG" not in both.stdout
+    # one configfile with the search and another without one is fine
+    fine = snakemake_in_process("-n", "--configfile", demo, str(other))
+    assert fine.returncode == 0, fine.stdout[-3000:]
+
+
 HOSTILE_ASSET_PATHS = [
     "../../../outside/victim.nwb",
     "/tmp/victim.nwb",

@@ -82,6 +82,19 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
+def check_configfiles(paths: Iterable[str | Path]) -> None:
+    """Refuse configfiles of which more than one sets `search` (ConfigError naming them):
+    Snakemake merges configfiles key by key, so their grids would cross into runs that neither
+    file asks for. One configfile that sets the search, the others without `search`, is fine."""
+    setting = [str(path) for path in paths if "search" in (load_yaml(path) or {})]
+    if len(setting) > 1:
+        raise ConfigError(
+            f"search: set in {len(setting)} configfiles ({', '.join(setting)}); Snakemake would "
+            "merge them key by key and cross their grids into runs that none of them asks for. "
+            "Keep `search` in one configfile (or give the search with --config search=...)."
+        )
+
+
 @dataclass(frozen=True)
 class SearchRuns:
     """A configfile's search: its runs and how they are packed."""

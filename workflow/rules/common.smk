@@ -19,12 +19,19 @@ from lfads.data.fetch import (
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
 from lfads.evaluation.ensemble import MEMBERS_TSV, ensemble_name
 from lfads.evaluation.outputs import figures_for
-from lfads.infra.config import ConfigError, check_config, check_output_paths, validate_config
+from lfads.infra.config import (
+    ConfigError,
+    check_config,
+    check_configfiles,
+    check_output_paths,
+    validate_config,
+)
 from lfads.infra.io import remove_stale_temporaries
 from lfads.search.pbt import generation_name, read_plan
 from lfads.search.space import run_hparams as merged_hparams
 
 try:
+    check_configfiles(workflow.configfiles)
     config = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     SEARCH = check_config(config)
 except ConfigError as error:
