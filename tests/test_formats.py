@@ -89,6 +89,20 @@ def test_prepared_reader_names_a_missing_attribute_and_a_wrong_shape(tmp_path):
         read_prepared(path)
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.97])  # cut in the header's reach; in the data
+def test_a_truncated_prepared_file_is_named_with_the_rule_that_rewrites_it(tmp_path, kept):
+    path = write_lorenz_prepared(tmp_path / "p.h5", n_trials=30, n_eval=5)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(ValueError) as error:
+        read_prepared(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: HDF5 cannot read it (") and "truncated" in message
+    assert "`snakemake --forcerun prepare`" in message, message
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'q.h5'}: no such file"):
+        read_prepared(tmp_path / "q.h5")
+
+
 def test_inferred_file_rounds_latents_only_and_refuses_other_versions(tmp_path):
     rng = np.random.default_rng(0)
     rates, factors = rng.random((6, 5, 3), np.float32), rng.random((6, 5, 2), np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 
 from lfads.formats.prepared import SPLITS
 from lfads.formats.version import FORMAT_VERSION_KEY, check_format_version, plain
-from lfads.infra.io import atomic_path
+from lfads.infra.io import atomic_path, open_hdf5
 
 FORMAT_VERSION = 1
 REMEDY = "Rewrite it with the rule that writes it (`infer`, or `python -m lfads infer`)."
@@ -139,7 +139,7 @@ def read_inferred(path: str | Path, keys: Collection[str] | None = None) -> Infe
         raise ValueError(
             f"read_inferred: unknown keys {unknown}; the keys are {list(INFERRED_KEYS)}"
         )
-    with h5py.File(path, "r") as file:
+    with open_hdf5(path, REMEDY) as file:
         attrs = {key: plain(value) for key, value in file.attrs.items()}
         check_format_version(path, attrs.get(FORMAT_VERSION_KEY), FORMAT_VERSION, REMEDY)
         splits = {

@@ -17,13 +17,16 @@ import h5py
 import numpy as np
 
 from lfads.formats.version import FORMAT_VERSION_KEY, check_format_version, plain
-from lfads.infra.io import atomic_path
+from lfads.infra.io import atomic_path, open_hdf5
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "eval")
 MODEL_SPLITS = ("train", "valid")  # the splits training needs, both with encod_data and recon_data
 UNIT_IDS = "unit_ids"  # group of the NWB unit ids: `heldin`, `heldout`
-REMEDY = "Rewrite it with the rule that writes it (`prepare`, or `python -m lfads prepare`)."
+REMEDY = (
+    "Rewrite it with the rule that writes it, `prepare` (delete the file and rerun the workflow, "
+    "or `snakemake --forcerun prepare`), or with `python -m lfads prepare`."
+)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def read_prepared(
     unknown = sorted(set(keys or ()) - set(SPLIT_KEYS))
     if unknown:
         raise ValueError(f"read_prepared: unknown keys {unknown}; the keys are {list(SPLIT_KEYS)}")
-    with h5py.File(path, "r") as file:
+    with open_hdf5(path, REMEDY) as file:
         check_format_version(
             path, plain(file.attrs.get(FORMAT_VERSION_KEY)), FORMAT_VERSION, REMEDY
         )

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from lfads.formats.version import FORMAT_VERSION_KEY, check_format_version, plain
-from lfads.infra.io import atomic_path
+from lfads.infra.io import atomic_path, open_hdf5
 
 FORMAT_VERSION = 1
 REMEDY = "Rewrite it with the rule that writes it (`targets`, or `python -m lfads targets`)."
@@ -50,7 +50,7 @@ def write_targets_file(path: str | Path, targets: dict) -> Path:
 
 def check_targets(path: str | Path) -> None:
     """Raise FormatVersionError unless `path` is a targets file of FORMAT_VERSION."""
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path, REMEDY) as handle:
         _check_version(path, handle)
 
 
@@ -59,7 +59,7 @@ def read_targets(path: str | Path, group: str, keys: Collection[str] | None = No
     unknown = sorted(set(keys or ()) - set(TARGETS_KEYS))
     if unknown:
         raise ValueError(f"read_targets: unknown keys {unknown}; the keys are {list(TARGETS_KEYS)}")
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path, REMEDY) as handle:
         _check_version(path, handle)
         if group not in handle:
             raise ValueError(

@@ -65,6 +65,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def open_hdf5(path: str | os.PathLike, remedy: str) -> Iterator[Any]:
+    """h5py.File(path, "r"), for the readers of lfads/formats: a file that HDF5 cannot open or
+    read (truncated by a full disk or a killed copy, damaged, not HDF5) raises ValueError naming
+    it, with `remedy` (the format's, which names the rule that writes it)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file. {remedy}")
+    try:
+        with h5py.File(path, "r") as handle:
+            yield handle
+    except OSError as error:
+        raise ValueError(
+            f"{path}: HDF5 cannot read it ({error}): the file is truncated or damaged. {remedy}"
+        ) from None
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
