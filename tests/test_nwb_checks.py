@@ -63,6 +63,17 @@ def test_behaviour_off_the_1ms_grid(train_copy):
     assert "processing.behavior.hand_vel" in message and "off the 1 ms grid" in message
 
 
+def test_a_duplicated_trial_id_is_named_before_nlb_tools(train_copy):
+    """nlb_tools failed with `all input arrays must have the same shape` (prepare) and
+    `KeyError: np.int64(5)` (targets)."""
+    with h5py.File(train_copy, "a") as handle:
+        ids = handle["intervals/trials/id"]
+        ids[5] = ids[4]
+        expected = int(ids[4])
+    message = _error(train_copy)
+    assert message.startswith(f"{train_copy}: trials.id: trial id {expected} is on rows [4, 5]")
+
+
 def test_no_heldout_units(train_copy):
     with h5py.File(train_copy, "a") as handle:
         handle["units/heldout"][:] = False

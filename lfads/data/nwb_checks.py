@@ -170,6 +170,18 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "v
                     f"column missing (layout {nlb_layout} needs it)",
                     "Add it, or choose the nlb_layout that matches this file.",
                 )
+        ids = trials["id"][()] if "id" in trials else np.arange(len(trials["start_time"]))
+        unique, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            repeated = unique[counts > 1]
+            rows = np.flatnonzero(ids == repeated[0]).tolist()
+            raise _fail(
+                path,
+                "trials.id",
+                f"trial id {int(repeated[0])} is on rows {rows}"
+                + (f" ({len(repeated)} ids repeat)" if len(repeated) > 1 else ""),
+                "nlb_tools indexes trials by id: give every trial its own id.",
+            )
         splits = {
             value.decode() if isinstance(value, bytes) else str(value)
             for value in trials["split"][()]
