@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("lfads.data.targets", "write nlb_tools evaluation targets (with PSTHs)"),
     "train": ("lfads.training.train", "train one LFADS model"),
     "infer": ("lfads.evaluation.infer", "posterior sampling of a trained model"),
+    "checkpoints": (
+        "lfads.training.set_aside",
+        "list the checkpoint folders set aside (size, why); --prune deletes them",
+    ),
     "evaluate": (
         "lfads.evaluation.evaluate",
         "score a run's rates with nlb_tools (and against true rates)",

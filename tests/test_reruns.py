@@ -323,6 +323,15 @@ def test_the_report_reaches_its_final_path_only_when_complete(tmp_path, outcome)
 
 
 @pytest.mark.slow
+def lfads_command(folder: Path, *args: str) -> str:
+    """`python -m lfads ARGS` run in `folder`; its stdout (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lfads", *args], cwd=folder, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_an_unchanged_input_retrains_nothing_and_a_real_change_does(tmp_path):
     """A touched prepared file, `--forcerun prepare` (the same bytes again) or a copy of it
     without its times reruns `train`, which only writes its outputs again; changed data trains
@@ -365,6 +374,18 @@ def test_an_unchanged_input_retrains_nothing_and_a_real_change_does(tmp_path):
     # a real change of the data trains anew, and keeps the old state aside
     config = tmp_path / "config.yaml"
     config.write_text(config.read_text() + "prepare: {split_seed: 5}\n")
-    run()
+    output = run()
     assert "epoch 3/3" in log.read_text() and "another prepared file" in log.read_text()
-    assert len(list(checkpoints.glob("pack00.superseded-*"))) == 1
+    (aside,) = checkpoints.glob("pack00.superseded-*")
+    # the end of the run says so; `lfads checkpoints` lists it with its reason, --prune removes it
+    assert "1 checkpoint folder(s) set aside below results/tiny/val/ (" in output
+    size = sum(file.stat().st_size for file in aside.rglob("*") if file.is_file())
+    listed = lfads_command(tmp_path, "checkpoints")
+    assert (
+        f"{size / 2**20:8.1f} MiB  results/tiny/val/checkpoints/{aside.name}  it was trained "
+        in (listed)
+        and "another prepared file" in listed
+    ), listed
+    pruned = lfads_command(tmp_path, "checkpoints", "--prune")
+    assert "removed 1 folder(s)" in pruned and not aside.exists()
+    assert (checkpoints / "pack00" / "last.ckpt").exists()  # only the folder set aside went

@@ -28,7 +28,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,12 @@ from lfads.formats.checkpoints import (
     read_training_checkpoint,
 )
 from lfads.model.hparams import HParams
+from lfads.training.set_aside import set_aside
 
 log = logging.getLogger("lfads.training.resume")
 
 LAST_CHECKPOINT = "last.ckpt"
 RUN_RECORD = "run.json"
-SUPERSEDED = ".superseded-"  # infix of a folder set aside
 
 
 def file_sha256(path: Path) -> str:
@@ -175,18 +174,3 @@ def plan_run(checkpoint_dir: Path, identity: RunIdentity, max_epochs: int) -> Ru
     if plan.epochs_done == max_epochs or all(member.finished for member in state.members):
         return RunPlan("deliver", state, record, last)
     return plan
-
-
-def set_aside(checkpoint_dir: Path, reason: str, warn: bool = False) -> Path:
-    """Rename `checkpoint_dir` to `<checkpoint_dir>.superseded-<UTC time>` and log why (one line);
-    returns the new path. An empty folder is removed instead."""
-    if not any(checkpoint_dir.iterdir()):
-        checkpoint_dir.rmdir()
-        return checkpoint_dir
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = checkpoint_dir.with_name(f"{checkpoint_dir.name}{SUPERSEDED}{stamp}")
-    checkpoint_dir.rename(aside)
-    (log.warning if warn else log.info)(
-        "%s: %s; set aside as %s; training afresh", checkpoint_dir, reason, aside
-    )
-    return aside

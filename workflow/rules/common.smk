@@ -29,6 +29,7 @@ from lfads.infra.config import (
 from lfads.infra.io import remove_stale_temporaries
 from lfads.search.pbt import generation_name, read_plan
 from lfads.search.space import run_hparams as merged_hparams
+from lfads.training.set_aside import describe_set_aside
 
 try:
     check_configfiles(workflow.configfiles)
