@@ -19,6 +19,7 @@ from lfads.formats.checkpoints import (
     SavedModel,
     TrainingState,
     add_training_state,
+    load_checkpoint_file,
     load_model,
     read_model,
     read_training_checkpoint,
@@ -101,6 +102,23 @@ def test_a_truncated_prepared_file_is_named_with_the_rule_that_rewrites_it(tmp_p
     assert "`snakemake --forcerun prepare`" in message, message
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'q.h5'}: no such file"):
         read_prepared(tmp_path / "q.h5")
+
+
+def test_a_truncated_pbt_pack_state_names_the_file_the_generation_and_the_remedy(tmp_path):
+    from lfads.training.population import _previous_state
+
+    folder = tmp_path / "pbt" / "gen0001" / "pack01"
+    folder.mkdir(parents=True)
+    path = folder / "state.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(1000.0)}}, path)
+    assert torch.equal(load_checkpoint_file(path)["state_dict"]["w"], torch.arange(1000.0))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError) as error:
+        _previous_state(path, 2)
+    message = str(error.value)
+    assert message.startswith("generation 2 starts from the end of generation 1, but ")
+    assert f"{path}: torch cannot read it (RuntimeError: " in message
+    assert f"Delete the folder {folder} and rerun the workflow" in message
 
 
 def test_inferred_file_rounds_latents_only_and_refuses_other_versions(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,18 @@ RUN_RECORD_REMEDY = "`train` sets its folder aside and starts afresh."
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint file of ours as plain data (weights_only=True), on the CPU by default."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint file of ours as plain data (weights_only=True), on the CPU by default. A file
+    that torch cannot read (truncated, damaged, not a checkpoint) raises ValueError naming it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{path}: torch cannot read it ({type(error).__name__}: {first_line}); the file is "
+            "truncated or damaged"
+        ) from None
 
 
 @dataclass(frozen=True)

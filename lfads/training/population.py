@@ -221,12 +221,12 @@ def train_generation_of_pack(
     if found.action == "afresh" and plan.generation > 0:
         pack_of = {worker: name for name, group in packs.items() for worker in group}
         own = pack_of[pack[0]]
-        states = {own: load_checkpoint_file(previous_states[own])}
-        checkpoint = load_checkpoint_file(previous_states[own])  # changed; states[own] is read
+        states = {own: _previous_state(previous_states[own], plan.generation)}
+        checkpoint = _previous_state(previous_states[own], plan.generation)  # (changed below)
         for worker in workers:
             parent_pack = pack_of[worker.parent]
             if worker.exploited and parent_pack not in states:
-                states[parent_pack] = load_checkpoint_file(previous_states[parent_pack])
+                states[parent_pack] = _previous_state(previous_states[parent_pack], plan.generation)
         sources = {
             worker: (states[name], slot)
             for name, group in packs.items()
@@ -247,6 +247,18 @@ def train_generation_of_pack(
     for result in results:
         log.info("%s: smoothed valid recon %.6g", result.name, result.valid_recon_smoothed)
     return results
+
+
+def _previous_state(path: Path, generation: int) -> dict[str, Any]:
+    """A pack's state.ckpt at the end of generation - 1 (unreadable: ValueError, what to do)."""
+    try:
+        return load_checkpoint_file(path)
+    except ValueError as error:
+        raise ValueError(
+            f"generation {generation} starts from the end of generation {generation - 1}, but "
+            f"{error}. Delete the folder {Path(path).parent} and rerun the workflow: that pack's "
+            f"generation {generation - 1} is written again from its checkpoint, without training"
+        ) from None
 
 
 def _member_hparams(base: dict[str, Any], plan: Plan) -> list[HParams]:
