@@ -176,6 +176,22 @@ def test_a_killed_search_resumes_and_replays_the_same_decisions(replaced, tmp_pa
     for run in a:
         assert a[run] == pytest.approx(b[run], abs=1e-6), run
 
+    # A deleted plan or results file is named at the start, with the command that writes the
+    # search's files again from its state, without training.
+    search = workdir / RESULTS / "pbt"
+    for name in ("plan_gen0001.json", "results_gen0000.json"):
+        (search / name).unlink()
+    history = str(RESULTS / "pbt_history.tsv")
+    dry = snakemake_with_config(workdir, "-n")
+    for name in ("plan_gen0001.json", "results_gen0000.json"):
+        assert f"{RESULTS / 'pbt' / name} is missing; `snakemake --forcerun pbt {history}`" in (
+            dry.stderr
+        ), dry.stderr[-3000:]
+    rewritten = snakemake_with_config(workdir, "--cores", "2", "--forcerun", "pbt", history)
+    assert rewritten.returncode == 0, rewritten.stderr[-3000:]
+    assert plans(workdir) == plans(replaced) and (search / "results_gen0000.json").exists()
+    assert "epoch 1/" not in (workdir / RESULTS / "logs" / "pbt.log").read_text()
+
 
 @pytest.mark.slow
 def test_a_population_that_stops_improving_stops_early_and_runs_no_later_generation(tmp_path):

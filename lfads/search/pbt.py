@@ -892,6 +892,19 @@ def _history_cell(value: Any) -> str:
     return str(value)
 
 
+def missing_search_files(search_dir: str | Path, history: str | Path) -> list[Path]:
+    """The plan and results files of a finished one-pack search (`train_population`: its
+    pbt_history.tsv exists) that are not in `search_dir`: plan_gen<g>.json of every trained
+    generation and of the one that stopped it, results_gen<g>.json of every trained one."""
+    search_dir = Path(search_dir)
+    if not Path(history).exists():
+        return []
+    last = max(row["generation"] for row in read_history(history))
+    expected = [f"plan_gen{generation_name(g)}.json" for g in range(last + 2)]
+    expected += [f"results_gen{generation_name(g)}.json" for g in range(last + 1)]
+    return [search_dir / name for name in expected if not (search_dir / name).exists()]
+
+
 def read_history(path: str | Path) -> list[dict[str, Any]]:
     """The rows `write_history` wrote to `path`, with their types back."""
     lines = Path(path).read_text().splitlines()

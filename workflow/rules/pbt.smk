@@ -8,7 +8,7 @@
 # results/<dataset>/<phase>/checkpoints/pbt/
 #                                      the population's state (last.ckpt, after every epoch; it holds
 #                                      every plan and result), so a killed job resumes
-from lfads.search.pbt import RUN_PREFIX, PBTSettings, worker_packs
+from lfads.search.pbt import RUN_PREFIX, PBTSettings, missing_search_files, worker_packs
 
 PBT = PBTSettings.from_config(config["search"]["pbt"])
 # {pack: its workers}: one pack unless search.pack_size is below the population (pbt_packs.smk)
@@ -25,6 +25,14 @@ if len(PBT_PACKS) > 1:
     include: "pbt_packs.smk"
 
 else:
+    # The plans and results are for reading, outputs of no rule: say so if one went missing.
+    if workflow.is_main_process:
+        for path in missing_search_files(PBT_DIR, PBT_HISTORY):
+            print(
+                f"{path} is missing; `snakemake --forcerun pbt {PBT_HISTORY}` writes the "
+                "search's files again from its state, without training",
+                file=sys.stderr,
+            )
 
     rule pbt:
         input:
