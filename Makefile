@@ -72,9 +72,9 @@ submission: $(STAMP)
 	$(BIN)/python -m lfads combine-submissions --whole-benchmark --out $(SUBMISSION) $$files
 
 # Two workers, one test file each at a time (module fixtures are built once): the SLURM tests,
-# which mostly wait on the cluster, run beside the others.
+# which mostly wait on the cluster, run beside the others (first: tests/conftest.py, FIRST).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm" --durations=10
