@@ -60,8 +60,10 @@ def fake_run(folder, prepared_path, noise: float, valid_losses: list[float], see
         [
             {
                 "epoch": epoch,
-                "train_loss": loss * 0.9,
-                "valid_loss": loss,
+                "train_loss": loss * 0.9e4,  # the objective: x loss_scale
+                "train_recon": loss * 0.9,
+                "valid_loss": loss * 1e4,
+                "valid_recon": loss,
                 "valid_recon_smoothed": loss,
             }
             for epoch, loss in enumerate(valid_losses)
@@ -205,6 +207,49 @@ def test_every_figure_is_drawn_labelled_without_overlapping_text(scored, monkeyp
         assert overlaps == [], f"{name}: overlapping text {overlaps}"
         assert unlabelled == [], f"{name}: axes without labels {unlabelled}"
         assert outputs[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_selection_and_loss_panels_draw_the_summary_and_metrics_in_nats_per_bin(
+    scored, monkeypatch, tmp_path
+):
+    from lfads.evaluation import figures
+    from lfads.evaluation.aggregate import BEST_EPOCH, BEST_SELECTION, read_summary
+    from lfads.formats.metrics import read_metrics_csv
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.update({path: figure}))
+    summary = read_summary(scored["summary"], scored_only=True)
+    references = json.loads(scored["references"].read_text())
+    figures.metrics_vs_hyperparameters(
+        scored["summary"], ["noise"], "scores.png", scored["references"]
+    )
+    panels = {ax.get_ylabel(): ax for ax in drawn["scores.png"].axes if ax.get_visible()}
+    # the selection panel plots what chose the best run, in the summary's order
+    selection = panels[figures.SELECTION_LABEL].collections[0].get_offsets()
+    np.testing.assert_array_equal(selection[:, 1], summary[BEST_SELECTION])
+    np.testing.assert_array_equal(selection[:, 0], summary["noise"])
+    lines = {line.get_label(): line.get_ydata()[0] for line in panels["co-bps"].lines}
+    assert lines == {
+        SMOOTHING: references[SMOOTHING]["co-bps"],
+        TRUE_RATES: references[TRUE_RATES]["co-bps"],
+    }
+    assert drawn["scores.png"].axes[0].get_gridspec().ncols <= 3
+
+    figures.training_curves({name: scored["runs"] / name for name in RUNS}, "curves.png")
+    recon, kept = drawn["curves.png"].axes
+    assert recon.get_ylabel() == "nats per bin and neuron"
+    assert kept.get_ylabel() == figures.SELECTION_LABEL
+    for index, name in enumerate(sorted(RUNS)):  # dashed train, solid valid: not x loss_scale
+        metrics = read_metrics_csv(scored["runs"] / name / "metrics.csv")
+        train, valid = recon.lines[2 * index : 2 * index + 2]
+        np.testing.assert_array_equal(train.get_ydata(), metrics["train_recon"])
+        np.testing.assert_array_equal(valid.get_ydata(), metrics["valid_recon"])
+    dots = sorted(
+        (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+        for line in kept.lines
+        if line.get_marker() == "o"
+    )
+    assert dots == sorted(zip(summary[BEST_EPOCH].astype(float), summary[BEST_SELECTION]))
 
 
 @pytest.mark.slow

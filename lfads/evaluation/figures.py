@@ -21,8 +21,8 @@ from lfads.evaluation.outputs import FIGURES
 from lfads.formats.inferred import read_inferred
 from lfads.formats.metrics import (
     EPOCH,
-    TRAIN_LOSS,
-    VALID_LOSS,
+    TRAIN_RECON,
+    VALID_RECON,
     VALID_RECON_SMOOTHED,
     read_metrics_csv,
 )
@@ -32,7 +32,8 @@ from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-METRICS = ["co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2", VALID_RECON_SMOOTHED]
+NLB_SCORES = ("co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2")
+SELECTION_LABEL = "smoothed valid recon (nats/bin/neuron)"
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 MAX_CONDITIONS = 20  # conditions drawn with their own colour (tab20); more are subsampled
@@ -106,61 +107,102 @@ def _condition_legend(figure, colours, conditions, title: str) -> None:
 
 
 def metrics_vs_hyperparameters(
-    summary_tsv: str | Path, searched: list[str], out: str | Path
+    summary_tsv: str | Path,
+    searched: list[str],
+    out: str | Path,
+    references_json: str | Path | None = None,
 ) -> None:
-    """One panel per (searched hyperparameter, metric); the best run is circled."""
-    from lfads.evaluation.aggregate import read_summary
+    """One panel per (searched hyperparameter, metric), at most 3 panels a row: each NLB score,
+    then the selection metric that chose the best run (its smoothed valid recon at its best
+    epoch, `aggregate.BEST_SELECTION`); the best run is circled, and the smoothing baseline and
+    the true rates (references_json, the aggregate rule's references.json) are drawn as lines."""
+    from lfads.evaluation.aggregate import BEST_SELECTION, read_summary
+    from lfads.evaluation.references import SMOOTHING, TRUE_RATES
 
     table = read_summary(summary_tsv, scored_only=True)
-    metrics = [m for m in METRICS if m in table]
+    metrics = [m for m in (*NLB_SCORES, BEST_SELECTION) if m in table]
+    references = json.loads(Path(references_json).read_text()) if references_json else {}
     searched = searched or ["run"]
-    # One row per searched hyperparameter, one column per metric: wide, as a report page is.
-    figure, axes = new_figure(len(searched), len(metrics), 2.6 * len(metrics), 2.4 * len(searched))
-    for row, key in enumerate(searched):
-        for column, metric in enumerate(metrics):
-            ax = axes[row, column]
-            x = table[key] if key in table else np.arange(len(table))
-            ax.scatter(x, table[metric], s=18, color="0.3", label="run")
-            ax.scatter(
-                x[table.best],
-                table[metric][table.best],
-                s=70,
-                facecolor="none",
-                edgecolor="C3",
-                label="best (valid recon)",
-            )
-            if (
-                key in table
-                and np.issubdtype(table[key].dtype, np.number)
-                and (table[key] > 0).all()
-                and table[key].max() / table[key].min() > 20
-            ):
-                ax.set_xscale("log")
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-    axes[0, 0].legend(fontsize=7)
-    figure.suptitle("Metrics of each run against its searched hyperparameters")
+    panels = [(key, metric) for key in searched for metric in metrics]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = new_figure(rows, columns, 3.4 * columns, 2.8 * rows)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (key, metric) in zip(axes.flat, panels):
+        x = table[key] if key in table else np.arange(len(table))
+        ax.scatter(x, table[metric], s=18, color="0.3", label="run")
+        ax.scatter(
+            x[table.best],
+            table[metric][table.best],
+            s=70,
+            facecolor="none",
+            edgecolor="C3",
+            label="best (lowest selection metric)",
+        )
+        for name, style in ((SMOOTHING, "--"), (TRUE_RATES, ":")):
+            if metric in references.get(name, {}):
+                ax.axhline(references[name][metric], color="0.5", ls=style, lw=1, label=name)
+        if (
+            key in table
+            and np.issubdtype(table[key].dtype, np.number)
+            and (table[key] > 0).all()
+            and table[key].max() / table[key].min() > 20
+        ):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(SELECTION_LABEL if metric == BEST_SELECTION else metric)
+        _at_least_span(
+            ax, 0.01 * float(table[metric].abs().mean()) if metric == BEST_SELECTION else 0.05
+        )
+    handles = {}
+    for ax in axes.flat[: len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle("Scores of each run against its searched hyperparameters")
     save_figure(figure, out)
 
 
+def _at_least_span(ax, span: float) -> None:
+    """Widen the y range about its centre to at least `span`, so that differences far below what
+    matters (0.05 in a score, 1% of a loss) do not fill the panel."""
+    low, high = ax.get_ylim()
+    if high - low < span:
+        centre = (low + high) / 2
+        ax.set_ylim(centre - span / 2, centre + span / 2)
+
+
 def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
-    """Train and valid loss per epoch (from 1) of every run."""
+    """Per epoch (from 1) of every run, in nats per bin and neuron (not the training objective,
+    which adds the KL and L2 terms and is multiplied by loss_scale): the reconstruction loss on
+    the train and valid trials, and the selection metric (smoothed valid recon) with the epoch
+    that model.ckpt keeps marked."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = new_figure(1, 2, 10, 3.6, sharey=True)
+    from lfads.evaluation.aggregate import best_and_final_epoch
+
+    figure, axes = new_figure(1, 2, 10, 3.8)
+    recon, selection = axes[0]
     for index, (name, folder) in enumerate(sorted(run_dirs.items())):
+        colour = f"C{index % 10}"
         table = read_metrics_csv(Path(folder) / "metrics.csv")
-        for ax, column in zip(axes[0], (TRAIN_LOSS, VALID_LOSS)):
+        for column, style in ((TRAIN_RECON, "--"), (VALID_RECON, "-")):
             if column in table:
                 rows = table.dropna(subset=[column])
-                ax.plot(rows[EPOCH] + 1, rows[column], color=f"C{index % 10}", label=name, lw=1)
-    for ax, title in zip(axes[0], ("train loss", "valid loss")):
-        ax.set_title(title)
+                recon.plot(rows[EPOCH] + 1, rows[column], color=colour, ls=style, lw=1)
+        rows = table.dropna(subset=[VALID_RECON_SMOOTHED])
+        selection.plot(rows[EPOCH] + 1, rows[VALID_RECON_SMOOTHED], color=colour, lw=1, label=name)
+        best, _ = best_and_final_epoch(Path(folder) / "metrics.csv")
+        selection.plot(best[EPOCH] + 1, best[VALID_RECON_SMOOTHED], "o", color=colour, ms=5)
+    recon.set_title("reconstruction loss (dashed: train, solid: valid)")
+    selection.set_title("selection metric; dot: the epoch kept")
+    for ax in (recon, selection):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_yscale("log")
-        ax.set_ylabel("loss (nats, the training objective)")
-    axes[0, 1].legend(fontsize=6, title="run", title_fontsize=7)
+        ax.set_ylabel("nats per bin and neuron")
+    selection.set_ylabel(SELECTION_LABEL)
+    selection.legend(fontsize=6, title="run", title_fontsize=7)
     save_figure(figure, out)
 
 
@@ -597,7 +639,7 @@ def all_figures(
             {name: Path(run_dir) / name for name in runs if name in scored}, out
         ),
         "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
-            summary_tsv, searched, out
+            summary_tsv, searched, out, references_json
         ),
     }
     for figure in FIGURES:

@@ -17,7 +17,8 @@ from lfads.infra.io import write_text
 # The columns other modules read by name.
 EPOCH = "epoch"  # from 0
 EPOCH_SECONDS = "epoch_seconds"  # wall-clock seconds of the epoch (train + validation)
-TRAIN_LOSS, VALID_LOSS = "train_loss", "valid_loss"
+TRAIN_LOSS, VALID_LOSS = "train_loss", "valid_loss"  # the objective (x loss_scale)
+TRAIN_RECON, VALID_RECON = "train_recon", "valid_recon"  # nats per bin and neuron
 VALID_RECON_SMOOTHED = "valid_recon_smoothed"  # exponentially smoothed valid reconstruction
 
 

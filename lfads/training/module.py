@@ -285,8 +285,8 @@ class LFADSModule(L.LightningModule):
         state.history.append(row)
         self._schedule_and_stop(m, state, lrs)
         log.info(
-            "epoch %d/%d%s: train loss %.4g, valid loss %.4g (recon %.4g), valid co-bps %.4f, "
-            "fp-bps %.4f, rate R2 %.4f, lr %.3g, %.1f s",
+            "epoch %d/%d%s: objective (x loss_scale) train %.4g, valid %.4g; valid recon %.4g "
+            "nats/bin/neuron, valid co-bps %.4f, fp-bps %.4f, rate R2 %.4f, lr %.3g, %.1f s",
             epoch + 1,
             self.trainer.max_epochs,
             f" {state.name}" if self.model.n_members > 1 else "",
