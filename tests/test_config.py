@@ -98,6 +98,15 @@ def test_values_the_schema_cannot_check_fail_before_any_job(mc_maze):
     assert len(check_config(config).runs) == config["search"]["random"]["n"]
 
 
+def test_an_empty_grid_is_noted_not_silently_one_run(mc_maze):
+    mc_maze["search"] = {"grid": {}}
+    search = check_config(validate_config(mc_maze, SCHEMA))
+    assert list(search.runs) == ["base"]
+    assert search.notes[0] == (
+        "search.grid is empty, so it searches nothing: 1 run(s) of model.hparams"
+    )
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configfiles_are_valid(path):
     config = validate_config(load_yaml(path), SCHEMA, str(path))
@@ -130,8 +139,9 @@ def test_unknown_key_is_named(mc_maze):
     mc_maze["prepare"]["valid_fration"] = 0.1
     message = _error(mc_maze)
     assert "my.yaml" in message
-    assert "prepare.valid_fration" in message
-    assert "valid_fraction" in message  # the allowed keys are listed
+    assert "unknown key prepare.valid_fration; did you mean 'valid_fraction'?" in message
+    mc_maze["prepare"]["zzz"] = 0.1  # nothing near: the allowed keys are listed
+    assert "; allowed here: split_seed, valid_fraction" in _error(mc_maze)
 
 
 def test_bad_values_are_named(mc_maze):

@@ -89,7 +89,8 @@ def test_hparams_round_trip_plain_data_and_yaml(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"learning_rate": 0.1}, r"unknown hyperparameter\(s\) \['learning_rate'\]"),
+        ({"learning_rate": 0.1}, r"unknown hyperparameter\(s\) \['learning_rate'\]; known: \["),
+        ({"droput": 0.1}, r"unknown hyperparameter\(s\) \['droput'\]; did you mean 'dropout'\?$"),
         ({"dropout": 1.5}, "dropout: must be in"),
         ({"gen_dim": 2.5}, "gen_dim: expected an integer"),
         ({"variational": "yes"}, "variational: expected true or false"),

@@ -84,7 +84,8 @@ def test_no_heldout_units(train_copy):
 def test_not_an_hdf5_file(tmp_path):
     path = tmp_path / "broken.nwb"
     path.write_bytes(b"<html>503 Service Unavailable</html>")
-    assert "not a readable NWB" in _error(path)
+    message = _error(path)
+    assert "not a readable NWB" in message and "a local source): replace it" in message
 
 
 def test_prepare_refuses_bad_input_and_writes_nothing(train_copy, synthetic_dir, tmp_path):

@@ -110,7 +110,7 @@ def _with(name, **spec):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"populaton": 20}, "search.pbt: unknown key(s) ['populaton']"),
+        ({"populaton": 20}, "search.pbt: unknown key(s) ['populaton']; did you mean 'population'?"),
         ({"population": 1}, "search.pbt.population: a tournament needs at least 2"),
         ({"population": 2.5}, "search.pbt.population: expected an integer"),
         ({"population": True}, "search.pbt.population: expected an integer"),

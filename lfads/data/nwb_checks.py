@@ -122,7 +122,8 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "v
             path,
             "(file)",
             f"not a readable NWB (HDF5) file ({error})",
-            "Delete it and fetch it again.",
+            "A downloaded file (a dandi source): delete it and run the workflow again to fetch "
+            "it; a file of your own (a local source): replace it with a good copy.",
         ) from error
     with handle:
         units = handle.get("units")

@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from lfads.infra.settings import did_you_mean
+
 
 class ConfigError(ValueError):
     """A configfile does not match the schema; the message lists every problem."""
@@ -36,7 +38,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
         keys = ", ".join(f"{where}.{key}" if error.absolute_path else key for key in unknown)
-        return f"unknown key {keys}; allowed here: {', '.join(allowed)}"
+        hint = did_you_mean(unknown, allowed)
+        return f"unknown key {keys}" + (
+            hint if "did you mean" in hint else f"; allowed here: {', '.join(allowed)}"
+        )
     if error.validator in ("minProperties", "maxProperties") and where == "source":
         return f"source: give exactly one of {', '.join(sorted(error.schema['properties']))}"
     if error.validator == "required":
@@ -174,7 +179,12 @@ def check_config(config: dict) -> SearchRuns:
         return SearchRuns(runs, {}, [])
     pack_size = config["search"].get("pack_size", DEFAULT_PACK_SIZE)
     packs = pack_runs(runs, {name: pack_settings(hp) for name, hp in built.items()}, pack_size)
-    return SearchRuns(runs, packs, _pack_notes(built, packs, pack_size))
+    empty = [f"search.{kind}" for kind in ("grid", "random") if config["search"].get(kind) == {}]
+    notes = [
+        f"{key} is empty, so it searches nothing: {len(runs)} run(s) of model.hparams"
+        for key in empty
+    ]
+    return SearchRuns(runs, packs, notes + _pack_notes(built, packs, pack_size))
 
 
 # Runs per pack when search.pack_size is not given: the demo's grid is one pack; a pack of 8

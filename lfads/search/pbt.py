@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lfads.infra.io import write_json, write_text
+from lfads.infra.settings import did_you_mean
 from lfads.model.hparams import MEMBER_KEYS, HParams
 
 FORMAT_VERSION = 1  # of plan and worker-result files; bump when their keys change
@@ -201,7 +202,8 @@ class PBTSettings:
         unknown = sorted(set(config) - set(known))
         if unknown:
             raise ValueError(
-                f"{WHERE}: unknown key(s) {unknown}; known: {sorted(known)} (config/README.md)"
+                f"{WHERE}: unknown key(s) {unknown}{did_you_mean(unknown, known)} "
+                "(config/README.md)"
             )
         values: dict[str, Any] = {}
         for key, value in config.items():
