@@ -13,9 +13,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE ?= $(BIN)/snakemake
-# `make report`: the report of CONFIGFILE's results, written to REPORT.
+# `make report`: the report of CONFIGFILE's results, written to REPORT (default: beside them, as
+# results/<dataset>/<phase>/report.html). WORKDIR: the folder that holds results/.
 CONFIGFILE ?= config/config.yaml
-REPORT ?= results/report.html
+REPORT ?=
+WORKDIR ?= .
 export PATH := $(abspath $(BIN)):$(PATH)
 
 # `make submission`: the EvalAI file of the whole benchmark, SUBMISSION: the workflow of each of
@@ -45,20 +47,24 @@ install:
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/config.yaml
-	$(MAKE) --no-print-directory report CONFIGFILE=config/config.yaml REPORT=results/report.html
+	$(MAKE) --no-print-directory report CONFIGFILE=config/config.yaml
 	@echo
-	@echo "Done. Report: results/report.html; table of runs: results/synthetic/val/summary.tsv;"
+	@echo "Done. Report: results/synthetic/val/report.html; table of runs: results/synthetic/val/summary.tsv;"
 	@echo "figures: results/synthetic/val/figures/; the best run as NWB: results/synthetic/val/best_rates.nwb."
 
 # `snakemake --report` writes its file in place, so a kill left a half-written report at the final
 # path. This writes a temporary file beside it, renamed when complete; its name follows
 # lfads.infra.io.atomic_path's (host and shell process), so the workflow's next run removes one
 # left by a kill.
+# A configfile whose workflow has not run gets one line that says to run it first.
 report: $(STAMP)
-	@mkdir -p "$(dir $(REPORT))"
-	tmp="$(dir $(REPORT)).$(basename $(notdir $(REPORT))).tmp.$$(uname -n)@$$$$.make$(suffix $(REPORT))"; \
-	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIGFILE) --report "$$tmp" \
-		&& mv -f "$$tmp" "$(REPORT)" || { status=$$?; rm -f "$$tmp"; exit $$status; }
+	@results=$$($(BIN)/python -m lfads.infra.config $(CONFIGFILE) $(WORKDIR)) || exit 1; \
+	report="$(REPORT)"; report="$${report:-$$results/report.html}"; \
+	mkdir -p "$$(dirname "$$report")"; \
+	tmp="$$(dirname "$$report")/.$$(basename "$$report" .html).tmp.$$(uname -n)@$$$$.make.html"; \
+	$(SNAKEMAKE) --cores $(CORES) --directory $(WORKDIR) --configfile $(CONFIGFILE) --report "$$tmp" \
+		&& mv -f "$$tmp" "$$report" && echo "wrote $$report" \
+		|| { status=$$?; rm -f "$$tmp"; exit $$status; }
 
 # Each configfile's dataset is its file name (tests/test_submission.py checks it).
 submission: $(STAMP)

@@ -139,18 +139,36 @@ def check_report(command, tmp_path):
     """The real `make report`, on a finished workflow of the README's configfile."""
     (configfile,) = [w[11:] for w in shlex.split(command) if w.startswith("CONFIGFILE=")]
     finished_copy_of(configfile, tmp_path)
-    report = tmp_path / "results" / "report.html"
-    done = subprocess.run(
-        ["make", "-C", str(REPO), *shlex.split(command)[1:], "STAMP=", f"REPORT={report}"]
-        + [f"SNAKEMAKE={BIN / 'snakemake'} --snakefile {SNAKEFILE} --directory {tmp_path}"],
+    config = yaml.safe_load((REPO / configfile).read_text())
+    report = tmp_path / "results" / config["dataset"] / config.get("phase", "val") / "report.html"
+    done = make_report(tmp_path, *shlex.split(command)[2:])  # (after `make report`)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report.read_text().lstrip().lower().startswith("<!doctype html")  # beside its results
+    assert f"wrote {report}" in done.stdout
+    assert not list(report.parent.glob(".report.tmp.*"))
+    # a configfile whose workflow has not run: one line, and no report
+    unrun = tmp_path / "unrun.yaml"
+    unrun.write_text(yaml.safe_dump({**config, "dataset": "never_run"}))
+    refused = make_report(tmp_path, f"CONFIGFILE={unrun}")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[0] == (
+        f"make report: {unrun}: no results to report yet "
+        f"({tmp_path / 'results/never_run/val'}/summary.tsv is missing); run its workflow first: "
+        f".venv/bin/snakemake --cores 2 --configfile {unrun}"
+    )
+    assert not (tmp_path / "results" / "never_run").exists()
+
+
+def make_report(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make report ARGS` of the workflow in `workdir` (WORKDIR), without installing."""
+    return subprocess.run(
+        ["make", "-s", "-C", str(REPO), "report", *args, "STAMP=", f"WORKDIR={workdir}"]
+        + [f"SNAKEMAKE={BIN / 'snakemake'} --snakefile {SNAKEFILE}"],
         env=environment(),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert report.read_text().lstrip().lower().startswith("<!doctype html")
-    assert not list(report.parent.glob(".report.tmp.*"))
 
 
 def check_profile_dry_run(command, tmp_path):

@@ -273,3 +273,26 @@ def check_output_paths(paths: Iterable[str | Path]) -> None:
                 f"{error}. Outputs go below resources/ and results/ only; fix the configfile "
                 "value this path is built from (dataset, source assets, search)."
             ) from None
+
+
+def finished_results(configfile: str | Path, workdir: str | Path = ".") -> Path:
+    """The absolute results/<dataset>/<phase>/ of `configfile` below `workdir`, once its workflow
+    has written summary.tsv there (`make report`); ConfigError, one line, before that."""
+    config = load_yaml(configfile) or {}
+    results = (Path(workdir) / "results" / str(config.get("dataset"))).resolve()
+    results = results / str(config.get("phase", "val"))
+    if not (results / "summary.tsv").exists():
+        raise ConfigError(
+            f"{configfile}: no results to report yet ({results}/summary.tsv is missing); run its "
+            f"workflow first: .venv/bin/snakemake --cores 2 --configfile {configfile}"
+        )
+    return results
+
+
+if __name__ == "__main__":  # `make report`: python -m lfads.infra.config CONFIGFILE [WORKDIR]
+    import sys
+
+    try:
+        print(finished_results(*sys.argv[1:]))
+    except ConfigError as error:
+        sys.exit(f"make report: {error}")
