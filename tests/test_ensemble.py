@@ -249,10 +249,10 @@ def test_the_ensemble_row_is_added_and_the_run_rows_stay_the_same(prepared, tmp_
     ]
     assert list(table.best) == [True, False, False, False, False]
     ensemble = table.iloc[3]
-    assert not ensemble.diverged and np.isnan(ensemble.dropout)
-    assert ensemble.epochs == 1 and ensemble.best_epoch == 1 and ensemble["co-bps"] == 0.31
+    assert not ensemble.diverged and np.isnan(ensemble.hp_dropout)
+    assert ensemble.epochs == 1 and ensemble.best_epoch == 1 and ensemble.nlb_co_bps == 0.31
     curve = read_metrics_csv(run_dir / "ensemble-top3" / "metrics.csv")
-    assert ensemble.best_valid_recon_smoothed == pytest.approx(curve.valid_recon_smoothed[0], 1e-5)
+    assert ensemble.val_recon_smoothed == pytest.approx(curve.valid_recon_smoothed[0], 1e-5)
     assert is_ensemble("ensemble-top3") and not is_ensemble("dropout~0.1")
 
 
@@ -261,13 +261,13 @@ def test_the_submission_takes_the_ensemble_only_when_its_loss_is_lower(prepared,
     run_dir, runs = scored_search(tmp_path / "a", prepared, [(0.5, 1.2), (0.5, 1.0), (0.5, 1.1)])
     summary = write_summary({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "a.tsv")
     members = read_members(run_dir / "ensemble-top3" / "members.tsv")
-    assert summary.best_valid_recon_smoothed[3] < members.valid_poisson_loss[0]
+    assert summary.val_recon_smoothed[3] < members.valid_poisson_loss[0]
     assert submitted_run(tmp_path / "a.tsv", run_dir) == "ensemble-top3"
     # Two members, one far noisier than the best: the average is worse than the best run
     run_dir, runs = scored_search(tmp_path / "b", prepared, [(0.05, 1.0), (1.5, 1.1)])
     summary = write_summary({**runs, "ensemble-top2": {}}, run_dir, tmp_path / "b.tsv")
     members = read_members(run_dir / "ensemble-top2" / "members.tsv")
-    assert summary.best_valid_recon_smoothed[2] > members.valid_poisson_loss[0]
+    assert summary.val_recon_smoothed[2] > members.valid_poisson_loss[0]
     assert submitted_run(tmp_path / "b.tsv", run_dir) == best_run(tmp_path / "b.tsv")
     assert best_run(tmp_path / "b.tsv") == "dropout~0.0"
     # without an ensemble the best run, as before
@@ -353,8 +353,9 @@ def test_a_tiny_search_writes_the_ensemble_row(tmp_path):
     assert list(members.run) == list(table.run[:2])
     ensemble = table.iloc[2]
     # trained runs: the loss of the averaged rates is at most the mean of the members' losses
-    assert ensemble.best_valid_recon_smoothed <= members.valid_poisson_loss.mean()
-    scores = ensemble[["co-bps", "fp-bps", "vel R2", "psth R2", "rate R2"]].astype(float)
+    assert ensemble.val_recon_smoothed <= members.valid_poisson_loss.mean()
+    columns = ["nlb_co_bps", "nlb_fp_bps", "nlb_vel_r2", "nlb_psth_r2", "truth_rate_r2"]
+    scores = ensemble[columns].astype(float)
     assert np.isfinite(scores).all(), scores  # scored like a run (10 epochs: not yet good scores)
     rates = [
         read_inferred(results / "runs" / run / "inferred.h5", keys=("rates",)).splits["eval"].rates

@@ -116,11 +116,9 @@ def test_runs_scored_aggregated_and_submitted(prepared, scored_runs, tmp_path):
     table = write_summary(RUNS, folder, tmp_path / "summary.tsv")
     assert list(table.run) == ["noise~0.8", "noise~0.1"]
     assert list(table.best) == [True, False]
-    assert table.valid_recon_smoothed.tolist() == [1.2, 1.5]
-    assert table.best_epoch.tolist() == [3, 3] and table.best_valid_recon_smoothed.tolist() == [
-        1.2,
-        1.5,
-    ]
+    assert table.best_epoch.tolist() == [3, 3] and table.val_recon_smoothed.tolist() == [1.2, 1.5]
+    assert table.nlb_co_bps.tolist() == [scores[run]["co-bps"] for run in table.run]
+    assert table.hp_noise.tolist() == [0.8, 0.1]  # (searched; named hp_)
     assert not table.diverged.any()
     assert best_run(tmp_path / "summary.tsv") == "noise~0.8"
 
@@ -165,6 +163,5 @@ def test_the_best_run_is_chosen_by_its_best_epoch_not_its_last(tmp_path):
     table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
     assert list(table.run) == ["early", "late"] and list(table.best) == [True, False]
     assert table.best_epoch.tolist() == [2, 4]  # from 1, as the log counts
-    assert table.best_valid_recon_smoothed.tolist() == [0.9, 1.2]
-    assert table.valid_recon_smoothed.tolist() == [1.6, 1.2]  # the final epoch's, kept too
+    assert table.val_recon_smoothed.tolist() == [0.9, 1.2]  # the best epoch's, not the last's
     assert best_run(tmp_path / "summary.tsv") == "early"

@@ -213,22 +213,20 @@ def test_the_selection_and_loss_panels_draw_the_summary_and_metrics_in_nats_per_
     scored, monkeypatch, tmp_path
 ):
     from lfads.evaluation import figures
-    from lfads.evaluation.aggregate import BEST_EPOCH, BEST_SELECTION, read_summary
     from lfads.formats.metrics import read_metrics_csv
+    from lfads.formats.summary import BEST_EPOCH, SELECTION, read_summary
 
     drawn = {}
     monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.update({path: figure}))
     summary = read_summary(scored["summary"], scored_only=True)
     references = json.loads(scored["references"].read_text())
-    figures.metrics_vs_hyperparameters(
-        scored["summary"], ["noise"], "scores.png", scored["references"]
-    )
+    figures.metrics_vs_hyperparameters(scored["summary"], scored["references"], "scores.png")
     panels = {ax.get_ylabel(): ax for ax in drawn["scores.png"].axes if ax.get_visible()}
     # the selection panel plots what chose the best run, in the summary's order
     selection = panels[figures.SELECTION_LABEL].collections[0].get_offsets()
-    np.testing.assert_array_equal(selection[:, 1], summary[BEST_SELECTION])
-    np.testing.assert_array_equal(selection[:, 0], summary["noise"])
-    lines = {line.get_label(): line.get_ydata()[0] for line in panels["co-bps"].lines}
+    np.testing.assert_array_equal(selection[:, 1], summary[SELECTION])
+    np.testing.assert_array_equal(selection[:, 0], summary["hp_noise"])
+    lines = {line.get_label(): line.get_ydata()[0] for line in panels["co-bps"].lines}  # (label)
     assert lines == {
         SMOOTHING: references[SMOOTHING]["co-bps"],
         TRUE_RATES: references[TRUE_RATES]["co-bps"],
@@ -249,7 +247,7 @@ def test_the_selection_and_loss_panels_draw_the_summary_and_metrics_in_nats_per_
         for line in kept.lines
         if line.get_marker() == "o"
     )
-    assert dots == sorted(zip(summary[BEST_EPOCH].astype(float), summary[BEST_SELECTION]))
+    assert dots == sorted(zip(summary[BEST_EPOCH].astype(float), summary[SELECTION]))
 
 
 @pytest.mark.slow

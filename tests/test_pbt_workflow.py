@@ -24,6 +24,7 @@ from conftest import (
 )
 from conftest import environment as shared_environment
 
+from lfads.formats.summary import read_summary
 from lfads.infra.config import ConfigError, check_config, validate_config
 from lfads.search.pbt import read_history, read_plan, read_results
 
@@ -108,9 +109,12 @@ def test_workers_that_cannot_learn_are_replaced_by_copies_of_good_ones(replaced)
     ]
 
     # the final population went through infer, evaluate and aggregate like any run
-    summary = (replaced / RESULTS / "summary.tsv").read_text().splitlines()
-    rows = [line.split("\t")[0] for line in summary[1:]]
-    assert sorted(rows) == ["ensemble-top2", "pbt-worker00", "pbt-worker01"]
+    summary = read_summary(replaced / RESULTS / "summary.tsv")
+    assert sorted(summary.run) == ["ensemble-top2", "pbt-worker00", "pbt-worker01"]
+    # each final worker's row shows the value it trained the last generation with
+    for worker in ("worker00", "worker01"):
+        (lr,) = summary.hp_lr[summary.run == f"pbt-{worker}"]
+        assert lr == pytest.approx(last[worker]["lr"], rel=1e-5)
     for worker in ("worker00", "worker01"):
         copied = replaced / RESULTS / "runs" / f"pbt-{worker}" / "metrics.csv"
         assert len(copied.read_text().splitlines()) == 1 + 11  # the lineage's epochs

@@ -36,7 +36,7 @@ def test_every_output_and_metrics(pipeline):
     best = table.run[table.best].iloc[0]
     best_nwb = (results / "best_rates.nwb").read_bytes()
     assert best_nwb == (results / "runs" / best / "rates.nwb").read_bytes()
-    assert table.best_valid_recon_smoothed.is_monotonic_increasing and not table.diverged.any()
+    assert table.val_recon_smoothed.is_monotonic_increasing and not table.diverged.any()
     assert (table.best_epoch >= 1).all() and (table.best_epoch <= table.epochs).all()
     for figure in (
         "metrics_vs_hyperparameters",
@@ -123,7 +123,7 @@ def test_a_diverged_run_is_marked_and_the_search_still_gives_table_and_figures(d
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert list(table.run) == DIVERGING_RUNS
     assert list(table.diverged) == [False, True] and list(table.best) == [True, False]
-    assert table["co-bps"].notna().tolist() == [True, False]
+    assert table.nlb_co_bps.notna().tolist() == [True, False]
     log = train_log(results)
     (error,) = [line for line in log.splitlines() if " ERROR " in line]
     assert "lr~1000: " in error and "posterior" in error and "is not finite" in error

@@ -57,7 +57,7 @@ def test_the_report_shows_the_table_and_the_best_runs_co_bps(pipeline, tmp_path)
     for name in table.run:  # every run is a row of the rendered table
         assert re.search(rf"<tr[^>]*>\s*<td[^>]*>{re.escape(name)}</td>", dom), name
     assert f"Best run: {best.run}" in text
-    assert f"co-bps {best['co-bps']:.4f}" in text
+    assert f"co-bps {best.nlb_co_bps:.4f}" in text
     assert "smoothing baseline" in text and "true rates" in text
     # figures are listed in reading order, each with its caption
     order = [text.find(label) for label in ("01 neuron co bps", "02 raster", "09 metrics vs")]

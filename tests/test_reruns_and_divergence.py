@@ -277,7 +277,7 @@ def test_a_diverged_run_is_marked_and_never_selected(tmp_path):
     table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
     assert list(table.run) == ["lr~0.01", "lr~1000"]
     assert list(table.best) == [True, False] and list(table.diverged) == [False, True]
-    assert math.isnan(table["co-bps"][1]) and best_run(tmp_path / "summary.tsv") == "lr~0.01"
+    assert math.isnan(table.nlb_co_bps[1]) and best_run(tmp_path / "summary.tsv") == "lr~0.01"
 
 
 def test_a_last_checkpoint_without_an_identity_is_set_aside(data_files, tmp_path, caplog):

@@ -1,5 +1,5 @@
-"""One table of a dataset's runs: searched hyperparameters, best and final epochs, scores (rule
-`aggregate`).
+"""One table of a dataset's runs: searched hyperparameters, epochs, the model's own validation at
+its best epoch, scores (rule `aggregate`; columns: lfads/formats/summary.py).
 
 The best run is the one with the lowest best-epoch smoothed validation reconstruction loss of the
 model itself (the epoch that model.ckpt holds and inference samples); the NLB evaluation targets
@@ -17,18 +17,27 @@ from pathlib import Path
 import pandas as pd
 
 from lfads.evaluation.ensemble import is_ensemble
-from lfads.evaluation.evaluate import DIVERGED_METRICS
 from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED, read_metrics_csv
-from lfads.infra.io import atomic_path
+from lfads.formats.summary import (
+    BEST,
+    BEST_EPOCH,
+    DIVERGED,
+    EPOCHS,
+    HP_PREFIX,
+    RUN,
+    SCORES,
+    SELECTION,
+    VALIDATION,
+    read_summary,
+    write_columns,
+    write_summary_tsv,
+)
 
 log = logging.getLogger(__name__)
 
 # Column of metrics.csv the best epoch and the best run minimise: the smoothed validation
 # reconstruction loss. The total loss would not do: its KL and L2 terms carry each run's scales.
 SELECTION_COLUMN = VALID_RECON_SMOOTHED
-# The summary's columns of the best epoch: from 1, as the log counts, and its SELECTION_COLUMN.
-BEST_EPOCH, BEST_SELECTION = "best_epoch", f"best_{SELECTION_COLUMN}"
-DIVERGED = DIVERGED_METRICS[0]
 
 
 def epochs_with_validation(metrics_csv: Path) -> pd.DataFrame:
@@ -50,72 +59,91 @@ def best_and_final_epoch(metrics_csv: Path) -> tuple[dict, dict]:
     return table.loc[table[SELECTION_COLUMN].idxmin()].to_dict(), table.iloc[-1].to_dict()
 
 
-def summary_row(name: str, params: dict, folder: Path) -> dict:
-    """One run's row: searched values, epochs, the best epoch, the final epoch's valid_ columns
-    and the scores of metrics.json (for a diverged run: `diverged` true, no scores)."""
+def summary_row(name: str, params: dict, folder: Path, searched: list[str]) -> dict:
+    """One run's row (lfads.formats.summary): its searched values (`searched`: from `params`,
+    else its hparams.yaml, e.g. a PBT run's final values), epochs, the best epoch with the model's
+    own validation there, and the scores of metrics.json (a diverged run: `diverged` true, no
+    scores)."""
     scores = json.loads((folder / "metrics.json").read_text())
-    row = {"run": name, DIVERGED: bool(scores.get(DIVERGED, False)), **params}
+    row = {RUN: name, DIVERGED: bool(scores.get(DIVERGED, False))}
+    trained = _hparams(folder) if set(searched) - set(params) else {}
+    for key in searched:
+        row[f"{HP_PREFIX}{key}"] = params.get(key, trained.get(key))
     if row[DIVERGED]:
-        finished = epochs_with_validation(folder / "metrics.csv")
-        row["epochs"] = len(finished)
-        log.warning("%s diverged: %s", name, scores.get(DIVERGED_METRICS[2], "(no reason)"))
-        return row
-    best, last = best_and_final_epoch(folder / "metrics.csv")
-    row["epochs"] = int(last.get(EPOCH, -1)) + 1
-    row[BEST_EPOCH] = int(best[EPOCH]) + 1
-    row[BEST_SELECTION] = best[SELECTION_COLUMN]
-    row.update({key: value for key, value in last.items() if key.startswith("valid_")})
-    row.update(scores)
+        row[EPOCHS] = len(epochs_with_validation(folder / "metrics.csv"))
+        log.warning("%s diverged: %s", name, scores.get("diverged_reason", "(no reason)"))
+    else:
+        best, last = best_and_final_epoch(folder / "metrics.csv")
+        row[EPOCHS] = int(last.get(EPOCH, -1)) + 1
+        row[BEST_EPOCH] = int(best[EPOCH]) + 1
+        row.update({column: best[key] for key, column in VALIDATION.items() if key in best})
+    row.update({column: scores[key] for key, column in SCORES.items() if key in scores})
     return row
 
 
-def summary_table(runs: dict[str, dict], run_dir: Path) -> pd.DataFrame:
+def _hparams(folder: Path) -> dict:
+    import yaml
+
+    path = folder / "hparams.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def summary_table(
+    runs: dict[str, dict], run_dir: Path, searched: list[str] | None = None
+) -> pd.DataFrame:
     """Rows: one per run, by best-epoch validation loss, then the ensemble of the best runs (if
     any: lfads.evaluation.ensemble), diverged rows last; `best` marks the selected run (none when
     every run diverged), never the ensemble.
 
     runs: {run name: searched hyperparameters} (an ensemble's: {}); run_dir/<name>/ holds
-    metrics.csv and metrics.json. The ensemble row's epochs and best_epoch are 1 and its
-    best_valid_recon_smoothed is its validation Poisson loss, which is not on the runs' footing:
-    lfads.evaluation.submission.submitted_run compares it with the best run's.
+    metrics.csv and metrics.json; searched: the searched hyperparameters (default: the runs'
+    keys; a PBT search names its own, whose values come from each run's hparams.yaml). The
+    ensemble row's epochs and best_epoch are 1 and its val_recon_smoothed is its validation
+    Poisson loss, which is not on the runs' footing: lfads.evaluation.submission.submitted_run
+    compares it with the best run's.
     """
-    rows = [summary_row(name, params, Path(run_dir) / name) for name, params in runs.items()]
+    searched = searched or sorted({key for params in runs.values() for key in params})
+    rows = [
+        summary_row(name, params, Path(run_dir) / name, searched) for name, params in runs.items()
+    ]
     table = pd.DataFrame(rows)
-    if BEST_SELECTION not in table:  # every run diverged
-        table[BEST_EPOCH], table[BEST_SELECTION] = pd.NA, float("nan")
+    if SELECTION not in table:  # every run diverged
+        table[BEST_EPOCH], table[SELECTION] = pd.NA, float("nan")
     table = (
         table.assign(_ensemble=table.run.map(is_ensemble))
-        .sort_values([DIVERGED, "_ensemble", BEST_SELECTION], kind="stable")
+        .sort_values([DIVERGED, "_ensemble", SELECTION], kind="stable")
         .drop(columns="_ensemble")
         .reset_index(drop=True)
     )
-    table.insert(1, "best", (table.index == 0) & ~table[DIVERGED] & ~table.run.map(is_ensemble))
+    table.insert(1, BEST, (table.index == 0) & ~table[DIVERGED] & ~table.run.map(is_ensemble))
     return table
 
 
-def write_summary(runs: dict[str, dict], run_dir: str | Path, out_path: str | Path) -> pd.DataFrame:
-    table = summary_table(runs, Path(run_dir))
-    with atomic_path(out_path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+def write_summary(
+    runs: dict[str, dict],
+    run_dir: str | Path,
+    out_path: str | Path,
+    searched: list[str] | None = None,
+    columns_path: str | Path | None = None,
+) -> pd.DataFrame:
+    """summary.tsv of `summary_table`, and its column dictionary at columns_path (if given)."""
+    table = summary_table(runs, Path(run_dir), searched)
+    write_summary_tsv(out_path, table)
+    if columns_path is not None:
+        write_columns(columns_path, table)
     if table.best.any():
         log.info(
             "best of %d runs: %s (epoch %d, %s %.4f)%s",
             len(table),
             table.run[0],
             table[BEST_EPOCH][0],
-            SELECTION_COLUMN,
-            table[BEST_SELECTION][0],
+            SELECTION,
+            table[SELECTION][0],
             f"; {int(table[DIVERGED].sum())} diverged" if table[DIVERGED].any() else "",
         )
     else:
         log.error("all %d runs diverged: there is no best run", len(table))
     return table
-
-
-def read_summary(summary_tsv: str | Path, scored_only: bool = False) -> pd.DataFrame:
-    """The summary table; scored_only: without the runs that diverged."""
-    table = pd.read_csv(summary_tsv, sep="\t")
-    return table[~table[DIVERGED]].reset_index(drop=True) if scored_only else table
 
 
 def scored_runs(summary_tsv: str | Path) -> list[str]:

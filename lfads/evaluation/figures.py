@@ -4,7 +4,7 @@ Every function takes file paths and writes one PNG atomically (`save_figure`). R
 spikes per bin and drawn in Hz; time runs in ms from the layout's alignment event (dmfc_rsg: from
 the start of the window). Every figure uses matplotlib's constrained layout, so titles, labels and
 colour bars do not overlap (tests/test_figures.py checks the drawn text). Runs that diverged are
-left out (`aggregate.read_summary`).
+left out (`lfads.formats.summary.read_summary`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,28 @@ from lfads.formats.metrics import (
     read_metrics_csv,
 )
 from lfads.formats.prepared import PreparedAttributes, read_prepared
+from lfads.formats.summary import (
+    HP_PREFIX,
+    SCORE_LABELS,
+    SELECTION,
+    read_summary,
+    searched_columns,
+)
 from lfads.formats.targets import read_targets
 from lfads.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-NLB_SCORES = ("co-bps", "fp-bps", "vel R2", "psth R2", "tp corr", "rate R2")
 SELECTION_LABEL = "smoothed valid recon (nats/bin/neuron)"
+# summary.tsv's scores drawn against the searched hyperparameters
+SCORE_PANELS = (
+    "nlb_co_bps",
+    "nlb_fp_bps",
+    "nlb_vel_r2",
+    "nlb_psth_r2",
+    "nlb_tp_corr",
+    "truth_rate_r2",
+)
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 MAX_CONDITIONS = 20  # conditions drawn with their own colour (tab20); more are subsampled
@@ -107,22 +122,18 @@ def _condition_legend(figure, colours, conditions, title: str) -> None:
 
 
 def metrics_vs_hyperparameters(
-    summary_tsv: str | Path,
-    searched: list[str],
-    out: str | Path,
-    references_json: str | Path | None = None,
+    summary_tsv: str | Path, references_json: str | Path | None, out: str | Path
 ) -> None:
-    """One panel per (searched hyperparameter, metric), at most 3 panels a row: each NLB score,
-    then the selection metric that chose the best run (its smoothed valid recon at its best
-    epoch, `aggregate.BEST_SELECTION`); the best run is circled, and the smoothing baseline and
+    """One panel per (searched hyperparameter, metric), at most 3 panels a row: each score, then
+    the selection metric that chose the best run (its smoothed valid recon at its best epoch,
+    summary.tsv's val_recon_smoothed); the best run is circled, and the smoothing baseline and
     the true rates (references_json, the aggregate rule's references.json) are drawn as lines."""
-    from lfads.evaluation.aggregate import BEST_SELECTION, read_summary
     from lfads.evaluation.references import SMOOTHING, TRUE_RATES
 
     table = read_summary(summary_tsv, scored_only=True)
-    metrics = [m for m in (*NLB_SCORES, BEST_SELECTION) if m in table]
+    metrics = [m for m in (*SCORE_PANELS, SELECTION) if m in table and table[m].notna().any()]
     references = json.loads(Path(references_json).read_text()) if references_json else {}
-    searched = searched or ["run"]
+    searched = searched_columns(table) or ["run"]
     panels = [(key, metric) for key in searched for metric in metrics]
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
@@ -140,9 +151,10 @@ def metrics_vs_hyperparameters(
             edgecolor="C3",
             label="best (lowest selection metric)",
         )
+        label = SCORE_LABELS.get(metric)
         for name, style in ((SMOOTHING, "--"), (TRUE_RATES, ":")):
-            if metric in references.get(name, {}):
-                ax.axhline(references[name][metric], color="0.5", ls=style, lw=1, label=name)
+            if label in references.get(name, {}):
+                ax.axhline(references[name][label], color="0.5", ls=style, lw=1, label=name)
         if (
             key in table
             and np.issubdtype(table[key].dtype, np.number)
@@ -150,10 +162,10 @@ def metrics_vs_hyperparameters(
             and table[key].max() / table[key].min() > 20
         ):
             ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(SELECTION_LABEL if metric == BEST_SELECTION else metric)
+        ax.set_xlabel(key.removeprefix(HP_PREFIX))
+        ax.set_ylabel(SELECTION_LABEL if metric == SELECTION else SCORE_LABELS[metric])
         _at_least_span(
-            ax, 0.01 * float(table[metric].abs().mean()) if metric == BEST_SELECTION else 0.05
+            ax, 0.01 * float(table[metric].abs().mean()) if metric == SELECTION else 0.05
         )
     handles = {}
     for ax in axes.flat[: len(panels)]:
@@ -621,7 +633,6 @@ def all_figures(
 
     best = Path(run_dir) / best_run(summary_tsv)
     scored = scored_runs(summary_tsv)  # the runs that did not diverge
-    searched = sorted({key for params in runs.values() for key in params})
     inferred = best / "inferred.h5"
     makers = {
         "best_neuron_co_bps": lambda out: neuron_co_bps(
@@ -639,7 +650,7 @@ def all_figures(
             {name: Path(run_dir) / name for name in runs if name in scored}, out
         ),
         "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
-            summary_tsv, searched, out, references_json
+            summary_tsv, references_json, out
         ),
     }
     for figure in FIGURES:

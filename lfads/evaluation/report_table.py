@@ -14,14 +14,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from lfads.evaluation.aggregate import BEST_EPOCH, BEST_SELECTION, DIVERGED, read_summary
 from lfads.evaluation.references import SMOOTHING, TRUE_RATES
+from lfads.formats.summary import (
+    BEST_EPOCH,
+    DIVERGED,
+    HP_PREFIX,
+    SCORE_LABELS,
+    SELECTION,
+    read_summary,
+    searched_columns,
+)
 from lfads.infra.io import atomic_path
 
-# nlb_tools' metrics in NLB's order, then rate R² against the synthetic truth.
-NLB_METRICS = ("co-bps", "vel R2", "psth R2", "fp-bps", "tp corr", "rate R2")
-# Summary columns that are not searched hyperparameters.
-BOOKKEEPING = {"run", "best", DIVERGED, "epochs", BEST_EPOCH, BEST_SELECTION}
+# summary.tsv's scores in NLB's order, then rate R² against the synthetic truth; shown by the
+# NLB's names (references.json's keys).
+NLB_METRICS = (
+    "nlb_co_bps",
+    "nlb_vel_r2",
+    "nlb_psth_r2",
+    "nlb_fp_bps",
+    "nlb_tp_corr",
+    "truth_rate_r2",
+)
 CELL = "padding:2px 8px;border-bottom:1px solid #ccc;text-align:right"
 BEST_ROW = "background:#fff3c4;font-weight:bold"
 REFERENCE_NAMES = {
@@ -58,33 +72,36 @@ def summary_html(table: pd.DataFrame, references: dict[str, dict]) -> str:
     the references (the metrics any of them has), and the table of every run (best first,
     highlighted; diverged runs last)."""
     metrics = [
-        m for m in NLB_METRICS if m in table or any(m in scores for scores in references.values())
+        m
+        for m in NLB_METRICS
+        if m in table or any(SCORE_LABELS[m] in scores for scores in references.values())
     ]
-    searched = [column for column in table if column not in BOOKKEEPING and column not in metrics]
-    searched = [c for c in searched if not c.startswith(("valid_", "train ", "diverged_"))]
+    labels = [SCORE_LABELS[m] for m in metrics]
+    searched = searched_columns(table)
     parts = ['<div id="lfads-summary" style="overflow-x:auto">']
     if table.best.any():
         best = table[table.best].iloc[0]
         parts.append(
             f'<p id="best-run">Best run: <b>{html.escape(str(best.run))}</b>, the lowest smoothed '
-            f"validation reconstruction loss ({_number(float(best[BEST_SELECTION]))} at epoch "
-            f"{int(best[BEST_EPOCH])}); on the eval trials co-bps "
-            f"<b>{_number(best.get('co-bps'))}</b>.</p>"
+            f"validation reconstruction loss ({_number(float(best[SELECTION]))} nats per bin and "
+            f"neuron at epoch {int(best[BEST_EPOCH])}); on the eval trials co-bps "
+            f"<b>{_number(best.get('nlb_co_bps'))}</b>.</p>"
         )
         rows = [([f"best run: {best.run}"] + [best.get(m) for m in metrics], BEST_ROW)]
         for name, scores in references.items():
             label = REFERENCE_NAMES.get(name, name).format(**scores)
-            rows.append(([label] + [scores.get(m) for m in metrics], ""))
-        parts.append(_table(["model"] + metrics, rows, "result-table"))
+            rows.append(([label] + [scores.get(m) for m in labels], ""))
+        parts.append(_table(["model"] + labels, rows, "result-table"))
     else:
         parts.append('<p id="best-run">Every run diverged: there is no best run.</p>')
     run_rows = []
     for _, row in table.iterrows():
         status = "best" if row.best else ("diverged" if row[DIVERGED] else "")
         cells = [row.run, status] + [row.get(c) for c in searched]
-        cells += [row.get(BEST_EPOCH), row.get(BEST_SELECTION)] + [row.get(m) for m in metrics]
+        cells += [row.get(BEST_EPOCH), row.get(SELECTION)] + [row.get(m) for m in metrics]
         run_rows.append((cells, BEST_ROW if row.best else ""))
-    header = ["run", ""] + searched + ["best epoch", "valid recon (smoothed)"] + metrics
+    header = ["run", ""] + [c.removeprefix(HP_PREFIX) for c in searched]
+    header += ["best epoch", "valid recon (smoothed)"] + labels
     parts.append("<p>Every run of the search, by validation loss:</p>")
     parts.append(_table(header, run_rows, "runs-table"))
     parts.append("</div>")

@@ -104,11 +104,12 @@ def submitted_run(summary_tsv: str | Path, run_dir: str | Path) -> str:
     whose validation Poisson loss is below the best run's.
 
     Both losses are computed the same way from each row's own inferred.h5 (lfads/evaluation/
-    ensemble.py): the ensemble's is its row's best_valid_recon_smoothed, the best run's is in
+    ensemble.py): the ensemble's is its row's val_recon_smoothed, the best run's is in
     the ensemble's members.tsv (the best run is its first member). A tie keeps the best run.
     """
-    from lfads.evaluation.aggregate import BEST_SELECTION, best_run, read_summary
+    from lfads.evaluation.aggregate import best_run
     from lfads.evaluation.ensemble import MEMBERS_TSV, is_ensemble, read_members
+    from lfads.formats.summary import SELECTION, read_summary
 
     chosen = best_run(summary_tsv)
     table = read_summary(summary_tsv, scored_only=True)
@@ -120,7 +121,7 @@ def submitted_run(summary_tsv: str | Path, run_dir: str | Path) -> str:
                 f"{members_tsv}: the best member is {members.run[0]} but the summary's best run "
                 f"is {chosen} ({summary_tsv}); the two are out of date: rerun the workflow"
             )
-        ensemble_loss, best_loss = getattr(row, BEST_SELECTION), members.valid_poisson_loss[0]
+        ensemble_loss, best_loss = getattr(row, SELECTION), members.valid_poisson_loss[0]
         better = ensemble_loss < best_loss
         log.info(
             "%s: validation Poisson loss %.6f, the best run %s's %.6f: submitting %s",

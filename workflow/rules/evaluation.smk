@@ -76,6 +76,12 @@ rule aggregate:
             labels={"dataset": DATASET, "table": "best run and references"},
         ),
         references=f"{RESULTS}/references.json",
+        columns=report(
+            f"{RESULTS}/summary_columns.tsv",
+            caption="../report/summary_columns.rst",
+            category="1. Result",
+            labels={"dataset": DATASET, "table": "what each column of the table means (TSV)"},
+        ),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -85,6 +91,12 @@ rule aggregate:
     params:
         runs=SUMMARY_ROWS,
         run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
+        # a PBT search's runs have no searched values until it ends: from their hparams.yaml
+        searched=(
+            [searched.name for searched in PBT.hyperparameters]
+            if "pbt" in config["search"]
+            else None
+        ),
     script:
         "../scripts/aggregate.py"
 

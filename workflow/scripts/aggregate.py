@@ -6,7 +6,13 @@ from lfads.evaluation.report_table import write_summary_html
 from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
-    write_summary(snakemake.params.runs, snakemake.params.run_dir, snakemake.output[0])
+    write_summary(
+        snakemake.params.runs,
+        snakemake.params.run_dir,
+        snakemake.output[0],
+        snakemake.params.searched,
+        snakemake.output.columns,
+    )
     targets = Path(snakemake.input.targets[0]) if snakemake.input.targets else None
     write_references(Path(snakemake.input.prepared), targets, snakemake.output.references)
     write_summary_html(snakemake.output[0], snakemake.output.references, snakemake.output.html)
