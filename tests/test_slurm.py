@@ -37,12 +37,17 @@ from cluster import ClusterError, LocalSlurm, available
 from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# The profile's partitions and account are commented placeholders: the local cluster's here (its
+# GPU partition is `gpu`; --set-resources replaces the profile's, so each rule's gpu: 1 again).
+GPU_RULES = ("train", "pbt", "pbt_pack", "infer")
 LOCAL_CLUSTER = [
     "--default-resources",
     "slurm_partition=debug",
     "slurm_account=lfads",
     "runtime=30",
     "mem_mb=1000",
+    "--set-resources",
+    *(f"{rule}:{key}" for rule in GPU_RULES for key in ("slurm_partition=gpu", "gpu=1")),
     "--slurm-init-seconds-before-status-checks",
     "5",
 ]
