@@ -98,6 +98,11 @@ def test_tensorboard_holds_the_csv_columns_the_learning_rate_and_figures(trained
     assert [event.step for event in lr] == [1, 2]  # by epoch
     (image,) = accumulator.Images(FIGURE_TAG)  # epoch 1 only: the next is at epoch 101
     assert image.step == 1 and image.width > 300 and image.encoded_image_string[:4] == b"\x89PNG"
+    # the HPARAMS tab: the run's hyperparameters with what chose its epoch
+    (best,) = accumulator.Scalars("hparam/best_valid_recon_smoothed")
+    smoothed = [float(row["valid_recon_smoothed"]) for row in rows]
+    assert best.value == pytest.approx(min(smoothed), rel=1e-6)
+    assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
 
 
 @pytest.mark.slow

@@ -145,9 +145,10 @@ def _tensorboard(out_dirs: list[Path]):
 
     class TensorBoardMembers(Checkpoint):
         """Each member's TensorBoard log (out_dir/tensorboard): its metrics.csv row of every epoch
-        it trained, by epoch, and an image of the first validation trial's spikes,
-        posterior-mean rates and factors (from the model's deterministic pass, which draws
-        nothing) at the first epoch and every FIGURE_EVERY_EPOCHS.
+        it trained, by epoch, an image of the first validation trial's spikes, posterior-mean
+        rates and factors (from the model's deterministic pass, which draws nothing) at the
+        first epoch and every FIGURE_EVERY_EPOCHS, and at the end its hyperparameters with its
+        best epoch and smoothed valid recon (the HPARAMS tab compares runs by them).
 
         A `Checkpoint` subclass, so Lightning runs its epoch end after the module's, which
         appends the epoch's rows."""
@@ -192,6 +193,17 @@ def _tensorboard(out_dirs: list[Path]):
                     self._writer(m).add_figure(FIGURE_TAG, figure, global_step=epoch + 1)
 
         def on_fit_end(self, trainer, module) -> None:
+            # the HPARAMS tab: each member's hyperparameters beside what chose its epoch
+            for m, state in enumerate(module.states):
+                values = {
+                    key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                    for key, value in state.hparams.items()
+                }
+                metrics = {
+                    "hparam/best_valid_recon_smoothed": state.best_valid_recon_smoothed,
+                    "hparam/best_epoch": state.best_epoch,
+                }
+                self._writer(m).add_hparams(values, metrics, run_name=".")
             for writer in self.writers or []:
                 writer.close()
 
