@@ -59,7 +59,7 @@ def test_trial_windows_match_nlb_tools_trial_data(prepared_files):
         align_field=spec.align_field, align_range=spec.window_ms, ignored_trials=~mask
     )
     first = trial_data.groupby("trial_id", sort=False)["clock_time"].first().dt.total_seconds()
-    trials, _ = read_trial_table(files.nwb["train"])
+    trials, _, _ = read_trial_table(files.nwb["train"])
     for splits in (["train"], ["val"], ["train", "val"]):
         windows = trial_windows(trials, "mc_maze", splits, BIN_WIDTH)
         in_splits = trials.loc[first.index, "split"].isin(splits).to_numpy()
@@ -80,12 +80,17 @@ def test_export_round_trips_through_pynwb_and_pynapple(prepared_files, tmp_path)
     files = prepared_files(BIN_WIDTH)
     inferred = fake_inferred(files.prepared, tmp_path / "inferred.h5")
     out = export_nwb(
-        files.prepared, tmp_path / "inferred.h5", files.nwb, tmp_path / "rates.nwb", "run-0"
+        files.prepared,
+        tmp_path / "inferred.h5",
+        files.nwb,
+        tmp_path / "rates.nwb",
+        "run-0",
+        source="DANDI:000128 version 0.220113.0400 (downloaded)",
     )
     prepared = read_prepared(files.prepared, keys=("nlb_index",), unit_ids=True)
     n_obs, n_fwd = prepared.attributes.n_obs_bins, prepared.attributes.n_fwd_bins
     bin_s = BIN_WIDTH / 1000
-    source, _ = read_trial_table(files.nwb["train"])
+    source, _, _ = read_trial_table(files.nwb["train"])
     train_windows = trial_windows(source, "mc_maze", ["train"], BIN_WIDTH)
     n_trials = sum(len(split.nlb_index) for split in prepared.splits.values())
 
@@ -117,13 +122,30 @@ def test_export_round_trips_through_pynwb_and_pynapple(prepared_files, tmp_path)
         np.testing.assert_allclose(forward.timestamps[0], starts[0] + n_obs * bin_s, atol=1e-9)
         valid_rows = trials[trials.model_split == "valid"].sort_values("nlb_index")
         assert valid_rows.nlb_index.tolist() == sorted(valid_index.tolist())
+        # each rates column is a row of the units table: its source unit, held out or not
         ids = np.concatenate([prepared.unit_ids["heldin"], prepared.unit_ids["heldout"]])
-        assert rates.comments == "columns=[" + ",".join(map(str, ids)) + "]"
+        units = module["rates_units"].to_dataframe()
+        assert units.source_unit_id.tolist() == ids.tolist() and rates.comments.endswith(
+            "lfads/rates_units"
+        )
+        assert units.heldout.tolist() == [False] * len(prepared.unit_ids["heldin"]) + [True] * len(
+            prepared.unit_ids["heldout"]
+        )
+        # the source's subject and where the data come from
+        with NWBHDF5IO(str(files.nwb["train"]), "r") as source_io:
+            assert nwbfile.subject.subject_id == source_io.read().subject.subject_id
+        assert nwbfile.notes == (
+            f"Inferred from {files.nwb['train'].name} (train); "
+            "source: DANDI:000128 version 0.220113.0400 (downloaded)"
+        )
         assert sorted(module.data_interfaces) == sorted(
-            f"{name}_{split}{part}"
-            for name in ("rates", "factors", "inferred_inputs")
-            for split in ("train", "valid", "eval")
-            for part in ("", "_forward")
+            [
+                f"{name}_{split}{part}"
+                for name in ("rates", "factors", "inferred_inputs")
+                for split in ("train", "valid", "eval")
+                for part in ("", "_forward")
+            ]
+            + ["rates_units"]
         )
 
     with warnings.catch_warnings():
@@ -138,6 +160,22 @@ def test_export_round_trips_through_pynwb_and_pynapple(prepared_files, tmp_path)
     # pynapple restricts a series to the trials' windows: the eval series lies in its trials.
     eval_epochs = epochs[np.asarray(epochs.model_split) == "eval"]
     assert len(factors.restrict(eval_epochs)) == 20 * n_obs
+
+
+def test_nwbinspector_finds_nothing_critical_and_no_best_practice_violation(
+    prepared_files, tmp_path
+):
+    from nwbinspector import Importance, inspect_nwbfile
+
+    files = prepared_files(BIN_WIDTH)
+    fake_inferred(files.prepared, tmp_path / "inferred.h5")
+    out = export_nwb(files.prepared, tmp_path / "inferred.h5", files.nwb, tmp_path / "rates.nwb")
+    found = [
+        f"{message.importance.name}: {message.check_function_name}: {message.message}"
+        for message in inspect_nwbfile(nwbfile_path=str(out))
+        if message.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION)
+    ]
+    assert found == [], "\n".join(found)
 
 
 def test_export_of_a_diverged_run_has_trials_and_no_series(prepared_files, tmp_path):

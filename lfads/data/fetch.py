@@ -49,6 +49,19 @@ def nwb_paths(source: dict, data_dir: str | Path) -> dict[str, Path]:
     return {role: Path(data_dir) / path for role, path in SYNTHETIC_ASSETS.items()}
 
 
+def describe_source(source: dict) -> str:
+    """Where a source's NWB files come from, in one line (recorded in the exported NWB files)."""
+    kind, settings = source_kind(source), next(iter(source.values()))
+    if kind == "synthetic":
+        return "the built-in synthetic generator (lfads.data.synthetic), in the NLB layout"
+    where = f"DANDI:{settings['dandiset']}"
+    if settings.get("version"):
+        where += f" version {settings['version']}"
+    return where + (
+        " (downloaded)" if kind == "dandi" else f" (a local copy, {settings['folder']})"
+    )
+
+
 def truth_paths(source: dict, data_dir: str | Path) -> dict[str, Path] | None:
     """Ground-truth files of the synthetic source, None for real data."""
     if source_kind(source) != "synthetic":

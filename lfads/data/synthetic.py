@@ -384,7 +384,15 @@ def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
         session_start_time=SESSION_START,
         file_create_date=SESSION_START,
         session_id=SESSION,
-        subject=Subject(subject_id=SUBJECT, description="synthetic"),
+        # A stand-in: species, sex and age are those a real NLB file states (its monkeys), so
+        # that the files and what is exported from them read as DANDI expects; no animal.
+        subject=Subject(
+            subject_id=SUBJECT,
+            description="synthetic: no animal; species, sex and age stand in for an NLB monkey's",
+            species="Macaca mulatta",
+            sex="U",
+            age="P10Y",
+        ),
         units=units,
         trials=trials,
     )

@@ -15,9 +15,13 @@ Layout of the written file (README.md, "NWB export"):
   `model_split` (train, valid or eval) and `nlb_index` (row in nlb_tools' order).
 - processing module `lfads`: TimeSeries `<array>_<model split>` of the observed bins and
   `<array>_<model split>_forward` of the forward-prediction bins, with arrays `rates`
-  (spikes/s; columns the held-in then held-out unit ids), `factors` and `inferred_inputs` (the
-  controller output's posterior mean; absent without a controller), in arbitrary units.
+  (spikes/s; columns the held-in then held-out units), `factors` and `inferred_inputs` (the
+  controller output's posterior mean; absent without a controller), in arbitrary units, and the
+  table `rates_units`: one row per rates column, its `source_unit_id` and `heldout`.
   Timestamps are bin starts (s); the bins of one trial are consecutive rows.
+- the source file's subject, experiment description, institution, lab, experimenter, session
+  id and keywords (with "LFADS" and "Neural Latents Benchmark"); `notes` names the source files
+  and where they come from (the dandiset and its version).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lfads.infra.io import atomic_path
 log = logging.getLogger(__name__)
 
 MODULE_NAME = "lfads"
+RATES_UNITS = "rates_units"  # the table of the rates series' columns
 # Inference-file key -> (name in the NWB file, unit, what it is)
 EXPORTED_ARRAYS = {
     "rates": ("rates", "spikes/s", "posterior-mean firing rates"),
@@ -55,15 +60,41 @@ class TrialWindows:
     window_starts: np.ndarray  # (N,) s, start of each trial's first bin
 
 
+# The source file's metadata that an exported file copies (NWBFile keywords), and its subject's.
+COPIED_METADATA = ("experiment_description", "institution", "lab", "experimenter", "session_id")
+SUBJECT_FIELDS = (
+    "subject_id",
+    "species",
+    "sex",
+    "age",
+    "description",
+    "strain",
+    "genotype",
+    "weight",
+    "date_of_birth",
+)
+
+
 def read_trial_table(nwb_path: str | Path):
-    """The source file's trial table as a DataFrame indexed by trial id (times in s)."""
+    """The source file's trial table as a DataFrame indexed by trial id (times in s), its
+    session start time, and its metadata to copy: {COPIED_METADATA key: value, "keywords":
+    list, "subject": {SUBJECT_FIELDS key: value}} (what the file has)."""
     from pynwb import NWBHDF5IO
 
     with NWBHDF5IO(str(nwb_path), "r") as io:
         nwbfile = io.read()
         if nwbfile.trials is None:
             raise ValueError(f"{nwb_path}: no trials table; is this an NLB NWB file?")
-        return nwbfile.trials.to_dataframe(), nwbfile.session_start_time
+        metadata = {key: getattr(nwbfile, key) for key in COPIED_METADATA}
+        metadata["keywords"] = list(nwbfile.keywords[:]) if nwbfile.keywords is not None else []
+        subject = nwbfile.subject
+        metadata["subject"] = {
+            key: getattr(subject, key) for key in SUBJECT_FIELDS if subject is not None
+        }
+        metadata = {
+            key: value for key, value in metadata.items() if value is not None and value != {}
+        }
+        return nwbfile.trials.to_dataframe(), nwbfile.session_start_time, metadata
 
 
 def trial_windows(
@@ -121,14 +152,18 @@ def export_nwb(
     nwb_paths: dict[str, str | Path],
     out_path: str | Path,
     run_name: str = "",
+    source: str = "",
 ) -> Path:
     """Write the NWB file of one run's inference file (layout in the module docstring).
 
     nwb_paths: {"train": path, "test": path} of the source NWB files ("test" is read in the
-    test phase only). A diverged run's placeholder gives a file with the trials and no series.
+    test phase only); source: where they come from (`lfads.data.fetch.describe_source`), kept
+    in the file's notes. A diverged run's placeholder gives a file with the trials and no series.
     """
     from hdmf.backends.hdf5 import H5DataIO
+    from hdmf.common import DynamicTable
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.file import Subject
 
     prepared = read_prepared(prepared_path, keys=("nlb_index",), unit_ids=True)
     attributes = prepared.attributes
@@ -136,13 +171,13 @@ def export_nwb(
     bin_s = attributes.bin_width_ms / 1000
     n_obs, n_fwd = attributes.n_obs_bins, attributes.n_fwd_bins
 
-    windows, session_start = {}, None
+    windows, session_start, metadata = {}, None, None
     tables = {}
     for group, (role, splits) in _phase_splits(attributes.phase).items():
         if role not in tables:
             tables[role] = read_trial_table(nwb_paths[role])
-        trials, start = tables[role]
-        session_start = session_start or start
+        trials, start, found = tables[role]
+        session_start, metadata = session_start or start, metadata or found
         windows[group] = (role, trial_windows(trials, attributes.nlb_layout, splits, bin_s * 1000))
     rows = []  # (model split, row in that split, source role, its windows, row in nlb order)
     for group_name, (role, group) in windows.items():
@@ -161,6 +196,9 @@ def export_nwb(
                 rows.append((split, row, role, group, int(index)))
     rows.sort(key=lambda item: item[3].window_starts[item[4]])
 
+    subject = metadata.pop("subject", None)
+    keywords = [*metadata.pop("keywords", []), "LFADS", "Neural Latents Benchmark"]
+    files = ", ".join(f"{Path(nwb_paths[role]).name} ({role})" for role in tables)
     nwbfile = NWBFile(
         session_description=(
             f"LFADS posterior averages of {attributes.dataset} ({attributes.nlb_layout}, "
@@ -168,6 +206,10 @@ def export_nwb(
         ),
         identifier=f"lfads-{attributes.dataset}-{attributes.phase}-{run_name}",
         session_start_time=session_start,
+        subject=Subject(**subject) if subject else None,
+        keywords=list(dict.fromkeys(keywords)),
+        notes=f"Inferred from {files}" + (f"; source: {source}" if source else ""),
+        **metadata,
     )
     for name, description in (
         ("forward_stop_time", "end of the forward-prediction bins (s)"),
@@ -198,7 +240,21 @@ def export_nwb(
         description=f"LFADS posterior averages, {attributes.bin_width_ms} ms bins; see trials",
     )
     unit_ids = np.concatenate([prepared.unit_ids["heldin"], prepared.unit_ids["heldout"]])
+    # one row per rates column, in column order: its source unit and whether it was held out (a
+    # table of its own: NWB's units table is for spike times, which this file does not hold)
+    columns = DynamicTable(
+        name=RATES_UNITS,
+        description="the source unit of each column of the rates series, in column order",
+    )
+    columns.add_column("source_unit_id", "the unit's id in the source NWB file's units table")
+    columns.add_column("heldout", "held out of the model's input (the co-smoothing targets)")
+    for column, unit_id in enumerate(unit_ids):
+        columns.add_row(
+            source_unit_id=int(unit_id), heldout=column >= len(prepared.unit_ids["heldin"])
+        )
     diverged = DIVERGED in inferred.attrs
+    if not diverged:  # (a diverged run's file has no series, so no columns either)
+        module.add(columns)
     for split, arrays in ({} if diverged else inferred.splits).items():
         role, group = windows["eval" if split == "eval" else "train"]
         starts = group.window_starts[prepared.splits[split].nlb_index]  # (N,) s
@@ -215,7 +271,7 @@ def export_nwb(
                 comments = "no comments"
                 if key == "rates":
                     data = data / np.float32(bin_s)  # spikes per bin -> spikes per second
-                    comments = "columns=[" + ",".join(str(unit) for unit in unit_ids) + "]"
+                    comments = f"columns: the rows of {MODULE_NAME}/{RATES_UNITS}"
                 series = TimeSeries(
                     name=f"{name}_{split}{part}",
                     data=H5DataIO(data, compression="gzip"),

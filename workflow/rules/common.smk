@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from lfads.data.fetch import (
+    describe_source,
     FetchedFileError,
     check_fetched,
     fetch_jobs,

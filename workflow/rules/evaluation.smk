@@ -167,6 +167,7 @@ rule export_nwb:
         "../../envs/lfads.yaml"
     params:
         nwb=NWB,
+        source=describe_source(SOURCE),
     script:
         "../scripts/export_nwb.py"
 

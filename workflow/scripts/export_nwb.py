@@ -8,4 +8,5 @@ with log_to_file(snakemake.log[0]):
         snakemake.params.nwb,
         snakemake.output[0],
         run_name=snakemake.wildcards.run,
+        source=snakemake.params.source,
     )
