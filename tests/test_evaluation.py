@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads.evaluation.aggregate import best_run, write_summary
+from lfads.evaluation.aggregate import write_summary
 from lfads.evaluation.evaluate import evaluate_run
 from lfads.evaluation.figures import all_figures
 from lfads.evaluation.outputs import figures_for
@@ -22,6 +22,7 @@ from lfads.evaluation.submission import nlb_submission, write_submission
 from lfads.formats.inferred import InferredAttributes, InferredSplit, write_inferred
 from lfads.formats.metrics import write_metrics_csv
 from lfads.formats.prepared import read_prepared
+from lfads.formats.summary import best_run
 
 
 @pytest.fixture(scope="module")

@@ -262,8 +262,9 @@ def test_a_nan_in_the_prepared_input_is_refused_naming_file_split_and_trial(tmp_
 
 
 def test_a_diverged_run_is_marked_and_never_selected(tmp_path):
-    from lfads.evaluation.aggregate import best_run, write_summary
+    from lfads.evaluation.aggregate import write_summary
     from lfads.formats.metrics import write_metrics_csv
+    from lfads.formats.summary import best_run
 
     runs = {"lr~0.01": {"lr": 0.01}, "lr~1000": {"lr": 1000.0}}
     write_metrics_csv(

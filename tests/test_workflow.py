@@ -166,7 +166,7 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
     """FIGURES, the makers in lfads.evaluation.figures and workflow/report/ name the same ones."""
     import inspect
 
-    from lfads.evaluation import aggregate, figures
+    from lfads.evaluation import figures
 
     # pbt_progress is drawn by the pbt_history rule of a PBT search (tests/test_pbt_workflow.py)
     makers = {
@@ -178,8 +178,8 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
     drawn: dict[str, list] = {name: [] for name in makers}
     for name in makers:
         monkeypatch.setattr(figures, name, lambda *args, name=name: drawn[name].append(args[-1]))
-    monkeypatch.setattr(aggregate, "best_run", lambda summary: "base")
-    monkeypatch.setattr(aggregate, "scored_runs", lambda summary: ["base"])
+    monkeypatch.setattr(figures, "best_run", lambda summary: "base")
+    monkeypatch.setattr(figures, "scored_runs", lambda summary: ["base"])
     outputs = {figure.name: tmp_path / f"{figure.name}.png" for figure in FIGURES}
     figures.all_figures(
         tmp_path / "summary.tsv", tmp_path, {"base": {}}, tmp_path, tmp_path, "g", outputs

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from lfads.evaluation.ensemble import is_ensemble
-from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED, read_metrics_csv
+from lfads.formats.metrics import EPOCH, best_and_final_epoch, epochs_with_validation
 from lfads.formats.summary import (
     BEST,
     BEST_EPOCH,
@@ -28,35 +28,11 @@ from lfads.formats.summary import (
     SCORES,
     SELECTION,
     VALIDATION,
-    read_summary,
     write_columns,
     write_summary_tsv,
 )
 
 log = logging.getLogger(__name__)
-
-# Column of metrics.csv the best epoch and the best run minimise: the smoothed validation
-# reconstruction loss. The total loss would not do: its KL and L2 terms carry each run's scales.
-SELECTION_COLUMN = VALID_RECON_SMOOTHED
-
-
-def epochs_with_validation(metrics_csv: Path) -> pd.DataFrame:
-    """The rows of a run's per-epoch metrics that have a smoothed validation loss (maybe none)."""
-    table = read_metrics_csv(metrics_csv)
-    if len(table) and SELECTION_COLUMN not in table:
-        raise ValueError(
-            f"{metrics_csv}: no column {SELECTION_COLUMN!r}; columns are {list(table.columns)}"
-        )
-    return table.dropna(subset=[SELECTION_COLUMN]) if len(table) else table
-
-
-def best_and_final_epoch(metrics_csv: Path) -> tuple[dict, dict]:
-    """(best row, last row) of a run's metrics with a validation loss. The best row is the first
-    with the lowest SELECTION_COLUMN: the epoch training keeps in model.ckpt."""
-    table = epochs_with_validation(metrics_csv)
-    if table.empty:
-        raise ValueError(f"{metrics_csv}: no epoch has a validation loss; did training run?")
-    return table.loc[table[SELECTION_COLUMN].idxmin()].to_dict(), table.iloc[-1].to_dict()
 
 
 def summary_row(name: str, params: dict, folder: Path, searched: list[str]) -> dict:
@@ -144,20 +120,3 @@ def write_summary(
     else:
         log.error("all %d runs diverged: there is no best run", len(table))
     return table
-
-
-def scored_runs(summary_tsv: str | Path) -> list[str]:
-    """The names of the runs that did not diverge, best first."""
-    return [str(name) for name in read_summary(summary_tsv, scored_only=True).run]
-
-
-def best_run(summary_tsv: str | Path) -> str:
-    """The name of the selected run; a ValueError when every run diverged."""
-    table = read_summary(summary_tsv)
-    if not table.best.any():
-        raise ValueError(
-            f"{summary_tsv}: every run diverged (column {DIVERGED}), so there is no best run to "
-            "draw or submit; their train logs name the cause. Try a lower lr, a smaller cell_clip "
-            "or a stronger gradient_clip."
-        )
-    return str(table.loc[table.best, "run"].iloc[0])

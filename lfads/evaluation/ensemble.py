@@ -76,8 +76,8 @@ def rank_runs(run_dirs: dict[str, Path]) -> list[Member]:
     run_dirs: {run name: its folder with metrics.csv and inferred.h5}. A run diverged when its
     inferred.h5 is the placeholder that infer writes for it.
     """
-    from lfads.evaluation.aggregate import SELECTION_COLUMN, best_and_final_epoch
     from lfads.formats.inferred import DIVERGED, read_inferred
+    from lfads.formats.metrics import SELECTION_COLUMN, best_and_final_epoch
 
     ranked = []
     for name, folder in run_dirs.items():

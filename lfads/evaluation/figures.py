@@ -24,6 +24,7 @@ from lfads.formats.metrics import (
     TRAIN_RECON,
     VALID_RECON,
     VALID_RECON_SMOOTHED,
+    best_and_final_epoch,
     read_metrics_csv,
 )
 from lfads.formats.prepared import PreparedAttributes, read_prepared
@@ -31,7 +32,9 @@ from lfads.formats.summary import (
     HP_PREFIX,
     SCORE_LABELS,
     SELECTION,
+    best_run,
     read_summary,
+    scored_runs,
     searched_columns,
 )
 from lfads.formats.targets import read_targets
@@ -191,8 +194,6 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
     the train and valid trials, and the selection metric (smoothed valid recon) with the epoch
     that model.ckpt keeps marked."""
     from matplotlib.ticker import MaxNLocator
-
-    from lfads.evaluation.aggregate import best_and_final_epoch
 
     figure, axes = new_figure(1, 2, 10, 3.8)
     recon, selection = axes[0]
@@ -622,7 +623,6 @@ def all_figures(
     """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES);
     references_json: the aggregate rule's references.json (for the per-neuron co-bps figure;
     None: the smoothing baseline is fit again)."""
-    from lfads.evaluation.aggregate import best_run, scored_runs
 
     unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})
     if unknown:

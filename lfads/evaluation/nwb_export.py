@@ -299,7 +299,7 @@ def copy_best_nwb(summary_tsv: str | Path, run_dir: str | Path, out_path: str | 
     """Copy the best run's NWB file (`<run_dir>/<run>/rates.nwb`) to `out_path`."""
     import shutil
 
-    from lfads.evaluation.aggregate import best_run
+    from lfads.formats.summary import best_run
 
     run = best_run(summary_tsv)
     with atomic_path(out_path) as tmp:

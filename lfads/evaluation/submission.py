@@ -107,9 +107,8 @@ def submitted_run(summary_tsv: str | Path, run_dir: str | Path) -> str:
     ensemble.py): the ensemble's is its row's val_recon_smoothed, the best run's is in
     the ensemble's members.tsv (the best run is its first member). A tie keeps the best run.
     """
-    from lfads.evaluation.aggregate import best_run
     from lfads.evaluation.ensemble import MEMBERS_TSV, is_ensemble, read_members
-    from lfads.formats.summary import SELECTION, read_summary
+    from lfads.formats.summary import SELECTION, best_run, read_summary
 
     chosen = best_run(summary_tsv)
     table = read_summary(summary_tsv, scored_only=True)

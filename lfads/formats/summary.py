@@ -102,3 +102,20 @@ def write_columns(path: str | Path, table: pd.DataFrame) -> None:
             units, meaning = COLUMNS[column]
         lines.append(f"{column}\t{units}\t{meaning}")
     write_text(path, "\n".join(lines) + "\n")
+
+
+def scored_runs(summary_tsv: str | Path) -> list[str]:
+    """The names of the runs that did not diverge, best first."""
+    return [str(name) for name in read_summary(summary_tsv, scored_only=True).run]
+
+
+def best_run(summary_tsv: str | Path) -> str:
+    """The name of the selected run; a ValueError when every run diverged."""
+    table = read_summary(summary_tsv)
+    if not table.best.any():
+        raise ValueError(
+            f"{summary_tsv}: every run diverged (column {DIVERGED}), so there is no best run to "
+            "draw or submit; their train logs name the cause. Try a lower lr, a smaller cell_clip "
+            "or a stronger gradient_clip."
+        )
+    return str(table.loc[table.best, "run"].iloc[0])
