@@ -58,7 +58,7 @@ demo: $(STAMP)
 # left by a kill.
 # A configfile whose workflow has not run gets one line that says to run it first.
 report: $(STAMP)
-	@results=$$($(BIN)/python -m lfads.infra.config $(CONFIGFILE) $(WORKDIR)) || exit 1; \
+	@results=$$($(BIN)/python -m lfads.config $(CONFIGFILE) $(WORKDIR)) || exit 1; \
 	report="$(REPORT)"; report="$${report:-$$results/report.html}"; \
 	mkdir -p "$$(dirname "$$report")"; \
 	tmp="$$(dirname "$$report")/.$$(basename "$$report" .html).tmp.$$(uname -n)@$$$$.make.html"; \

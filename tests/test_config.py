@@ -6,15 +6,15 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lfads.data import prepare
-from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
-from lfads.infra.config import (
+from lfads.config import (
     ConfigError,
     check_config,
     check_output_paths,
     load_yaml,
     validate_config,
 )
+from lfads.data import prepare
+from lfads.data.layouts import BIN_WIDTHS_MS, LAYOUTS
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))

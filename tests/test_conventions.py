@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import shutil
 
@@ -73,3 +74,67 @@ def test_every_command_line_option_has_help(command):
         if not action.help and not isinstance(action, argparse._HelpAction)
     ]
     assert undocumented == [], f"lfads {command}: options without help text"
+
+
+# lfads' folders from the bottom up: a module imports only from its own folder or one below it.
+# The top level (lfads/config.py, the configfile check above every stage; cli.py) is above all.
+LAYERS = ("infra", "model", "formats", "data", "search", "training", "evaluation", "bench", "")
+
+
+def _imports(tree) -> list[str]:
+    """The lfads modules a module imports, function-local included, type-checking-only not."""
+    found, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lfads"):
+            found += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("lfads")]
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_imports_go_down_the_layers_and_never_in_a_circle():
+    root = REPO / "lfads"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(("lfads", *parts[: -1 if parts[-1] == "__init__" else None]))] = path
+    folder = {name: name.split(".")[1] if name.count(".") else "" for name in modules}
+    layer = {name: LAYERS.index(f if (root / f).is_dir() else "") for name, f in folder.items()}
+    graph = {
+        name: {target for target in _imports(ast.parse(path.read_text())) if target in modules}
+        - {name}
+        for name, path in modules.items()
+    }
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if layer[target] > layer[name]
+    )
+    assert upward == []
+    # no module reaches itself through its imports (Tarjan's strongly connected components)
+    order, low, stack, cycles = {}, {}, [], []
+
+    def visit(name):
+        order[name] = low[name] = len(order)
+        stack.append(name)
+        for target in graph[name]:
+            if target not in order:
+                visit(target)
+                low[name] = min(low[name], low[target])
+            elif target in stack:
+                low[name] = min(low[name], order[target])
+        if low[name] == order[name]:
+            component = stack[stack.index(name) :]
+            del stack[stack.index(name) :]
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in order:
+            visit(name)
+    assert cycles == []

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+from lfads.config import load_yaml
 from lfads.data.synthetic import SyntheticSettings
-from lfads.infra.config import load_yaml
 from lfads.model.hparams import HParams
 from lfads.search.pbt import PBTSettings
 

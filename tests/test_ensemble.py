@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEFILE, WORKFLOW_HPARAMS, job_count, snakemake_in, write_tiny_config
 
+from lfads.config import ConfigError, check_config, validate_config
 from lfads.evaluation.aggregate import write_summary
 from lfads.evaluation.ensemble import (
     average_rates,
@@ -40,7 +41,6 @@ from lfads.formats.inferred import (
 from lfads.formats.metrics import read_metrics_csv, write_metrics_csv
 from lfads.formats.prepared import read_prepared
 from lfads.formats.summary import best_run
-from lfads.infra.config import ConfigError, check_config, validate_config
 from lfads.infra.io import write_json
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

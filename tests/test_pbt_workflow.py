@@ -24,8 +24,8 @@ from conftest import (
 )
 from conftest import environment as shared_environment
 
+from lfads.config import ConfigError, check_config, validate_config
 from lfads.formats.summary import read_summary
-from lfads.infra.config import ConfigError, check_config, validate_config
 from lfads.search.pbt import read_history, read_plan, read_results
 
 RESULTS = Path("results") / "tiny" / "val"

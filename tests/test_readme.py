@@ -20,7 +20,7 @@ from conftest import (
     make_finished_state,
 )
 
-from lfads.infra.config import DEFAULT_PACK_SIZE
+from lfads.config import DEFAULT_PACK_SIZE
 
 
 def readme_commands() -> list[str]:

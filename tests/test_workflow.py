@@ -23,9 +23,9 @@ from conftest import (
     write_tiny_config,
 )
 
+from lfads.config import DEFAULT_PACK_SIZE
 from lfads.data.synthetic import ASSET_PATHS as SYNTHETIC_ASSETS
 from lfads.evaluation.outputs import FIGURES, figures_for
-from lfads.infra.config import DEFAULT_PACK_SIZE
 
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 

@@ -20,7 +20,7 @@ from lfads.data.fetch import (
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
 from lfads.evaluation.ensemble import MEMBERS_TSV, ensemble_name
 from lfads.evaluation.outputs import figures_for
-from lfads.infra.config import (
+from lfads.config import (
     ConfigError,
     check_config,
     check_configfiles,

@@ -1,5 +1,9 @@
 """Validate a workflow configfile against its JSON schema, with errors that name the key.
 
+At the top of the package, above every stage: the configfile check asks each stage (data,
+model, search, evaluation) whether its part of the configfile is valid, so nothing below imports
+it (tests/test_conventions.py checks the layers).
+
 `snakemake.utils.validate` reports jsonschema's raw message; users need the
 dotted key, the bad value and what is allowed. Defaults declared in the schema
 are filled in, so rules can rely on every key being present.
@@ -289,7 +293,7 @@ def finished_results(configfile: str | Path, workdir: str | Path = ".") -> Path:
     return results
 
 
-if __name__ == "__main__":  # `make report`: python -m lfads.infra.config CONFIGFILE [WORKDIR]
+if __name__ == "__main__":  # `make report`: python -m lfads.config CONFIGFILE [WORKDIR]
     import sys
 
     try:
