@@ -2,13 +2,15 @@
 
 Each command lives in its own module, which defines `add_arguments(parser)` and
 `run(args) -> int`. Only the chosen command's module is imported, so
-`python -m lfads synthetic` never pays for importing torch.
+`python -m lfads synthetic` never pays for importing torch. Logging is configured here, and bad
+input (ValueError, or an OSError such as a missing file) is one logged line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # command name -> (module, one-line help)
@@ -58,4 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"lfads {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from lfads.infra.logs import configure
+
+    configure()
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as error:  # bad input: a missing, unreadable or wrong file
+        logging.getLogger("lfads").error("lfads %s: %s", name, error)
+        return 2

@@ -138,3 +138,20 @@ def test_imports_go_down_the_layers_and_never_in_a_circle():
         if name not in order:
             visit(name)
     assert cycles == []
+
+
+def test_a_command_given_a_missing_or_wrong_file_says_so_in_one_line(tmp_path, caplog):
+    from lfads.cli import main
+
+    not_a_checkpoint = tmp_path / "model.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint\n")
+    for model, expected in (
+        (tmp_path / "missing.ckpt", f"lfads infer: {tmp_path / 'missing.ckpt'}: no such"),
+        (not_a_checkpoint, f"lfads infer: {not_a_checkpoint}: torch cannot read it"),
+    ):
+        caplog.clear()
+        command = ["infer", "--model", str(model), "--data", "d.h5", "--out", "o.h5"]
+        assert main(command) == 2
+        (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert record.getMessage().startswith(expected) and "\n" not in record.getMessage()
+        assert "Traceback" not in caplog.text

@@ -470,9 +470,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     pins = dict(args.asset)
     try:
         paths = fetch_dandi_assets(args.dandiset, args.version, pins, args.out, args.instance_url)

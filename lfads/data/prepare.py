@@ -327,9 +327,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     truth = {"train": args.truth_train, "test": args.truth_test} if args.truth_train else None
     prepare(
         args.train_nwb,

@@ -687,9 +687,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from lfads.infra.logs import configure
-
-    configure()
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
     values = {} if values is None else values
     if not isinstance(values, dict):

@@ -91,8 +91,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     write_targets(args.train_nwb, args.out, args.nlb_layout, args.bin_width)
     return 0

@@ -89,8 +89,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     evaluate_run(args.prepared, args.inferred, args.targets, args.out)
     return 0

@@ -241,22 +241,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
-    try:
-        posterior_sample(
-            args.model,
-            args.data,
-            args.out,
-            args.samples,
-            args.batch_size,
-            args.device,
-            args.seed,
-            args.mantissa_bits,
-            rnn_impl=args.rnn_impl,
-        )
-    except ValueError as error:
-        log.error("%s", error)
-        return 2
+    posterior_sample(
+        args.model,
+        args.data,
+        args.out,
+        args.samples,
+        args.batch_size,
+        args.device,
+        args.seed,
+        args.mantissa_bits,
+        rnn_impl=args.rnn_impl,
+    )
     return 0

@@ -324,9 +324,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     paths = {"train": args.train_nwb, **({"test": args.test_nwb} if args.test_nwb else {})}
     export_nwb(args.prepared, args.inferred, paths, args.out, args.run_name)
     return 0

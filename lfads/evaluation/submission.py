@@ -263,8 +263,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lfads.infra.logs import configure
-
-    configure()
     combine_submissions(args.submissions, args.out, whole=args.whole_benchmark)
     return 0

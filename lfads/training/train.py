@@ -316,21 +316,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0: trained; 2: bad input; 3: the run diverged (its outputs say so)."""
     from lfads.formats.checkpoints import read_model
-    from lfads.infra.logs import configure
 
-    configure()
-    try:
-        hparams = HParams.from_yaml(args.config) if args.config else HParams()
-        model_path = train_model(
-            args.data,
-            hparams,
-            args.out,
-            args.checkpoint_dir,
-            args.device,
-            args.max_epochs,
-            rnn_impl=args.rnn_impl,
-        )
-    except ValueError as error:
-        log.error("%s", error)
-        return 2
+    hparams = HParams.from_yaml(args.config) if args.config else HParams()
+    model_path = train_model(
+        args.data,
+        hparams,
+        args.out,
+        args.checkpoint_dir,
+        args.device,
+        args.max_epochs,
+        rnn_impl=args.rnn_impl,
+    )
     return 3 if read_model(model_path).diverged else 0
