@@ -155,3 +155,25 @@ def test_a_command_given_a_missing_or_wrong_file_says_so_in_one_line(tmp_path, c
         (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
         assert record.getMessage().startswith(expected) and "\n" not in record.getMessage()
         assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "configfile, says",
+    [
+        ("config.yaml", "One LFADS model was trained per point of the search, the models sharing"),
+        ("synthetic_seeds.yaml", "search, 8 independently seeded replicas each"),
+        ("synthetic_pbt.yaml", "searched by population-based training (AutoLFADS): 3 workers"),
+    ],
+)
+def test_the_reports_method_text_is_that_of_the_search_that_ran(configfile, says):
+    import types
+
+    import jinja2
+
+    config = yaml.safe_load((REPO / "config" / configfile).read_text())
+    template = (REPO / "workflow" / "report" / "workflow.rst").read_text()
+    text = jinja2.Template(template).render(
+        snakemake=types.SimpleNamespace(config=config), files=[]
+    )
+    assert says in text
+    assert ("population-based" in text) == ("pbt" in config["search"])

@@ -64,3 +64,6 @@ def test_the_report_shows_the_table_and_the_best_runs_co_bps(pipeline, tmp_path)
     assert -1 not in order and order == sorted(order), order
     assert "nlb_tools' own vel R2 decoder" in text
     assert "built-in synthetic population" in text and "DANDI" not in text
+    # the method text is the search's that ran: a grid of two runs in one pack
+    assert "One LFADS model was trained per point of the search, the models sharing an " in text
+    assert "population-based training" not in text
