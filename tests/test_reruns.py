@@ -332,6 +332,7 @@ def lfads_command(folder: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_an_unchanged_input_retrains_nothing_and_a_real_change_does(tmp_path):
     """A touched prepared file, `--forcerun prepare` (the same bytes again) or a copy of it
     without its times reruns `train`, which only writes its outputs again; changed data trains
