@@ -80,7 +80,7 @@ submission: $(STAMP)
 # Two workers, one test file each at a time (module fixtures are built once): the SLURM tests,
 # which mostly wait on the cluster, run beside the others (first: tests/conftest.py, FIRST).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm" --durations=10
