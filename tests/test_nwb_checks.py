@@ -74,6 +74,21 @@ def test_a_duplicated_trial_id_is_named_before_nlb_tools(train_copy):
     assert message.startswith(f"{train_copy}: trials.id: trial id {expected} is on rows [4, 5]")
 
 
+def test_nan_behaviour_is_named_before_nlb_tools(train_copy):
+    """A second of NaN in hand_vel ended in nlb_tools' `all input arrays must have the same
+    shape`."""
+    with h5py.File(train_copy, "a") as handle:
+        data = handle["processing/behavior/hand_vel/data"]
+        values = data[()]
+        values[650:1650] = np.nan
+        data[...] = values
+    message = _error(train_copy)
+    assert message.startswith(f"{train_copy}: processing.behavior.hand_vel: sample 650 at "), (
+        message
+    )
+    assert "(1000 of " in message and "interpolate the gaps" in message
+
+
 def test_no_heldout_units(train_copy):
     with h5py.File(train_copy, "a") as handle:
         handle["units/heldout"][:] = False

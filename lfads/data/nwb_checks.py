@@ -98,6 +98,24 @@ def _check_spike_times(path: Path, units: h5py.Group, end_ms: int) -> None:
     )
 
 
+def _check_finite_behaviour(path: Path, series: h5py.Group) -> None:
+    """The decoded behaviour must be finite: a stretch of NaN inside a trial ends in nlb_tools'
+    `ValueError: all input arrays must have the same shape` (mc_rtt, whose behaviour nlb_tools
+    masks itself, is not checked)."""
+    data = np.asarray(series["data"][()], dtype=float)
+    bad = ~np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise _fail(
+            path,
+            series.name.lstrip("/").replace("/", "."),
+            f"sample {first} at {float(_sample_times(series)[first]):.3f} s is not finite "
+            f"({int(bad.sum())} of {bad.size} samples are NaN or infinite)",
+            "nlb_tools cannot cut trials over missing behaviour: interpolate the gaps (or drop "
+            "the trials that hold them) and run again.",
+        )
+
+
 def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "val") -> None:
     """Raise NWBLayoutError if `path` lacks what nlb_tools needs for `nlb_layout`.
 
@@ -203,12 +221,12 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "v
         end_ms = round(float(np.max(_ragged_last_ends(units, "obs_intervals"))) * 1000)
         end_ms = max(end_ms, round(float(trials["stop_time"][-1]) * 1000))
         _check_spike_times(path, units, end_ms)
-        found = set()
+        found = {}
         for top in ("acquisition", "processing"):
             if top not in handle:
                 continue
             for name, series in _timeseries(handle[top]):
-                found.add(name)
+                found[name] = series
                 times_ms = np.round(_sample_times(series), 6) * 1000
                 ms = np.round(times_ms)
                 off_grid = np.abs(times_ms - ms) > 1e-3
@@ -238,3 +256,5 @@ def check_nwb_file(path: str | Path, nlb_layout: str, role: str, phase: str = "v
                 "behaviour series missing",
                 f"Layout {nlb_layout} decodes {behavior}; add it as a TimeSeries on the 1 ms grid.",
             )
+        if role == "train" and behavior is not None and nlb_layout != "mc_rtt":
+            _check_finite_behaviour(path, found[behavior])
