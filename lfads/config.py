@@ -42,10 +42,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
         keys = ", ".join(f"{where}.{key}" if error.absolute_path else key for key in unknown)
-        hint = did_you_mean(unknown, allowed)
-        return f"unknown key {keys}" + (
-            hint if "did you mean" in hint else f"; allowed here: {', '.join(allowed)}"
-        )
+        hint = did_you_mean(unknown, allowed) or f"allowed here: {', '.join(allowed)}"
+        return f"unknown key {keys}; {hint}"
     if error.validator in ("minProperties", "maxProperties") and where == "source":
         return f"source: give exactly one of {', '.join(sorted(error.schema['properties']))}"
     if error.validator == "required":

@@ -32,6 +32,7 @@ from lfads.formats.summary import (
     HP_PREFIX,
     SCORE_LABELS,
     SELECTION,
+    SHOWN_SCORES,
     best_run,
     read_summary,
     scored_runs,
@@ -43,15 +44,6 @@ from lfads.infra.io import atomic_path
 log = logging.getLogger(__name__)
 
 SELECTION_LABEL = "smoothed valid recon (nats/bin/neuron)"
-# summary.tsv's scores drawn against the searched hyperparameters
-SCORE_PANELS = (
-    "nlb_co_bps",
-    "nlb_fp_bps",
-    "nlb_vel_r2",
-    "nlb_psth_r2",
-    "nlb_tp_corr",
-    "truth_rate_r2",
-)
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 MAX_CONDITIONS = 20  # conditions drawn with their own colour (tab20); more are subsampled
@@ -134,7 +126,7 @@ def metrics_vs_hyperparameters(
     from lfads.evaluation.references import SMOOTHING, TRUE_RATES
 
     table = read_summary(summary_tsv, scored_only=True)
-    metrics = [m for m in (*SCORE_PANELS, SELECTION) if m in table and table[m].notna().any()]
+    metrics = [m for m in (*SHOWN_SCORES, SELECTION) if m in table and table[m].notna().any()]
     references = json.loads(Path(references_json).read_text()) if references_json else {}
     searched = searched_columns(table) or ["run"]
     panels = [(key, metric) for key in searched for metric in metrics]

@@ -21,21 +21,12 @@ from lfads.formats.summary import (
     HP_PREFIX,
     SCORE_LABELS,
     SELECTION,
+    SHOWN_SCORES,
     read_summary,
     searched_columns,
 )
 from lfads.infra.io import atomic_path
 
-# summary.tsv's scores in NLB's order, then rate R² against the synthetic truth; shown by the
-# NLB's names (references.json's keys).
-NLB_METRICS = (
-    "nlb_co_bps",
-    "nlb_vel_r2",
-    "nlb_psth_r2",
-    "nlb_fp_bps",
-    "nlb_tp_corr",
-    "truth_rate_r2",
-)
 CELL = "padding:2px 8px;border-bottom:1px solid #ccc;text-align:right"
 BEST_ROW = "background:#fff3c4;font-weight:bold"
 REFERENCE_NAMES = {
@@ -73,7 +64,7 @@ def summary_html(table: pd.DataFrame, references: dict[str, dict]) -> str:
     highlighted; diverged runs last)."""
     metrics = [
         m
-        for m in NLB_METRICS
+        for m in SHOWN_SCORES
         if m in table or any(SCORE_LABELS[m] in scores for scores in references.values())
     ]
     labels = [SCORE_LABELS[m] for m in metrics]

@@ -72,6 +72,15 @@ COLUMNS = {
 }
 # How figures and the report name the scores (the NLB's own names).
 SCORE_LABELS = {column: key for key, column in SCORES.items() if not key.startswith("diverged")}
+# The scores that figures and the report show, in the NLB's order, then rate R² against the truth.
+SHOWN_SCORES = (
+    "nlb_co_bps",
+    "nlb_vel_r2",
+    "nlb_psth_r2",
+    "nlb_fp_bps",
+    "nlb_tp_corr",
+    "truth_rate_r2",
+)
 
 
 def write_summary_tsv(path: str | Path, table: pd.DataFrame) -> None:

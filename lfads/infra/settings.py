@@ -50,15 +50,15 @@ def from_mapping(
     return cls(**converted_values(cls, values, what=what, converters=converters))
 
 
-def did_you_mean(unknown: list[str], known: list[str]) -> str:
-    """How an error about `unknown` names ends: the nearest known name of each where one is
-    close (difflib), else the whole list of known names."""
+def did_you_mean(unknown: list[str], known: list[str]) -> str | None:
+    """ "did you mean 'x'?" naming the nearest known name of each of `unknown` (difflib); None
+    when one has no close match (the caller then lists the known names)."""
     import difflib
 
-    nearest = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
-    if all(nearest.values()):
-        return "; did you mean " + ", ".join(f"{found[0]!r}" for found in nearest.values()) + "?"
-    return f"; known: {sorted(known)}"
+    nearest = [difflib.get_close_matches(name, known, n=1) for name in unknown]
+    if not all(nearest):
+        return None
+    return "did you mean " + ", ".join(f"{found[0]!r}" for found in nearest) + "?"
 
 
 def converted_values(
@@ -79,7 +79,8 @@ def converted_values(
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(key) for key in values if key not in hints)
     if unknown:
-        raise ValueError(f"unknown {what}(s) {unknown}{did_you_mean(unknown, known)}")
+        hint = did_you_mean(unknown, known) or f"known: {sorted(known)}"
+        raise ValueError(f"unknown {what}(s) {unknown}; {hint}")
     converters = converters or {}
     converted = {}
     for key, value in values.items():

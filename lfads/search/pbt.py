@@ -201,10 +201,8 @@ class PBTSettings:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(config) - set(known))
         if unknown:
-            raise ValueError(
-                f"{WHERE}: unknown key(s) {unknown}{did_you_mean(unknown, known)} "
-                "(config/README.md)"
-            )
+            hint = did_you_mean(unknown, known) or f"known: {sorted(known)}"
+            raise ValueError(f"{WHERE}: unknown key(s) {unknown}; {hint} (config/README.md)")
         values: dict[str, Any] = {}
         for key, value in config.items():
             where = f"{WHERE}.{key}"

@@ -60,7 +60,7 @@ from lfads.search.pbt import (
     write_results,
 )
 from lfads.training.resume import LAST_CHECKPOINT, RunIdentity, RunPlan, plan_run
-from lfads.training.train import Member, check_missing_targets, deliver, fit_pack, resolve_device
+from lfads.training.train import Member, deliver, fit_pack, pack_data, resolve_device
 
 log = logging.getLogger("lfads.search.pbt")
 
@@ -85,22 +85,11 @@ def train_population(
     (`lfads.search.pbt.write_history`); curves: every worker's loss per epoch
     (`write_curves`).
     """
-    from lfads.training.module import LFADSDataModule
-
     data_files = [Path(path) for path in data_files]
     checkpoint_dir, search_dir = Path(checkpoint_dir), Path(search_dir)
     device = resolve_device(device)
     workers = settings.worker_names
-    first_plan = next_plan(settings, [], [])
-    starting = _member_hparams(base_hparams, first_plan)
-    data = LFADSDataModule(
-        data_files,
-        starting[0].batch_size,
-        [hp.seed for hp in starting],
-        starting[0].sv_rate,
-    )
-    data.setup()
-    check_missing_targets(data.sessions, starting[0])
+    data = pack_data(data_files, _member_hparams(base_hparams, next_plan(settings, [], [])))
     identity = RunIdentity.of(
         [
             HParams.from_dict(worker_hparams(base_hparams, {}, settings.max_epochs, index))
@@ -193,25 +182,13 @@ def train_generation_of_pack(
     previous_states: {pack name: its state.ckpt at the end of the previous generation}, for
     generation >= 1. The pack's checkpoint_dir (one per generation) makes a killed job resume.
     """
-    from lfads.training.module import LFADSDataModule
-
     data_files, out_dir = [Path(path) for path in data_files], Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir)
     device = resolve_device(device)
-    index = {name: i for i, name in enumerate(settings.worker_names)}  # (seed + index)
     workers = [plan.worker(name) for name in pack]
-    hparams = [
-        HParams.from_dict(
-            worker_hparams(base_hparams, worker.hyperparameters, plan.end_epoch, index[worker.name])
-        )
-        for worker in workers
-    ]
+    hparams = _member_hparams(base_hparams, plan, workers)
     members = [Member(w.name, hp, out_dir / w.name) for w, hp in zip(workers, hparams)]
-    data = LFADSDataModule(
-        data_files, hparams[0].batch_size, [hp.seed for hp in hparams], hparams[0].sv_rate
-    )
-    data.setup()
-    check_missing_targets(data.sessions, hparams[0])
+    data = pack_data(data_files, hparams)
     search = {"pbt": dataclasses.asdict(settings), "generation": plan.generation}
     identity = RunIdentity.of(hparams, data_files, search=search)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +199,7 @@ def train_generation_of_pack(
         pack_of = {worker: name for name, group in packs.items() for worker in group}
         own = pack_of[pack[0]]
         states = {own: _previous_state(previous_states[own], plan.generation)}
-        checkpoint = _previous_state(previous_states[own], plan.generation)  # (changed below)
+        checkpoint = copy.deepcopy(states[own])  # (changed below; copies read states[own])
         for worker in workers:
             parent_pack = pack_of[worker.parent]
             if worker.exploited and parent_pack not in states:
@@ -261,10 +238,17 @@ def _previous_state(path: Path, generation: int) -> dict[str, Any]:
         ) from None
 
 
-def _member_hparams(base: dict[str, Any], plan: Plan) -> list[HParams]:
+def _member_hparams(
+    base: dict[str, Any], plan: Plan, workers: list[PlannedWorker] | None = None
+) -> list[HParams]:
+    """Each worker's hyperparameters (workers: those of one pack, default all); worker i of the
+    population trains with seed base + i."""
+    index = {worker.name: i for i, worker in enumerate(plan.workers)}
     return [
-        HParams.from_dict(worker_hparams(base, worker.hyperparameters, plan.end_epoch, index))
-        for index, worker in enumerate(plan.workers)
+        HParams.from_dict(
+            worker_hparams(base, worker.hyperparameters, plan.end_epoch, index[worker.name])
+        )
+        for worker in workers or plan.workers
     ]
 
 
@@ -305,7 +289,7 @@ def _results(plan: Plan, states, workers: list[PlannedWorker] | None = None) -> 
 def _apply_plan(last: Path, plan: Plan, members: list[Member]) -> None:
     """Exploit and explore in the one pack's state at the end of the previous generation."""
     checkpoint = load_checkpoint_file(last)
-    before = load_checkpoint_file(last)  # what copies read: the state before any copy
+    before = copy.deepcopy(checkpoint)  # what copies read: the state before any copy
     sources = {worker.name: (before, slot) for slot, worker in enumerate(plan.workers)}
     apply_plan(checkpoint, list(plan.workers), members, sources, plan.generation)
     with atomic_path(last) as tmp:

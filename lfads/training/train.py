@@ -106,11 +106,7 @@ def train_pack(
     hparams = [member.hparams for member in members]
     device = resolve_device(device)
     first = hparams[0]
-    from lfads.training.module import LFADSDataModule
-
-    data = LFADSDataModule(data_files, first.batch_size, [hp.seed for hp in hparams], first.sv_rate)
-    data.setup()
-    check_missing_targets(data.sessions, first)
+    data = pack_data(data_files, hparams)
     identity = RunIdentity.of(hparams, data_files)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_run(checkpoint_dir, identity, first.max_epochs)
@@ -264,6 +260,18 @@ def _write_member(member: Member, state: MemberState, sessions) -> Path:
             best_loss,
         )
     return model_path
+
+
+def pack_data(data_files: list[Path], hparams: list[HParams]):
+    """The pack's LFADSDataModule, set up (each member's batch order from its seed), after
+    checking that the data hold the targets the members' reconstruction needs."""
+    from lfads.training.module import LFADSDataModule
+
+    first = hparams[0]
+    data = LFADSDataModule(data_files, first.batch_size, [hp.seed for hp in hparams], first.sv_rate)
+    data.setup()
+    check_missing_targets(data.sessions, first)
+    return data
 
 
 def check_missing_targets(sessions, hparams: HParams) -> None:
