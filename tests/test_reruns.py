@@ -291,10 +291,12 @@ def test_the_report_reaches_its_final_path_only_when_complete(tmp_path, outcome)
     fake.write_text(FAKE_SNAKEMAKE.format(python=sys.executable))
     fake.chmod(0o755)
     report = tmp_path / "results" / "report.html"
-    report.parent.mkdir()
+    finished = tmp_path / "results" / "synthetic" / "val"  # (make report refuses before a run)
+    finished.mkdir(parents=True)
+    (finished / "summary.tsv").write_text("run\n")
     report.write_text("the previous, complete report")
     command = ["make", "-C", str(REPO), "report", "STAMP=", f"SNAKEMAKE={fake}"]
-    command += [f"REPORT={report}", "CONFIGFILE=config/config.yaml"]
+    command += [f"REPORT={report}", "CONFIGFILE=config/config.yaml", f"WORKDIR={tmp_path}"]
     env = environment({"FAKE_REPORT": {"kill": "hang"}.get(outcome, outcome)})
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
