@@ -29,7 +29,7 @@ NLB_CONFIGFILES := $(addprefix config/,mc_maze.yaml mc_rtt.yaml area2_bump.yaml 
 PHASE ?= test
 SUBMISSION ?= results/submission_$(PHASE).h5
 
-.PHONY: install demo report submission test test-fast lint bench bench-packs gpu-check clean-demo
+.PHONY: install demo report submission test test-fast lint bench bench-packs gpu-check clean-demo full-size
 
 # Every target that needs the environment installs it once (the stamp); `make install` always
 # runs the install, so `make install TORCH_SPEC=...` also acts on an existing .venv.
@@ -84,6 +84,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not slurm" --durations=10
+
+# Each NLB layout at its real size and 5 ms bins on the built-in synthetic source: prepare, targets,
+# 20 training epochs and infer; prints the wall time and peak memory of each step, writes
+# results/full_size/full_size.json (not part of the tests; about an hour on 2 CPU cores).
+# FULL_SIZE_OPTIONS="--layouts mc_rtt --epochs 5" runs less.
+full-size: $(STAMP)
+	$(BIN)/python -m lfads.bench.full_size --cores $(CORES) $(FULL_SIZE_OPTIONS)
 
 # The speed benchmark (about 5 minutes; not part of the tests): prints a table, writes results/bench/bench.json.
 bench: $(STAMP)

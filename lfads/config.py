@@ -125,7 +125,7 @@ def check_config(config: dict) -> SearchRuns:
     """
     from lfads.data.dandi import MAX_ASSET_NAME_BYTES
     from lfads.data.layouts import NLB_DANDISETS
-    from lfads.data.synthetic import SYNTHETIC_LAYOUTS, SyntheticSettings
+    from lfads.data.synthetic import SyntheticSettings
     from lfads.infra.paths import check_name, relative_parts
     from lfads.model.hparams import HParams, pack_settings
     from lfads.search.space import expand_search, pack_runs, run_hparams
@@ -138,14 +138,8 @@ def check_config(config: dict) -> SearchRuns:
         )
     (kind, source), layout = next(iter(config["source"].items())), config["nlb_layout"]
     if kind == "synthetic":
-        if layout not in SYNTHETIC_LAYOUTS:
-            raise ConfigError(
-                f"nlb_layout: the synthetic source writes the MC_Maze layout, not "
-                f"{layout!r}; use one of {list(SYNTHETIC_LAYOUTS)}, or a dandi or "
-                "local source for other layouts."
-            )
         try:
-            SyntheticSettings.from_dict(source)
+            SyntheticSettings.from_dict(source, layout)
         except ValueError as error:
             raise ConfigError(f"source.synthetic: {error}") from None
     else:

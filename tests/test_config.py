@@ -81,9 +81,12 @@ def test_values_the_schema_cannot_check_fail_before_any_job(mc_maze):
     synthetic["source"]["synthetic"] = {"base_rate_hz": -1.0}
     with pytest.raises(ConfigError, match="source.synthetic: base_rate_hz: must be > 0, got -1.0"):
         check_config(synthetic)
-    synthetic["source"]["synthetic"] = {}
-    synthetic["nlb_layout"] = "dmfc_rsg"
-    with pytest.raises(ConfigError, match="nlb_layout: the synthetic source writes the MC_Maze"):
+    synthetic["source"]["synthetic"] = {"move_onset_ms": 50}  # area2_bump's window starts -100
+    synthetic["nlb_layout"] = "area2_bump"
+    with pytest.raises(ConfigError, match="source.synthetic: move_onset_ms=50.*>= 100"):
+        check_config(synthetic)
+    synthetic["source"]["synthetic"] = {"nlb_layout": "dmfc_rsg"}
+    with pytest.raises(ConfigError, match="nlb_layout: set it at the top of the configfile"):
         check_config(synthetic)
     config = validate_config(copy.deepcopy(mc_maze), SCHEMA)
     config["model"]["hparams"]["lr"] = float("inf")
@@ -384,3 +387,16 @@ def test_grid_over_null_runs_and_a_grid_over_a_part_is_refused(mc_maze):
     config["search"] = {"grid": {"ic_prior": [{"name": "multivariate_normal", "variance": 0.2}]}}
     with pytest.raises(ConfigError, match=r"search.grid.ic_prior\[0\]: .* is a mapping; a grid"):
         check_config(config)
+
+
+@pytest.mark.parametrize("nlb_layout", ["mc_maze", "mc_rtt", "area2_bump", "dmfc_rsg"])
+def test_the_full_size_configfiles_pass_the_check_at_real_size_and_5_ms(nlb_layout):
+    """`make full-size`: the layout's NLB configfile on the synthetic source at real size."""
+    from lfads.bench.full_size import RUN, full_size_config
+    from lfads.data.synthetic import REAL_SIZES, SyntheticSettings
+
+    config = validate_config(full_size_config(nlb_layout, epochs=20), SCHEMA)
+    assert list(check_config(config).runs) == [RUN]
+    assert config["model"]["bin_width"] == 5 and config["model"]["hparams"]["max_epochs"] == 20
+    settings = SyntheticSettings.from_dict(config["source"]["synthetic"], nlb_layout)
+    assert settings.n_train_trials == REAL_SIZES[nlb_layout]["n_train_trials"]

@@ -191,15 +191,30 @@ def test_every_schema_key_is_documented_in_config_readme():
 
 
 def test_synthetic_settings_are_documented_with_their_defaults():
+    from lfads.data.synthetic import REAL_SIZES
+
     documented = documented_defaults(CONFIG_README, "source.synthetic")
-    fields = {field.name: field.default for field in dataclasses.fields(SyntheticSettings)}
+    fields = {  # (nlb_layout is the configfile's top-level key)
+        field.name: field.default
+        for field in dataclasses.fields(SyntheticSettings)
+        if field.name != "nlb_layout"
+    }
     assert sorted(documented) == sorted(fields)
+    sizes = set(REAL_SIZES["mc_maze"])
     wrong = {
         key: (text, fields[key])
         for key, text in documented.items()
-        if text is None or parse_default(text) != fields[key]
+        if (text != "real" if key in sizes else text is None or parse_default(text) != fields[key])
     }
     assert wrong == {}, "config/README.md, source.synthetic: documented default, default"
+    # the table of real sizes, layout by layout
+    text = sections(CONFIG_README)["source.synthetic"]
+    for layout, size in REAL_SIZES.items():
+        row = (
+            f"| {layout} | {size['n_heldin']}, {size['n_heldout']} | {size['n_train_trials']}, "
+            f"{size['n_val_trials']}, {size['n_test_trials']} |"
+        )
+        assert row in text, row
 
 
 def test_pbt_settings_are_documented_with_their_defaults():

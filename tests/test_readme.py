@@ -221,6 +221,7 @@ EXERCISED = {
     "make bench": check_make_recipe("python -m lfads.bench"),
     "make install TORCH_SPEC=torch": check_make_recipe('pip install --quiet "torch"'),
     "make gpu-check": check_make_recipe("python -m lfads.bench.gpu_check"),
+    "make full-size": check_make_recipe("python -m lfads.bench.full_size --cores 2"),
     "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu": check_make_recipe(
         '"torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
     ),
@@ -240,6 +241,7 @@ QUICK = {
     "make bench-packs",
     "make install TORCH_SPEC=torch",
     "make gpu-check",
+    "make full-size",
     "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu",
     "make submission",
     "make submission PHASE=val",

@@ -439,7 +439,16 @@ def test_settings_errors_name_the_key_and_value():
     settings = SyntheticSettings.from_dict({"n_train_trials": 30.0, "base_rate_hz": 10})
     assert settings.n_train_trials == 30 and isinstance(settings.n_train_trials, int)
     assert settings.base_rate_hz == 10.0 and isinstance(settings.base_rate_hz, float)
-    assert SyntheticSettings.from_dict(None) == SyntheticSettings()
+    # Omitted sizes are the real dataset's of the layout; other keys keep their defaults.
+    assert SyntheticSettings.from_dict(None) == SyntheticSettings(
+        n_heldin=137, n_heldout=45, n_train_trials=1721, n_val_trials=574, n_test_trials=574
+    )
+    rtt = SyntheticSettings.from_dict({"n_heldin": 5}, "mc_rtt")
+    assert (rtt.nlb_layout, rtt.n_heldin, rtt.n_heldout, rtt.lag_ms) == ("mc_rtt", 5, 32, 140)
+    with pytest.raises(ValueError, match="nlb_layout: set it at the top of the configfile"):
+        SyntheticSettings.from_dict({"nlb_layout": "mc_rtt"})
+    with pytest.raises(ValueError, match="nlb_layout: 'mc_mazes' is not an NLB layout"):
+        SyntheticSettings.from_dict({}, "mc_mazes")
 
 
 def test_command_line_writes_the_dataset(tmp_path, capsys):

@@ -83,7 +83,7 @@ def marker_path(data_dir: str | Path, job: str) -> Path:
     return Path(data_dir) / "fetched" / f"{job}.json"
 
 
-def job_source(source: dict, job: str) -> dict:
+def job_source(source: dict, job: str, nlb_layout: str = "mc_maze") -> dict:
     """The part of `source` that fetch job `job` materialises (the rule's params).
 
     A dandi or local source is cut down to the job's own asset, so that changing another asset
@@ -91,8 +91,8 @@ def job_source(source: dict, job: str) -> dict:
     changes none of their bytes and must not rerun the job and everything after it.
     """
     kind, settings = source_kind(source), next(iter(source.values()))
-    if kind == "synthetic":
-        return source
+    if kind == "synthetic":  # the generator writes the configfile's layout
+        return {kind: {**(settings or {}), "nlb_layout": nlb_layout}}
     settings = {key: value for key, value in settings.items() if key != "instance_url"}
     settings["assets"] = {job: settings["assets"][job]}
     return {kind: settings}
@@ -134,7 +134,9 @@ def materialise(
     else:
         from lfads.data.synthetic import SyntheticSettings, write_synthetic_dataset
 
-        written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(settings))
+        values = dict(settings or {})
+        layout = values.pop("nlb_layout", "mc_maze")  # (job_source puts the configfile's here)
+        written = write_synthetic_dataset(data_dir, SyntheticSettings.from_dict(values, layout))
         files = sorted(written.values())
     write_fetch_marker(
         marker, {path: verified.get(path) or sha256_of(path) for path in files}, kind

@@ -31,3 +31,28 @@ def rk4_step(state: np.ndarray, dt: float) -> np.ndarray:
 def euler_step(state: np.ndarray, dt: float) -> np.ndarray:
     """One forward-Euler step of `dt` Lorenz time units; state (..., 3)."""
     return state + dt * lorenz_derivative(state)
+
+
+def rk4_trajectory(state: np.ndarray, dt: float, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_steps, 3) states of one trajectory from `state` in RK4 steps of `dt`, and the next state.
+
+    The same steps as `rk4_step`, on Python floats: for one 3-vector that is about 20x faster
+    than numpy's per-call overhead (a long continuous session has millions of steps).
+    """
+    x, y, z = (float(value) for value in state)
+    out = np.empty((n_steps, 3))
+    half = dt / 2
+
+    def derivative(x: float, y: float, z: float) -> tuple[float, float, float]:
+        return SIGMA * (y - x), x * (RHO - z) - y, x * y - BETA * z
+
+    for step in range(n_steps):
+        out[step] = (x, y, z)
+        a = derivative(x, y, z)
+        b = derivative(x + half * a[0], y + half * a[1], z + half * a[2])
+        c = derivative(x + half * b[0], y + half * b[1], z + half * b[2])
+        d = derivative(x + dt * c[0], y + dt * c[1], z + dt * c[2])
+        x += dt / 6 * (a[0] + 2 * b[0] + 2 * c[0] + d[0])
+        y += dt / 6 * (a[1] + 2 * b[1] + 2 * c[1] + d[1])
+        z += dt / 6 * (a[2] + 2 * b[2] + 2 * c[2] + d[2])
+    return out, np.array([x, y, z])

@@ -1,17 +1,29 @@
-"""The built-in synthetic dataset: Lorenz-driven Poisson spikes in the exact NLB MC_Maze layout.
+"""The built-in synthetic dataset: Lorenz-driven Poisson spikes in the exact layout of any NLB set.
 
-A 3-D Lorenz system, started at one initial state per condition
-(trial_type x trial_version) plus a little per-trial noise, drives every
-unit's log firing rate through a fixed linear readout. Between trials the
-latent rests at zero, so rates sit at their baseline. Spikes are Poisson draws
-per millisecond. Hand velocity is a linear readout of the latent
-`behavior_lag_ms` earlier, so (as NLB assumes) neural activity predicts
-behaviour at +lag.
+A 3-D Lorenz system drives every unit's log firing rate through a fixed
+linear readout; spikes are Poisson draws per millisecond. How trials sit on
+the recording, what the trial table holds and which behaviour is written
+follow the configfile's `nlb_layout` (lfads.data.layouts):
+
+- MC_Maze and its scaling sets: one initial state per condition (trial_type x
+  trial_version) plus a little per-trial noise; the latent rests at zero
+  between trials; hand velocity is a readout of the latent `behavior_lag_ms`
+  earlier.
+- Area2_Bump: the same, with conditions cond_dir x ctr_hold_bump (active and
+  passive trials) and hand velocity that leads the latent (NLB's lag -20 ms).
+- MC_RTT: one continuous session; the latent never rests, the trials are
+  consecutive 600 ms windows, and finger velocity follows the latent by 140 ms.
+- DMFC_RSG: ready, set and go times. From set the latent runs at a per-trial
+  speed, faster for a short ts and faster by a random factor, and go comes
+  when it has travelled a fixed distance: the produced interval tp is ts over
+  that factor, so a faster neural trajectory means a shorter tp (what NLB's
+  `tp corr` measures). No behaviour series.
 
 Files and the ground-truth format are documented in lfads/README.md. The
-generator is deterministic given `seed` and scales to MC_Maze size (182 units,
-2,869 trials) in bounded memory: it holds the (n_ms, 3) latent, never an
-(n_ms, n_units) array, and draws spikes a chunk of milliseconds at a time.
+generator is deterministic given its settings and scales to the real datasets'
+sizes (the defaults of a configfile's source.synthetic) in bounded memory: it
+holds the (n_ms, 3) latent, never an (n_ms, n_units) array, and draws spikes a
+chunk of milliseconds at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from lfads.data.layouts import LAYOUTS
-from lfads.data.lorenz import rk4_step
+from lfads.data.lorenz import rk4_step, rk4_trajectory
 from lfads.data.truth import CHUNK_MS, GroundTruth, write_truth
 from lfads.infra.io import atomic_path
 from lfads.infra.settings import from_mapping, require
@@ -48,25 +60,44 @@ TRUTH_PATHS = {
     "test": f"sub-{SUBJECT}/sub-{SUBJECT}_ses-{SESSION}_desc-test_truth.h5",
 }
 
-# The layouts whose trial windows, behaviour and conditions this generator writes (MC_Maze's).
-SYNTHETIC_LAYOUTS = tuple(
-    name
-    for name, entry in LAYOUTS.items()
-    if entry.align_field == "move_onset_time"
-    and entry.psth_condition_fields == ("trial_type", "trial_version")
-)
-
 MAX_LORENZ_SPEED = 0.01  # Lorenz time units per 1 ms RK4 step; larger steps lose accuracy
-
-# The mc_maze windows around move onset: -250..+450 ms, then 200 ms of forward prediction.
-NLB_WINDOW_BEFORE_MS = -LAYOUTS["mc_maze"].window_ms[0]
-NLB_WINDOW_AFTER_MS = LAYOUTS["mc_maze"].window_ms[1]
-NLB_FORWARD_MS = LAYOUTS["mc_maze"].forward_ms
 
 # Std across units of the log baseline rate: baselines span about 0.5x..2x base_rate_hz.
 BASE_RATE_SPREAD = 0.3
 MODULATION_SPREAD = 0.5  # a unit's log-rate std is rate_modulation times U(1 - spread, 1 + spread)
 VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
+
+# DMFC_RSG's sample intervals (ms) of its short and long prior, five each (Sohn et al. 2019).
+DMFC_TS_MS = {1: (480, 560, 640, 720, 800), 0: (800, 900, 1000, 1100, 1200)}  # is_short: ts
+DMFC_READY_MS = 200  # trial start to ready, at least
+DMFC_AFTER_GO_MS = 600  # go to trial stop: holds NLB's jitter (<= 300 ms) and forward window
+DMFC_MAX_TP_MS = 1400  # produced intervals are clipped here (NLB pads set..go to 1500 ms)
+
+# The real datasets' units and trials (../shared/reference/nlb.md; DMFC_RSG's trial counts are
+# not in that table: about its real size). A configfile's source.synthetic omits a size: this.
+REAL_SIZES: dict[str, dict[str, int]] = {
+    "mc_maze": dict(
+        n_heldin=137, n_heldout=45, n_train_trials=1721, n_val_trials=574, n_test_trials=574
+    ),
+    "mc_rtt": dict(
+        n_heldin=98, n_heldout=32, n_train_trials=810, n_val_trials=270, n_test_trials=272
+    ),
+    "area2_bump": dict(
+        n_heldin=49, n_heldout=16, n_train_trials=272, n_val_trials=92, n_test_trials=98
+    ),
+    "dmfc_rsg": dict(
+        n_heldin=40, n_heldout=14, n_train_trials=750, n_val_trials=250, n_test_trials=300
+    ),
+    "mc_maze_large": dict(
+        n_heldin=122, n_heldout=40, n_train_trials=375, n_val_trials=125, n_test_trials=100
+    ),
+    "mc_maze_medium": dict(
+        n_heldin=114, n_heldout=38, n_train_trials=188, n_val_trials=62, n_test_trials=100
+    ),
+    "mc_maze_small": dict(
+        n_heldin=107, n_heldout=35, n_train_trials=75, n_val_trials=25, n_test_trials=100
+    ),
+}
 
 # A fixed session start and creation date, and identifiers derived from the
 # settings, keep the NWB files as reproducible as pynwb allows (it gives every
@@ -74,24 +105,38 @@ VELOCITY_GAIN_MM_S = 100.0  # scale of the latent-to-velocity readout weights
 SESSION_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
+def family(nlb_layout: str) -> str:
+    """How the generator lays trials out for a layout: maze, area2_bump, mc_rtt or dmfc_rsg."""
+    return "maze" if nlb_layout.startswith("mc_maze") else nlb_layout
+
+
 @dataclass(frozen=True)
 class SyntheticSettings:
     """Sizes and dynamics of the synthetic dataset (times in ms, rates in Hz).
 
-    Defaults train an LFADS demo in minutes on 2 CPU cores. MC_Maze size is
-    n_heldin=137, n_heldout=45, n_train_trials=1721, n_val_trials=574,
-    n_test_trials=574.
+    The dataclass's own defaults are a small MC_Maze-layout set (the demo's);
+    `from_dict` fills the sizes a configfile omits with the real dataset's
+    (REAL_SIZES). Which keys a layout reads: trial_length_ms, move_onset_ms
+    and gap_ms between trials for the maze layouts and area2_bump;
+    n_trial_types x n_trial_versions conditions for the maze layouts,
+    n_directions x (active, passive) for area2_bump, is_eye x theta x
+    is_short x ts (40) for dmfc_rsg, none for mc_rtt, whose trials are
+    consecutive 600 ms windows after a lead of gap_ms; speed_noise and
+    outlier_fraction for dmfc_rsg only.
     """
 
+    nlb_layout: str = "mc_maze"
     seed: int = 0
     n_heldin: int = 40
     n_heldout: int = 10
     n_train_trials: int = 300
     n_val_trials: int = 100
     n_test_trials: int = 100
-    n_trial_types: int = 6  # conditions are trial_type x trial_version, as in MC_Maze
+    n_unused_trials: int = 0  # train-file trials whose split is 'none' (nlb_tools skips them)
+    n_trial_types: int = 6  # maze conditions are trial_type x trial_version, as in MC_Maze
     n_trial_versions: int = 2
-    trial_length_ms: int = 1100  # start to stop; must hold move onset -250..+650 ms
+    n_directions: int = 8  # area2_bump: cond_dir in 360 / n_directions degree steps
+    trial_length_ms: int = 1100  # start to stop; must hold the NLB window and forward prediction
     move_onset_ms: int = 350  # after trial start
     gap_ms: int = 200  # between trials; the latent rests, rates sit at baseline
     # Rates: about 8.6 Hz on average during trials. Higher rates make a GLM on
@@ -104,10 +149,15 @@ class SyntheticSettings:
     # Per-trial noise on the condition's initial state, in latent std units. Chaos amplifies it:
     # about a fifth of the latent's variance in the NLB window is trial-to-trial.
     initial_state_noise: float = 0.05
-    behavior_lag_ms: int = 100  # hand velocity follows the latent by this lag (NLB mc_maze: 100)
-    behavior_noise: float = 0.2  # white noise on hand velocity, relative to its std
+    behavior_lag_ms: int | None = None  # None: the layout's NLB lag (mc_maze 100, mc_rtt 140, ...)
+    behavior_noise: float = 0.2  # white noise on the velocity, relative to its std
+    speed_noise: float = 0.1  # dmfc_rsg: std of the log of a trial's set-go speed factor
+    outlier_fraction: float = 0.02  # dmfc_rsg: trials with a far-off tp, marked is_outlier
 
     def __post_init__(self) -> None:
+        require(
+            self.nlb_layout in REAL_SIZES, "nlb_layout", "is not an NLB layout", self.nlb_layout
+        )
         for name in (
             "n_heldin",
             "n_heldout",
@@ -116,6 +166,7 @@ class SyntheticSettings:
             "n_test_trials",
             "n_trial_types",
             "n_trial_versions",
+            "n_directions",
             "trial_length_ms",
         ):
             require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
@@ -123,18 +174,22 @@ class SyntheticSettings:
             require(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
         for name in (
             "seed",
+            "n_unused_trials",
             "move_onset_ms",
             "gap_ms",
             "rate_modulation",
             "initial_state_noise",
-            "behavior_lag_ms",
             "behavior_noise",
+            "speed_noise",
+            "outlier_fraction",
         ):
             require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        require(self.outlier_fraction < 1, "outlier_fraction", "must be < 1", self.outlier_fraction)
         require(
-            self.lorenz_speed <= MAX_LORENZ_SPEED,
+            self.lorenz_speed <= MAX_LORENZ_SPEED / 3,
             "lorenz_speed",
-            f"must be <= {MAX_LORENZ_SPEED} (the Lorenz system is integrated in 1 ms steps)",
+            f"must be <= {MAX_LORENZ_SPEED / 3:g} (the Lorenz system is integrated in 1 ms steps, "
+            "and dmfc_rsg runs it up to 3x faster)",
             self.lorenz_speed,
         )
         require(
@@ -143,40 +198,74 @@ class SyntheticSettings:
             "must be < 200 (rates are Poisson draws per 1 ms bin)",
             self.base_rate_hz,
         )
-        needed = self.move_onset_ms + NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS
-        if self.move_onset_ms < NLB_WINDOW_BEFORE_MS or needed > self.trial_length_ms:
+        if family(self.nlb_layout) in ("maze", "area2_bump"):
+            self._check_trial_holds_the_window()
+
+    def _check_trial_holds_the_window(self) -> None:
+        entry = LAYOUTS[self.nlb_layout]
+        (before, after), forward = entry.window_ms, entry.forward_ms
+        needed = self.move_onset_ms + after + forward
+        if self.move_onset_ms < -before or needed > self.trial_length_ms:
             raise ValueError(
                 f"move_onset_ms={self.move_onset_ms}, trial_length_ms={self.trial_length_ms}: "
-                f"each trial must hold move onset -{NLB_WINDOW_BEFORE_MS}.."
-                f"+{NLB_WINDOW_AFTER_MS + NLB_FORWARD_MS} ms (the NLB window plus forward "
-                "prediction); use move_onset_ms >= 250 and trial_length_ms >= move_onset_ms + 650"
+                f"each trial must hold move onset {before}..+{after + forward} ms (the NLB "
+                f"window plus forward prediction); use move_onset_ms >= {-before} and "
+                f"trial_length_ms >= move_onset_ms + {after + forward}"
             )
         # nlb_tools reads behaviour over the window shifted by the lag and cuts it at the next
         # trial's start.
-        behavior_end = self.move_onset_ms + NLB_WINDOW_AFTER_MS + self.behavior_lag_ms
+        behavior_end = self.move_onset_ms + after + self.lag_ms
         if behavior_end > self.trial_length_ms + self.gap_ms:
             raise ValueError(
-                f"behavior_lag_ms={self.behavior_lag_ms}: the lagged behaviour window ends "
+                f"behavior_lag_ms={self.lag_ms}: the lagged behaviour window ends "
                 f"{behavior_end} ms after trial start, past the next trial's start "
                 f"(trial_length_ms + gap_ms = {self.trial_length_ms + self.gap_ms}); shorten "
                 "the lag or lengthen gap_ms"
             )
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> SyntheticSettings:
-        """Settings from a plain mapping (e.g. parsed YAML); omitted keys take the defaults.
+    def from_dict(cls, values: dict | None, nlb_layout: str = "mc_maze") -> SyntheticSettings:
+        """Settings of `nlb_layout` from a plain mapping (e.g. a configfile's source.synthetic).
 
+        Omitted sizes take the real dataset's (REAL_SIZES), other omitted keys the defaults.
         Raises ValueError naming any unknown key or bad value (lfads.infra.settings).
         """
-        return from_mapping(cls, values, what="synthetic setting")
+        if isinstance(values, dict) and "nlb_layout" in values:
+            raise ValueError(
+                "nlb_layout: set it at the top of the configfile, not in source.synthetic"
+            )
+        if nlb_layout not in REAL_SIZES:
+            raise ValueError(
+                f"nlb_layout: {nlb_layout!r} is not an NLB layout; use one of "
+                f"{', '.join(REAL_SIZES)}"
+            )
+        if values is not None and not isinstance(values, dict):
+            return from_mapping(cls, values, what="synthetic setting")  # (its error)
+        return from_mapping(
+            cls,
+            {"nlb_layout": nlb_layout, **REAL_SIZES[nlb_layout], **(values or {})},
+            what="synthetic setting",
+        )
 
     @property
     def n_units(self) -> int:
         return self.n_heldin + self.n_heldout
 
     @property
+    def lag_ms(self) -> int:
+        """The behaviour's lag: the setting, or the layout's NLB lag (0 without behaviour)."""
+        if self.behavior_lag_ms is not None:
+            return self.behavior_lag_ms
+        return LAYOUTS[self.nlb_layout].behavior_lag_ms or 0
+
+    @property
     def n_conditions(self) -> int:
-        return self.n_trial_types * self.n_trial_versions
+        return {
+            "maze": self.n_trial_types * self.n_trial_versions,
+            "area2_bump": self.n_directions * 2,
+            "mc_rtt": 1,
+            "dmfc_rsg": 2 * 2 * 2 * len(DMFC_TS_MS[1]),
+        }[family(self.nlb_layout)]
 
 
 # ---------------------------------------------------------------------------
@@ -229,11 +318,14 @@ class _Recording:
     """One NWB file's trials and latent, on the file's own 1 ms timeline."""
 
     starts_ms: np.ndarray  # (n_trials,) int64, trial start
-    conditions: np.ndarray  # (n_trials,) int64, index into trial_type x trial_version
-    splits: np.ndarray  # (n_trials,) str: train / val / test
-    rt_ms: np.ndarray  # (n_trials,) int64, go cue to move onset
+    stops_ms: np.ndarray  # (n_trials,) int64, trial stop
+    conditions: np.ndarray  # (n_trials,) int64, condition index (0 for mc_rtt)
+    splits: np.ndarray  # (n_trials,) str: train / val / test / none
     latents: np.ndarray  # (n_ms, 3) float32, whitened Lorenz state; 0 (rest) between trials
     observed: list[tuple[int, int]]  # [start_ms, stop_ms) intervals whose spikes the file holds
+    # The layout's own trial columns: {name: (description, values)}; *_time values in ms.
+    columns: dict[str, tuple[str, np.ndarray]]
+    labels: tuple[str, ...]  # columns a test file leaves out (its conditions and behaviour)
 
     @property
     def n_ms(self) -> int:
@@ -249,7 +341,22 @@ def _balanced_conditions(rng: np.random.Generator, n_trials: int, n_conditions: 
     return rng.permutation(np.resize(rng.permutation(n_conditions), n_trials))
 
 
-def _layout_recording(
+def _conditions_per_split(
+    rng: np.random.Generator, splits: np.ndarray, n_conditions: int
+) -> np.ndarray:
+    """Balanced within each split, as nlb_tools builds PSTHs per split."""
+    conditions = np.empty(len(splits), dtype=np.int64)
+    for split in np.unique(splits):
+        members = np.flatnonzero(splits == split)
+        conditions[members] = _balanced_conditions(rng, len(members), n_conditions)
+    return conditions
+
+
+def _recording_length(last_stop: int, settings: SyntheticSettings, trailing_gap: bool) -> int:
+    return int(last_stop + (settings.gap_ms if trailing_gap else 0))
+
+
+def _aligned_recording(
     settings: SyntheticSettings,
     rng: np.random.Generator,
     attractor: _Attractor,
@@ -257,7 +364,7 @@ def _layout_recording(
     splits: np.ndarray,
     trailing_gap: bool,
 ) -> _Recording:
-    """Lay trials out one after another with gaps and integrate each trial's latent.
+    """Maze and area2_bump trials: one after another with gaps, aligned to move onset.
 
     trailing_gap: end the recording a gap after the last trial (train file,
     one obs_interval) or at the last trial's stop (test file, whose 1 ms grid
@@ -266,14 +373,9 @@ def _layout_recording(
     n_trials = len(splits)
     period = settings.trial_length_ms + settings.gap_ms
     starts = settings.gap_ms + period * np.arange(n_trials, dtype=np.int64)
-    n_ms = int(starts[-1] + settings.trial_length_ms + (settings.gap_ms if trailing_gap else 0))
-
-    conditions = np.empty(n_trials, dtype=np.int64)
-    for split in np.unique(
-        splits
-    ):  # balanced within each split, as nlb_tools builds PSTHs per split
-        members = np.flatnonzero(splits == split)
-        conditions[members] = _balanced_conditions(rng, len(members), settings.n_conditions)
+    stops = starts + settings.trial_length_ms
+    n_ms = _recording_length(stops[-1], settings, trailing_gap)
+    conditions = _conditions_per_split(rng, splits, settings.n_conditions)
     noise = rng.normal(size=(n_trials, 3)) * settings.initial_state_noise  # latent (whitened) units
     rt = np.round(settings.move_onset_ms * rng.uniform(0.4, 0.8, size=n_trials)).astype(np.int64)
 
@@ -283,8 +385,187 @@ def _layout_recording(
     for step in range(settings.trial_length_ms):
         latents[starts + step] = attractor.whiten(state)
         state = rk4_step(state, settings.lorenz_speed)
-    observed = [(int(start), int(start) + settings.trial_length_ms) for start in starts]
-    return _Recording(starts, conditions, splits, rt, latents, observed)
+    observed = [(int(start), int(stop)) for start, stop in zip(starts, stops)]
+    move_onset = starts + settings.move_onset_ms
+    if family(settings.nlb_layout) == "maze":
+        go_cue = move_onset - rt
+        target_on = starts + settings.move_onset_ms // 10
+        # nlb_tools turns every *_time column into a Timedelta; rt and delay stay numbers (ms).
+        columns = {
+            "target_on_time": ("time the targets appeared (s)", target_on),
+            "go_cue_time": ("time of the go cue (s)", go_cue),
+            "move_onset_time": ("time of movement onset (s)", move_onset),
+            "rt": ("reaction time, go cue to movement onset (ms)", rt.astype(np.float64)),
+            "delay": ("delay, target on to go cue (ms)", (go_cue - target_on).astype(np.float64)),
+            "trial_type": (
+                "maze condition (1-based)",
+                conditions // settings.n_trial_versions + 1,
+            ),
+            "trial_version": (
+                "version of the maze condition (0-based)",
+                conditions % settings.n_trial_versions,
+            ),
+            "maze_id": ("maze identifier, one per condition", conditions + 1),
+            "success": ("trial succeeded", np.ones(n_trials, dtype=bool)),
+            "num_targets": ("number of targets shown", np.ones(n_trials, dtype=np.int64)),
+            "active_target": ("index of the target reached", np.zeros(n_trials, dtype=np.int64)),
+        }
+        labels = (
+            "trial_type",
+            "trial_version",
+            "maze_id",
+            "success",
+            "num_targets",
+            "active_target",
+        )
+    else:  # area2_bump: even conditions are active reaches, odd ones passive bumps
+        direction = (conditions // 2) * (360.0 / settings.n_directions)
+        bump = (conditions % 2).astype(bool)
+        go_cue = move_onset - rt
+        columns = {
+            "go_cue_time": ("time of the go cue, or of the bump (s)", go_cue),
+            "move_onset_time": ("time of movement onset (s)", move_onset),
+            "ctr_hold_bump": ("passive trial: the hand was bumped during the centre hold", bump),
+            "cond_dir": ("direction of the reach or of the bump (degrees)", direction),
+            "bump_dir": (
+                "direction of the bump (degrees; NaN on active trials)",
+                np.where(bump, direction, np.nan),
+            ),
+            "target_dir": (
+                "direction of the target (degrees; NaN on passive trials)",
+                np.where(bump, np.nan, direction),
+            ),
+            "result": ("trial outcome (R: reward)", np.array(["R"] * n_trials)),
+        }
+        labels = ("ctr_hold_bump", "cond_dir", "bump_dir", "target_dir", "result")
+    return _Recording(starts, stops, conditions, splits, latents, observed, columns, labels)
+
+
+def _continuous_recording(
+    settings: SyntheticSettings,
+    rng: np.random.Generator,
+    attractor: _Attractor,
+    splits: np.ndarray,
+    trailing_gap: bool,
+) -> _Recording:
+    """MC_RTT: one continuous reaching session cut into consecutive 600 ms windows.
+
+    The latent never rests. The recording starts gap_ms before the first
+    window; a train file goes on past the last window for its forward
+    prediction and lagged behaviour (then gap_ms more); a test file ends with
+    the last window's forward prediction, observed during its windows only.
+    """
+    entry = LAYOUTS[settings.nlb_layout]
+    window = entry.window_ms[1] - entry.window_ms[0]
+    n_trials = len(splits)
+    starts = settings.gap_ms + window * np.arange(n_trials, dtype=np.int64)
+    stops = starts + window
+    tail = entry.forward_ms + (max(settings.lag_ms, 0) if trailing_gap else 0)
+    n_ms = _recording_length(stops[-1] + tail, settings, trailing_gap)
+    # One trajectory on the attractor, from a random point, in one RK4 step per ms.
+    latents = np.empty((n_ms, 3), dtype=np.float32)
+    state = attractor.sample(rng, 1)[0]
+    for first in range(0, n_ms, CHUNK_MS):
+        states, state = rk4_trajectory(state, settings.lorenz_speed, min(CHUNK_MS, n_ms - first))
+        latents[first : first + len(states)] = attractor.whiten(states)
+    # A test file's last window is observed on to its forward window's end (the next window
+    # holds it for the others), so that the truth of every window's forward bins exists.
+    observed = [(0, n_ms)]
+    if not trailing_gap:
+        observed = [(int(a), int(b)) for a, b in zip(starts, stops)]
+        observed[-1] = (observed[-1][0], n_ms)
+    conditions = np.zeros(n_trials, dtype=np.int64)
+    return _Recording(starts, stops, conditions, splits, latents, observed, {}, ())
+
+
+def _dmfc_recording(
+    settings: SyntheticSettings,
+    rng: np.random.Generator,
+    attractor: _Attractor,
+    condition_states: np.ndarray,
+    splits: np.ndarray,
+    trailing_gap: bool,
+) -> _Recording:
+    """DMFC_RSG: ready-set-go trials whose produced interval follows the latent's speed.
+
+    Condition c is (is_eye, theta, is_short, ts) = (c // 20, 180 * (c // 10 % 2),
+    c // 5 % 2, DMFC_TS_MS[is_short][c % 5]). From ready the latent runs from its
+    (is_eye, theta, is_short) initial state at lorenz_speed; from set at
+    lorenz_speed * mean(prior's ts) / ts * f, with f a per-trial factor
+    exp(N(0, speed_noise)) (an outlier's f is 0.5 or 1.8); go comes when it has
+    covered lorenz_speed * mean(prior's ts) Lorenz time, so tp = ts / f.
+    """
+    n_trials = len(splits)
+    conditions = _conditions_per_split(rng, splits, settings.n_conditions)
+    is_eye, theta = conditions // 20, 180.0 * (conditions // 10 % 2)
+    is_short = conditions // 5 % 2
+    ts_table = np.array([DMFC_TS_MS[0], DMFC_TS_MS[1]], dtype=np.float64)  # [is_short][index]
+    ts = ts_table[is_short, conditions % 5]
+    ts_mean = ts_table.mean(axis=1)[is_short]
+    factor = np.exp(settings.speed_noise * rng.normal(size=n_trials))
+    outlier = rng.random(n_trials) < settings.outlier_fraction
+    factor[outlier] = rng.choice([0.5, 1.8], size=int(outlier.sum()))
+    tp = np.round(np.minimum(ts / factor, DMFC_MAX_TP_MS)).astype(np.int64)
+    factor = ts / tp  # (exact for the rounded, clipped tp)
+    noise = rng.normal(size=(n_trials, 3)) * settings.initial_state_noise
+
+    # Each trial: start, ready, set = ready + ts, go = set + tp, stop = go + DMFC_AFTER_GO_MS,
+    # long enough for NLB's window of 1500 ms before go.
+    ts_int = ts.astype(np.int64)
+    ready = np.maximum(DMFC_READY_MS, 1500 + 100 - ts_int - tp)
+    lengths = ready + ts_int + tp + DMFC_AFTER_GO_MS
+    starts = settings.gap_ms + np.concatenate([[0], np.cumsum(lengths + settings.gap_ms)[:-1]])
+    stops = starts + lengths
+    n_ms = _recording_length(stops[-1], settings, trailing_gap)
+    set_rel, go_rel = ready + ts_int, ready + ts_int + tp
+
+    latents = np.zeros((n_ms, 3), dtype=np.float32)
+    state = attractor.unwhiten(
+        attractor.whiten(condition_states[conditions // 5]) + noise
+    )  # one state per (is_eye, theta, is_short)
+    go_speed = (settings.lorenz_speed * ts_mean / ts * factor)[:, None]
+    for step in range(int(lengths.max() - ready.min())):
+        time_ms = ready + step  # per trial, from its ready
+        active = time_ms < lengths
+        if not active.any():
+            break
+        latents[(starts + time_ms)[active]] = attractor.whiten(state[active])
+        speed = np.where((time_ms >= set_rel)[:, None], go_speed, settings.lorenz_speed)
+        state = rk4_step(state, speed)
+    observed = [(int(start), int(stop)) for start, stop in zip(starts, stops)]
+    columns = {
+        "ready_time": ("time of the ready cue (s)", starts + ready),
+        "set_time": ("time of the set cue (s)", starts + set_rel),
+        "go_time": ("time of the produced go response (s)", starts + go_rel),
+        "is_outlier": (
+            "tp far from ts (NLB leaves the trial out of tp corr)",
+            outlier.astype(np.float64),
+        ),
+        "is_eye": ("response by saccade (1) or joystick (0)", is_eye.astype(np.float64)),
+        "theta": ("direction of the response target (degrees)", theta),
+        "is_short": ("short prior (1) or long prior (0)", is_short.astype(np.float64)),
+        "ts": ("sample interval, ready to set (ms)", ts),
+        "tp": ("produced interval, set to go (ms)", tp.astype(np.float64)),
+    }
+    labels = ("ready_time", "is_outlier", "is_eye", "theta", "is_short", "ts", "tp")
+    return _Recording(starts, stops, conditions, splits, latents, observed, columns, labels)
+
+
+def _recording(
+    settings: SyntheticSettings,
+    rng: np.random.Generator,
+    attractor: _Attractor,
+    condition_states: np.ndarray,
+    splits: np.ndarray,
+    trailing_gap: bool,
+) -> _Recording:
+    """The trials and latent of one file, laid out as the settings' layout lays them."""
+    kind = family(settings.nlb_layout)
+    if kind == "mc_rtt":
+        return _continuous_recording(settings, rng, attractor, splits, trailing_gap)
+    if kind == "dmfc_rsg":
+        return _dmfc_recording(settings, rng, attractor, condition_states, splits, trailing_gap)
+    return _aligned_recording(settings, rng, attractor, condition_states, splits, trailing_gap)
 
 
 # ---------------------------------------------------------------------------
@@ -341,28 +622,36 @@ def _behavior(
     velocity_readout: np.ndarray,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """Behaviour series on the 1 ms grid, each (n_ms, 2) float32.
+    """Behaviour series of the layout on the 1 ms grid, each (n_ms, 2) float32; {} for dmfc_rsg.
 
-    hand_vel (mm/s) = velocity_readout applied to the latent `behavior_lag_ms`
-    earlier, plus white noise; hand_pos (mm) is its running integral,
-    cursor_pos follows the hand, and eye_pos looks `behavior_lag_ms` ahead
-    along the hand's path.
+    The velocity (the layout's hand_vel or finger_vel, mm/s) = velocity_readout
+    applied to the latent `lag_ms` earlier (later, for a negative lag: Area2
+    senses the arm's movement), plus white noise; the position (mm) is its
+    running integral; maze files add cursor_pos (the hand's) and eye_pos (which
+    looks `lag_ms` ahead along the hand's path), MC_RTT's cursor_pos.
     """
-    lag, n_ms = settings.behavior_lag_ms, latents.shape[0]
-    velocity = np.zeros((n_ms, 2))  # the latent rests at 0 before the recording
-    velocity[lag:] = latents[: n_ms - lag] @ velocity_readout
+    series = LAYOUTS[settings.nlb_layout].behavior_series
+    if series is None:
+        return {}
+    lag, n_ms = settings.lag_ms, latents.shape[0]
+    velocity = np.zeros((n_ms, 2))  # the latent rests at 0 outside the recording
+    if lag >= 0:
+        velocity[lag:] = latents[: n_ms - lag] @ velocity_readout
+    else:
+        velocity[: n_ms + lag] = latents[-lag:] @ velocity_readout
     noise_std = settings.behavior_noise * np.linalg.norm(
         velocity_readout, axis=0
     )  # latents have unit std
     velocity += rng.normal(size=velocity.shape) * noise_std
-    position = np.cumsum(velocity, axis=0) / 1000.0
-    eye = np.concatenate([position[lag:], np.repeat(position[-1:], min(lag, n_ms), axis=0)])
-    return {
-        "hand_vel": velocity.astype(np.float32),
-        "hand_pos": position.astype(np.float32),
-        "cursor_pos": position.astype(np.float32),
-        "eye_pos": eye.astype(np.float32),
-    }
+    position = (np.cumsum(velocity, axis=0) / 1000.0).astype(np.float32)
+    prefix = series.removesuffix("_vel")
+    out = {series: velocity.astype(np.float32), f"{prefix}_pos": position}
+    if family(settings.nlb_layout) in ("maze", "mc_rtt"):
+        out["cursor_pos"] = position
+    if family(settings.nlb_layout) == "maze":
+        ahead = min(abs(lag), n_ms)
+        out["eye_pos"] = np.concatenate([position[ahead:], np.repeat(position[-1:], ahead, axis=0)])
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +667,8 @@ def _nwb_file(settings: SyntheticSettings, role: str, units, trials):
     ).hexdigest()[:12]
     return NWBFile(
         session_description=(
-            f"Synthetic Lorenz-driven Poisson population in the NLB MC_Maze layout ({role})"
+            "Synthetic Lorenz-driven Poisson population in the NLB "
+            f"{settings.nlb_layout} layout ({role})"
         ),
         identifier=f"lfads-synthetic-{SESSION}-{role}-seed{settings.seed}-{digest}",
         session_start_time=SESSION_START,
@@ -442,51 +732,37 @@ def _units_table(
     )
 
 
-def _trials_table(settings: SyntheticSettings, recording: _Recording, with_conditions: bool):
-    """Trials table with MC_Maze's columns; the test file's has no condition labels."""
+def _trials_table(recording: _Recording, with_labels: bool):
+    """Trials table with the layout's columns; a test file's leaves out the labels.
+
+    nlb_tools turns every *_time column into a Timedelta: those are written in
+    seconds; other columns keep their units (ms for rt, ts and tp).
+    """
     from hdmf.common import VectorData
     from pynwb.epoch import TimeIntervals
 
-    start = recording.starts_ms
-    move_onset = start + settings.move_onset_ms
-    go_cue = move_onset - recording.rt_ms
-    target_on = start + settings.move_onset_ms // 10
-    # nlb_tools turns every *_time column into a Timedelta; rt and delay stay numbers (ms).
     values = {
-        "start_time": ("start of trial (s)", start / 1000.0),
-        "stop_time": ("end of trial (s)", (start + settings.trial_length_ms) / 1000.0),
+        "start_time": ("start of trial (s)", recording.starts_ms),
+        "stop_time": ("end of trial (s)", recording.stops_ms),
         "split": ("NLB data split", [str(split) for split in recording.splits]),
-        "target_on_time": ("time the targets appeared (s)", target_on / 1000.0),
-        "go_cue_time": ("time of the go cue (s)", go_cue / 1000.0),
-        "move_onset_time": ("time of movement onset (s)", move_onset / 1000.0),
-        "rt": ("reaction time, go cue to movement onset (ms)", recording.rt_ms.astype(np.float64)),
-        "delay": ("delay, target on to go cue (ms)", (go_cue - target_on).astype(np.float64)),
+        **{
+            name: column
+            for name, column in recording.columns.items()
+            if with_labels or name not in recording.labels
+        },
     }
-    if with_conditions:
-        trial_type = recording.conditions // settings.n_trial_versions + 1
-        trial_version = recording.conditions % settings.n_trial_versions
-        n_trials = len(start)
-        values.update(
-            {
-                "trial_type": ("maze condition (1-based)", trial_type),
-                "trial_version": ("version of the maze condition (0-based)", trial_version),
-                "maze_id": ("maze identifier, one per condition", recording.conditions + 1),
-                "success": ("trial succeeded", np.ones(n_trials, dtype=bool)),
-                "num_targets": ("number of targets shown", np.ones(n_trials, dtype=np.int64)),
-                "active_target": (
-                    "index of the target reached",
-                    np.zeros(n_trials, dtype=np.int64),
-                ),
-            }
-        )
     columns = [
-        VectorData(name=name, description=description, data=data)
+        VectorData(
+            name=name,
+            description=description,
+            data=np.asarray(data) / 1000.0 if name.endswith("_time") else data,
+        )
         for name, (description, data) in values.items()
     ]
     return TimeIntervals(
         name="trials",
-        description="synthetic maze trials",
-        id=np.arange(len(start)),
+        description="synthetic trials",
+        id=np.arange(len(recording.starts_ms)),
         columns=columns,
     )
 
@@ -495,8 +771,9 @@ def _add_behavior(nwbfile, series: dict[str, np.ndarray], n_ms: int) -> None:
     from hdmf.backends.hdf5 import H5DataIO
     from pynwb import TimeSeries
 
-    module = nwbfile.create_processing_module("behavior", "hand, cursor and eye kinematics at 1 ms")
-    units = {"hand_vel": "mm/s", "hand_pos": "mm", "cursor_pos": "mm", "eye_pos": "mm"}
+    if not series:
+        return
+    module = nwbfile.create_processing_module("behavior", "kinematics at 1 ms")
     for name, data in series.items():
         # nlb_tools silently drops a series with even one sample past the last obs_interval end.
         if data.shape != (n_ms, 2):
@@ -508,7 +785,7 @@ def _add_behavior(nwbfile, series: dict[str, np.ndarray], n_ms: int) -> None:
             TimeSeries(
                 name=name,
                 data=H5DataIO(data, compression="gzip", shuffle=True),
-                unit=units[name],
+                unit="mm/s" if name.endswith("_vel") else "mm",
                 rate=1000.0,
                 starting_time=0.0,
                 comments="columns=[x,y]",
@@ -588,6 +865,8 @@ def write_synthetic_dataset(
         size=settings.n_units
     )
     velocity_readout = parameters_rng.normal(size=(3, 2)) * VELOCITY_GAIN_MM_S
+    if not LAYOUTS[settings.nlb_layout].has_behavior_series:
+        velocity_readout[:] = 0.0  # (drawn all the same: the other streams stay as they were)
     # The stored (float32) parameters are the ones spikes are drawn from, so the truth is exact.
     weight, bias = (
         weight.astype(np.float32).astype(np.float64),
@@ -601,9 +880,13 @@ def write_synthetic_dataset(
 
     # Train file: train and val trials interleaved, every unit, observed throughout.
     splits = train_layout_rng.permutation(
-        np.array(["train"] * settings.n_train_trials + ["val"] * settings.n_val_trials)
+        np.array(
+            ["train"] * settings.n_train_trials
+            + ["val"] * settings.n_val_trials
+            + ["none"] * settings.n_unused_trials
+        )
     )
-    train = _layout_recording(
+    train = _recording(
         settings, train_layout_rng, attractor, condition_states, splits, trailing_gap=True
     )
     log.info(
@@ -623,7 +906,7 @@ def write_synthetic_dataset(
         settings,
         "train",
         _units_table(spike_times, ends, unit_ids, heldout, np.array([[0.0, train.n_ms / 1000]])),
-        _trials_table(settings, train, with_conditions=True),
+        _trials_table(train, with_labels=True),
     )
     _add_behavior(
         nwbfile, _behavior(settings, train.latents, velocity_readout, behavior_rng), train.n_ms
@@ -642,7 +925,7 @@ def write_synthetic_dataset(
     )
 
     # Test file: its own timeline, held-in units only, observed during the test trials only.
-    test = _layout_recording(
+    test = _recording(
         settings,
         test_layout_rng,
         attractor,
@@ -658,7 +941,7 @@ def write_synthetic_dataset(
         settings,
         "test",
         _units_table(spike_times, ends, unit_ids[~heldout], heldout[~heldout], intervals),
-        _trials_table(settings, test, with_conditions=False),
+        _trials_table(test, with_labels=False),
     )
     _write_nwb(nwbfile, paths["test"])
     # The test truth covers the held-out units too (their rates are what NLB scores).
@@ -681,6 +964,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="folder to write sub-Synth/... into"
     )
     parser.add_argument("--seed", type=int, help="overrides the settings' seed")
+    parser.add_argument(
+        "--nlb-layout",
+        default="mc_maze",
+        choices=list(REAL_SIZES),
+        help="the NLB layout to write (default mc_maze); omitted sizes are its real dataset's",
+    )
     parser.add_argument("--config", type=Path, help="YAML mapping of SyntheticSettings fields")
 
 
@@ -696,7 +985,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         values["seed"] = args.seed
     try:
-        settings = SyntheticSettings.from_dict(values)
+        settings = SyntheticSettings.from_dict(values, args.nlb_layout)
     except ValueError as error:
         raise SystemExit(f"lfads synthetic: {args.config or '--seed'}: {error}") from None
     paths = write_synthetic_dataset(args.out, settings)

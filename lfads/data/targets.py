@@ -35,6 +35,26 @@ def ragged_index_arrays(indices: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_tp_corr_conditions(eval_behavior: np.ndarray, train_nwb: Path) -> None:
+    """ValueError unless every (is_eye, theta, is_short) condition of the eval trials has 2 trials.
+
+    nlb_tools' `tp corr` correlates neural speed with tp within each of those conditions
+    (outliers left out: their rows are NaN) and fails on a condition of one trial, after
+    training, with "`x` and `y` must have length at least 2". eval_behavior: (n_trials, 5)
+    is_eye, theta, is_short, ts, tp.
+    """
+    rows = eval_behavior[~np.isnan(eval_behavior[:, :3]).all(axis=1), :3]
+    conditions, counts = np.unique(rows, axis=0, return_counts=True)
+    lonely = [tuple(int(v) for v in c) for c, n in zip(conditions, counts) if n < 2]
+    if lonely:
+        raise ValueError(
+            f"{train_nwb}: the val trials of (is_eye, theta, is_short) condition(s) "
+            f"{', '.join(map(str, lonely))} number fewer than 2 (outliers left out), and "
+            "nlb_tools' tp corr correlates speed with tp within each; give the file more val "
+            "trials (source.synthetic.n_val_trials)"
+        )
+
+
 def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
     """nlb_tools' target dict {group: {...}} of the val split, with PSTHs if the layout has them."""
     from nlb_tools.make_tensors import make_eval_target_tensors
@@ -58,6 +78,8 @@ def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
         time.perf_counter() - started,
     )
     for group in targets.values():
+        if nlb_layout == "dmfc_rsg":
+            check_tp_corr_conditions(group["eval_behavior"], train_nwb)
         for key in ("train_cond_idx", "eval_cond_idx"):
             if key in group:
                 group[key] = ragged_index_arrays(group[key])

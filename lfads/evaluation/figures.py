@@ -468,14 +468,19 @@ def decoded_velocity(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """Behaviour decoded from the inferred rates by nlb_tools' vel R2 decoder (fit on the NLB train
-    trials), against the recorded behaviour of example eval trials; the R² of every eval bin is
-    the vel R2 of the summary."""
+    """Behaviour decoded from the inferred rates by nlb_tools' vel R2 decoders (fit on the NLB train
+    trials; one per decode mask, e.g. area2_bump's active and passive trials), against the recorded
+    behaviour of example eval trials; the mean over decoders of the R² of every eval bin is the
+    vel R2 of the summary."""
     from lfads.evaluation.submission import nlb_submission
 
     attributes = read_prepared(prepared_path, keys=()).attributes
     submission = nlb_submission(prepared_path, inferred_path)[group]
-    targets = read_targets(targets_path, group, keys=("train_behavior", "eval_behavior"))
+    targets = read_targets(
+        targets_path,
+        group,
+        keys=("train_behavior", "eval_behavior", "train_decode_mask", "eval_decode_mask"),
+    )
     train_behavior, eval_behavior = targets.train_behavior, targets.eval_behavior
     train_rates = np.concatenate(
         [submission["train_rates_heldin"], submission["train_rates_heldout"]], axis=2
@@ -483,12 +488,22 @@ def decoded_velocity(
     eval_rates = np.concatenate(
         [submission["eval_rates_heldin"], submission["eval_rates_heldout"]], axis=2
     )
-    decoder = nlb_velocity_decoder(train_rates, train_behavior)
-    flat_eval = eval_rates.reshape(-1, eval_rates.shape[2]).astype(np.float64)
-    predicted = decoder.predict(flat_eval).reshape(eval_behavior.shape)
-    flat_behavior = eval_behavior.reshape(-1, eval_behavior.shape[2])
-    keep = ~np.isnan(flat_behavior[:, 0])
-    r2 = decoder.score(flat_eval[keep], flat_behavior[keep])
+    train_masks, eval_masks = targets.train_decode_mask, targets.eval_decode_mask
+    if train_masks is None:
+        train_masks = np.ones((len(train_rates), 1), dtype=bool)
+        eval_masks = np.ones((len(eval_rates), 1), dtype=bool)
+    predicted = np.full(eval_behavior.shape, np.nan)
+    r2s, alphas = [], []
+    for decoder_index in range(train_masks.shape[1]):
+        train_rows, eval_rows = train_masks[:, decoder_index], eval_masks[:, decoder_index]
+        decoder = nlb_velocity_decoder(train_rates[train_rows], train_behavior[train_rows])
+        rows = eval_rates[eval_rows]
+        flat_eval = rows.reshape(-1, rows.shape[2]).astype(np.float64)
+        predicted[eval_rows] = decoder.predict(flat_eval).reshape(eval_behavior[eval_rows].shape)
+        flat_behavior = eval_behavior[eval_rows].reshape(-1, eval_behavior.shape[2])
+        keep = ~np.isnan(flat_behavior[:, 0])
+        r2s.append(decoder.score(flat_eval[keep], flat_behavior[keep]))
+        alphas.append(f"{decoder.best_params_['alpha']:.0e}")
     spec = layout(attributes.nlb_layout)
     quantity = (spec.behavior_series or "behaviour").replace("_vel", " velocity")
     times, time_label = time_axis_ms(attributes, eval_behavior.shape[1])
@@ -504,10 +519,13 @@ def decoded_velocity(
             ax.set_xlabel(time_label)
             ax.set_ylabel(f"{quantity} (mm/s)")
     axes[0, 0].legend(fontsize=7)
-    figure.suptitle(
-        f"Best run: {quantity} decoded by nlb_tools' ridge decoder (alpha "
-        f"{decoder.best_params_['alpha']:.0e}); R² over all eval bins {r2:.3f}"
+    decoders = (
+        f"nlb_tools' ridge decoder (alpha {alphas[0]}); R² over all eval bins {r2s[0]:.3f}"
+        if len(r2s) == 1
+        else f"{len(r2s)} nlb_tools ridge decoders, one per trial group (alpha "
+        f"{', '.join(alphas)}); mean R² over their eval bins {np.mean(r2s):.3f}"
     )
+    figure.suptitle(f"Best run: {quantity} decoded by {decoders}")
     save_figure(figure, out)
 
 

@@ -32,6 +32,10 @@ class TargetsGroup:
     train_behavior: np.ndarray | None = None  # (N_train, T, n_behavior) of the NLB train trials
     eval_behavior: np.ndarray | None = None  # (N_eval, T, n_behavior)
     eval_spikes_heldout: np.ndarray | None = None  # (N_eval, T, n_heldout) spikes per bin
+    # (N, n_decoders) bool: which trials each velocity decoder is fit and scored on (area2_bump:
+    # active, passive); absent: one decoder for every trial
+    train_decode_mask: np.ndarray | None = None
+    eval_decode_mask: np.ndarray | None = None
 
 
 TARGETS_KEYS = tuple(f.name for f in fields(TargetsGroup))

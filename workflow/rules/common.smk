@@ -78,7 +78,7 @@ def local_source_file(wildcards):
 
 
 def fetch_params(wildcards):
-    return job_source(SOURCE, wildcards.asset)
+    return job_source(SOURCE, wildcards.asset, LAYOUT)
 
 
 def data_outputs():
