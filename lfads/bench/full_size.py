@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAYOUTS = ("mc_maze", "mc_rtt", "area2_bump", "dmfc_rsg")
 RUN = "dropout~0.3"
+OUTPUTS = ("targets_5ms.h5", f"runs/{RUN}/inferred.h5")  # (and all they need)
 STEPS = ("fetch_synthetic", "prepare_5ms", "targets_5ms", "train/pack00", f"infer/{RUN}")
 
 
@@ -59,13 +60,9 @@ def run_layout(nlb_layout: str, epochs: int, cores: int, workdir: Path) -> dict:
     configfile.parent.mkdir(parents=True, exist_ok=True)
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     results = workdir / "results" / config["dataset"] / "val"
+    targets = [f"results/{config['dataset']}/val/{path}" for path in OUTPUTS]
     command = [
-        *(
-            sys.executable,
-            "-m",
-            "snakemake",
-            f"results/{config['dataset']}/val/runs/{RUN}/inferred.h5",
-        ),
+        *(sys.executable, "-m", "snakemake", *targets),
         *("--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir)),
         *("--cores", str(cores), "--configfile", str(configfile)),
     ]
