@@ -75,28 +75,18 @@ DMFC_MAX_TP_MS = 1400  # produced intervals are clipped here (NLB pads set..go t
 
 # The real datasets' units and trials (../shared/reference/nlb.md; DMFC_RSG's trial counts are
 # not in that table: about its real size). A configfile's source.synthetic omits a size: this.
+SIZE_KEYS = ("n_heldin", "n_heldout", "n_train_trials", "n_val_trials", "n_test_trials")
 REAL_SIZES: dict[str, dict[str, int]] = {
-    "mc_maze": dict(
-        n_heldin=137, n_heldout=45, n_train_trials=1721, n_val_trials=574, n_test_trials=574
-    ),
-    "mc_rtt": dict(
-        n_heldin=98, n_heldout=32, n_train_trials=810, n_val_trials=270, n_test_trials=272
-    ),
-    "area2_bump": dict(
-        n_heldin=49, n_heldout=16, n_train_trials=272, n_val_trials=92, n_test_trials=98
-    ),
-    "dmfc_rsg": dict(
-        n_heldin=40, n_heldout=14, n_train_trials=750, n_val_trials=250, n_test_trials=300
-    ),
-    "mc_maze_large": dict(
-        n_heldin=122, n_heldout=40, n_train_trials=375, n_val_trials=125, n_test_trials=100
-    ),
-    "mc_maze_medium": dict(
-        n_heldin=114, n_heldout=38, n_train_trials=188, n_val_trials=62, n_test_trials=100
-    ),
-    "mc_maze_small": dict(
-        n_heldin=107, n_heldout=35, n_train_trials=75, n_val_trials=25, n_test_trials=100
-    ),
+    nlb_layout: dict(zip(SIZE_KEYS, sizes, strict=True))
+    for nlb_layout, sizes in {
+        "mc_maze": (137, 45, 1721, 574, 574),
+        "mc_rtt": (98, 32, 810, 270, 272),
+        "area2_bump": (49, 16, 272, 92, 98),
+        "dmfc_rsg": (40, 14, 750, 250, 300),
+        "mc_maze_large": (122, 40, 375, 125, 100),
+        "mc_maze_medium": (114, 38, 188, 62, 100),
+        "mc_maze_small": (107, 35, 75, 25, 100),
+    }.items()
 }
 
 # A fixed session start and creation date, and identifiers derived from the
@@ -387,8 +377,8 @@ def _aligned_recording(
         state = rk4_step(state, settings.lorenz_speed)
     observed = [(int(start), int(stop)) for start, stop in zip(starts, stops)]
     move_onset = starts + settings.move_onset_ms
+    go_cue = move_onset - rt
     if family(settings.nlb_layout) == "maze":
-        go_cue = move_onset - rt
         target_on = starts + settings.move_onset_ms // 10
         # nlb_tools turns every *_time column into a Timedelta; rt and delay stay numbers (ms).
         columns = {
@@ -421,7 +411,6 @@ def _aligned_recording(
     else:  # area2_bump: even conditions are active reaches, odd ones passive bumps
         direction = (conditions // 2) * (360.0 / settings.n_directions)
         bump = (conditions % 2).astype(bool)
-        go_cue = move_onset - rt
         columns = {
             "go_cue_time": ("time of the go cue, or of the bump (s)", go_cue),
             "move_onset_time": ("time of movement onset (s)", move_onset),
