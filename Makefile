@@ -66,7 +66,7 @@ report: $(STAMP)
 		&& mv -f "$$tmp" "$$report" && echo "wrote $$report" \
 		|| { status=$$?; rm -f "$$tmp"; exit $$status; }
 
-# Each configfile's dataset is its file name (tests/test_submission.py checks it).
+# Each configfile's dataset is its file name (tests/test_config.py checks it).
 submission: $(STAMP)
 	set -e; files=""; \
 	for configfile in $(NLB_CONFIGFILES); do \

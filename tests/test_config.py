@@ -115,6 +115,8 @@ def test_shipped_configfiles_are_valid(path):
     config = validate_config(load_yaml(path), SCHEMA, str(path))
     assert config["phase"] in ("val", "test")
     assert config["prepare"]["valid_fraction"] == 0.2
+    if path.stem in LAYOUTS:  # `make submission` takes each NLB configfile's dataset from its name
+        assert config["dataset"] == config["nlb_layout"] == path.stem
 
 
 def test_defaults_are_filled_in():
