@@ -310,6 +310,7 @@ STAGES = (
     "evaluate",
     "aggregate",
     "figures",
+    "gallery",
     "export_nwb",
     "best_nwb",
 )

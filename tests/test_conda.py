@@ -1,7 +1,7 @@
 """`--sdm conda`, as far as it can be tested without conda's channels: the env file's pip step run
 from where Snakemake creates environments, and a dry run from an environment without lfads or its
 heavy dependencies (a stand-in `conda` answers Snakemake's checks). Not tested: conda solving
-and creating the environment, and the post-deploy script (README.md, "Conda")."""
+and creating the environment, and the post-deploy script (docs/internals.md, "Conda")."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def check_full_dry_run(command, tmp_path):
 def check_forced_rule(command, tmp_path):
     finished_copy_of("config/config.yaml", tmp_path)
     planned = counts(snakemake_variant(command, tmp_path, "-n"))
-    expected = {"evaluate": 3, "aggregate": 1, "figures": 1, "best_nwb": 1}
+    expected = {"evaluate": 3, "aggregate": 1, "figures": 1, "gallery": 1, "best_nwb": 1}
     assert planned == {**dict.fromkeys(STAGES, 0), **expected}
 
 
@@ -117,6 +117,7 @@ def check_one_run_rerun(command, tmp_path):
     finished_copy_of("config/config.yaml", tmp_path)
     result = snakemake_variant(command, tmp_path, "-n")
     expected = {"run_files": 1, "infer": 1, "evaluate": 1, "aggregate": 1, "figures": 1}
+    expected |= {"gallery": 1}
     expected |= {"export_nwb": 1, "best_nwb": 1}
     assert counts(result) == {**dict.fromkeys(STAGES, 0), **expected}
     (model,) = re.findall(r"output: (\S+/model\.ckpt)", result.stdout)

@@ -171,7 +171,7 @@ def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp
         )
     for rule in ("prepare", "targets", "evaluate"):
         assert by_rule[rule] and all(job["partition"] == "debug" for job in by_rule[rule]), rule
-    for rule in ("fetch", "run_files", "aggregate", "figures"):
+    for rule in ("fetch", "run_files", "aggregate", "figures", "gallery"):
         assert rule not in by_rule, f"local rule {rule} reached SLURM"
 
     local, _ = pipeline  # the same configfile run with --cores 2

@@ -1,16 +1,20 @@
-"""The report's result, as one HTML fragment (summary.html, rule `aggregate`): the best run's NLB
-metrics beside the references (lfads.evaluation.references), then every run of the search.
+"""The report's landing page, as HTML fragments: the result (summary.html, rule `aggregate`), the
+best run's NLB metrics beside the references (lfads.evaluation.references), then every run of the
+search; and the figures (figures.html, rule `gallery`), a thumbnail of each with its caption.
 
-The report's landing page includes the fragment inline (workflow/report/workflow.rst), so it uses
-plain tags with inline styles and no script.
+The landing page includes the fragments inline (workflow/report/workflow.rst), so they use plain
+tags with inline styles and no script.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -105,6 +109,55 @@ def write_summary_html(
     """Write `summary_html` of a summary table and (where there is one) a references.json."""
     references = json.loads(Path(references_json).read_text()) if references_json else {}
     text = summary_html(read_summary(summary_tsv), references)
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(out_path)
+
+
+THUMBNAIL_WIDTH = 480  # pixels: a card of the gallery, twice its width on a 1280 px screen
+
+
+def thumbnail_png(png_path: str | Path, width: int = THUMBNAIL_WIDTH) -> bytes:
+    """A PNG at most `width` pixels wide of the PNG at `png_path` (smaller ones as they are)."""
+    from PIL import Image
+
+    png = Path(png_path).read_bytes()
+    with Image.open(io.BytesIO(png)) as picture:
+        if picture.width <= width:
+            return png
+        small = picture.convert("RGB")
+    small.thumbnail((width, small.height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.quantize(colors=256).save(out, format="png", optimize=True)  # (a third of RGB's bytes)
+    return out.getvalue()
+
+
+def gallery_html(figures: list[tuple[str, str, str]]) -> str:
+    """The figures as a grid of cards, as many columns as fit in 20rem each (one on a phone):
+    figures: (title, caption, PNG path relative to the workdir, as the report names the file).
+    A thumbnail opens the figure in the report's viewer."""
+    cards = []
+    for title, caption, path in figures:
+        data = base64.b64encode(thumbnail_png(path)).decode("ascii")
+        link = f"javascript:app.showResultInfo('{quote(str(path))}')"
+        cards.append(
+            '<figure style="margin:0">'
+            f'<a href="{html.escape(link)}"><img src="data:image/png;base64,{data}" '
+            f'alt="{html.escape(title)}" style="width:100%;height:auto;border:1px solid #ddd"></a>'
+            f'<figcaption style="font-size:13px"><b>{html.escape(title)}</b>: '
+            f"{html.escape(' '.join(caption.split()))}</figcaption></figure>"
+        )
+    return (
+        '<div id="lfads-figures" style="display:grid;gap:1.2em;'
+        'grid-template-columns:repeat(auto-fill,minmax(min(20rem,100%),1fr))">'
+        + "".join(cards)
+        + "</div>\n"
+    )
+
+
+def write_gallery(figures: list[tuple[str, str, str]], out_path: str | Path) -> Path:
+    """Write `gallery_html` of `figures`."""
+    text = gallery_html(figures)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_text(text)
     return Path(out_path)

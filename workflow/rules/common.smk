@@ -116,11 +116,22 @@ def figure_path(figure):
     return f"{RESULTS}/figures/{figure.name}.png"
 
 
+def gallery_figures():
+    """(title, caption text, PNG) of each figure, in the report's reading order (rule gallery;
+    the PBT figure's title and path are in rules/pbt.smk)."""
+    figures = [(figure.title, figure.caption, figure_path(figure)) for figure in FIGURES]
+    if "pbt" in config["search"]:
+        figures.append((PBT_FIGURE_TITLE, "pbt.rst", PBT_FIGURE))
+    report_dir = Path(workflow.basedir, "report")
+    return [(title, (report_dir / rst).read_text(), png) for title, rst, png in figures]
+
+
 def final_outputs():
     outputs = [f"{RESULTS}/summary.tsv", f"{RESULTS}/best_rates.nwb"]
     if "pbt" in config["search"]:
         outputs += [PBT_HISTORY, PBT_FIGURE]  # (rules/pbt.smk)
     outputs += [figure_path(figure) for figure in FIGURES]
+    outputs.append(f"{RESULTS}/figures.html")  # (the report's thumbnails: rule gallery)
     if PHASE == "test":
         outputs.append(f"{RESULTS}/submission_{DATASET}.h5")
     return outputs

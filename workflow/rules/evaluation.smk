@@ -5,6 +5,7 @@
 localrules:
     aggregate,
     figures,
+    gallery,
 
 
 rule evaluate:
@@ -130,6 +131,22 @@ rule figures:
         group=NLB_GROUP,
     script:
         "../scripts/figures.py"
+
+
+# The landing page's figures: a thumbnail of each with its caption (workflow/report/workflow.rst).
+rule gallery:
+    input:
+        [png for _, _, png in gallery_figures()],
+    output:
+        f"{RESULTS}/figures.html",
+    log:
+        f"{LOGS}/gallery.log",
+    conda:
+        "../../envs/lfads.yaml"
+    params:
+        figures=gallery_figures(),
+    script:
+        "../scripts/gallery.py"
 
 
 rule submission:

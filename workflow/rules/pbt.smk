@@ -18,6 +18,7 @@ PBT_DIR = f"{RESULTS}/pbt"
 PBT_HISTORY = f"{RESULTS}/pbt_history.tsv"
 PBT_CURVES = f"{PBT_DIR}/curves.tsv"
 PBT_FIGURE = f"{RESULTS}/figures/pbt.png"
+PBT_FIGURE_TITLE = "hyperparameters and loss over epochs"
 
 
 if len(PBT_PACKS) > 1:
@@ -83,7 +84,7 @@ rule pbt_figure:
             PBT_FIGURE,
             caption="../report/pbt.rst",
             category="3. Population-based training",
-            labels={"dataset": DATASET, "figure": "hyperparameters and loss over epochs"},
+            labels={"dataset": DATASET, "figure": PBT_FIGURE_TITLE},
         ),
     log:
         f"{LOGS}/pbt_figure.log",
