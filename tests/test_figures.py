@@ -315,3 +315,80 @@ def test_summary_html_puts_the_best_run_beside_the_references(tmp_path):
     ]
     assert BEST_ROW in body_rows[0] and BEST_ROW not in body_rows[1]
     assert ">diverged<" in body_rows[2] and "—" in body_rows[2]
+
+
+def test_the_gallery_shows_each_figure_as_a_thumbnail_with_its_caption(tmp_path):
+    import base64
+    import io
+    import re
+
+    import matplotlib.pyplot as plt
+    from matplotlib import image
+
+    from lfads.evaluation.report_table import THUMBNAIL_WIDTH, write_gallery
+
+    pngs = []
+    for name, width in (("wide", 12.0), ("small", 2.0)):  # 1200 and 200 pixels at 100 dpi
+        figure = plt.figure(figsize=(width, 2), dpi=100)
+        pngs.append(tmp_path / "figures" / f"{name}.png")
+        pngs[-1].parent.mkdir(exist_ok=True)
+        figure.savefig(pngs[-1], dpi=100)
+        plt.close(figure)
+    figures = [
+        ("01 wide", "A wide figure,\nover two lines <with> tags.", str(pngs[0])),
+        ("02 small", "A small one.", str(pngs[1])),
+    ]
+    page = write_gallery(figures, tmp_path / "figures.html").read_text()
+    cards = page.split("<figure")[1:]
+    assert len(cards) == 2
+    assert "<b>01 wide</b>: A wide figure, over two lines &lt;with&gt; tags." in cards[0]
+    assert f"app.showResultInfo(&#x27;{pngs[1]}&#x27;)" in cards[1]
+    widths = []
+    for card in cards:
+        data = re.search(r'src="data:image/png;base64,([^"]+)"', card).group(1)
+        widths.append(image.imread(io.BytesIO(base64.b64decode(data))).shape[1])
+    assert widths == [THUMBNAIL_WIDTH, 200]  # the wide one shrunk, the small one as it is
+
+
+def test_reach_directions_are_those_of_each_conditions_summed_velocity(tmp_path):
+    from lfads.evaluation.figures import condition_directions
+    from lfads.formats.prepared import PreparedAttributes, PreparedSplit, write_prepared
+
+    angles = np.radians([0.0, 90.0, 225.0])  # conditions 0, 1, 2
+    rng = np.random.default_rng(0)
+
+    def split(conditions):
+        n = len(conditions)
+        speed = rng.uniform(0.5, 2.0, (n, 6, 1))  # a reach along its direction, at any speed
+        heading = np.stack([np.cos(angles[conditions]), np.sin(angles[conditions])], axis=1)
+        return PreparedSplit(
+            encod_data=np.zeros((n, 6, 2)),
+            recon_data=np.zeros((n, 6, 3)),
+            nlb_index=np.arange(n),
+            behavior=speed * heading[:, None, :],
+            condition=np.asarray(conditions),
+        )
+
+    attributes = PreparedAttributes("x", "mc_maze", "val", 20, 2, 1, 6, 0, 0.2, 0, False)
+    path = write_prepared(
+        tmp_path / "prepared.h5",
+        attributes,
+        {"train": split([0, 1, 2, 2]), "valid": split([1, 0])},
+        {"heldin": np.arange(2), "heldout": np.arange(1)},
+    )
+    directions = condition_directions(path)
+    assert sorted(directions) == [0, 1, 2]
+    assert [directions[c] for c in (0, 1, 2)] == pytest.approx([0.0, 90.0, 225.0], abs=1e-4)
+
+
+def test_factor_components_explain_the_variance_of_a_known_plane():
+    from lfads.evaluation.figures import _factor_projection
+
+    rng = np.random.default_rng(1)
+    plane = rng.normal(size=(40, 25, 2)) * [3.0, 1.0]  # variances 9 and 1 in two directions
+    basis = np.linalg.qr(rng.normal(size=(5, 5)))[0][:2]  # embedded in 5 factors
+    factors = plane @ basis + 0.01 * rng.normal(size=(40, 25, 5))
+    projected, explained = _factor_projection(factors)
+    assert projected.shape == (40, 25, 3)
+    assert explained[:2] == pytest.approx([0.9, 0.1], abs=0.02)
+    assert explained[2] < 1e-4

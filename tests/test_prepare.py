@@ -72,6 +72,19 @@ def test_keys_and_shapes(prepared):
         assert handle["train/condition"][()].min() >= 0
 
 
+def test_each_trial_keeps_its_id_in_the_source_file(prepared, synthetic_dir):
+    """trial_id of each model and eval trial: its row of the NWB trials table, in nlb_tools' order
+    (train and valid: the NLB train trials through nlb_index; eval: the val trials)."""
+    with h5py.File(synthetic_dir / SYNTHETIC_ASSETS["train"]) as nwb:
+        ids = nwb["intervals/trials/id"][()]
+        split = nwb["intervals/trials/split"].asstr()[()]
+    with h5py.File(prepared.prepared) as handle:
+        for name in ("train", "valid"):
+            expected = ids[split == "train"][handle[f"{name}/nlb_index"][()]]
+            np.testing.assert_array_equal(handle[f"{name}/trial_id"][()], expected)
+        np.testing.assert_array_equal(handle["eval/trial_id"][()], ids[split == "val"])
+
+
 def test_truth_matches_spike_counts(prepared):
     """Binned true rates are the Poisson means of the binned spikes: totals agree within a few %."""
     with h5py.File(prepared.prepared) as handle:

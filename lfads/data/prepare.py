@@ -226,6 +226,7 @@ def prepare(
     n_nlb_train = nlb_train.heldin.shape[0]
     for name, array in (
         ("conditions", train_conditions),
+        ("trial ids", dataset.trial_info.trial_id.to_numpy()[train_mask]),
         ("behavior", behavior),
         ("truth", train_truth),
     ):
@@ -234,6 +235,7 @@ def prepare(
                 f"{train_nwb}: {array.shape[0]} trials of {name} but {n_nlb_train} of spikes"
             )
     train_rows, valid_rows = split_indices(n_nlb_train, valid_fraction, split_seed)
+    train_ids = dataset.trial_info.trial_id.to_numpy()[train_mask]  # (nlb_tools' order)
     recon = nlb_train.recon
     encod = _nan_to_zero(nlb_train.heldin)
     unit_ids = {
@@ -260,6 +262,7 @@ def prepare(
             encod_data=encod[rows],
             recon_data=recon[rows],
             nlb_index=rows,
+            trial_id=train_ids[rows],
             behavior=behavior[rows] if behavior is not None else None,
             condition=train_conditions[rows] if train_conditions is not None else None,
             truth=train_truth[rows] if train_truth is not None else None,
@@ -269,6 +272,7 @@ def prepare(
     splits["eval"] = PreparedSplit(
         encod_data=_nan_to_zero(eval_heldin),
         nlb_index=np.arange(eval_heldin.shape[0]),
+        trial_id=eval_dataset.trial_info.trial_id.to_numpy()[eval_mask],
         condition=eval_conditions,
         truth=eval_truth,
     )

@@ -47,6 +47,7 @@ SELECTION_LABEL = "smoothed valid recon (nats/bin/neuron)"
 N_EXAMPLE_TRIALS = 3
 N_EXAMPLE_NEURONS = 4
 MAX_CONDITIONS = 20  # conditions drawn with their own colour (tab20); more are subsampled
+PSTH_CONDITIONS = 8  # conditions of the PSTH figure, spread over reach direction where there is one
 DPI = 110
 
 
@@ -94,25 +95,25 @@ def condition_colours(n_conditions: int) -> list:
     return [cmap(index % cmap.N) for index in range(n_conditions)]
 
 
-def _drawn_conditions(n_conditions: int) -> np.ndarray:
-    """Every condition, or MAX_CONDITIONS of them evenly spaced when there are more."""
-    if n_conditions <= MAX_CONDITIONS:
+def _drawn_conditions(n_conditions: int, limit: int) -> np.ndarray:
+    """Indices of every condition, or `limit` of them evenly spaced when there are more."""
+    if n_conditions <= limit:
         return np.arange(n_conditions)
-    return np.unique(np.linspace(0, n_conditions - 1, MAX_CONDITIONS).astype(int))
+    return np.unique(np.linspace(0, n_conditions - 1, limit).astype(int))
 
 
-def _condition_legend(figure, colours, conditions, title: str) -> None:
+def _condition_legend(figure, colours, labels: list[str], title: str) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colours[i], lw=2) for i in range(len(conditions))]
+    handles = [Line2D([], [], color=colour, lw=2) for colour in colours]
     figure.legend(
         handles,
-        [str(c) for c in conditions],
+        labels,
         title=title,
         loc="outside right upper",
         fontsize=7,
         title_fontsize=8,
-        ncols=1 if len(conditions) <= 12 else 2,
+        ncols=1 if len(labels) <= 12 else 2,
     )
 
 
@@ -270,9 +271,27 @@ def pbt_progress(
     save_figure(figure, out)
 
 
+def trial_names(prepared_path: str | Path, split: str, n_trials: int) -> list[str]:
+    """Names of the first `n_trials` trials of a split: their ids in the source NWB file ("trial
+    412"), or their place in the split in a prepared file written before it kept the ids."""
+    ids = read_prepared(prepared_path, keys=("trial_id",)).splits[split].trial_id
+    if ids is None:
+        return [f"{split} trial {index}" for index in range(n_trials)]
+    return [f"{split} trial {int(trial_id)}" for trial_id in ids[:n_trials]]
+
+
+def _label_neuron_bands(ax, n_heldin: int, n_neurons: int) -> None:
+    """Mark where the held-in neurons end and label the two bands on the neuron axis."""
+    ax.axhline(n_heldin - 0.5, color="C1", lw=1)
+    ax.set_yticks(
+        [(n_heldin - 1) / 2, (n_heldin + n_neurons - 1) / 2],
+        [f"held-in\n({n_heldin})", f"held-out\n({n_neurons - n_heldin})"],
+    )
+
+
 def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: str | Path) -> None:
-    """Observed spikes above inferred rates of example validation trials, all neurons and bins;
-    the rate panels share one colour scale."""
+    """Example validation trials: the inferred rates of every neuron and bin, with the observed
+    spikes as ticks over them; one colour scale."""
     from matplotlib.colors import Normalize
 
     prepared = read_prepared(prepared_path, keys=("recon_data",))
@@ -285,20 +304,13 @@ def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: 
     width = float(attributes.bin_width_ms)
     extent = (times[0] - width / 2, times[-1] + width / 2, spikes.shape[2] - 0.5, -0.5)
     forward_starts = times[0] - width / 2 + n_obs * width
-    figure, axes = new_figure(2, len(spikes), 4 * len(spikes), 6.4, sharex=True, sharey=True)
+    n_columns = min(len(spikes), 3)
+    n_rows = -(-len(spikes) // n_columns)
+    figure, axes = new_figure(n_rows, n_columns, 4.4 * n_columns, 4.2 * n_rows, sharey=True)
     rate_norm = Normalize(0, float(np.percentile(rates, 99.5)))
-    spike_max = max(1.0, float(np.nanmax(spikes)))
-    for trial in range(len(spikes)):
-        spike_image = axes[0, trial].imshow(
-            spikes[trial].T,
-            aspect="auto",
-            cmap="Greys",
-            interpolation="nearest",
-            extent=extent,
-            vmin=0,
-            vmax=spike_max,
-        )
-        rate_image = axes[1, trial].imshow(
+    names = trial_names(prepared_path, "valid", len(spikes))
+    for trial, ax in enumerate(axes.flat[: len(spikes)]):
+        rate_image = ax.imshow(
             rates[trial].T,
             aspect="auto",
             cmap="viridis",
@@ -306,17 +318,59 @@ def raster_and_rates(prepared_path: str | Path, inferred_path: str | Path, out: 
             interpolation="nearest",
             extent=extent,
         )
-        for ax in axes[:, trial]:
-            ax.axvline(forward_starts, color="C3", lw=1)
-            ax.axhline(n_heldin - 0.5, color="C1", lw=1)
-            ax.set_xlabel(time_label)
-            ax.set_ylabel("neuron (held-out below orange)")
-        axes[0, trial].set_title(f"valid trial {trial}: spikes")
-        axes[1, trial].set_title(f"valid trial {trial}: inferred rates")
-    figure.colorbar(spike_image, ax=axes[0, :], label="spikes per bin", shrink=0.9)
-    figure.colorbar(rate_image, ax=axes[1, :], label="rate (Hz)", shrink=0.9)
-    figure.suptitle("Best run: spikes and inferred rates (red line: forward prediction starts)")
+        bins, neurons = np.nonzero(np.nan_to_num(spikes[trial]) > 0)
+        ax.scatter(times[bins], neurons, marker="|", s=6, lw=0.6, color="white")
+        ax.axvline(forward_starts, color="C3", lw=1)
+        _label_neuron_bands(ax, n_heldin, spikes.shape[2])
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("neuron")
+        ax.set_title(names[trial])
+    for ax in axes.flat[len(spikes) :]:
+        ax.set_axis_off()
+    figure.colorbar(rate_image, ax=axes, label="inferred rate (Hz)", shrink=0.9)
+    figure.suptitle(
+        "Best run: inferred rates with the observed spikes as ticks (red line: forward prediction)"
+    )
     save_figure(figure, out)
+
+
+def condition_directions(prepared_path: str | Path) -> dict[int, float] | None:
+    """Each condition's reach direction (degrees): the direction of the summed 2-D behaviour
+    (hand velocity) over the train and valid trials of the condition. None where the layout has no
+    2-D behaviour series or no conditions."""
+    splits = read_prepared(prepared_path, keys=("behavior", "condition")).splits
+    parts = [splits[name] for name in ("train", "valid") if name in splits]
+    if any(part.behavior is None or part.condition is None for part in parts):
+        return None
+    behavior = np.concatenate([part.behavior for part in parts])
+    conditions = np.concatenate([part.condition for part in parts])
+    if behavior.shape[-1] != 2 or not (conditions >= 0).any():
+        return None
+    directions = {}
+    for condition in np.unique(conditions[conditions >= 0]):
+        x, y = np.nansum(behavior[conditions == condition], axis=(0, 1))
+        directions[int(condition)] = float(np.degrees(np.arctan2(y, x)) % 360)
+    return directions
+
+
+def _conditions_and_colours(
+    conditions: np.ndarray, directions: dict[int, float] | None, limit: int
+) -> tuple[np.ndarray, list, list[str]]:
+    """At most `limit` of `conditions` with their colours and legend labels: with reach
+    directions, conditions evenly spread over direction, coloured on a circular colour map; else
+    evenly spaced conditions in distinct colours."""
+    if directions is None:
+        drawn = conditions[_drawn_conditions(len(conditions), limit)]
+        return drawn, condition_colours(len(drawn)), [str(c) for c in drawn]
+    by_direction = sorted(conditions, key=lambda c: directions[int(c)])
+    drawn = np.array(by_direction)[_drawn_conditions(len(conditions), limit)]
+    cmap = _pyplot().get_cmap("hsv")
+    angles = [directions[int(c)] for c in drawn]
+    return (
+        drawn,
+        [cmap(a / 360) for a in angles],
+        [f"{c} ({a:.0f}°)" for c, a in zip(drawn, angles)],
+    )
 
 
 def psths(
@@ -326,8 +380,8 @@ def psths(
     prepared_path: str | Path,
     out: str | Path,
 ) -> None:
-    """nlb_tools' target PSTHs (solid) beside PSTHs of the inferred eval rates (dashed), every
-    condition in its own colour, for example neurons."""
+    """nlb_tools' target PSTHs (solid) beside PSTHs of the inferred eval rates (dashed) of a few
+    conditions (coloured by reach direction where the layout has one), for example neurons."""
     attributes = read_prepared(prepared_path, keys=()).attributes
     targets = read_targets(targets_path, group, keys=("psth", "eval_cond_idx"))
     true = targets.psth * _bin_hz(attributes)  # (conditions, T, neurons)
@@ -335,34 +389,42 @@ def psths(
     rates = read_inferred(inferred_path, keys=("rates",)).splits["eval"].rates[:, :n_obs]
     rates = rates * _bin_hz(attributes)
     times, time_label = time_axis_ms(attributes, n_obs)
-    conditions = _drawn_conditions(len(true))
-    colours = condition_colours(len(conditions))
+    directions = condition_directions(prepared_path)
+    conditions, colours, labels = _conditions_and_colours(
+        np.arange(len(true)), directions, PSTH_CONDITIONS
+    )
     neurons = np.linspace(0, true.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
-    figure, axes = new_figure(1, len(neurons), 3.4 * len(neurons) + 1.2, 3.4, sharex=True)
-    for ax, neuron in zip(axes[0], neurons):
+    figure, axes = new_figure(2, 2, 9.6, 6.4, sharex=True)
+    for ax, neuron in zip(axes.flat, neurons):
         for colour, condition in zip(colours, conditions):
             trials = np.asarray(targets.eval_cond_idx[condition], dtype=int)
             ax.plot(times, true[condition, :, neuron], color=colour, lw=1)
             if len(trials):
                 ax.plot(times, rates[trials, :, neuron].mean(0), color=colour, lw=1, ls="--")
-        ax.set_title(f"neuron {neuron}")
+        band = "held-out" if neuron >= attributes.n_heldin else "held-in"
+        ax.set_title(f"neuron {neuron} ({band})")
         ax.set_xlabel(time_label)
         ax.set_ylabel("rate (Hz)")
-    drawn = "all" if len(conditions) == len(true) else f"{len(conditions)} evenly spaced of"
+    drawn = "all" if len(conditions) == len(true) else f"{len(conditions)} of"
     figure.suptitle(
         f"PSTHs of {drawn} {len(true)} conditions: nlb_tools target (solid), inferred (dashed)"
     )
-    _condition_legend(figure, colours, conditions, "condition")
+    title = "condition (reach direction)" if directions else "condition"
+    _condition_legend(figure, colours, labels, title)
     save_figure(figure, out)
 
 
-def _factor_projection(factors: np.ndarray, n_components: int = 3) -> np.ndarray:
-    """factors (N, T, F) projected on their top principal components: (N, T, n_components)."""
+def _factor_projection(factors: np.ndarray, n_components: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """factors (N, T, F) projected on their top principal components, (N, T, n_components), and
+    the fraction of the factors' variance each component explains, (n_components,)."""
     n_trials, n_bins, n_factors = factors.shape
     flat = factors.reshape(-1, n_factors)
     centred = flat - flat.mean(0)
-    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20000)], full_matrices=False)
-    return (centred @ components[:n_components].T).reshape(n_trials, n_bins, -1)
+    sample = centred[:: max(1, len(centred) // 20000)]
+    _, singular, components = np.linalg.svd(sample, full_matrices=False)
+    explained = singular**2 / np.sum(singular**2)
+    projected = (centred @ components[:n_components].T).reshape(n_trials, n_bins, -1)
+    return projected, explained[:n_components]
 
 
 def _train_valid_conditions(prepared_path: str | Path, n_trials: int) -> np.ndarray:
@@ -376,31 +438,37 @@ def factor_trajectories(
     prepared_path: str | Path, inferred_path: str | Path, out: str | Path
 ) -> None:
     """Condition-averaged factors of the train and valid trials on their top principal
-    components, one colour per condition."""
+    components (with the variance each explains), one colour per condition (by reach direction
+    where the layout has one)."""
     inferred = read_inferred(inferred_path, keys=("factors",)).splits
     factors = np.concatenate([inferred["train"].factors, inferred["valid"].factors])
     conditions = _train_valid_conditions(prepared_path, len(factors))
     attributes = read_prepared(prepared_path, keys=()).attributes
-    projected = _factor_projection(factors)
+    projected, explained = _factor_projection(factors)
     times, time_label = time_axis_ms(attributes, factors.shape[1])
     present = np.unique(conditions[conditions >= 0])
-    drawn = present[_drawn_conditions(len(present))]
-    colours = condition_colours(len(drawn))
+    directions = condition_directions(prepared_path)
+    drawn, colours, labels = _conditions_and_colours(present, directions, MAX_CONDITIONS)
+    pc = [
+        f"factor PC {k + 1} ({100 * fraction:.0f}% of variance)"
+        for k, fraction in enumerate(explained)
+    ]
     figure, axes = new_figure(1, 2, 10.5, 4)
     for colour, condition in zip(colours, drawn):
         mean = projected[conditions == condition].mean(0)
         axes[0, 0].plot(mean[:, 0], mean[:, 1], color=colour, lw=1)
         axes[0, 0].plot(mean[0, 0], mean[0, 1], "o", color=colour, ms=3)
         axes[0, 1].plot(times, mean[:, 0], color=colour, lw=1)
-    axes[0, 0].set_xlabel("factor PC 1")
-    axes[0, 0].set_ylabel("factor PC 2")
+    axes[0, 0].set_xlabel(pc[0])
+    axes[0, 0].set_ylabel(pc[1])
     axes[0, 0].set_title("trajectories (dot: first bin)")
     axes[0, 1].set_xlabel(time_label)
-    axes[0, 1].set_ylabel("factor PC 1")
+    axes[0, 1].set_ylabel(pc[0])
     axes[0, 1].set_title("PC 1 over time")
     shown = "every" if len(drawn) == len(present) else f"{len(drawn)} of {len(present)}"
     figure.suptitle(f"Best run: factors averaged per condition ({shown} condition)")
-    _condition_legend(figure, colours, drawn, "condition")
+    title = "condition (reach direction)" if directions else "condition"
+    _condition_legend(figure, colours, labels, title)
     save_figure(figure, out)
 
 
@@ -419,10 +487,10 @@ def inferred_inputs(prepared_path: str | Path, inferred_path: str | Path, out: s
     conditions = _train_valid_conditions(prepared_path, len(inputs))
     times, time_label = time_axis_ms(attributes, inputs.shape[1])
     present = np.unique(conditions[conditions >= 0])
-    drawn = present[_drawn_conditions(len(present))]
-    colours = condition_colours(len(drawn))
+    directions = condition_directions(prepared_path)
+    drawn, colours, labels = _conditions_and_colours(present, directions, MAX_CONDITIONS)
     n_inputs = inputs.shape[2]
-    figure, axes = new_figure(1, n_inputs, 3.8 * n_inputs + 1.2, 3.4, sharex=True)
+    figure, axes = new_figure(1, n_inputs, 3.8 * n_inputs + 2.0, 3.4, sharex=True)
     for index in range(n_inputs):
         ax = axes[0, index]
         for colour, condition in zip(colours, drawn):
@@ -444,7 +512,8 @@ def inferred_inputs(prepared_path: str | Path, inferred_path: str | Path, out: s
     figure.suptitle(
         f"Best run: inferred inputs per condition (shade: ±1 s.d., condition {drawn[0]})"
     )
-    _condition_legend(figure, colours, drawn, "condition")
+    title = "condition (reach direction)" if directions else "condition"
+    _condition_legend(figure, colours, labels, title)
     save_figure(figure, out)
 
 
@@ -510,12 +579,13 @@ def decoded_velocity(
     n_dims = eval_behavior.shape[2]
     n_trials = min(N_EXAMPLE_TRIALS, len(eval_behavior))
     figure, axes = new_figure(n_dims, n_trials, 3.8 * n_trials, 2.5 * n_dims, sharex=True)
+    names = trial_names(prepared_path, "eval", n_trials)
     for trial in range(n_trials):
         for dim in range(n_dims):
             ax = axes[dim, trial]
             ax.plot(times, eval_behavior[trial, :, dim], color="k", lw=1, label="recorded")
             ax.plot(times, predicted[trial, :, dim], color="C0", lw=1, label="decoded")
-            ax.set_title(f"eval trial {trial}, {'xyz'[dim] if n_dims <= 3 else dim}", fontsize=9)
+            ax.set_title(f"{names[trial]}, {'xyz'[dim] if n_dims <= 3 else dim}", fontsize=9)
             ax.set_xlabel(time_label)
             ax.set_ylabel(f"{quantity} (mm/s)")
     axes[0, 0].legend(fontsize=7)
@@ -559,10 +629,12 @@ def rates_vs_truth(prepared_path: str | Path, inferred_path: str | Path, out: st
     axes[0, 0].set_title(f"every eval bin; R² {r2:.3f}")
     figure.colorbar(image, ax=axes[0, 0], label="bins (neuron x time)", location="left")
     neurons = np.linspace(0, truth.shape[2] - 1, N_EXAMPLE_NEURONS).astype(int)
+    (name,) = trial_names(prepared_path, "eval", 1)
     for ax, neuron in zip(axes[0, 1:], neurons):
         ax.plot(times, truth[0, :, neuron], color="k", lw=1, label="true")
         ax.plot(times, rates[0, :, neuron], color="C0", lw=1, label="inferred")
-        ax.set_title(f"eval trial 0, neuron {neuron}")
+        band = "held-out" if neuron >= attributes.n_heldin else "held-in"
+        ax.set_title(f"{name}, neuron {neuron} ({band})", fontsize=9)
         ax.set_xlabel(time_label)
         ax.set_ylabel("rate (Hz)")
     axes[0, 1].legend(fontsize=7)

@@ -71,6 +71,7 @@ class PreparedSplit:
     encod_data: np.ndarray | None = None  # (N, T, n_heldin) held-in spikes per bin, NaN as 0
     recon_data: np.ndarray | None = None  # (N, T + F, H) targets, NaN where unobserved; not eval
     nlb_index: np.ndarray | None = None  # (N,) row of each trial in nlb_tools' order
+    trial_id: np.ndarray | None = None  # (N,) the trial's id in the source NWB file's trials table
     ext_input: np.ndarray | None = None  # (N, T or T + F, E) external inputs (optional)
     behavior: np.ndarray | None = None  # (N, T, n_behavior) behaviour at the layout's lag
     condition: np.ndarray | None = None  # (N,) PSTH condition index, -1 none
@@ -84,7 +85,7 @@ class PreparedSplit:
 
 
 SPLIT_KEYS = tuple(f.name for f in fields(PreparedSplit))
-_INTEGER_KEYS = ("nlb_index", "condition")
+_INTEGER_KEYS = ("nlb_index", "trial_id", "condition")
 
 
 @dataclass
