@@ -259,3 +259,29 @@ def test_group_names_and_bin_widths():
         group_name("mc_maze", 10)
     with pytest.raises(ValueError, match="unknown nlb_layout 'mc_mase'.*mc_maze_small"):
         group_name("mc_mase", 5)
+
+
+def test_lean_smoothing_gives_nlb_tools_own_numbers(synthetic_dir):
+    """The PSTH step's smoothing (`lean_smooth_spk`) against nlb_tools' `smooth_spk` on the same
+    1 ms spikes, with a stretch of NaN (its ignore_nans path): equal to the last bit, columns and
+    times alike (nlb_tools' column levels come out of a concatenation as objects, ours as
+    integers), and nlb_tools' method is back after the block."""
+    from nlb_tools.nwb_interface import NWBDataset
+
+    from lfads.data.targets import lean_smoothing
+
+    own = NWBDataset(str(synthetic_dir / SYNTHETIC_ASSETS["train"]), skip_fields=["hand_vel"])
+    own.data = own.data.loc[:, ["spikes", "heldout_spikes"]]
+    own.data.iloc[3000:3400, 2] = np.nan
+    lean = NWBDataset.__new__(NWBDataset)
+    lean.__dict__.update(own.__dict__, data=own.data.copy())
+    method = NWBDataset.smooth_spk
+    own.smooth_spk(50, overwrite=True, ignore_nans=True, parallelized=False)
+    with lean_smoothing():
+        assert NWBDataset.smooth_spk is not method
+        lean.smooth_spk(50, overwrite=True, ignore_nans=True)
+    assert NWBDataset.smooth_spk is method
+    assert lean.data.isna().to_numpy().sum() == 400
+    assert list(lean.data.columns) == list(own.data.columns)
+    assert lean.data.index.equals(own.data.index)
+    np.testing.assert_array_equal(lean.data.to_numpy(), own.data.to_numpy())
