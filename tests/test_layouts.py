@@ -285,12 +285,14 @@ def test_the_seven_dataset_submission_has_nlb_tools_test_phase_shapes_and_is_sco
     rng = np.random.default_rng(0)
     for dataset in NLB_DATASETS:
         group = combined[f"{dataset}_20"]
+        nlb_train = nlb_dataset(nwb(workdir, "train", dataset), 20)
         train = make_train_input_tensors(
-            nlb_dataset(nwb(workdir, "train", dataset), 20),
+            nlb_train,
             dataset,
             ["train", "val"],
             save_file=False,
             include_forward_pred=True,
+            include_behavior=LAYOUTS[dataset].has_behavior_series,
         )
         test = make_eval_input_tensors(
             nlb_dataset(nwb(workdir, "test", dataset), 20), dataset, "test", save_file=False
@@ -315,7 +317,7 @@ def test_the_seven_dataset_submission_has_nlb_tools_test_phase_shapes_and_is_sco
             "eval_spikes_heldout": spikes[:, :n_bins, n_heldin:],
             "eval_spikes_heldin_forward": spikes[:, n_bins:, :n_heldin],
             "eval_spikes_heldout_forward": spikes[:, n_bins:, n_heldin:],
-            "train_behavior": train_behavior(workdir, dataset, len(train["train_spikes_heldin"])),
+            "train_behavior": train_behavior(nlb_train, train),
             "eval_behavior": behaviour_of_test_trials(
                 workdir, dataset, behaviour_shape, n_behavior
             ),
@@ -340,23 +342,14 @@ def read_prepared_truth(path: Path) -> np.ndarray:
     return read_prepared(path, keys=("truth",)).splits["eval"].truth
 
 
-def train_behavior(workdir: Path, dataset: str, n_trials: int) -> np.ndarray:
-    """The NLB train and val trials' behaviour as nlb_tools makes it (test phase)."""
-    from nlb_tools.make_tensors import make_train_input_tensors
-
-    if dataset == "dmfc_rsg":
-        nlb = nlb_dataset(nwb(workdir, "train", dataset), 20)
+def train_behavior(nlb, train: dict) -> np.ndarray:
+    """The NLB train and val trials' behaviour as nlb_tools makes it (test phase): `train`'s
+    tensors (made with include_behavior), DMFC_RSG's trial conditions and tp from `nlb`."""
+    if "train_behavior" not in train:
         info = nlb.trial_info[nlb.trial_info.split.isin(["train", "val"])]
         return info[["is_eye", "theta", "is_short", "ts", "tp"]].to_numpy(float)
-    out = make_train_input_tensors(
-        nlb_dataset(nwb(workdir, "train", dataset), 20),
-        dataset,
-        ["train", "val"],
-        save_file=False,
-        include_behavior=True,
-    )
-    assert len(out["train_behavior"]) == n_trials
-    return out["train_behavior"]
+    assert len(train["train_behavior"]) == len(train["train_spikes_heldin"])
+    return train["train_behavior"]
 
 
 def behaviour_of_test_trials(

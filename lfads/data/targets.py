@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ def check_tp_corr_conditions(eval_behavior: np.ndarray, train_nwb: Path) -> None
 
 def lean_smooth_spk(
     self,
+    nlb_smooth_spk,
     gauss_width,
     signal_type=None,
     name=None,
@@ -73,17 +75,17 @@ def lean_smooth_spk(
     but into one copy of the frame, not nlb_tools' six (its process pool's copies, the smoothed
     columns, their stack, a concatenated frame and a sorted one). On a real-size MC_Maze stand-in
     at 5 ms the targets step peaked at 9.3 GB instead of 23 GB. Any other call goes to nlb_tools'
-    own method."""
+    own method, `nlb_smooth_spk`."""
     import pandas as pd
-    from nlb_tools.nwb_interface import NWBDataset, smooth_column
+    from nlb_tools.nwb_interface import smooth_column
     from scipy import signal
 
     if signal_type is None:
         signal_type = [f for f in ("spikes", "heldout_spikes") if f in self.data.columns]
     if isinstance(signal_type, str):
         signal_type = [signal_type]
-    if not overwrite or self.data[list(signal_type)].shape[1] != self.data.shape[1]:
-        return _NLB_SMOOTH_SPK[NWBDataset](
+    if not overwrite or not self.data.columns.get_level_values(0).isin(signal_type).all():
+        return nlb_smooth_spk(
             self, gauss_width, signal_type, name, overwrite, ignore_nans, parallelized, dtype
         )
     bin_std = gauss_width / self.bin_width  # nlb_tools' kernel: 3 s.d. each side, sums to 1
@@ -100,20 +102,17 @@ def lean_smooth_spk(
         self.data.sort_index(axis=1, inplace=True)
 
 
-_NLB_SMOOTH_SPK: dict = {}  # NWBDataset -> its own smooth_spk, while lean_smoothing is on
-
-
 @contextlib.contextmanager
 def lean_smoothing() -> Iterator[None]:
     """nlb_tools' NWBDataset smooths with `lean_smooth_spk` inside the block."""
     from nlb_tools.nwb_interface import NWBDataset
 
-    _NLB_SMOOTH_SPK[NWBDataset] = NWBDataset.smooth_spk
-    NWBDataset.smooth_spk = lean_smooth_spk
+    own = NWBDataset.smooth_spk
+    NWBDataset.smooth_spk = functools.partialmethod(lean_smooth_spk, own)
     try:
         yield
     finally:
-        NWBDataset.smooth_spk = _NLB_SMOOTH_SPK.pop(NWBDataset)
+        NWBDataset.smooth_spk = own
 
 
 def make_targets(train_nwb: Path, nlb_layout: str, bin_width_ms: int) -> dict:
