@@ -2,7 +2,8 @@
 
 Skipped, with the reason, where SLURM cannot be installed or started. The
 commands are the ones users type; only the partition and account of the
-profile are overridden for the local cluster (its CPU partition is `debug`).
+profile are overridden for the local cluster (its CPU partition is `debug`), and
+the plugin's status checks are at most 10 s apart (tests/slurm/snakemake_polling.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ LOCAL_CLUSTER = [
     "--slurm-init-seconds-before-status-checks",
     "5",
 ]
+POLLING = Path(__file__).parent / "slurm" / "snakemake_polling.py"
+
+
+def on_cluster(workdir: Path, *args: str) -> list[str]:
+    """The user's `snakemake --profile slurm` on the local cluster, its status checks at most 10 s
+    apart (tests/slurm/snakemake_polling.py)."""
+    command = snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER, *args)
+    return [sys.executable, str(POLLING), *command[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +161,7 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 def test_pipeline_through_the_profile_matches_a_local_run(cluster, pipeline, tmp_path):
     submitted_before = {job["job"] for job in sacct(cluster)}
     on_slurm = workdir_with_config(tmp_path / "slurm")
-    result = run(
-        snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER), environment(cluster)
-    )
+    result = run(on_cluster(on_slurm), environment(cluster))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
 
     jobs = [job for job in sacct(cluster) if job["job"] not in submitted_before]
@@ -227,7 +234,7 @@ def test_a_train_job_killed_at_its_time_limit_then_cancelled_resumes_each_time(c
     )
     env = environment(cluster)
     target = f"results/tiny/val/runs/{run_name}/metrics.csv"  # training only: what resumes
-    command = snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER, target)
+    command = on_cluster(workdir, target)
     process = subprocess.Popen(
         guarded(command, 1800),
         cwd=REPO,
@@ -312,7 +319,7 @@ def test_a_pbt_search_is_one_job_and_matches_a_local_run(cluster, tmp_path):
     env = environment(cluster)
     submitted_before = {job["job"] for job in sacct(cluster)}
     on_slurm = workdir_with_config(tmp_path / "slurm", model=model, search={"pbt": pbt})
-    result = run(snakemake_command(on_slurm, "--profile", "slurm", *LOCAL_CLUSTER, history), env)
+    result = run(on_cluster(on_slurm, history), env)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
 
     jobs = [job for job in sacct(cluster) if job["job"] not in submitted_before]
@@ -327,8 +334,8 @@ def test_a_pbt_search_is_one_job_and_matches_a_local_run(cluster, tmp_path):
     rows_slurm, rows_local = read_history(on_slurm / history), read_history(local / history)
     assert [row["generation"] for row in rows_slurm] == [0] * 4 + [1] * 4 + [2] * 4
     assert len(rows_slurm) == len(rows_local)
-    for on_cluster, here in zip(rows_slurm, rows_local):
-        assert on_cluster == pytest.approx(here, abs=1e-6)
+    for there, here in zip(rows_slurm, rows_local):
+        assert there == pytest.approx(here, abs=1e-6)
 
 
 def test_bad_config_value_submits_nothing(cluster, tmp_path):
@@ -339,7 +346,7 @@ def test_bad_config_value_submits_nothing(cluster, tmp_path):
         model={"bin_width": 20, "hparams": {**MODEL, "gen_dimm": 3}},
     )
     result = run(
-        snakemake_command(workdir, "--profile", "slurm", *LOCAL_CLUSTER),
+        on_cluster(workdir),
         environment(cluster),
         timeout=120,
     )

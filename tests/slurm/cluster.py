@@ -97,6 +97,7 @@ class LocalSlurm:
                     "AccountingStoreFlags=job_comment",
                     "ReturnToService=2",
                     "MinJobAge=600",
+                    "KillWait=5",  # SIGTERM to SIGKILL at a time limit (default 30 s)
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     f"StateSaveLocation={state / 'ctld'}",
