@@ -422,3 +422,38 @@ def pipeline(tmp_path_factory) -> tuple[Path, Callable[..., subprocess.Completed
     result = snakemake("--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, snakemake
+
+
+# The names the workflow gives a run's files (workflow/rules/common.smk); the package is given the
+# paths (lfads.formats.runs).
+RUN_FILE_NAMES = {
+    "metrics": "metrics.json",
+    "curves": "metrics.csv",
+    "hparams": "hparams.yaml",
+    "model": "model.ckpt",
+    "inferred": "inferred.h5",
+    "members": "members.tsv",
+    "nwb": "rates.nwb",
+}
+
+
+def run_files_in(folders: dict, *, existing: bool = True) -> dict:
+    """{run: RunFiles} of {run: its folder}: the files there, named as the workflow names them
+    (existing=False: every kind, for a step that writes them)."""
+    from lfads.formats.runs import RunFiles
+
+    return {
+        run: RunFiles(
+            **{
+                kind: Path(folder) / name
+                for kind, name in RUN_FILE_NAMES.items()
+                if not existing or (Path(folder) / name).exists()
+            }
+        )
+        for run, folder in folders.items()
+    }
+
+
+def run_files_under(run_dir, runs) -> dict:
+    """run_files_in of run_dir/<run>/ for each of `runs`."""
+    return run_files_in({run: Path(run_dir) / run for run in runs})

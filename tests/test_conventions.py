@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import REPO, job_count, run_snakemake
+from conftest import REPO, RUN_FILE_NAMES, job_count, run_snakemake
 
 from lfads.cli import COMMANDS
 
@@ -138,6 +138,24 @@ def test_imports_go_down_the_layers_and_never_in_a_circle():
         if name not in order:
             visit(name)
     assert cycles == []
+
+
+def test_the_rules_alone_name_a_runs_files_and_no_folder_is_rebuilt_from_a_file():
+    """A run's file names are written in workflow/rules/ (the rules declare them) and nowhere else
+    in workflow/, and no rule or script climbs from a file to a folder with .parent.parent."""
+    found = []
+    for path in sorted((REPO / "workflow").rglob("*")):
+        if path.suffix not in (".py", ".smk") and path.name != "Snakefile":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            where = f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+            if ".parent.parent" in line:
+                found.append(where)
+            if path.parent.name != "rules" and any(
+                f'"{name}' in line or f"/{name}" in line for name in RUN_FILE_NAMES.values()
+            ):
+                found.append(where)
+    assert found == []
 
 
 def test_a_command_given_a_missing_or_wrong_file_says_so_in_one_line(tmp_path, caplog):

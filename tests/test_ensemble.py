@@ -15,7 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, SNAKEFILE, WORKFLOW_HPARAMS, job_count, snakemake_in, write_tiny_config
+from conftest import (
+    REPO,
+    SNAKEFILE,
+    WORKFLOW_HPARAMS,
+    job_count,
+    run_files_in,
+    run_files_under,
+    snakemake_in,
+    write_tiny_config,
+)
 
 from lfads.config import ConfigError, check_config, validate_config
 from lfads.evaluation.aggregate import write_summary
@@ -25,7 +34,6 @@ from lfads.evaluation.ensemble import (
     is_ensemble,
     poisson_loss,
     rank_runs,
-    read_members,
     write_ensemble,
 )
 from lfads.evaluation.evaluate import evaluate_run
@@ -40,6 +48,7 @@ from lfads.formats.inferred import (
 )
 from lfads.formats.metrics import read_metrics_csv, write_metrics_csv
 from lfads.formats.prepared import read_prepared
+from lfads.formats.runs import read_members
 from lfads.formats.summary import best_run
 from lfads.infra.io import write_json
 
@@ -50,6 +59,23 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 def prepared(prepared_files):
     """The session's 20 ms prepared file (conftest.prepared_files)."""
     return prepared_files(20).prepared
+
+
+def ensemble_of(prepared, runs: dict, top_k: int, folder):
+    """write_ensemble of {run: its folder}, into `folder`, named as the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (out,) = run_files_in({folder.name: folder}, existing=False).values()
+    return write_ensemble(prepared, run_files_in(runs), top_k, out, folder.name)
+
+
+def summary_of(runs: dict, run_dir, out):
+    """write_summary of the runs under run_dir."""
+    return write_summary(runs, run_files_under(run_dir, runs), out)
+
+
+def members_under(run_dir) -> dict:
+    """{ensemble: its members.tsv} of the ensembles under run_dir."""
+    return {folder.name: folder / "members.tsv" for folder in run_dir.glob("ensemble-top*")}
 
 
 def stand_in_run(folder, prepared_path, noise: float, smoothed: list[float], seed: int):
@@ -105,7 +131,7 @@ def test_averaging_identical_runs_gives_that_run_exactly(prepared, tmp_path):
         f"copy{index}": stand_in_run(tmp_path / f"copy{index}", prepared, 0.3, [0.5 + index], 7)
         for index in range(3)
     }
-    result = write_ensemble(prepared, runs, 3, tmp_path / "ensemble-top3")
+    result = ensemble_of(prepared, runs, 3, tmp_path / "ensemble-top3")
     one = read_inferred(runs["copy0"] / "inferred.h5").splits
     ensemble = read_inferred(tmp_path / "ensemble-top3" / "inferred.h5")
     assert list(ensemble.splits) == ["train", "valid", "eval"]
@@ -135,7 +161,7 @@ def test_ensemble_loss_is_at_most_the_members_mean(prepared, tmp_path, capsys):
         f"noise~{noise}": stand_in_run(tmp_path / f"noise{noise}", prepared, noise, [loss], seed)
         for seed, (noise, loss) in enumerate([(0.3, 1.0), (0.5, 1.1), (0.7, 1.2)])
     }
-    result = write_ensemble(prepared, runs, 3, tmp_path / "ensemble-top3")
+    result = ensemble_of(prepared, runs, 3, tmp_path / "ensemble-top3")
     members_mean = float(np.mean(result.member_losses))
     # Poisson loss is convex in the rate: the loss of the mean rate is at most the mean loss
     assert result.loss <= members_mean
@@ -163,19 +189,19 @@ def test_members_are_the_best_at_their_best_epoch_and_never_diverged(prepared, t
         "diverged": diverged_run(tmp_path / "c", prepared),
         "worst": stand_in_run(tmp_path / "d", prepared, 0.3, [0.8, 0.7], 2),
     }
-    ranked = rank_runs(runs)
+    ranked = rank_runs(run_files_in(runs))
     assert [(m.name, m.best_valid_recon_smoothed) for m in ranked] == [
         ("late-worse", 0.4),
         ("steady", 0.5),
         ("worst", 0.7),
     ]
-    write_ensemble(prepared, runs, 2, tmp_path / "ensemble-top2")
+    ensemble_of(prepared, runs, 2, tmp_path / "ensemble-top2")
     members = read_members(tmp_path / "ensemble-top2" / "members.tsv")
     assert list(members.run) == ["late-worse", "steady"] and list(members["rank"]) == [1, 2]
     assert list(members.best_valid_recon_smoothed) == [0.4, 0.5]
     # more members asked for than runs that did not diverge: those left, and the log says so
     with caplog.at_level(logging.WARNING):
-        result = write_ensemble(prepared, runs, 4, tmp_path / "ensemble-top4")
+        result = ensemble_of(prepared, runs, 4, tmp_path / "ensemble-top4")
     assert [member.name for member in result.members] == ["late-worse", "steady", "worst"]
     assert "ensemble.top_k is 4 but only 3 of the 4 runs did not diverge" in caplog.text
 
@@ -201,14 +227,14 @@ def test_runs_holding_the_same_weights_are_one_member(prepared, tmp_path, caplog
         "other": with_weights(stand_in_run(tmp_path / "c", prepared, 0.3, [0.6], 1), 8),
     }
     with caplog.at_level(logging.INFO):
-        result = write_ensemble(prepared, runs, 2, tmp_path / "ensemble-top2")
+        result = ensemble_of(prepared, runs, 2, tmp_path / "ensemble-top2")
     assert [member.name for member in result.members] == ["original", "other"]
     assert "copy holds the same weights as original" in caplog.text
 
 
 def test_an_ensemble_of_diverged_runs_is_listed_as_diverged(prepared, tmp_path):
     runs = {name: diverged_run(tmp_path / name, prepared) for name in ("lr~10", "lr~100")}
-    result = write_ensemble(prepared, runs, 2, tmp_path / "runs" / "ensemble-top2")
+    result = ensemble_of(prepared, runs, 2, tmp_path / "runs" / "ensemble-top2")
     assert result.members == [] and np.isnan(result.loss)
     metrics = evaluate_run(
         prepared, tmp_path / "runs" / "ensemble-top2" / "inferred.h5", None, tmp_path / "m.json"
@@ -232,15 +258,15 @@ def scored_search(tmp_path, prepared, noises):
     write_json(diverged / "metrics.json", {"diverged": True, "diverged_epoch": 2})
     runs["dropout~0.9"] = {"dropout": 0.9}
     name = ensemble_name(len(noises))
-    write_ensemble(prepared, {run: run_dir / run for run in runs}, len(noises), run_dir / name)
+    ensemble_of(prepared, {run: run_dir / run for run in runs}, len(noises), run_dir / name)
     write_json(run_dir / name / "metrics.json", {"co-bps": 0.31, "vel R2": 0.52})
     return run_dir, runs
 
 
 def test_the_ensemble_row_is_added_and_the_run_rows_stay_the_same(prepared, tmp_path):
     run_dir, runs = scored_search(tmp_path, prepared, [(0.5, 1.2), (0.5, 1.0), (0.5, 1.1)])
-    write_summary(runs, run_dir, tmp_path / "without.tsv")
-    table = write_summary({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "with.tsv")
+    summary_of(runs, run_dir, tmp_path / "without.tsv")
+    table = summary_of({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "with.tsv")
     without = (tmp_path / "without.tsv").read_text().splitlines()
     with_ensemble = (tmp_path / "with.tsv").read_text().splitlines()
     # one row more, after the scored runs and before the diverged one; the others byte for byte
@@ -260,20 +286,20 @@ def test_the_ensemble_row_is_added_and_the_run_rows_stay_the_same(prepared, tmp_
 def test_the_submission_takes_the_ensemble_only_when_its_loss_is_lower(prepared, tmp_path):
     # Independent noise of one size: the average is nearer the truth than any member
     run_dir, runs = scored_search(tmp_path / "a", prepared, [(0.5, 1.2), (0.5, 1.0), (0.5, 1.1)])
-    summary = write_summary({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "a.tsv")
+    summary = summary_of({**runs, "ensemble-top3": {}}, run_dir, tmp_path / "a.tsv")
     members = read_members(run_dir / "ensemble-top3" / "members.tsv")
     assert summary.val_recon_smoothed[3] < members.valid_poisson_loss[0]
-    assert submitted_run(tmp_path / "a.tsv", run_dir) == "ensemble-top3"
+    assert submitted_run(tmp_path / "a.tsv", members_under(run_dir)) == "ensemble-top3"
     # Two members, one far noisier than the best: the average is worse than the best run
     run_dir, runs = scored_search(tmp_path / "b", prepared, [(0.05, 1.0), (1.5, 1.1)])
-    summary = write_summary({**runs, "ensemble-top2": {}}, run_dir, tmp_path / "b.tsv")
+    summary = summary_of({**runs, "ensemble-top2": {}}, run_dir, tmp_path / "b.tsv")
     members = read_members(run_dir / "ensemble-top2" / "members.tsv")
     assert summary.val_recon_smoothed[2] > members.valid_poisson_loss[0]
-    assert submitted_run(tmp_path / "b.tsv", run_dir) == best_run(tmp_path / "b.tsv")
+    assert submitted_run(tmp_path / "b.tsv", members_under(run_dir)) == best_run(tmp_path / "b.tsv")
     assert best_run(tmp_path / "b.tsv") == "dropout~0.0"
     # without an ensemble the best run, as before
-    write_summary(runs, run_dir, tmp_path / "c.tsv")
-    assert submitted_run(tmp_path / "c.tsv", run_dir) == "dropout~0.0"
+    summary_of(runs, run_dir, tmp_path / "c.tsv")
+    assert submitted_run(tmp_path / "c.tsv", members_under(run_dir)) == "dropout~0.0"
 
 
 # -- the configfile --------------------------------------------------------------------------------

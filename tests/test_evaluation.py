@@ -13,6 +13,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import run_files_under
 
 from lfads.evaluation.aggregate import write_summary
 from lfads.evaluation.evaluate import evaluate_run
@@ -114,7 +115,7 @@ def test_runs_scored_aggregated_and_submitted(prepared, scored_runs, tmp_path):
     assert scores["noise~0.1"]["rate R2"] > 0.9 > scores["noise~0.8"]["rate R2"]
     assert {"co-bps", "vel R2", "psth R2", "fp-bps", "rate R2"} <= set(scores["noise~0.1"])
 
-    table = write_summary(RUNS, folder, tmp_path / "summary.tsv")
+    table = write_summary(RUNS, run_files_under(folder, RUNS), tmp_path / "summary.tsv")
     assert list(table.run) == ["noise~0.8", "noise~0.1"]
     assert list(table.best) == [True, False]
     assert table.best_epoch.tolist() == [3, 3] and table.val_recon_smoothed.tolist() == [1.2, 1.5]
@@ -138,11 +139,18 @@ def test_runs_scored_aggregated_and_submitted(prepared, scored_runs, tmp_path):
 def test_every_figure_of_the_runs_is_drawn(prepared, scored_runs, tmp_path):
     prepared_path, targets = prepared
     folder, _ = scored_runs
-    write_summary(RUNS, folder, tmp_path / "summary.tsv")
+    write_summary(RUNS, run_files_under(folder, RUNS), tmp_path / "summary.tsv")
     names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
     outputs = {name: tmp_path / "figures" / f"{name}.png" for name in names}
+    files = run_files_under(folder, RUNS)
     all_figures(
-        tmp_path / "summary.tsv", folder, RUNS, prepared_path, targets, "mc_maze_20", outputs
+        tmp_path / "summary.tsv",
+        {run: files[run].inferred for run in RUNS},
+        {run: files[run].curves for run in RUNS},
+        prepared_path,
+        targets,
+        "mc_maze_20",
+        outputs,
     )
     for name, path in outputs.items():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -161,7 +169,7 @@ def test_the_best_run_is_chosen_by_its_best_epoch_not_its_last(tmp_path):
         ]
         write_metrics_csv(tmp_path / name / "metrics.csv", rows)
         (tmp_path / name / "metrics.json").write_text(json.dumps({"co-bps": 0.3}))
-    table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    table = write_summary(runs, run_files_under(tmp_path, runs), tmp_path / "summary.tsv")
     assert list(table.run) == ["early", "late"] and list(table.best) == [True, False]
     assert table.best_epoch.tolist() == [2, 4]  # from 1, as the log counts
     assert table.val_recon_smoothed.tolist() == [0.9, 1.2]  # the best epoch's, not the last's

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_files_under
 
 from lfads.evaluation.aggregate import write_summary
 from lfads.evaluation.evaluate import evaluate_run
@@ -81,7 +82,7 @@ def scored(prepared, tmp_path_factory):
         evaluate_run(
             prepared_path, folder / name / "inferred.h5", targets, folder / name / "metrics.json"
         )
-    write_summary(RUNS, folder, folder / "summary.tsv")
+    write_summary(RUNS, run_files_under(folder, RUNS), folder / "summary.tsv")
     write_references(prepared_path, targets, folder / "references.json")
     return {
         "runs": folder,
@@ -192,10 +193,11 @@ def test_every_figure_is_drawn_labelled_without_overlapping_text(scored, monkeyp
     monkeypatch.setattr(figures, "save_figure", keep)
     names = [figure.name for figure in figures_for("val", "mc_maze", has_truth=True)]
     outputs = {name: tmp_path / f"{name}.png" for name in names}
+    files = run_files_under(scored["runs"], RUNS)
     figures.all_figures(
         scored["summary"],
-        scored["runs"],
-        RUNS,
+        {run: files[run].inferred for run in RUNS},
+        {run: files[run].curves for run in RUNS},
         scored["prepared"],
         scored["targets"],
         "mc_maze_20",
@@ -233,7 +235,9 @@ def test_the_selection_and_loss_panels_draw_the_summary_and_metrics_in_nats_per_
     }
     assert drawn["scores.png"].axes[0].get_gridspec().ncols <= 3
 
-    figures.training_curves({name: scored["runs"] / name for name in RUNS}, "curves.png")
+    figures.training_curves(
+        {name: scored["runs"] / name / "metrics.csv" for name in RUNS}, "curves.png"
+    )
     recon, kept = drawn["curves.png"].axes
     assert recon.get_ylabel() == "nats per bin and neuron"
     assert kept.get_ylabel() == figures.SELECTION_LABEL
@@ -296,7 +300,7 @@ def test_summary_html_puts_the_best_run_beside_the_references(tmp_path):
         ]
         write_metrics_csv(tmp_path / name / "metrics.csv", rows)
         (tmp_path / name / "metrics.json").write_text(json.dumps(scores[name]))
-    write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    write_summary(runs, run_files_under(tmp_path, runs), tmp_path / "summary.tsv")
     references = {SMOOTHING: {"co-bps": 0.25, "vel R2": 0.6, "kernel_sd_ms": 50.0}}
     (tmp_path / "references.json").write_text(json.dumps(references))
     page = write_summary_html(

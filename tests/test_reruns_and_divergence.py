@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_HPARAMS
+from conftest import TINY_HPARAMS, run_files_under
 
 from lfads.bench.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import read_model
@@ -275,7 +275,7 @@ def test_a_diverged_run_is_marked_and_never_selected(tmp_path):
     write_metrics_csv(tmp_path / "lr~1000" / "metrics.csv", [])  # diverged in epoch 1
     diverged = {"diverged": True, "diverged_epoch": 1, "diverged_reason": "train ... at epoch 1"}
     (tmp_path / "lr~1000" / "metrics.json").write_text(json.dumps(diverged))
-    table = write_summary(runs, tmp_path, tmp_path / "summary.tsv")
+    table = write_summary(runs, run_files_under(tmp_path, runs), tmp_path / "summary.tsv")
     assert list(table.run) == ["lr~0.01", "lr~1000"]
     assert list(table.best) == [True, False] and list(table.diverged) == [False, True]
     assert math.isnan(table.nlb_co_bps[1]) and best_run(tmp_path / "summary.tsv") == "lr~0.01"

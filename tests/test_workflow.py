@@ -181,13 +181,12 @@ def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeyp
     monkeypatch.setattr(figures, "best_run", lambda summary: "base")
     monkeypatch.setattr(figures, "scored_runs", lambda summary: ["base"])
     outputs = {figure.name: tmp_path / f"{figure.name}.png" for figure in FIGURES}
-    figures.all_figures(
-        tmp_path / "summary.tsv", tmp_path, {"base": {}}, tmp_path, tmp_path, "g", outputs
-    )
+    runs = {"base": tmp_path / "inferred.h5"}
+    figures.all_figures(tmp_path / "summary.tsv", runs, runs, tmp_path, tmp_path, "g", outputs)
     assert sorted(path for paths in drawn.values() for path in paths) == sorted(outputs.values())
     assert all(len(paths) >= 1 for paths in drawn.values()), drawn
     with pytest.raises(ValueError, match="unknown figure.*best_raster"):
-        figures.all_figures(tmp_path, tmp_path, {}, tmp_path, None, "g", {"raster": tmp_path})
+        figures.all_figures(tmp_path, {}, {}, tmp_path, None, "g", {"raster": tmp_path})
 
     report = REPO / "workflow" / "report"
     tables = {"workflow.rst", "summary.rst", "summary_html.rst", "summary_columns.rst"}

@@ -10,7 +10,6 @@ runs (lfads/evaluation/ensemble.py).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 
 from lfads.evaluation.ensemble import is_ensemble
 from lfads.formats.metrics import EPOCH, best_and_final_epoch, epochs_with_validation
+from lfads.formats.runs import RunFiles, read_scores
 from lfads.formats.summary import (
     BEST,
     BEST_EPOCH,
@@ -35,21 +35,22 @@ from lfads.formats.summary import (
 log = logging.getLogger(__name__)
 
 
-def summary_row(name: str, params: dict, folder: Path, searched: list[str]) -> dict:
+def summary_row(name: str, params: dict, files: RunFiles, searched: list[str]) -> dict:
     """One run's row (lfads.formats.summary): its searched values (`searched`: from `params`,
     else its hparams.yaml, e.g. a PBT run's final values), epochs, the best epoch with the model's
     own validation there, and the scores of metrics.json (a diverged run: `diverged` true, no
     scores)."""
-    scores = json.loads((folder / "metrics.json").read_text())
+    scores = read_scores(files.need("metrics", name))
     row = {RUN: name, DIVERGED: bool(scores.get(DIVERGED, False))}
-    trained = _hparams(folder) if set(searched) - set(params) else {}
+    trained = _hparams(files.hparams) if set(searched) - set(params) else {}
     for key in searched:
         row[f"{HP_PREFIX}{key}"] = params.get(key, trained.get(key))
+    curves = files.need("curves", name)
     if row[DIVERGED]:
-        row[EPOCHS] = len(epochs_with_validation(folder / "metrics.csv"))
+        row[EPOCHS] = len(epochs_with_validation(curves))
         log.warning("%s diverged: %s", name, scores.get("diverged_reason", "(no reason)"))
     else:
-        best, last = best_and_final_epoch(folder / "metrics.csv")
+        best, last = best_and_final_epoch(curves)
         row[EPOCHS] = int(last.get(EPOCH, -1)) + 1
         row[BEST_EPOCH] = int(best[EPOCH]) + 1
         row.update({column: best[key] for key, column in VALIDATION.items() if key in best})
@@ -57,31 +58,29 @@ def summary_row(name: str, params: dict, folder: Path, searched: list[str]) -> d
     return row
 
 
-def _hparams(folder: Path) -> dict:
+def _hparams(path: Path | None) -> dict:
     import yaml
 
-    path = folder / "hparams.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
 
 
 def summary_table(
-    runs: dict[str, dict], run_dir: Path, searched: list[str] | None = None
+    runs: dict[str, dict], files: dict[str, RunFiles], searched: list[str] | None = None
 ) -> pd.DataFrame:
     """Rows: one per run, by best-epoch validation loss, then the ensemble of the best runs (if
     any: lfads.evaluation.ensemble), diverged rows last; `best` marks the selected run (none when
     every run diverged), never the ensemble.
 
-    runs: {run name: searched hyperparameters} (an ensemble's: {}); run_dir/<name>/ holds
-    metrics.csv and metrics.json; searched: the searched hyperparameters (default: the runs'
-    keys; a PBT search names its own, whose values come from each run's hparams.yaml). The
+    runs: {run name: searched hyperparameters} (an ensemble's: {}); files: {run name: its
+    metrics.json and metrics.csv, and hparams.yaml where given}; searched: the searched
+    hyperparameters (default: the runs' keys; a PBT search names its own, whose values come from
+    each run's hparams.yaml). The
     ensemble row's epochs and best_epoch are 1 and its val_recon_smoothed is its validation
     Poisson loss, which is not on the runs' footing: lfads.evaluation.submission.submitted_run
     compares it with the best run's.
     """
     searched = searched or sorted({key for params in runs.values() for key in params})
-    rows = [
-        summary_row(name, params, Path(run_dir) / name, searched) for name, params in runs.items()
-    ]
+    rows = [summary_row(name, params, files[name], searched) for name, params in runs.items()]
     table = pd.DataFrame(rows)
     if SELECTION not in table:  # every run diverged
         table[BEST_EPOCH], table[SELECTION] = pd.NA, float("nan")
@@ -97,13 +96,13 @@ def summary_table(
 
 def write_summary(
     runs: dict[str, dict],
-    run_dir: str | Path,
+    files: dict[str, RunFiles],
     out_path: str | Path,
     searched: list[str] | None = None,
     columns_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """summary.tsv of `summary_table`, and its column dictionary at columns_path (if given)."""
-    table = summary_table(runs, Path(run_dir), searched)
+    table = summary_table(runs, files, searched)
     write_summary_tsv(out_path, table)
     if columns_path is not None:
         write_columns(columns_path, table)

@@ -33,17 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from lfads.formats.metrics import EPOCH, VALID_RECON_SMOOTHED, write_metrics_csv
-from lfads.infra.io import write_text
+from lfads.formats.runs import RunFiles, write_members
 
 # The workflow imports this module when it parses (common.smk), so h5py and pandas are imported
 # by the functions that read and write files.
 log = logging.getLogger(__name__)
 
 ENSEMBLE_PREFIX = "ensemble-top"
-MEMBERS_TSV = "members.tsv"
-# members.tsv's columns: the member's rank (1 = best), its name, its best-epoch smoothed
-# validation reconstruction loss (the selection) and its validation Poisson loss.
-MEMBER_COLUMNS = ("rank", "run", f"best_{VALID_RECON_SMOOTHED}", "valid_poisson_loss")
 # The root attribute of the ensemble's inferred.h5 that names its members (a JSON list).
 MEMBERS_ATTRIBUTE = "ensemble_members"
 # Rates below this floor (spikes per bin) count as the floor, as in the submission.
@@ -66,38 +62,37 @@ class Member:
 
     name: str
     best_valid_recon_smoothed: float  # at its best epoch: the selection
-    folder: Path  # holds its metrics.csv and inferred.h5
+    files: RunFiles  # its curves, inferred and (if given) model
 
 
-def rank_runs(run_dirs: dict[str, Path]) -> list[Member]:
+def rank_runs(runs: dict[str, RunFiles]) -> list[Member]:
     """The runs that did not diverge, by best-epoch smoothed validation reconstruction loss
-    (lowest first; ties keep the order of `run_dirs`, as the summary does).
+    (lowest first; ties keep the order of `runs`, as the summary does).
 
-    run_dirs: {run name: its folder with metrics.csv and inferred.h5}. A run diverged when its
+    runs: {run name: its curves (metrics.csv) and inferred.h5}. A run diverged when its
     inferred.h5 is the placeholder that infer writes for it.
     """
     from lfads.formats.inferred import DIVERGED, read_inferred
     from lfads.formats.metrics import SELECTION_COLUMN, best_and_final_epoch
 
     ranked = []
-    for name, folder in run_dirs.items():
-        attributes = read_inferred(Path(folder) / "inferred.h5", keys=()).attrs
+    for name, files in runs.items():
+        attributes = read_inferred(files.need("inferred", name), keys=()).attrs
         if DIVERGED in attributes:
             log.info("%s diverged, so it is no member: %s", name, attributes[DIVERGED])
             continue
-        best, _ = best_and_final_epoch(Path(folder) / "metrics.csv")
-        ranked.append(Member(name, float(best[SELECTION_COLUMN]), Path(folder)))
+        best, _ = best_and_final_epoch(files.need("curves", name))
+        ranked.append(Member(name, float(best[SELECTION_COLUMN]), files))
     return sorted(ranked, key=lambda member: member.best_valid_recon_smoothed)
 
 
-def weights_digest(folder: Path) -> str | None:
-    """SHA-256 of the weights in a run's model.ckpt (None when the folder has none)."""
+def weights_digest(path: Path | None) -> str | None:
+    """SHA-256 of the weights in a run's model.ckpt (None when it has none)."""
     import hashlib
 
     from lfads.formats.checkpoints import read_model
 
-    path = Path(folder) / "model.ckpt"
-    if not path.exists():
+    if path is None:
         return None
     digest = hashlib.sha256()
     for key, tensor in sorted(read_model(path).state_dict.items()):
@@ -106,7 +101,7 @@ def weights_digest(folder: Path) -> str | None:
     return digest.hexdigest()
 
 
-def select_members(run_dirs: dict[str, Path], top_k: int) -> list[Member]:
+def select_members(runs: dict[str, RunFiles], top_k: int) -> list[Member]:
     """The `top_k` best runs of rank_runs that hold different weights; fewer (with a warning)
     when diverged runs or copies leave fewer.
 
@@ -114,8 +109,8 @@ def select_members(run_dirs: dict[str, Path], top_k: int) -> list[Member]:
     workers of a PBT search that copied the same state keep that state's best epoch.
     """
     members, seen = [], {}
-    for member in rank_runs(run_dirs):
-        digest = weights_digest(member.folder)
+    for member in rank_runs(runs):
+        digest = weights_digest(member.files.model)
         if digest is not None and digest in seen:
             log.info(
                 "%s holds the same weights as %s (a copy of the same training state), so it "
@@ -132,7 +127,7 @@ def select_members(run_dirs: dict[str, Path], top_k: int) -> list[Member]:
             "different weights: the ensemble averages those %d",
             top_k,
             len(members),
-            len(run_dirs),
+            len(runs),
             len(members),
         )
     return members[:top_k]
@@ -173,14 +168,15 @@ class EnsembleResult:
 
 
 def write_ensemble(
-    prepared_path: str | Path, run_dirs: dict[str, Path], top_k: int, out_dir: str | Path
+    prepared_path: str | Path, runs: dict[str, RunFiles], top_k: int, out: RunFiles, name: str
 ) -> EnsembleResult:
-    """Write inferred.h5, metrics.csv and members.tsv of the ensemble of the `top_k` best runs.
+    """Write the inferred.h5, metrics.csv and members.tsv of `out` (the ensemble `name`) from
+    the `top_k` best runs.
 
     prepared_path: the prepared file the runs trained on (its valid recon_data is what the
-    validation Poisson loss scores). run_dirs: {run name: folder with metrics.csv and
-    inferred.h5}. When every run diverged, inferred.h5 is a diverged run's placeholder, so the
-    ensemble is listed as diverged like one.
+    validation Poisson loss scores). runs: {run name: its curves, inferred and model files}.
+    When every run diverged, inferred.h5 is a diverged run's placeholder, so the ensemble is
+    listed as diverged like one.
     """
     from lfads.formats.inferred import (
         InferredAttributes,
@@ -190,15 +186,13 @@ def write_ensemble(
     )
     from lfads.formats.prepared import read_prepared
 
-    out_dir = Path(out_dir)
     prepared = read_prepared(prepared_path, keys=("recon_data", "nlb_index"))
-    members = select_members(run_dirs, top_k)
+    members = select_members(runs, top_k)
     if not members:
-        _write_without_members(prepared, prepared_path, out_dir, len(run_dirs))
+        _write_without_members(prepared, prepared_path, out, name, len(runs))
         return EnsembleResult([], [], math.nan)
     inferred = [
-        read_inferred(member.folder / "inferred.h5", keys=("rates", "nlb_index"))
-        for member in members
+        read_inferred(member.files.inferred, keys=("rates", "nlb_index")) for member in members
     ]
     splits = {}
     for split in inferred[0].splits:
@@ -229,15 +223,21 @@ def write_ensemble(
     )
     names = [member.name for member in members]
     session_attributes = {**prepared.session_attributes(), MEMBERS_ATTRIBUTE: json.dumps(names)}
-    write_inferred(out_dir / "inferred.h5", session_attributes, attributes, splits)
+    write_inferred(out.need("inferred", name), session_attributes, attributes, splits)
     write_metrics_csv(
-        out_dir / "metrics.csv", [{EPOCH: 0, "valid_recon": loss, VALID_RECON_SMOOTHED: loss}]
+        out.need("curves", name), [{EPOCH: 0, "valid_recon": loss, VALID_RECON_SMOOTHED: loss}]
     )
-    _write_members(out_dir / MEMBERS_TSV, members, member_losses)
+    write_members(
+        out.need("members", name),
+        [
+            (member.name, member.best_valid_recon_smoothed, member_loss)
+            for member, member_loss in zip(members, member_losses, strict=True)
+        ],
+    )
     log.info(
         "%s: %d members (%s); validation Poisson loss %.6f, best member's %.6f, members' mean "
         "%.6f (nats per bin and neuron)",
-        out_dir.name,
+        name,
         len(members),
         ", ".join(names),
         loss,
@@ -247,18 +247,11 @@ def write_ensemble(
     return EnsembleResult(members, member_losses, loss)
 
 
-def _write_members(path: Path, members: list[Member], losses: list[float]) -> None:
-    lines = ["\t".join(MEMBER_COLUMNS)]
-    for rank, (member, loss) in enumerate(zip(members, losses, strict=True), start=1):
-        lines.append(f"{rank}\t{member.name}\t{member.best_valid_recon_smoothed!r}\t{loss!r}")
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def _write_without_members(prepared, prepared_path, out_dir: Path, n_runs: int) -> None:
+def _write_without_members(prepared, prepared_path, out: RunFiles, name: str, n_runs: int):
     from lfads.formats.inferred import DIVERGED, DIVERGED_EPOCH, InferredAttributes, write_inferred
 
     reason = f"every one of the {n_runs} runs diverged, so the ensemble has no member"
-    log.error("%s: %s", out_dir.name, reason)
+    log.error("%s: %s", name, reason)
     attributes = {**prepared.session_attributes(), DIVERGED: reason, DIVERGED_EPOCH: 0}
     placeholder = InferredAttributes(
         n_samples=0,
@@ -268,13 +261,6 @@ def _write_without_members(prepared, prepared_path, out_dir: Path, n_runs: int) 
         data_file=str(prepared_path),
         mantissa_bits=23,
     )
-    write_inferred(out_dir / "inferred.h5", attributes, placeholder, {})
-    write_metrics_csv(out_dir / "metrics.csv", [])
-    _write_members(out_dir / MEMBERS_TSV, [], [])
-
-
-def read_members(path: str | Path):
-    """members.tsv as a pandas DataFrame (MEMBER_COLUMNS), best member first."""
-    import pandas as pd
-
-    return pd.read_csv(path, sep="\t")
+    write_inferred(out.need("inferred", name), attributes, placeholder, {})
+    write_metrics_csv(out.need("curves", name), [])
+    write_members(out.need("members", name), [])

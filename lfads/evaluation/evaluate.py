@@ -18,13 +18,10 @@ import numpy as np
 from lfads.evaluation.submission import nlb_order, nlb_submission
 from lfads.formats.inferred import DIVERGED, DIVERGED_EPOCH, read_inferred
 from lfads.formats.prepared import read_prepared
+from lfads.formats.runs import DIVERGED_METRICS, write_scores
 from lfads.formats.targets import check_targets
-from lfads.infra.io import write_json
 
 log = logging.getLogger(__name__)
-
-# The keys of a diverged run's metrics.json: true, the epoch (from 1) and the reason.
-DIVERGED_METRICS = ("diverged", "diverged_epoch", "diverged_reason")
 
 
 def rate_r2(true_rates: np.ndarray, rates: np.ndarray) -> float:
@@ -51,7 +48,7 @@ def evaluate_run(
         metrics = dict(
             zip(DIVERGED_METRICS, (True, int(placeholder[DIVERGED_EPOCH]), reason), strict=True)
         )
-        write_json(out_path, metrics)
+        write_scores(out_path, metrics)
         log.warning("%s: the run diverged, so it is not scored: %s", inferred_path, reason)
         return metrics
     submission = nlb_submission(prepared_path, inferred_path)
@@ -70,7 +67,7 @@ def evaluate_run(
             nlb_order(prepared, truth["train"], truth["valid"]),
             nlb_order(prepared, inferred["train"].rates, inferred["valid"].rates),
         )
-    write_json(out_path, metrics)
+    write_scores(out_path, metrics)
     log.info(
         "metrics: %s", ", ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items()))
     )

@@ -181,7 +181,7 @@ def _at_least_span(ax, span: float) -> None:
         ax.set_ylim(centre - span / 2, centre + span / 2)
 
 
-def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
+def training_curves(curves: dict[str, Path], out: str | Path) -> None:
     """Per epoch (from 1) of every run, in nats per bin and neuron (not the training objective,
     which adds the KL and L2 terms and is multiplied by loss_scale): the reconstruction loss on
     the train and valid trials, and the selection metric (smoothed valid recon) with the epoch
@@ -190,16 +190,16 @@ def training_curves(run_dirs: dict[str, Path], out: str | Path) -> None:
 
     figure, axes = new_figure(1, 2, 10, 3.8)
     recon, selection = axes[0]
-    for index, (name, folder) in enumerate(sorted(run_dirs.items())):
+    for index, (name, path) in enumerate(sorted(curves.items())):
         colour = f"C{index % 10}"
-        table = read_metrics_csv(Path(folder) / "metrics.csv")
+        table = read_metrics_csv(path)
         for column, style in ((TRAIN_RECON, "--"), (VALID_RECON, "-")):
             if column in table:
                 rows = table.dropna(subset=[column])
                 recon.plot(rows[EPOCH] + 1, rows[column], color=colour, ls=style, lw=1)
         rows = table.dropna(subset=[VALID_RECON_SMOOTHED])
         selection.plot(rows[EPOCH] + 1, rows[VALID_RECON_SMOOTHED], color=colour, lw=1, label=name)
-        best, _ = best_and_final_epoch(Path(folder) / "metrics.csv")
+        best, _ = best_and_final_epoch(path)
         selection.plot(best[EPOCH] + 1, best[VALID_RECON_SMOOTHED], "o", color=colour, ms=5)
     recon.set_title("reconstruction loss (dashed: train, solid: valid)")
     selection.set_title("selection metric; dot: the epoch kept")
@@ -694,17 +694,18 @@ def neuron_co_bps(
 
 def all_figures(
     summary_tsv: Path,
-    run_dir: Path,
-    runs: dict[str, dict],
+    inferred: dict[str, Path],
+    curves: dict[str, Path],
     prepared_path: Path,
     targets_path: Path | None,
     group: str,
     outputs: dict[str, Path],
     references_json: Path | None = None,
 ) -> None:
-    """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES);
-    references_json: the aggregate rule's references.json (for the per-neuron co-bps figure;
-    None: the smoothing baseline is fit again)."""
+    """Write every figure named in `outputs` ({figure name: PNG path}, names from FIGURES) from
+    the runs' inferred.h5 and metrics.csv ({run name: path}); references_json: the aggregate
+    rule's references.json (for the per-neuron co-bps figure; None: the smoothing baseline is fit
+    again)."""
 
     unknown = sorted(set(outputs) - {figure.name for figure in FIGURES})
     if unknown:
@@ -713,9 +714,11 @@ def all_figures(
             f"{', '.join(figure.name for figure in FIGURES)}"
         )
 
-    best = Path(run_dir) / best_run(summary_tsv)
     scored = scored_runs(summary_tsv)  # the runs that did not diverge
-    inferred = best / "inferred.h5"
+    best = best_run(summary_tsv)
+    if best not in inferred:
+        raise ValueError(f"{summary_tsv}: its best run {best} is not among the runs given")
+    inferred = Path(inferred[best])
     makers = {
         "best_neuron_co_bps": lambda out: neuron_co_bps(
             targets_path, group, inferred, prepared_path, references_json, out
@@ -729,7 +732,7 @@ def all_figures(
         "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),
         "best_inputs": lambda out: inferred_inputs(prepared_path, inferred, out),
         "training_curves": lambda out: training_curves(
-            {name: Path(run_dir) / name for name in runs if name in scored}, out
+            {name: Path(path) for name, path in curves.items() if name in scored}, out
         ),
         "metrics_vs_hyperparameters": lambda out: metrics_vs_hyperparameters(
             summary_tsv, references_json, out

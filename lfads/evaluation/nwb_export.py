@@ -295,15 +295,17 @@ def export_nwb(
     return Path(out_path)
 
 
-def copy_best_nwb(summary_tsv: str | Path, run_dir: str | Path, out_path: str | Path) -> Path:
-    """Copy the best run's NWB file (`<run_dir>/<run>/rates.nwb`) to `out_path`."""
+def copy_best_nwb(summary_tsv: str | Path, nwb: dict[str, Path], out_path: str | Path) -> Path:
+    """Copy the best run's NWB file (nwb: {run name: its rates.nwb}) to `out_path`."""
     import shutil
 
     from lfads.formats.summary import best_run
 
     run = best_run(summary_tsv)
+    if run not in nwb:
+        raise ValueError(f"{summary_tsv}: the NWB file of its best run {run} was not given")
     with atomic_path(out_path) as tmp:
-        shutil.copyfile(Path(run_dir) / run / "rates.nwb", tmp)
+        shutil.copyfile(nwb[run], tmp)
     log.info("copied the NWB file of the best run, %s, to %s", run, out_path)
     return Path(out_path)
 

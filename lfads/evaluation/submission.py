@@ -99,28 +99,32 @@ def write_submission(
     return Path(out_path)
 
 
-def submitted_run(summary_tsv: str | Path, run_dir: str | Path) -> str:
+def submitted_run(summary_tsv: str | Path, members: dict[str, Path]) -> str:
     """The summary row whose rates are submitted: the best run, or an ensemble of the best runs
-    whose validation Poisson loss is below the best run's.
+    whose validation Poisson loss is below the best run's (members: {ensemble row: its
+    members.tsv}).
 
     Both losses are computed the same way from each row's own inferred.h5 (lfads/evaluation/
     ensemble.py): the ensemble's is its row's val_recon_smoothed, the best run's is in
     the ensemble's members.tsv (the best run is its first member). A tie keeps the best run.
     """
-    from lfads.evaluation.ensemble import MEMBERS_TSV, is_ensemble, read_members
+    from lfads.evaluation.ensemble import is_ensemble
+    from lfads.formats.runs import read_members
     from lfads.formats.summary import SELECTION, best_run, read_summary
 
     chosen = best_run(summary_tsv)
     table = read_summary(summary_tsv, scored_only=True)
     for row in table[table.run.map(is_ensemble)].itertuples():
-        members_tsv = Path(run_dir) / row.run / MEMBERS_TSV
-        members = read_members(members_tsv)
-        if str(members.run[0]) != chosen:
+        if row.run not in members:
+            raise ValueError(f"{summary_tsv}: the members.tsv of {row.run} was not given")
+        members_tsv = Path(members[row.run])
+        listed = read_members(members_tsv)
+        if str(listed.run[0]) != chosen:
             raise ValueError(
-                f"{members_tsv}: the best member is {members.run[0]} but the summary's best run "
+                f"{members_tsv}: the best member is {listed.run[0]} but the summary's best run "
                 f"is {chosen} ({summary_tsv}); the two are out of date: rerun the workflow"
             )
-        ensemble_loss, best_loss = getattr(row, SELECTION), members.valid_poisson_loss[0]
+        ensemble_loss, best_loss = getattr(row, SELECTION), listed.valid_poisson_loss[0]
         better = ensemble_loss < best_loss
         log.info(
             "%s: validation Poisson loss %.6f, the best run %s's %.6f: submitting %s",

@@ -18,7 +18,7 @@ from lfads.data.fetch import (
     truth_paths,
 )
 from lfads.data.layouts import BIN_WIDTHS_MS, group_name
-from lfads.evaluation.ensemble import MEMBERS_TSV, ensemble_name
+from lfads.evaluation.ensemble import ensemble_name
 from lfads.evaluation.outputs import figures_for
 from lfads.config import (
     ConfigError,
@@ -155,6 +155,7 @@ RUN_FILES = (
 # The ensemble of the best runs (`ensemble.top_k`; lfads/evaluation/ensemble.py): a folder of
 # runs/ without a model, scored and listed in the summary like a run.
 ENSEMBLES = [ensemble_name(config["ensemble"]["top_k"])] if "ensemble" in config else []
+MEMBERS_TSV = "members.tsv"  # its members (lfads.formats.runs)
 ENSEMBLE_FILES = ("inferred.h5", "metrics.csv", MEMBERS_TSV, "metrics.json")
 SUMMARY_ROWS = {**RUNS, **{name: {} for name in ENSEMBLES}}  # {row: its searched values}
 

@@ -21,7 +21,7 @@ rule fetch:
         "../../envs/lfads.yaml"
     params:
         source=fetch_params,
-        data_dir=lambda wildcards, output: Path(output[0]).parent.parent,  # (fetched/<asset>.json)
+        data_dir=Path(DATA_DIR),
     script:
         "../scripts/fetch.py"
 

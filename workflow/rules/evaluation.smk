@@ -39,6 +39,7 @@ if ENSEMBLES:
             prepared=PREPARED_FOR_MODEL,
             inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
             curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
+            models=expand(f"{RUNS_DIR}/{{run}}/model.ckpt", run=RUNS),
         output:
             inferred=f"{RUNS_DIR}/{ENSEMBLES[0]}/inferred.h5",
             curves=f"{RUNS_DIR}/{ENSEMBLES[0]}/metrics.csv",
@@ -50,9 +51,9 @@ if ENSEMBLES:
         conda:
             "../../envs/lfads.yaml"
         params:
+            name=ENSEMBLES[0],
             runs=list(RUNS),
             top_k=config["ensemble"]["top_k"],
-            run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
         script:
             "../scripts/ensemble.py"
 
@@ -61,6 +62,7 @@ rule aggregate:
     input:
         metrics=expand(f"{RUNS_DIR}/{{run}}/metrics.json", run=SUMMARY_ROWS),
         curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=SUMMARY_ROWS),
+        hparams=expand(f"{RUNS_DIR}/{{run}}/hparams.yaml", run=RUNS),
         prepared=PREPARED_FOR_MODEL,
         targets=TARGETS_FOR_MODEL,
     output:
@@ -91,7 +93,7 @@ rule aggregate:
         "../../envs/lfads.yaml"
     params:
         runs=SUMMARY_ROWS,
-        run_dir=lambda wildcards, input: Path(input.metrics[0]).parent.parent,
+        trained=list(RUNS),  # the rows with an hparams.yaml
         # a PBT search's runs have no searched values until it ends: from their hparams.yaml
         searched=(
             [searched.name for searched in PBT.hyperparameters]
@@ -109,6 +111,7 @@ rule figures:
         prepared=PREPARED_FOR_MODEL,
         targets=TARGETS_FOR_MODEL,
         inferred=expand(f"{RUNS_DIR}/{{run}}/inferred.h5", run=RUNS),
+        curves=expand(f"{RUNS_DIR}/{{run}}/metrics.csv", run=RUNS),
     output:
         **{
             figure.name: report(
@@ -126,8 +129,7 @@ rule figures:
     conda:
         "../../envs/lfads.yaml"
     params:
-        runs=RUNS,
-        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
+        runs=list(RUNS),
         group=NLB_GROUP,
     script:
         "../scripts/figures.py"
@@ -164,7 +166,8 @@ rule submission:
     conda:
         "../../envs/lfads.yaml"
     params:
-        run_dir=lambda wildcards, input: Path(input.inferred[0]).parent.parent,
+        rows=list(SUMMARY_ROWS),
+        ensembles=ENSEMBLES,
     script:
         "../scripts/submission.py"
 
@@ -201,6 +204,6 @@ rule best_nwb:
     conda:
         "../../envs/lfads.yaml"
     params:
-        run_dir=lambda wildcards, input: Path(input.nwb[0]).parent.parent,
+        runs=list(RUNS),
     script:
         "../scripts/best_nwb.py"

@@ -1,13 +1,21 @@
 from pathlib import Path
 
 from lfads.evaluation.ensemble import write_ensemble
+from lfads.formats.runs import RunFiles, run_files
 from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
-    run_dir = Path(snakemake.params.run_dir)
+    runs = run_files(
+        snakemake.params.runs,
+        curves=snakemake.input.curves,
+        inferred=snakemake.input.inferred,
+        model=snakemake.input.models,
+    )
+    out = RunFiles(
+        inferred=Path(snakemake.output.inferred),
+        curves=Path(snakemake.output.curves),
+        members=Path(snakemake.output.members),
+    )
     write_ensemble(
-        snakemake.input.prepared,
-        {run: run_dir / run for run in snakemake.params.runs},
-        snakemake.params.top_k,
-        Path(snakemake.output.inferred).parent,
+        snakemake.input.prepared, runs, snakemake.params.top_k, out, snakemake.params.name
     )

@@ -4,10 +4,11 @@ from lfads.evaluation.figures import all_figures
 from lfads.infra.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
+    runs = snakemake.params.runs
     all_figures(
         Path(snakemake.input.summary),
-        Path(snakemake.params.run_dir),
-        snakemake.params.runs,
+        dict(zip(runs, map(Path, snakemake.input.inferred), strict=True)),
+        dict(zip(runs, map(Path, snakemake.input.curves), strict=True)),
         Path(snakemake.input.prepared),
         Path(snakemake.input.targets[0]) if snakemake.input.targets else None,
         snakemake.params.group,
