@@ -4,43 +4,7 @@ from __future__ import annotations
 
 import math
 
-import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from lfads.bench import benchmark as bench
-from lfads.model.batch import SessionBatch
-from lfads.model.hparams import HParams
-from lfads.model.lfads import LFADS, SessionDims
-from lfads.training.step import run_step
-
-
-@pytest.mark.slow
-def test_training_flops_match_the_counted_matmuls_of_a_step():
-    n_bins, batch_size = 12, 8
-    dims = SessionDims(
-        bench.REFERENCE_DATA["n_heldin"],
-        bench.REFERENCE_DATA["n_heldout"],
-        n_bins,
-        bench.forward_bins(n_bins),
-    )
-    model = LFADS(HParams.from_dict(bench.REFERENCE_HPARAMS), [dims], rnn_impl="reference")
-    generator = torch.Generator().manual_seed(0)
-    shape = (batch_size, dims.n_recon_bins, dims.n_neurons)
-    counts = torch.poisson(torch.full(shape, 0.3), generator=generator)
-    batch = {
-        0: SessionBatch(
-            counts[:, :n_bins, : dims.n_heldin].contiguous(),
-            counts,
-            counts.new_zeros(batch_size, dims.n_recon_bins, 0),
-        ).expand_members(1)
-    }
-    with FlopCounterMode(display=False) as counter:
-        run_step(model, batch, epoch=0, training=False).terms.loss.sum().backward()
-    counted = counter.get_total_flops()
-    assert math.isclose(
-        bench.training_flops(n_bins, dims.n_fwd_bins, batch_size), counted, rel_tol=0.03
-    )
 
 
 def test_scaling_worker_times_a_training_step_of_both_paths():

@@ -973,3 +973,46 @@ def test_pcr_readins_align_sessions_seeing_the_same_latents():
     # the 3 real components come out the same from both sessions (the 2 spare rows are random)
     np.testing.assert_allclose(projected[0][:, :3], projected[1][:, :3], atol=0.02)
     assert abs(projected[0][:, :3].mean()) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "settings, n_sessions, ext_input_dim",
+    [({}, 1, 0), ({"co_dim": 0, "readin_dim": 24}, 2, 3)],
+    ids=["controller", "no controller, readins, external inputs"],
+)
+def test_forward_flops_are_a_third_of_the_counted_matmuls_of_a_step(
+    settings, n_sessions, ext_input_dim
+):
+    """A training step's matmuls, forward and backward, counted by torch: 3x model.forward_flops
+    per trial (each backward computes two products of its forward's size)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lfads.training.step import run_step
+
+    hp = HParams.from_dict({"batch_size": 8, **settings})  # the rest: the mc_maze sizes
+    sessions = [SessionDims(40 + s, 10, 12, 3, ext_input_dim) for s in range(n_sessions)]
+    model = LFADS(hp, sessions, rnn_impl="reference")
+    assert model.use_controller == (hp.co_dim > 0)
+    for session, dims in enumerate(sessions):
+        with FlopCounterMode(display=False) as counter:
+            step = run_step(model, {session: make_batch(dims, 8)}, epoch=0, training=False)
+            step.terms.loss.sum().backward()
+        assert math.isclose(
+            3 * 8 * sum(model.forward_flops(session)), counter.get_total_flops(), rel_tol=0.03
+        ), session
+
+
+def test_the_activation_budget_of_a_row_covers_what_sampling_keeps_of_it():
+    """Per (sample x trial) row and bin, posterior sampling keeps at least the readout's
+    parameters, the factors, generator states, controller outputs and the controller's input:
+    activation_floats_per_bin, which sizes infer's batches, counts no less."""
+    hp = HParams.from_dict(TINY_HPARAMS)
+    sessions = [SessionDims(6, 2, 5, 2), SessionDims(9, 3, 5, 2)]
+    model = LFADS(hp, sessions).eval()
+    with torch.no_grad():
+        outputs = model({s: make_batch(dims, 4) for s, dims in enumerate(sessions)})
+    for session, out in outputs.items():
+        kept = out.params.shape[-1] * out.params.shape[-2] + out.factors.shape[-1]
+        kept += out.gen_states.shape[-1] + out.co_mean.shape[-1] + out.co_std.shape[-1]
+        kept += 2 * hp.ci_enc_dim
+        assert kept <= model.activation_floats_per_bin() < 3 * kept, session

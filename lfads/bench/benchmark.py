@@ -55,26 +55,12 @@ SCALING_STEPS = 5
 
 def forward_flops(n_bins: int, n_fwd_bins: int) -> tuple[float, float]:
     """Matmul floating-point operations of one trial's forward pass of the reference model:
-    (encoders, decoder and readout)."""
+    (encoders, decoder and readout), from the model (LFADS.forward_flops)."""
     from lfads.model.hparams import HParams
+    from lfads.model.lfads import LFADS, SessionDims
 
-    hp = HParams.from_dict(REFERENCE_HPARAMS)
-    n_in, n_out = (
-        REFERENCE_DATA["n_heldin"],
-        REFERENCE_DATA["n_heldin"] + REFERENCE_DATA["n_heldout"],
-    )
-    encoders = (
-        2 * n_bins * 2 * (n_in + hp.ic_enc_dim) * 3 * hp.ic_enc_dim
-    )  # 2 directions, input + recurrent
-    encoders += 2 * n_bins * 2 * (n_in + hp.ci_enc_dim) * 3 * hp.ci_enc_dim
-    per_bin = (
-        2 * (2 * hp.ci_enc_dim + hp.fac_dim + hp.con_dim) * 3 * hp.con_dim  # controller
-        + 2 * hp.con_dim * 2 * hp.co_dim  # posterior of u_t
-        + 2 * (hp.co_dim + hp.gen_dim) * 3 * hp.gen_dim  # generator
-        + 2 * hp.gen_dim * hp.fac_dim
-        + 2 * hp.fac_dim * n_out
-    )  # factors, readout
-    return float(encoders), float((n_bins + n_fwd_bins) * per_bin)
+    dims = SessionDims(REFERENCE_DATA["n_heldin"], REFERENCE_DATA["n_heldout"], n_bins, n_fwd_bins)
+    return LFADS(HParams.from_dict(REFERENCE_HPARAMS), [dims]).forward_flops()
 
 
 def training_flops(n_bins: int, n_fwd_bins: int, batch_size: int) -> float:

@@ -45,17 +45,11 @@ def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
 
     The reference loops run one sample at a time, so their rows are members x trials.
     """
-    hp = model.hparams
     if not model.loops.samples_in_one_pass:
         n_samples = 1
-    readout = max(
-        recon.n_params * dims.n_neurons for recon, dims in zip(model.recons, model.sessions)
-    )
-    floats_per_row_bin = (
-        3 * (hp.gen_dim + hp.con_dim) + hp.fac_dim + 4 * hp.co_dim + 2 * hp.ci_enc_dim + readout
-    )
     rows_per_trial = n_samples * model.n_members
-    return max(1, _ROW_BUDGET_FLOATS // (floats_per_row_bin * n_bins * rows_per_trial))
+    floats_per_trial = model.activation_floats_per_bin() * n_bins * rows_per_trial
+    return max(1, _ROW_BUDGET_FLOATS // floats_per_trial)
 
 
 def posterior_sample(

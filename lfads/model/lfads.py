@@ -209,6 +209,35 @@ class LFADS(nn.Module):
         first = self.readins[0]
         return None if isinstance(first, nn.Identity) else first.out_features
 
+    # -- sizes ---------------------------------------------------------------------------
+    def activation_floats_per_bin(self) -> int:
+        """Floats of decoder activations that one (sample x trial) row keeps per bin while it is
+        sampled (the largest session's readout): what infer's batch size is sized by."""
+        hp = self.hparams
+        readout = max(readout.out_features for readout in self.readouts)
+        return (
+            3 * (hp.gen_dim + hp.con_dim) + hp.fac_dim + 4 * hp.co_dim + 2 * hp.ci_enc_dim + readout
+        )
+
+    def forward_flops(self, session: int = 0) -> tuple[float, float]:
+        """Matmul floating-point operations of one member's forward pass of one trial of
+        `session`: (encoders, decoder with the readout). Backward adds two products per matmul."""
+        hp, dims = self.hparams, self.sessions[session]
+        n_in, n_bins = self.readin_dim or dims.n_heldin, dims.n_obs_bins
+        gru = [hp.ic_enc_dim] + ([hp.ci_enc_dim] if self.use_controller else [])
+        # both directions of each encoder, its input and recurrent products (3 gates)
+        encoders = sum(2 * n_bins * 2 * (n_in + hidden) * 3 * hidden for hidden in gru)
+        encoders += 2 * n_bins * dims.n_heldin * n_in if self.readin_dim else 0  # the readin
+        per_bin = 2 * (hp.gen_dim + hp.co_dim * self.use_controller + dims.ext_input_dim)
+        per_bin *= 3 * hp.gen_dim  # the generator
+        per_bin += (
+            2 * hp.gen_dim * hp.fac_dim + 2 * hp.fac_dim * self.readouts[session].out_features
+        )
+        if self.use_controller:
+            per_bin += 2 * (2 * hp.ci_enc_dim + hp.fac_dim + hp.con_dim) * 3 * hp.con_dim
+            per_bin += 2 * hp.con_dim * 2 * hp.co_dim  # the posterior of u_t
+        return float(encoders), float(dims.n_recon_bins * per_bin)
+
     def set_member_hparams(self, member: int, hparams: HParams) -> None:
         """Give `member` new values of MEMBER_KEYS (population-based training's explore); a value
         of any other key is a ValueError. Its weights and random stream are kept."""
@@ -343,16 +372,21 @@ class LFADS(nn.Module):
             def mean(x: torch.Tensor) -> torch.Tensor:
                 return x.unflatten(1, (samples, x.shape[1] // samples)).mean(1)
 
-            result[s] = {
-                "rates": mean(self.rates(s, out)),
-                "factors": mean(out.factors),
-                "gen_states": mean(out.gen_states),
-                "co_mean": mean(out.co_mean),
-                "co_std": mean(out.co_std),
-                "ic_mean": out.ic_mean[:, : len(batch[s])],
-                "ic_std": out.ic_std[:, : len(batch[s])],
-            }
+            result[s] = {name: mean(value) for name, value in self._sampled(s, out).items()}
+            result[s].update(
+                ic_mean=out.ic_mean[:, : len(batch[s])], ic_std=out.ic_std[:, : len(batch[s])]
+            )
         return result
+
+    def _sampled(self, session: int, out: SessionOutput) -> dict[str, torch.Tensor]:
+        """What posterior sampling averages over samples, of one session's output."""
+        return {
+            "rates": self.rates(session, out),
+            "factors": out.factors,
+            "gen_states": out.gen_states,
+            "co_mean": out.co_mean,
+            "co_std": out.co_std,
+        }
 
     def _posterior_average_one_by_one(
         self, batch: dict[int, SessionBatch], samples: int
@@ -361,13 +395,7 @@ class LFADS(nn.Module):
         sums: dict[int, dict[str, torch.Tensor]] = {}
         for _ in range(samples):
             for s, out in self(batch, sample_posteriors=True).items():
-                values = {
-                    "rates": self.rates(s, out),
-                    "factors": out.factors,
-                    "gen_states": out.gen_states,
-                    "co_mean": out.co_mean,
-                    "co_std": out.co_std,
-                }
+                values = self._sampled(s, out)
                 if s not in sums:
                     sums[s] = {**values, "ic_mean": out.ic_mean, "ic_std": out.ic_std}
                 else:
