@@ -6,7 +6,8 @@ sizes, batch 256, 50 epochs. For each path (`rnn_impl`) it measures, each part
 in its own process so that peak memory is each part's own:
 - seconds per training epoch (train + validation), median after the first epoch;
 - trials per second (training trials per epoch second);
-- posterior sampling of 50 samples for all 1,000 trials, and its peak RSS;
+- posterior sampling of 50 samples for all 1,000 trials (the second of two passes: the first
+  warms up), and its peak RSS;
 - co-bps, fp-bps and rate R2 against the true rates on the valid trials;
 and then the seconds of one training step at the NLB sequence lengths (35,
 140, 300 observed bins, and the reference's 40) for two batch sizes, beside the
@@ -24,13 +25,21 @@ import logging
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lfads.bench.harness import (
+    emit,
+    pack_member_hparams,
+    peak_rss_gib,
+    run_part,
+    time_pack,
+    time_sampling,
+    time_training,
+)
 
 log = logging.getLogger("lfads.bench.benchmark")
 
@@ -92,62 +101,17 @@ def matmul_rate(batch_size: int) -> float:
     return 2 * batch_size * gen * 3 * gen / statistics.median(seconds[2:])
 
 
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 # -- workers (each runs in its own process) ------------------------------------------------
-def train_worker(
-    data: Path,
-    run_dir: Path,
-    impl: str,
-    epochs: int,
-    device: str,
-    seed: int = 0,
-    pack_member: bool = False,
-) -> dict:
-    """Train the reference config afresh; pack_member: the benchmark pack's member `seed`."""
-    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
-    from lfads.model.hparams import HParams
-    from lfads.training.train import train_model
-
-    shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
-    if pack_member:
-        hparams = HParams.from_dict(pack_member_hparams(seed, REFERENCE_HPARAMS, epochs))
-    else:
-        hparams = HParams.from_dict({**REFERENCE_HPARAMS, "max_epochs": epochs, "seed": seed})
-    start = time.perf_counter()
-    train_model(
-        [data],
-        hparams,
-        run_dir,
-        checkpoint_dir=run_dir / "checkpoints",
-        device=device,
-        rnn_impl=impl,
-    )
-    total = time.perf_counter() - start
-    seconds = [float(s) for s in read_metrics_csv(run_dir / "metrics.csv")[EPOCH_SECONDS]]
-    return {"epoch_seconds": seconds, "train_seconds": total, "peak_rss_gib": peak_rss_gib()}
-
-
 def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
+    """Posterior sampling of every trial (lfads.bench.harness.time_sampling), and the valid
+    trials' co-bps, fp-bps and rate R2 against the truth."""
     import numpy as np
     import torch
 
-    from lfads.evaluation.infer import auto_batch_size, sample_splits
-    from lfads.formats.checkpoints import load_model
     from lfads.formats.prepared import read_prepared
     from lfads.model.metrics import BitsPerSpike, RateR2
-    from lfads.training.datamodule import load_session
 
-    model, _ = load_model(run_dir / "model.ckpt", device, rnn_impl=impl)
-    session = load_session(data)
-    start = time.perf_counter()
-    batch_size = auto_batch_size(model, N_SAMPLES, session.dims.n_recon_bins)
-    (results,) = sample_splits(model, session, 0, N_SAMPLES, batch_size, device)
-    seconds = time.perf_counter() - start
-    n_trials = sum(session.n_trials(split) for split in results)
+    figures, results = time_sampling(data, run_dir / "model.ckpt", impl, N_SAMPLES, device)
     valid = read_prepared(data, keys=("recon_data", "truth")).splits["valid"]
     spikes, truth = valid.recon_data, valid.truth
     rates = results["valid"].rates
@@ -161,10 +125,7 @@ def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
     r2 = RateR2()
     r2.update(torch.as_tensor(rates)[None], torch.as_tensor(truth)[None])
     return {
-        "sampling_seconds": seconds,
-        "n_trials": n_trials,
-        "batch_size": batch_size,
-        "peak_rss_gib": peak_rss_gib(),
+        **figures,
         "valid_co_bps": bits_per_spike(rates[:, :obs, heldin:], spikes[:, :obs, heldin:]),
         "valid_fp_bps": bits_per_spike(rates[:, obs:], spikes[:, obs:]),
         "valid_rate_r2": r2.compute(1)[0],
@@ -229,79 +190,6 @@ PACK_DATA = dict(
     n_trials=900, n_obs_bins=35, n_fwd_bins=10, n_heldin=100, n_heldout=30, n_eval=0, seed=0
 )
 PACK_SIZES = (1, 2, 4, 8, 16)
-PACK_DROPOUTS = (0.1, 0.2, 0.3, 0.4)  # member m: seed m and the m-th of these, in turn
-
-
-def pack_member_hparams(member: int, base: dict, epochs: int) -> dict:
-    """The hyperparameters of member `member` of a benchmark pack: its own seed and dropout."""
-    dropout = PACK_DROPOUTS[member % len(PACK_DROPOUTS)]
-    return {**base, "seed": member, "dropout": dropout, "max_epochs": epochs}
-
-
-def time_pack(
-    data: Path,
-    folder: Path,
-    base: dict,
-    n_members: int,
-    epochs: int,
-    device: str,
-    impl: str = "fast",
-    n_samples: int = N_SAMPLES,
-) -> dict:
-    """Train a pack of `n_members` for `epochs` epochs afresh, then posterior-sample its valid
-    trials with every member at once: seconds per epoch (the median after the first), per member,
-    sampling seconds per member, peak RSS and GPU memory. Used by the benchmark and the GPU check.
-    """
-    import torch
-
-    from lfads.evaluation.infer import auto_batch_size, sample_splits
-    from lfads.formats.checkpoints import load_pack
-    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
-    from lfads.model.hparams import HParams
-    from lfads.training.datamodule import load_session
-    from lfads.training.train import Member, train_pack
-
-    shutil.rmtree(folder, ignore_errors=True)  # a checkpoint left there would be resumed
-    members = [
-        Member(
-            f"m{m:02d}",
-            HParams.from_dict(pack_member_hparams(m, base, epochs)),
-            folder / f"m{m:02d}",
-        )
-        for m in range(n_members)
-    ]
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    paths = train_pack(members, [data], folder / "checkpoints", device=device, rnn_impl=impl)
-    train_seconds = time.perf_counter() - start
-    seconds = [
-        float(x) for x in read_metrics_csv(members[0].out_dir / "metrics.csv")[EPOCH_SECONDS]
-    ]
-    median = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    peak_gpu_train = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    model, _ = load_pack(paths, device, rnn_impl=impl)
-    session = load_session(data)
-    session.splits = {"valid": session.splits["valid"]}
-    size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
-    start = time.perf_counter()
-    sample_splits(model, session, 0, n_samples, size, device)
-    if cuda:
-        torch.cuda.synchronize()
-    sampling = time.perf_counter() - start
-    return {
-        "members": n_members,
-        "epoch_seconds": seconds,
-        "epoch_seconds_median": median,
-        "member_epoch_seconds": median / n_members,
-        "train_seconds": train_seconds,
-        "sampled_trials": session.n_trials("valid"),
-        "sampling_seconds": sampling,
-        "sampling_seconds_per_member": sampling / n_members,
-        "peak_rss_gib": peak_rss_gib(),
-        "peak_gpu_gib": peak_gpu_train,
-    }
 
 
 def run_pack_benchmark(args: argparse.Namespace) -> dict:
@@ -401,55 +289,36 @@ def _worker(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.part == "train":
-        result = train_worker(
-            Path(args.data),
-            Path(args.run_dir),
-            args.impl,
-            args.epochs,
-            args.device,
-            args.seed,
-            pack_member=args.members == -1,
+    data, run_dir = Path(args.data or "."), Path(args.run_dir or ".")
+    if args.part == "train":  # the reference config, or (members -1) a pack's member alone
+        hparams = (
+            pack_member_hparams(args.seed, REFERENCE_HPARAMS, args.epochs)
+            if args.members == -1
+            else {**REFERENCE_HPARAMS, "seed": args.seed}
         )
+        result = time_training(data, run_dir, hparams, args.impl, args.epochs, args.device)
     elif args.part == "pack":
         result = time_pack(
-            Path(args.data),
-            Path(args.run_dir),
-            REFERENCE_HPARAMS,
-            args.members,
-            args.epochs,
-            args.device,
+            data, run_dir, REFERENCE_HPARAMS, args.members, args.epochs, args.device, N_SAMPLES
         )
     elif args.part == "sample":
-        result = sample_worker(Path(args.data), Path(args.run_dir), args.impl, args.device)
+        result = sample_worker(data, run_dir, args.impl, args.device)
     else:
         result = scaling_worker(args.impl, args.n_bins, args.batch_size, args.device)
-    print("RESULT " + json.dumps(result), flush=True)
+    emit(args.part, result)
     return 0
 
 
 def _run_worker(part: str, args: argparse.Namespace, **options) -> dict:
-    """Run one measurement in a fresh interpreter; its last `RESULT` line is the answer."""
-    command = [
-        sys.executable,
-        "-m",
-        "lfads.bench",
-        "--worker",
-        part,
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads or 0),
-    ]
+    """Run one measurement in a fresh interpreter (lfads.bench.harness.run_part)."""
+    arguments = ["-m", "lfads.bench", "--worker", part, "--device", args.device]
+    arguments += ["--threads", str(args.threads or 0)]
     for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
-    process = subprocess.run(command, capture_output=True, text=True)
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"benchmark worker failed ({' '.join(command)}):\n{process.stderr[-3000:]}"
-        )
-    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(lines[-1][len("RESULT ") :])
+        arguments += [f"--{key.replace('_', '-')}", str(value)]
+    results, problem = run_part(arguments)
+    if problem:
+        raise RuntimeError(f"benchmark worker {' '.join(arguments)}: {problem}")
+    return results[part]
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -490,20 +359,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         )
         log.info("%s path: posterior sampling, %d samples", impl, N_SAMPLES)
         sampled = _run_worker("sample", args, impl=impl, data=data, run_dir=run_dir)
-        seconds = trained["epoch_seconds"]
-        epoch = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-        train_trials = round(REFERENCE_DATA["n_trials"] * 0.8)
+        epoch = trained["epoch_seconds_median"]
         report["paths"][impl] = {
-            "epoch_seconds_median": epoch,
-            "epoch_seconds_first": seconds[0],
-            "train_trials_per_second": train_trials / epoch,
-            "train_seconds": trained["train_seconds"],
-            "sampling_seconds": sampled["sampling_seconds"],
-            "peak_rss_train_gib": trained["peak_rss_gib"],
-            "peak_rss_sampling_gib": sampled["peak_rss_gib"],
+            **{
+                k: trained[k]
+                for k in (
+                    "epoch_seconds_median",
+                    "epoch_seconds_first",
+                    "train_trials_per_second",
+                    "train_seconds",
+                    "peak_rss_train_gib",
+                )
+            },
             **{
                 k: sampled[k]
                 for k in (
+                    "sampling_seconds",
+                    "peak_rss_sampling_gib",
                     "valid_co_bps",
                     "valid_fp_bps",
                     "valid_rate_r2",

@@ -28,8 +28,6 @@ import math
 import os
 import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -40,18 +38,13 @@ from pathlib import Path
 
 import torch
 
-from lfads.bench.benchmark import (
-    N_SAMPLES,
-    REFERENCE_DATA,
-    REFERENCE_HPARAMS,
-    peak_rss_gib,
-    time_pack,
-)
+from lfads.bench import harness
+from lfads.bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS
+from lfads.bench.harness import emit, time_pack, time_sampling, time_training
 from lfads.model.priors import MultivariateNormalPrior, NullPrior, Prior
 
 EXIT_PASSED, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3  # (and 2, argparse's, for bad arguments)
 IMPLS = ("fast", "reference", "compiled")
-RESULT_PREFIX = "GPU_CHECK_RESULT "  # a worker's answers on stdout: prefix, key, JSON
 
 # -- what is compared -------------------------------------------------------------------------
 # The float32 tolerances of tests/test_model_paths.py (fast vs. reference in float32): the loss
@@ -195,21 +188,6 @@ def no_cuda_line() -> str:
         f"gpu_check: no CUDA device visible (torch {torch.__version__}, {build}); nothing checked. "
         "Run it on a GPU machine (`make install TORCH_SPEC=torch` installs a CUDA build)."
     )
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def reset_peak_gpu_memory(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gpu_gib(device: str) -> float | None:
-    """Peak GPU memory allocated by tensors since the last reset, GiB; None on the CPU."""
-    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
 # -- 1a. the paths on the device against the CPU fast path ----------------------------------------
@@ -446,83 +424,8 @@ def checkpoint_portability(device: str, work: Path) -> Iterator[tuple[str, dict]
 
 
 # -- 2. timings ----------------------------------------------------------------------------------
-def time_training(
-    data: Path, run_dir: Path, hparams: dict, impl: str, epochs: int, device: str
-) -> dict:
-    """Train `epochs` epochs afresh into run_dir; seconds per epoch (train + validation, the
-    median after the first), training trials per second, and peak GPU memory and RSS.
-
-    An epoch's seconds are the LightningModule's own (it reads every step's loss, which waits
-    for the GPU). The compile time of `compiled` is estimated as its first epoch minus its median.
-    """
-    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
-    from lfads.formats.prepared import read_prepared
-    from lfads.model.hparams import HParams
-    from lfads.training.train import train_model
-
-    shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
-    reset_peak_gpu_memory(device)
-    synchronize(device)
-    start = time.perf_counter()
-    train_model(
-        [data],
-        HParams.from_dict({**hparams, "max_epochs": epochs}),
-        run_dir,
-        checkpoint_dir=run_dir / "checkpoints",
-        device=device,
-        rnn_impl=impl,
-    )
-    synchronize(device)
-    total = time.perf_counter() - start
-    peak_gpu, peak_rss = peak_gpu_gib(device), peak_rss_gib()
-    seconds = [float(s) for s in read_metrics_csv(run_dir / "metrics.csv")[EPOCH_SECONDS]]
-    median = statistics.median(seconds[1:])
-    n_train = len(read_prepared(data, keys=("encod_data",)).splits["train"].encod_data)
-    return {
-        "epoch_seconds": seconds,
-        "epoch_seconds_median": median,
-        "epoch_seconds_first": seconds[0],
-        "compile_seconds_estimate": seconds[0] - median if impl == "compiled" else None,
-        "train_trials": n_train,
-        "train_trials_per_second": n_train / median,
-        "train_seconds": total,
-        "peak_gpu_train_gib": peak_gpu,
-        "peak_rss_train_gib": peak_rss,
-    }
-
-
-def time_sampling(data: Path, model_path: Path, impl: str, n_samples: int, device: str) -> dict:
-    """Posterior sampling of every trial of `data` with `n_samples` samples, twice: the seconds
-    of the second pass (the first includes warm-up, and compiling for `compiled`), peak GPU
-    memory and RSS."""
-    from lfads.evaluation.infer import auto_batch_size, sample_splits
-    from lfads.formats.checkpoints import load_model
-    from lfads.training.datamodule import load_session
-
-    model, _ = load_model(model_path, device, rnn_impl=impl)
-    session = load_session(data)
-    batch_size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
-    reset_peak_gpu_memory(device)
-    seconds = []
-    for _ in range(2):
-        synchronize(device)
-        start = time.perf_counter()
-        (results,) = sample_splits(model, session, 0, n_samples, batch_size, device)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return {
-        "sampling_seconds": seconds[1],
-        "sampling_first_seconds": seconds[0],
-        "sampled_trials": sum(session.n_trials(split) for split in results),
-        "n_samples": n_samples,
-        "sampling_batch_size": batch_size,
-        "peak_gpu_sampling_gib": peak_gpu_gib(device),
-        "peak_rss_sampling_gib": peak_rss_gib(),
-    }
-
-
 def pack_results(spec: dict, device: str) -> Iterator[tuple[str, dict]]:
-    """("packs/<members>", `lfads.bench.benchmark.time_pack`) for each pack size of the spec,
+    """("packs/<members>", `lfads.bench.harness.time_pack`) for each pack size of the spec,
     largest last: packs of the MC_Maze config's model, each member its own seed and dropout."""
     for members in spec["sizes"]:
         yield (
@@ -549,7 +452,7 @@ def timing_results(spec: dict, device: str) -> Iterator[tuple[str, dict]]:
     )
     yield (
         f"{key}/sample",
-        time_sampling(data, run_dir / "model.ckpt", spec["impl"], spec["n_samples"], device),
+        time_sampling(data, run_dir / "model.ckpt", spec["impl"], spec["n_samples"], device)[0],
     )
 
 
@@ -626,37 +529,12 @@ def configs(tiny: bool) -> dict[str, tuple[dict, dict]]:
 
 
 def run_part(part: Part, args: argparse.Namespace, timeout: float) -> tuple[dict, str]:
-    """Run `part` in a fresh interpreter for at most `timeout` seconds: (its results by key,
-    "" when it finished, else what happened). On time-out its whole process group is killed."""
-    command = [
-        sys.executable,
-        "-m",
-        "lfads.bench.gpu_check",
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--worker",
-        json.dumps(part.spec),
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    """Run `part` in a fresh interpreter for at most `timeout` seconds (lfads.bench.harness)."""
+    return harness.run_part(
+        ["-m", "lfads.bench.gpu_check", "--device", args.device, "--threads", str(args.threads)]
+        + ["--worker", json.dumps(part.spec)],
+        timeout,
     )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-        problem = "" if process.returncode == 0 else f"failed (exit {process.returncode})"
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # compile workers too
-        stdout, stderr = process.communicate()
-        problem = "skipped: over budget"
-    results = {}
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            key, _, value = line[len(RESULT_PREFIX) :].partition(" ")
-            results[key] = json.loads(value)
-    if problem.startswith("failed"):
-        problem += ": " + " | ".join(stderr.strip().splitlines()[-8:])
-    return results, problem
 
 
 def worker(spec: dict, device: str) -> int:
@@ -670,7 +548,7 @@ def worker(spec: dict, device: str) -> int:
     else:
         results = timing_results(spec, device)
     for key, result in results:
-        print(RESULT_PREFIX + key + " " + json.dumps(result), flush=True)
+        emit(key, result)
     return 0
 
 

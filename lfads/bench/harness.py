@@ -1,0 +1,229 @@
+"""What the benchmark (`make bench`, `make bench-packs`) and the GPU check (`make gpu-check`)
+share: the timed parts, and how each part runs in a fresh interpreter (so that its peak memory
+and its compile caches are its own) and hands its results back on stdout as `RESULT <key>
+<JSON>` lines (`emit`, `run_part`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULT_PREFIX = "RESULT "  # a worker's answers on stdout: prefix, key, JSON
+PACK_DROPOUTS = (0.1, 0.2, 0.3, 0.4)  # pack member m: seed m and the m-th of these, in turn
+
+
+def emit(key: str, result) -> None:
+    """Hand one result back to the driver (`run_part` reads it)."""
+    print(RESULT_PREFIX + key + " " + json.dumps(result), flush=True)
+
+
+def run_part(arguments: list[str], timeout: float | None = None) -> tuple[dict, str]:
+    """`python <arguments>` in a fresh interpreter for at most `timeout` seconds: (its results by
+    key, "" when it finished, else what happened). On time-out its whole process group is killed
+    (compile workers too)."""
+    command = [sys.executable, *arguments]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        problem = "" if process.returncode == 0 else f"failed (exit {process.returncode})"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        problem = "skipped: over budget"
+    results = {}
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            key, _, value = line[len(RESULT_PREFIX) :].partition(" ")
+            results[key] = json.loads(value)
+    if problem.startswith("failed"):
+        problem += ": " + " | ".join(stderr.strip().splitlines()[-8:])
+    return results, problem
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def reset_peak_gpu_memory(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gpu_gib(device: str) -> float | None:
+    """Peak GPU memory allocated by tensors since the last reset, GiB; None on the CPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def time_training(
+    data: Path, run_dir: Path, hparams: dict, impl: str, epochs: int, device: str
+) -> dict:
+    """Train `epochs` epochs afresh into run_dir; seconds per epoch (train + validation, the
+    median after the first), training trials per second, and peak GPU memory and RSS.
+
+    An epoch's seconds are the LightningModule's own (it reads every step's loss, which waits
+    for the GPU). The compile time of `compiled` is estimated as its first epoch minus its median.
+    """
+    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
+    from lfads.formats.prepared import read_prepared
+    from lfads.model.hparams import HParams
+    from lfads.training.train import train_model
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would be resumed
+    reset_peak_gpu_memory(device)
+    synchronize(device)
+    start = time.perf_counter()
+    train_model(
+        [data],
+        HParams.from_dict({**hparams, "max_epochs": epochs}),
+        run_dir,
+        checkpoint_dir=run_dir / "checkpoints",
+        device=device,
+        rnn_impl=impl,
+    )
+    synchronize(device)
+    total = time.perf_counter() - start
+    peak_gpu, peak_rss = peak_gpu_gib(device), peak_rss_gib()
+    seconds = [float(s) for s in read_metrics_csv(run_dir / "metrics.csv")[EPOCH_SECONDS]]
+    median = statistics.median(seconds[1:] or seconds)
+    n_train = len(read_prepared(data, keys=("encod_data",)).splits["train"].encod_data)
+    return {
+        "epoch_seconds": seconds,
+        "epoch_seconds_median": median,
+        "epoch_seconds_first": seconds[0],
+        "compile_seconds_estimate": seconds[0] - median if impl == "compiled" else None,
+        "train_trials": n_train,
+        "train_trials_per_second": n_train / median,
+        "train_seconds": total,
+        "peak_gpu_train_gib": peak_gpu,
+        "peak_rss_train_gib": peak_rss,
+    }
+
+
+def time_sampling(
+    data: Path, model_path: Path, impl: str, n_samples: int, device: str
+) -> tuple[dict, dict]:
+    """Posterior sampling of every trial of `data` with `n_samples` samples, twice: (the seconds
+    of the second pass (the first includes warm-up, and compiling for `compiled`), peak GPU
+    memory and RSS; the sampled splits)."""
+    from lfads.evaluation.infer import auto_batch_size, sample_splits
+    from lfads.formats.checkpoints import load_model
+    from lfads.training.datamodule import load_session
+
+    model, _ = load_model(model_path, device, rnn_impl=impl)
+    session = load_session(data)
+    batch_size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
+    reset_peak_gpu_memory(device)
+    seconds = []
+    for _ in range(2):
+        synchronize(device)
+        start = time.perf_counter()
+        (results,) = sample_splits(model, session, 0, n_samples, batch_size, device)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    figures = {
+        "sampling_seconds": seconds[1],
+        "sampling_first_seconds": seconds[0],
+        "sampled_trials": sum(session.n_trials(split) for split in results),
+        "n_samples": n_samples,
+        "sampling_batch_size": batch_size,
+        "peak_gpu_sampling_gib": peak_gpu_gib(device),
+        "peak_rss_sampling_gib": peak_rss_gib(),
+    }
+    return figures, results
+
+
+def pack_member_hparams(member: int, base: dict, epochs: int) -> dict:
+    """The hyperparameters of member `member` of a timed pack: its own seed and dropout."""
+    dropout = PACK_DROPOUTS[member % len(PACK_DROPOUTS)]
+    return {**base, "seed": member, "dropout": dropout, "max_epochs": epochs}
+
+
+def time_pack(
+    data: Path,
+    folder: Path,
+    base: dict,
+    n_members: int,
+    epochs: int,
+    device: str,
+    n_samples: int,
+    impl: str = "fast",
+) -> dict:
+    """Train a pack of `n_members` for `epochs` epochs afresh, then posterior-sample its valid
+    trials with every member at once: seconds per epoch (the median after the first), per member,
+    sampling seconds per member, peak RSS and GPU memory. Used by the benchmark and the GPU check.
+    """
+    import torch
+
+    from lfads.evaluation.infer import auto_batch_size, sample_splits
+    from lfads.formats.checkpoints import load_pack
+    from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
+    from lfads.model.hparams import HParams
+    from lfads.training.datamodule import load_session
+    from lfads.training.train import Member, train_pack
+
+    shutil.rmtree(folder, ignore_errors=True)  # a checkpoint left there would be resumed
+    members = [
+        Member(
+            f"m{m:02d}",
+            HParams.from_dict(pack_member_hparams(m, base, epochs)),
+            folder / f"m{m:02d}",
+        )
+        for m in range(n_members)
+    ]
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    paths = train_pack(members, [data], folder / "checkpoints", device=device, rnn_impl=impl)
+    train_seconds = time.perf_counter() - start
+    seconds = [
+        float(x) for x in read_metrics_csv(members[0].out_dir / "metrics.csv")[EPOCH_SECONDS]
+    ]
+    median = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    peak_gpu_train = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    model, _ = load_pack(paths, device, rnn_impl=impl)
+    session = load_session(data)
+    session.splits = {"valid": session.splits["valid"]}
+    size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
+    start = time.perf_counter()
+    sample_splits(model, session, 0, n_samples, size, device)
+    if cuda:
+        torch.cuda.synchronize()
+    sampling = time.perf_counter() - start
+    return {
+        "members": n_members,
+        "epoch_seconds": seconds,
+        "epoch_seconds_median": median,
+        "member_epoch_seconds": median / n_members,
+        "train_seconds": train_seconds,
+        "sampled_trials": session.n_trials("valid"),
+        "sampling_seconds": sampling,
+        "sampling_seconds_per_member": sampling / n_members,
+        "peak_rss_gib": peak_rss_gib(),
+        "peak_gpu_gib": peak_gpu_train,
+    }
