@@ -56,11 +56,9 @@ class FakeDandiArchive:
         different copy would report.
     wrong_etag: asset paths whose metadata carries a wrong dandi-etag, so the
         client's own digest check fails.
-    stall_after: {asset path: n}: until `release()` (or the server stops), the
-        first download of that asset sends its first n bytes and every later one
-        (the client's retries after its read timeout) none, then each drops the
-        connection, like a network that goes away mid-download. The partial file
-        stays at n bytes however long the client waits.
+    stall_after: {asset path: n}: the first download of that asset sends its
+        first n bytes, then stalls until `release()` (or the server stops) and
+        drops the connection, like a network that goes away mid-download.
     """
 
     def __init__(
@@ -312,13 +310,14 @@ def _make_handler(archive: FakeDandiArchive) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
-            stall = archive.stall_after.get(archive.assets[asset_id])
-            if stall is not None and not archive._release.is_set():
-                if not archive.stalled.is_set():
-                    self.wfile.write(body[:stall])
-                    self.wfile.flush()
-                    archive.stalled.set()
-                archive._release.wait(timeout=600)
+            stall = (
+                archive.stall_after.pop(archive.assets[asset_id], None) if not requested else None
+            )
+            if stall is not None:
+                self.wfile.write(body[:stall])
+                self.wfile.flush()
+                archive.stalled.set()
+                archive._release.wait(timeout=60)
                 self.close_connection = True  # the rest never comes
                 return
             self.wfile.write(body)
