@@ -177,8 +177,6 @@ def time_pack(
     trials with every member at once: seconds per epoch (the median after the first), per member,
     sampling seconds per member, peak RSS and GPU memory. Used by the benchmark and the GPU check.
     """
-    import torch
-
     from lfads.evaluation.infer import auto_batch_size, sample_splits
     from lfads.formats.checkpoints import load_pack
     from lfads.formats.metrics import EPOCH_SECONDS, read_metrics_csv
@@ -195,25 +193,22 @@ def time_pack(
         )
         for m in range(n_members)
     ]
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_gpu_memory(device)
     start = time.perf_counter()
     paths = train_pack(members, [data], folder / "checkpoints", device=device, rnn_impl=impl)
     train_seconds = time.perf_counter() - start
     seconds = [
         float(x) for x in read_metrics_csv(members[0].out_dir / "metrics.csv")[EPOCH_SECONDS]
     ]
-    median = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    peak_gpu_train = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    median = statistics.median(seconds[1:] or seconds)
+    peak_gpu_train = peak_gpu_gib(device)
     model, _ = load_pack(paths, device, rnn_impl=impl)
     session = load_session(data)
     session.splits = {"valid": session.splits["valid"]}
     size = auto_batch_size(model, n_samples, session.dims.n_recon_bins)
     start = time.perf_counter()
     sample_splits(model, session, 0, n_samples, size, device)
-    if cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     sampling = time.perf_counter() - start
     return {
         "members": n_members,

@@ -718,19 +718,19 @@ def all_figures(
     best = best_run(summary_tsv)
     if best not in inferred:
         raise ValueError(f"{summary_tsv}: its best run {best} is not among the runs given")
-    inferred = Path(inferred[best])
+    best_inferred = Path(inferred[best])
     makers = {
         "best_neuron_co_bps": lambda out: neuron_co_bps(
-            targets_path, group, inferred, prepared_path, references_json, out
+            targets_path, group, best_inferred, prepared_path, references_json, out
         ),
-        "best_raster": lambda out: raster_and_rates(prepared_path, inferred, out),
-        "best_psth": lambda out: psths(targets_path, group, inferred, prepared_path, out),
+        "best_raster": lambda out: raster_and_rates(prepared_path, best_inferred, out),
+        "best_psth": lambda out: psths(targets_path, group, best_inferred, prepared_path, out),
         "best_velocity": lambda out: decoded_velocity(
-            targets_path, group, inferred, prepared_path, out
+            targets_path, group, best_inferred, prepared_path, out
         ),
-        "best_rates_vs_truth": lambda out: rates_vs_truth(prepared_path, inferred, out),
-        "best_factors": lambda out: factor_trajectories(prepared_path, inferred, out),
-        "best_inputs": lambda out: inferred_inputs(prepared_path, inferred, out),
+        "best_rates_vs_truth": lambda out: rates_vs_truth(prepared_path, best_inferred, out),
+        "best_factors": lambda out: factor_trajectories(prepared_path, best_inferred, out),
+        "best_inputs": lambda out: inferred_inputs(prepared_path, best_inferred, out),
         "training_curves": lambda out: training_curves(
             {name: Path(path) for name, path in curves.items() if name in scored}, out
         ),
