@@ -11,7 +11,7 @@ ones of the plain loops (`lfads.model.gru.scan_reference`,
 `lfads.model.decoder.unroll_plain`); tests/test_model_paths.py compares losses
 and every gradient. `lfads.model.loops` decides where these loops are used.
 
-GRU step (TF LFADS form, see `lfads.model.gru`), with transposed weights:
+The forward runs `lfads.model.gru.gru_step`; its backward, `_gru_backward`, is written here:
     z, r = sigmoid(x_zr + h @ U_zr)       n = tanh(x_n + (r * h) @ U_n)
     h' = clip(n + z * (h - n))
 A clipped element passes no gradient (|h'| = clip counts as clipped).
@@ -39,35 +39,17 @@ import torch
 import torch.nn.functional as F
 
 from lfads.model.decoder import Decoder, DecoderNoise, DecoderOutput
+from lfads.model.gru import gru_step
 from lfads.model.members import member_linear
 
 
-def _tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """tanh; on the CPU as 2 sigmoid(2x) - 1, since torch's CPU tanh is several times slower than
-    its sigmoid (measured 125 vs 16 us on 600 x 200 floats; 46 us this way). Absolute error ~1 ulp
-    of 1. Overwrites x on the CPU: pass a temporary."""
-    if x.device.type != "cpu":
-        return torch.tanh(x, out=out)
-    return torch.sigmoid(x.mul_(2.0), out=out).mul_(2.0).sub_(1.0)
+def _bmm_t(a, b):
+    """a @ b^T, batched."""
+    return torch.bmm(a, b.transpose(1, 2))
 
 
-def _gru_forward(x_zr, x_n, h, u_zr, u_n, clip, mm, out=(None, None, None)):
-    """One step; returns the new state, the gate activations [z | r] and the candidate n.
-
-    out: optional (state, gates, candidate) tensors to write into.
-    """
-    h_out, gates_out, n_out = out
-    gates = torch.sigmoid(mm(x_zr, h, u_zr), out=gates_out)
-    z, r = gates.chunk(2, dim=-1)
-    n = _tanh(mm(x_n, r * h, u_n), out=n_out)
-    h_new = torch.lerp(n, h, z, out=h_out)
-    if not math.isinf(clip):
-        h_new.clamp_(-clip, clip)
-    return h_new, gates, n
-
-
-def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, None)):
-    """Gradients of one step: (d x_zr, d x_n, d h). mm_t(a, b) = a @ b^T, batched.
+def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, out=(None, None)):
+    """Gradients of one `gru_step`: (d x_zr, d x_n, d h).
 
     out: optional (d x_zr, d x_n) tensors to write into.
     """
@@ -76,22 +58,14 @@ def _gru_backward(dh_new, h_new, h, gates, n, u_zr, u_n, clip, mm_t, out=(None, 
         dh_new = dh_new * (h_new.abs() < clip)
     z, r = gates.chunk(2, dim=-1)
     dn = torch.mul(dh_new * (1.0 - z), 1.0 - n * n, out=d_n_out)  # through tanh: d(x_n + (r h) U_n)
-    drh = mm_t(dn, u_n)
+    drh = _bmm_t(dn, u_n)
     # [d z | d r] through the sigmoids, each half written in place (no concatenated copy)
     d_gates = d_zr_out if d_zr_out is not None else torch.empty_like(gates)
     d_z, d_r = d_gates.chunk(2, dim=-1)
     torch.mul(dh_new * (h - n), z * (1.0 - z), out=d_z)
     torch.mul(drh * h, r * (1.0 - r), out=d_r)
-    dh = dh_new * z + drh * r + mm_t(d_gates, u_zr)
+    dh = dh_new * z + drh * r + _bmm_t(d_gates, u_zr)
     return d_gates, dn, dh
-
-
-def _baddbmm(x, h, u):
-    return torch.baddbmm(x, h, u)
-
-
-def _bmm_t(a, b):
-    return torch.bmm(a, b.transpose(1, 2))
 
 
 def _time_major(x: torch.Tensor | None, time_dim: int) -> torch.Tensor | None:
@@ -116,14 +90,13 @@ class StackedGRUSequence(torch.autograd.Function):
         cands = x_n.new_empty(x_n.shape) if keep else None
         h = h0
         for t in range(n_bins):
-            h, _, _ = _gru_forward(
+            h, _, _ = gru_step(
                 x_zr[t],
                 x_n[t],
                 h,
                 u_zr,
                 u_n,
                 clip,
-                _baddbmm,
                 (states[t], gates[t] if keep else None, cands[t] if keep else None),
             )
         if keep:
@@ -149,7 +122,6 @@ class StackedGRUSequence(torch.autograd.Function):
                 u_zr,
                 u_n,
                 ctx.clip,
-                _bmm_t,
                 (d_zr[t], d_n[t]),
             )
         r = gates[..., hidden:]
@@ -277,14 +249,13 @@ class DecoderLoop(torch.autograd.Function):
             x_zr, x_n = gen_zr[t], gen_n[t]  # the generator's projected inputs
             if controller:
                 fi = f * mf[t] if mf is not None else f
-                c, _, _ = _gru_forward(
+                c, _, _ = gru_step(
                     torch.baddbmm(con_zr[t], fi, w_fac_zr),
                     torch.baddbmm(con_n[t], fi, w_fac_n),
                     c,
                     uc_zr,
                     uc_n,
                     clip,
-                    _baddbmm,
                     (cs[t], c_gates[t] if keep else None, c_ns[t] if keep else None),
                 )
                 mean, logvar = torch.baddbmm(b_co.unsqueeze(1), c, w_co).chunk(2, dim=2)
@@ -292,14 +263,13 @@ class DecoderLoop(torch.autograd.Function):
                 std = torch.exp(0.5 * logvar, out=stds[t])
                 u = torch.addcmul(mean, std, eps[t], out=us[t]) if eps is not None else mean
                 x_zr, x_n = torch.baddbmm(x_zr, u, w_u_zr), torch.baddbmm(x_n, u, w_u_n)
-            g, _, _ = _gru_forward(
+            g, _, _ = gru_step(
                 x_zr,
                 x_n,
                 g,
                 ug_zr,
                 ug_n,
                 clip,
-                _baddbmm,
                 (gs[t], g_gates[t] if keep else None, g_ns[t] if keep else None),
             )
             f = torch.bmm(g * mg[t + 1] if mg is not None else g, w_factor, out=fs[t])
@@ -388,7 +358,6 @@ class DecoderLoop(torch.autograd.Function):
                 ug_zr,
                 ug_n,
                 clip,
-                _bmm_t,
                 (d_g_zr[t], d_g_n[t]),
             )
             if controller:
@@ -411,7 +380,6 @@ class DecoderLoop(torch.autograd.Function):
                     uc_zr,
                     uc_n,
                     clip,
-                    _bmm_t,
                     (d_c_zr[t], d_c_n[t]),
                 )
                 d_fi = torch.baddbmm(_bmm_t(d_c_zr[t], w_fac_zr), d_c_n[t], w_fac_n.transpose(1, 2))
