@@ -16,13 +16,15 @@ def test_scaling_worker_times_a_training_step_of_both_paths():
 
 def test_pack_report_sets_each_pack_beside_its_members_alone():
     def pack(members: int, epoch: float, wall: float) -> dict:
-        return {
+        return {  # the keys of harness.time_pack, and the process's seconds
             "members": members,
             "epoch_seconds_median": epoch,
             "member_epoch_seconds": epoch / members,
+            "train_seconds": 10.0 * epoch,
             "sampling_seconds": 2.0 * members,
             "sampling_seconds_per_member": 2.0,
             "peak_rss_gib": 1.0,
+            "peak_gpu_gib": None,
             "process_seconds": wall,
         }
 
@@ -33,21 +35,11 @@ def test_pack_report_sets_each_pack_beside_its_members_alone():
         "alone": [{"process_seconds": 15.0}] * 4,
     }
     lines = bench.format_pack_report(report).splitlines()
-    # a pack of 4: 1.0 s per member per epoch, 0.50 of the pack of 1's 2.0; its 30 s process
-    # against its members' 4 x 15 s one after another
-    (row,) = [line for line in lines if line.split()[:1] == ["4"]]
-    assert row.split() == [
-        "4",
-        "4.000",
-        "1.000",
-        "0.50",
-        "8.00",
-        "2.00",
-        "1.00",
-        "30.0",
-        "60.0",
-        "0.50",
-    ]
+    # a pack of 4: 1.0 s per member per epoch, its epoch 2.00 times the pack of 1's 2.0 s; its
+    # 30 s process against its members' 4 x 15 s one after another
+    timed, walls = [line.split() for line in lines if line.split()[:1] == ["4"]]
+    assert timed == ["4", "4.000", "1.0000", "2.00", "40.0", "8.00", "2.00", "1.00", "-"]
+    assert walls == ["4", "30.0", "60.0", "0.50"]
 
 
 def test_report_states_ratios_and_peak_memory():

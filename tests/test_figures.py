@@ -284,7 +284,9 @@ def test_the_velocity_figure_uses_the_decoder_of_vel_r2(scored):
 
 
 def test_summary_html_puts_the_best_run_beside_the_references(tmp_path):
-    from lfads.evaluation.report_table import BEST_ROW, write_summary_html
+    import re
+
+    from lfads.evaluation.report_table import write_summary_html
 
     runs = {"lr~0.01": {"lr": 0.01}, "lr~0.001": {"lr": 0.001}, "lr~1000": {"lr": 1000.0}}
     curves = {"lr~0.01": [3.0, 1.1], "lr~0.001": [3.0, 1.4], "lr~1000": [3.0]}
@@ -307,18 +309,30 @@ def test_summary_html_puts_the_best_run_beside_the_references(tmp_path):
         tmp_path / "summary.tsv", tmp_path / "references.json", tmp_path / "summary.html"
     ).read_text()
     assert "Best run: <b>lr~0.01</b>" in page and "co-bps <b>0.3123</b>" in page
-    result = page[page.index('id="result-table"') : page.index('id="runs-table"')]
+    result = page[page.index('id="T_result"') : page.index('id="T_runs"')]
     assert result.count("<tr") == 3  # header, the best run, the smoothing baseline
     assert "smoothing baseline (Gaussian 50 ms + Poisson GLM)" in result and "0.2500" in result
-    runs_table = page[page.index('id="runs-table"') :]
+    runs_table = page[page.index('id="T_runs"') :]
     body_rows = runs_table.split("<tr")[2:]
     assert [row.split("</td>")[0].rsplit(">", 1)[1] for row in body_rows] == [
         "lr~0.01",
         "lr~0.001",
         "lr~1000",
     ]
-    assert BEST_ROW in body_rows[0] and BEST_ROW not in body_rows[1]
+    # the highlighted cells (the style rules with the best row's background): each cell of the
+    # result table's best run and of the runs table's first row, nothing else
+    highlighted = " ".join(
+        selectors
+        for selectors, rule in re.findall(r"([^{}]+)\{([^{}]*)\}", page)
+        if "#fff3c4" in rule
+    )
+    columns = runs_table.split("</tr>")[0].count("col_heading")
+    assert sorted(re.findall(r"#T_(\w+)_row(\d+)_col\d+", highlighted)) == sorted(
+        [("result", "0")] * result.split("</tr>")[0].count("col_heading")
+        + [("runs", "0")] * columns
+    )
     assert ">diverged<" in body_rows[2] and "—" in body_rows[2]
+    assert ">2<" in body_rows[0]  # the best epoch (1-based), as an integer
 
 
 def test_the_gallery_shows_each_figure_as_a_thumbnail_with_its_caption(tmp_path):

@@ -161,6 +161,8 @@ def test_the_report_has_every_key_and_writes_valid_json(tmp_path):
         "member_epoch_seconds": 2.0,
         "train_seconds": 10.0,
         "sampling_seconds": 1.5,
+        "sampling_seconds_per_member": 1.5,
+        "peak_rss_gib": 0.75,
         "peak_gpu_gib": None,
     }
     results["equivalence/fast/small/means"] = {
@@ -210,7 +212,8 @@ def test_the_report_has_every_key_and_writes_valid_json(tmp_path):
     assert written["equivalence"]["paths"]["compiled"]["small/means"]["status"] == "missing"
     printed = gpu_check.format_report(report)
     assert "FAILED:\n  a failure" in printed and "skipped: over budget" in printed
-    assert "       1     2.000      2.0000       1.00     10.0        1.50           nan" in printed
+    (pack,) = [line.split() for line in printed.splitlines() if line.split()[:1] == ["1"]]
+    assert pack == ["1", "2.000", "2.0000", "1.00", "10.0", "1.50", "1.50", "0.75", "-"]
     assert "       4  missing" in printed
 
 

@@ -34,7 +34,7 @@ def report(pipeline, tmp_path_factory):
 # and the text column end, whether the rule graph shows, and each figure thumbnail's width.
 MEASURE = """<script>
 setTimeout(function () {
-  var table = document.getElementById("runs-table"), box = table.parentElement;
+  var table = document.getElementById("T_runs"), box = table.parentElement;
   var header = table.querySelector("tr").children, graph = document.getElementById("rulegraph");
   var out = {
     width: window.innerWidth,
@@ -45,6 +45,8 @@ setTimeout(function () {
     table_width: table.scrollWidth,
     box_overflow: getComputedStyle(box).overflowX,
     rule_graph: graph ? getComputedStyle(graph).display : null,
+    row_backgrounds: Array.from(table.querySelectorAll("tbody tr")).map(
+      function (row) { return getComputedStyle(row.cells[0]).backgroundColor; }),
     thumbnails: Array.from(document.querySelectorAll("#lfads-figures img")).map(
       function (img) { return img.getBoundingClientRect().width; }),
   };
@@ -96,7 +98,10 @@ def test_the_report_shows_the_table_and_the_best_runs_co_bps(pipeline, report, t
     text = re.sub(r"\s+", " ", text)
     table = pd.read_csv(workdir / "results" / "tiny" / "val" / "summary.tsv", sep="\t")
     best = table[table.best].iloc[0]
-    assert 'id="runs-table"' in dom and 'id="result-table"' in dom
+    assert 'id="T_runs"' in dom and 'id="T_result"' in dom
+    # the best run's row (first, by validation loss) is highlighted, the others are not
+    assert layout["row_backgrounds"][0] == "rgb(255, 243, 196)", layout  # #fff3c4
+    assert "rgb(255, 243, 196)" not in layout["row_backgrounds"][1:], layout
     for name in table.run:  # every run is a row of the rendered table
         assert re.search(rf"<tr[^>]*>\s*<td[^>]*>{re.escape(name)}</td>", dom), name
     assert f"Best run: {best.run}" in text

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from lfads.bench.harness import (
     emit,
+    format_pack_table,
     pack_member_hparams,
     peak_rss_gib,
     run_part,
@@ -244,7 +245,6 @@ def run_pack_benchmark(args: argparse.Namespace) -> dict:
 
 def format_pack_report(report: dict) -> str:
     machine, alone = report["machine"], report["alone"]
-    single = next((row for row in report["packs"] if row["members"] == 1), None)
     lines = [
         f"Packs: {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, torch "
         f"{machine['torch']}, device {machine['device']}; {PACK_DATA['n_trials']} trials "
@@ -253,30 +253,25 @@ def format_pack_report(report: dict) -> str:
         f"mc_maze model sizes, batch {REFERENCE_HPARAMS['batch_size']}, "
         f"{report['config']['epochs']} epochs",
         "",
-        f"{'members':>8}{'s/epoch':>10}{'per member':>12}{'vs alone':>10}{'sampling s':>12}"
-        f"{'per member':>12}{'peak GiB':>10}{'pack wall s':>13}{'alone wall s':>14}{'ratio':>7}",
+        *format_pack_table({row["members"]: row for row in report["packs"]}),
+        "",
+        f"{'members':>8}{'pack wall s':>13}{'alone wall s':>14}{'ratio':>7}",
     ]
     for row in report["packs"]:
         members = row["members"]
-        relative = (
-            row["member_epoch_seconds"] / single["epoch_seconds_median"] if single else math.nan
-        )
         sequential = (
             sum(r["process_seconds"] for r in alone[:members])
             if len(alone) >= members
             else math.nan
         )
         lines.append(
-            f"{members:>8}{row['epoch_seconds_median']:>10.3f}{row['member_epoch_seconds']:>12.3f}"
-            f"{relative:>10.2f}{row['sampling_seconds']:>12.2f}"
-            f"{row['sampling_seconds_per_member']:>12.2f}{row['peak_rss_gib']:>10.2f}"
-            f"{row['process_seconds']:>13.1f}{sequential:>14.1f}"
+            f"{members:>8}{row['process_seconds']:>13.1f}{sequential:>14.1f}"
             f"{row['process_seconds'] / sequential:>7.2f}"
         )
     lines += [
         "",
-        "s/epoch: the pack's median epoch (train + validation) after the first; vs alone: per "
-        "member, over the pack of 1's;",
+        "s/epoch: the pack's median epoch (train + validation) after the first; vs 1: over the "
+        "pack of 1's;",
         "pack wall s: the pack's whole process (imports, training, sampling the valid trials); "
         "alone wall s: its members' training",
         "processes one after another (imports and training, no sampling); ratio: pack over alone.",

@@ -40,7 +40,7 @@ import torch
 
 from lfads.bench import harness
 from lfads.bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS
-from lfads.bench.harness import emit, time_pack, time_sampling, time_training
+from lfads.bench.harness import emit, format_pack_table, time_pack, time_sampling, time_training
 from lfads.model.priors import MultivariateNormalPrior, NullPrior, Prior
 
 EXIT_PASSED, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3  # (and 2, argparse's, for bad arguments)
@@ -741,22 +741,7 @@ def format_report(report: dict) -> str:
         if timings[config][impl]["status"] != "measured":
             lines.append(f"  {config} {impl}: {timings[config][impl]['status']}")
     lines += ["", "packs of the mc_maze config (each member its own seed and dropout):"]
-    lines.append(
-        f"{'members':>8}{'s/epoch':>10}{'per member':>12}{'wall vs 1':>11}{'train s':>9}"
-        f"{'sampling s':>12}{'peak GPU GiB':>14}"
-    )
-    one = report["packs"].get("1", {}).get("epoch_seconds_median")
-    for members, found in report["packs"].items():
-        if "epoch_seconds_median" not in found:
-            lines.append(f"{members:>8}  {found.get('status', 'missing')}")
-            continue
-        wall = found["epoch_seconds_median"] / one if one else math.nan
-        peak = found["peak_gpu_gib"]
-        lines.append(
-            f"{members:>8}{found['epoch_seconds_median']:>10.3f}"
-            f"{found['member_epoch_seconds']:>12.4f}{wall:>11.2f}{found['train_seconds']:>9.1f}"
-            f"{found['sampling_seconds']:>12.2f}{peak if peak is not None else math.nan:>14.2f}"
-        )
+    lines += format_pack_table({int(size): found for size, found in report["packs"].items()})
     lines.append("")
     if report["passed"]:
         lines.append("PASSED: every check")

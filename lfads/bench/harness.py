@@ -7,6 +7,7 @@ and its compile caches are its own) and hands its results back on stdout as `RES
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -222,3 +223,29 @@ def time_pack(
         "peak_rss_gib": peak_rss_gib(),
         "peak_gpu_gib": peak_gpu_train,
     }
+
+
+def format_pack_table(packs: dict[int, dict]) -> list[str]:
+    """The lines of the table of `time_pack` results {members: result}, for the benchmark and the
+    GPU check alike: epoch seconds (median), per member, the pack's epoch over the pack of 1's,
+    training and sampling seconds, peak RSS and GPU memory. A result without timings (its part
+    failed or was skipped) shows its status."""
+    one = packs.get(1, {}).get("epoch_seconds_median")
+    lines = [
+        f"{'members':>8}{'s/epoch':>10}{'per member':>12}{'vs 1':>7}{'train s':>9}"
+        f"{'sampling s':>12}{'per member':>12}{'peak RSS GiB':>14}{'peak GPU GiB':>14}"
+    ]
+    for members, found in packs.items():
+        if "epoch_seconds_median" not in found:
+            lines.append(f"{members:>8}  {found.get('status', 'missing')}")
+            continue
+        gpu = found["peak_gpu_gib"]
+        lines.append(
+            f"{members:>8}{found['epoch_seconds_median']:>10.3f}"
+            f"{found['member_epoch_seconds']:>12.4f}"
+            f"{found['epoch_seconds_median'] / one if one else math.nan:>7.2f}"
+            f"{found['train_seconds']:>9.1f}{found['sampling_seconds']:>12.2f}"
+            f"{found['sampling_seconds_per_member']:>12.2f}{found['peak_rss_gib']:>14.2f}"
+            + (f"{gpu:>14.2f}" if gpu is not None else f"{'-':>14}")  # (no GPU)
+        )
+    return lines

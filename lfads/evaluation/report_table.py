@@ -2,8 +2,8 @@
 best run's NLB metrics beside the references (lfads.evaluation.references), then every run of the
 search; and the figures (figures.html, rule `gallery`), a thumbnail of each with its caption.
 
-The landing page includes the fragments inline (workflow/report/workflow.rst), so they use plain
-tags with inline styles and no script.
+The landing page includes the fragments inline (workflow/report/workflow.rst), so they hold their
+own styles and no script: the tables are pandas' Styler (ids T_result and T_runs).
 """
 
 from __future__ import annotations
@@ -47,18 +47,23 @@ def _number(value) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[tuple[list, str]], table_id: str) -> str:
-    """An HTML table; rows: (cells, extra style of the row)."""
-    head = "".join(f'<th style="{CELL}">{html.escape(name)}</th>' for name in header)
-    body = "".join(
-        f'<tr style="{style}">'
-        + "".join(f'<td style="{CELL}">{_number(cell)}</td>' for cell in cells)
-        + "</tr>"
-        for cells, style in rows
-    )
+def _epoch(value) -> int | None:
+    """An epoch number of the summary (a float column where a diverged run has none) as an int."""
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _table(header: list[str], rows: list[list], best_rows: set[int], uuid: str) -> str:
+    """An HTML table, pandas' Styler: numbers to 4 decimals, a missing value as —, the rows
+    `best_rows` (their indices) highlighted. The table's id is T_<uuid>."""
+    frame = pd.DataFrame(rows, columns=header, dtype=object)  # (object: ints stay ints)
     return (
-        f'<table id="{table_id}" style="border-collapse:collapse;font-size:13px">'
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        frame.style.format(_number)
+        .format_index(html.escape, axis=1)
+        .hide(axis="index")
+        .apply(lambda row: [BEST_ROW if row.name in best_rows else ""] * len(row), axis=1)
+        .set_table_styles([{"selector": cell, "props": CELL} for cell in ("th", "td")])
+        .set_table_attributes('style="border-collapse:collapse;font-size:13px"')
+        .to_html(table_uuid=uuid, cell_ids=False)
     )
 
 
@@ -82,23 +87,27 @@ def summary_html(table: pd.DataFrame, references: dict[str, dict]) -> str:
             f"neuron at epoch {int(best[BEST_EPOCH])}); on the eval trials co-bps "
             f"<b>{_number(best.get('nlb_co_bps'))}</b>.</p>"
         )
-        rows = [([f"best run: {best.run}"] + [best.get(m) for m in metrics], BEST_ROW)]
+        rows = [[f"best run: {best.run}"] + [best.get(m) for m in metrics]]
         for name, scores in references.items():
             label = REFERENCE_NAMES.get(name, name).format(**scores)
-            rows.append(([label] + [scores.get(m) for m in labels], ""))
-        parts.append(_table(["model"] + labels, rows, "result-table"))
+            rows.append([label] + [scores.get(m) for m in labels])
+        parts.append(_table(["model"] + labels, rows, {0}, "result"))
     else:
         parts.append('<p id="best-run">Every run diverged: there is no best run.</p>')
     run_rows = []
     for _, row in table.iterrows():
         status = "best" if row.best else ("diverged" if row[DIVERGED] else "")
         cells = [row.run, status] + [row.get(c) for c in searched]
-        cells += [row.get(BEST_EPOCH), row.get(SELECTION)] + [row.get(m) for m in metrics]
-        run_rows.append((cells, BEST_ROW if row.best else ""))
+        run_rows.append(
+            cells
+            + [_epoch(row.get(BEST_EPOCH)), row.get(SELECTION)]
+            + [row.get(m) for m in metrics]
+        )
     header = ["run", ""] + [c.removeprefix(HP_PREFIX) for c in searched]
     header += ["best epoch", "valid recon (smoothed)"] + labels
     parts.append("<p>Every run of the search, by validation loss:</p>")
-    parts.append(_table(header, run_rows, "runs-table"))
+    best_rows = {index for index, is_best in enumerate(table.best) if is_best}
+    parts.append(_table(header, run_rows, best_rows, "runs"))
     parts.append("</div>")
     return "\n".join(parts) + "\n"
 
