@@ -8,12 +8,14 @@ sys.path); fixtures are found by name. No test module imports another.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
 import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -152,14 +154,37 @@ SMALL_SYNTHETIC = {
 PREPARED_VALID_FRACTION, PREPARED_SPLIT_SEED = 0.25, 1
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build(folder)` fills once per test session, shared by `make test`'s workers:
+    the first to ask builds it under a file lock, the others wait and then use it. Without
+    pytest-xdist (worker "master") the session builds its own. The folder is read-only by
+    convention: a test that changes it works on a copy."""
+    if worker_id == "master":
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # this session's folder, above each worker's
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # (a worker's build that failed)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory) -> Path:
+def synthetic_dir(tmp_path_factory, worker_id) -> Path:
     """Folder holding the small synthetic dataset (NWB + truth files)."""
     from lfads.data.synthetic import SyntheticSettings, write_synthetic_dataset
 
-    folder = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(folder, SyntheticSettings.from_dict(SMALL_SYNTHETIC))
-    return folder
+    def build(folder: Path) -> None:
+        write_synthetic_dataset(folder, SyntheticSettings.from_dict(SMALL_SYNTHETIC))
+
+    return built_once(tmp_path_factory, worker_id, "synthetic", build)
 
 
 @dataclass(frozen=True)
@@ -174,22 +199,21 @@ class PreparedFiles:
 
 
 @pytest.fixture(scope="session")
-def prepared_files(synthetic_dir, tmp_path_factory) -> Callable[[int], PreparedFiles]:
+def prepared_files(synthetic_dir, tmp_path_factory, worker_id) -> Callable[[int], PreparedFiles]:
     """prepared_files(bin_width): prepare and targets of the small synthetic dataset (val phase,
     valid_fraction PREPARED_VALID_FRACTION, split_seed PREPARED_SPLIT_SEED), each bin width
-    written once a session. Tests read these files; one that changes a file copies it first."""
+    written once a session (`built_once`). Tests read these files; one that changes a file
+    copies it first."""
     from lfads.data.prepare import prepare
     from lfads.data.synthetic import ASSET_PATHS, TRUTH_PATHS
     from lfads.data.targets import write_targets
 
     nwb = {role: synthetic_dir / path for role, path in ASSET_PATHS.items()}
     truth = {role: synthetic_dir / path for role, path in TRUTH_PATHS.items()}
-    written: dict[int, PreparedFiles] = {}
 
     def files(bin_width: int) -> PreparedFiles:
-        if bin_width not in written:
-            folder = tmp_path_factory.mktemp(f"prepared_{bin_width}ms")
-            prepared = prepare(
+        def build(folder: Path) -> None:
+            prepare(
                 nwb["train"],
                 nwb["test"],
                 folder / f"prepared_{bin_width}ms.h5",
@@ -201,13 +225,18 @@ def prepared_files(synthetic_dir, tmp_path_factory) -> Callable[[int], PreparedF
                 split_seed=PREPARED_SPLIT_SEED,
                 truth_files=truth,
             )
-            targets = write_targets(
-                nwb["train"], folder / f"targets_{bin_width}ms.h5", "mc_maze", bin_width
-            )
-            written[bin_width] = PreparedFiles(bin_width, prepared, targets, nwb, truth)
-        return written[bin_width]
+            write_targets(nwb["train"], folder / f"targets_{bin_width}ms.h5", "mc_maze", bin_width)
 
-    return files
+        folder = built_once(tmp_path_factory, worker_id, f"prepared_{bin_width}ms", build)
+        return PreparedFiles(
+            bin_width,
+            folder / f"prepared_{bin_width}ms.h5",
+            folder / f"targets_{bin_width}ms.h5",
+            nwb,
+            truth,
+        )
+
+    return functools.cache(files)
 
 
 # -- Snakemake ------------------------------------------------------------------------------------
@@ -403,10 +432,31 @@ PIPELINE_SEARCH = {"grid": {"dropout": [0.05, 0.3]}}
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory) -> tuple[Path, Callable[..., subprocess.CompletedProcess]]:
-    """(workdir, snakemake): the finished workflow and `snakemake(*args)` run in it."""
+def pipeline(
+    tmp_path_factory, worker_id
+) -> tuple[Path, Callable[..., subprocess.CompletedProcess]]:
+    """(workdir, snakemake): the finished workflow and `snakemake(*args)` run in it. The workflow
+    runs once a session (`built_once`); each worker gets its own copy (times kept, so nothing
+    is out of date), since tests run Snakemake in it."""
+
+    def build(folder: Path) -> None:
+        configfile = _pipeline_config(folder)
+        result = snakemake_in(folder, "--configfile", str(configfile), "--cores", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    built = built_once(tmp_path_factory, worker_id, "pipeline", build)
     workdir = tmp_path_factory.mktemp("pipeline")
-    configfile = write_tiny_config(
+    shutil.copytree(built, workdir, symlinks=True, dirs_exist_ok=True)
+    configfile = workdir / "config.yaml"
+
+    def snakemake(*args):
+        return snakemake_in(workdir, "--configfile", str(configfile), *args)
+
+    return workdir, snakemake
+
+
+def _pipeline_config(workdir: Path) -> Path:
+    return write_tiny_config(
         workdir,
         model=PIPELINE_MODEL,
         search=PIPELINE_SEARCH,
@@ -415,13 +465,6 @@ def pipeline(tmp_path_factory) -> tuple[Path, Callable[..., subprocess.Completed
             "infer": {"threads": 1, "mem_mb": 1000},
         },
     )
-
-    def snakemake(*args):
-        return snakemake_in(workdir, "--configfile", str(configfile), *args)
-
-    result = snakemake("--cores", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return workdir, snakemake
 
 
 # The names the workflow gives a run's files (workflow/rules/common.smk); the package is given the

@@ -190,7 +190,6 @@ def scaling_worker(impl: str, n_bins: int, batch_size: int, device: str) -> dict
 PACK_DATA = dict(
     n_trials=900, n_obs_bins=35, n_fwd_bins=10, n_heldin=100, n_heldout=30, n_eval=0, seed=0
 )
-PACK_SIZES = (1, 2, 4, 8, 16)
 
 
 def run_pack_benchmark(args: argparse.Namespace) -> dict:

@@ -27,13 +27,6 @@ def require(ok: bool, key: str, what: str, value: Any) -> None:
         raise ValueError(f"{key}: {what}, got {value!r}")
 
 
-def field_defaults(cls: type) -> dict[str, Any]:
-    """{field name: default} of a dataclass (fields without a plain default are left out)."""
-    return {
-        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-    }
-
-
 def from_mapping(
     cls: type[T],
     values: Any,

@@ -238,19 +238,6 @@ class LFADS(nn.Module):
             per_bin += 2 * hp.con_dim * 2 * hp.co_dim  # the posterior of u_t
         return float(encoders), float(dims.n_recon_bins * per_bin)
 
-    def set_member_hparams(self, member: int, hparams: HParams) -> None:
-        """Give `member` new values of MEMBER_KEYS (population-based training's explore); a value
-        of any other key is a ValueError. Its weights and random stream are kept."""
-        check_pack([self.members[0], hparams])
-        self.members[member] = hparams
-        if member == 0:
-            self.hparams = hparams
-        for dropout in (self.encoder.dropout, self.decoder.dropout):
-            dropout.p[member] = hparams.dropout
-        for key in SCALE_KEYS:
-            getattr(self, key)[member] = getattr(hparams, key)
-        self._build_augmentations()
-
     def _build_augmentations(self) -> None:
         def stacks(name: str) -> MemberAugmentations:
             return MemberAugmentations(
