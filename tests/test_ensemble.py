@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -327,14 +328,14 @@ def test_top_k_is_checked_against_the_runs_of_the_search(search_of_three):
 
 
 # -- the workflow ----------------------------------------------------------------------------------
-def tiny_search(folder, phase: str = "val", max_epochs: int = 40):
+def tiny_search(folder, phase: str = "val"):
     return write_tiny_config(
         folder,
         phase=phase,
         model={
             "bin_width": 20,
             "n_samples": 5,
-            "hparams": {**WORKFLOW_HPARAMS, "max_epochs": max_epochs},
+            "hparams": WORKFLOW_HPARAMS,
         },
         search={"grid": {"dropout": [0.05, 0.3]}},
         ensemble={"top_k": 2},
@@ -368,10 +369,22 @@ def test_a_dry_run_plans_the_ensemble_and_scores_it(tmp_path, phase, snakemake_i
 
 
 @pytest.mark.slow
-def test_a_tiny_search_writes_the_ensemble_row(tmp_path):
-    configfile = tiny_search(tmp_path, max_epochs=10)
+def test_an_ensemble_added_to_a_finished_search_trains_nothing_and_writes_its_row(
+    pipeline, tmp_path
+):
+    """The session's tiny search (two runs), finished; then `ensemble: {top_k: 2}` is added to its
+    configfile, as a user would after a search: only the ensemble's jobs and what reads them run."""
+    built, _ = pipeline
+    shutil.copytree(built, tmp_path, symlinks=True, dirs_exist_ok=True)  # (times kept)
+    configfile = tmp_path / "config.yaml"
+    config = yaml.safe_load(configfile.read_text())
+    configfile.write_text(yaml.safe_dump({**config, "ensemble": {"top_k": 2}}))
     result = snakemake_in(tmp_path, "--configfile", str(configfile), "--cores", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert job_count(output, "ensemble") == 1 and job_count(output, "evaluate") == 1
+    for rule in ("fetch", "prepare", "targets", "train", "infer", "export_nwb"):
+        assert job_count(output, rule) == 0, (rule, output)
     results = tmp_path / "results" / "tiny" / "val"
     table = pd.read_csv(results / "summary.tsv", sep="\t")
     assert list(table.run[:2]) != ["ensemble-top2"] and table.run[2] == "ensemble-top2"
@@ -383,7 +396,7 @@ def test_a_tiny_search_writes_the_ensemble_row(tmp_path):
     assert ensemble.val_recon_smoothed <= members.valid_poisson_loss.mean()
     columns = ["nlb_co_bps", "nlb_fp_bps", "nlb_vel_r2", "nlb_psth_r2", "truth_rate_r2"]
     scores = ensemble[columns].astype(float)
-    assert np.isfinite(scores).all(), scores  # scored like a run (10 epochs: not yet good scores)
+    assert np.isfinite(scores).all(), scores  # scored like a run
     rates = [
         read_inferred(results / "runs" / run / "inferred.h5", keys=("rates",)).splits["eval"].rates
         for run in [*members.run, "ensemble-top2"]
@@ -395,4 +408,3 @@ def test_a_tiny_search_writes_the_ensemble_row(tmp_path):
     assert set(metrics) == set(
         json.loads((results / "runs" / table.run[0] / "metrics.json").read_text())
     )
-    assert yaml.safe_load(configfile.read_text())["ensemble"] == {"top_k": 2}
