@@ -143,11 +143,13 @@ def epochs_in(checkpoint_dir: Path, worker: str) -> int:
 @pytest.mark.slow
 def test_a_killed_search_resumes_and_replays_the_same_decisions(replaced, tmp_path):
     """SIGKILL of the search's job mid-generation, then a rerun: the generation completes, the
-    plans equal the uninterrupted run's and so do the final metrics (to 1e-6)."""
+    plans equal the uninterrupted run's and so do the final metrics (to 1e-6). (The runs up to
+    their metrics and the summary: the figures and NWB files do not take part.)"""
     workdir = pbt_workdir(tmp_path, REPLACED, ensemble={"top_k": 2})
     checkpoint = workdir / RESULTS / "checkpoints" / "pbt"
+    summary = str(RESULTS / "summary.tsv")
     first = subprocess.Popen(
-        snakemake_command(workdir, "--cores", "2"),
+        snakemake_command(workdir, "--cores", "2", summary),
         env=shared_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -166,7 +168,7 @@ def test_a_killed_search_resumes_and_replays_the_same_decisions(replaced, tmp_pa
     assert first.returncode != 0
     assert not (workdir / RESULTS / "pbt_history.tsv").exists()
 
-    again = snakemake_with_config(workdir, "--cores", "2")
+    again = snakemake_with_config(workdir, "--cores", "2", summary)
     assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-5000:]
     # The rerun resumed the pack two or more epochs into the generation, with the same plans.
     log = (workdir / RESULTS / "logs" / "pbt.log").read_text()
@@ -186,7 +188,7 @@ def test_a_killed_search_resumes_and_replays_the_same_decisions(replaced, tmp_pa
     for name in ("plan_gen0001.json", "results_gen0000.json"):
         (search / name).unlink()
     history = str(RESULTS / "pbt_history.tsv")
-    dry = snakemake_with_config(workdir, "-n")
+    dry = snakemake_with_config(workdir, "-n", summary)
     for name in ("plan_gen0001.json", "results_gen0000.json"):
         assert f"{RESULTS / 'pbt' / name} is missing; `snakemake --forcerun pbt {history}`" in (
             dry.stderr
