@@ -47,11 +47,6 @@ def _number(value) -> str:
     return html.escape(str(value))
 
 
-def _epoch(value) -> int | None:
-    """An epoch number of the summary (a float column where a diverged run has none) as an int."""
-    return None if value is None or pd.isna(value) else int(value)
-
-
 def _table(header: list[str], rows: list[list], best_rows: set[int], uuid: str) -> str:
     """An HTML table, pandas' Styler: numbers to 4 decimals, a missing value as —, the rows
     `best_rows` (their indices) highlighted. The table's id is T_<uuid>."""
@@ -99,9 +94,7 @@ def summary_html(table: pd.DataFrame, references: dict[str, dict]) -> str:
         status = "best" if row.best else ("diverged" if row[DIVERGED] else "")
         cells = [row.run, status] + [row.get(c) for c in searched]
         run_rows.append(
-            cells
-            + [_epoch(row.get(BEST_EPOCH)), row.get(SELECTION)]
-            + [row.get(m) for m in metrics]
+            cells + [row.get(BEST_EPOCH), row.get(SELECTION)] + [row.get(m) for m in metrics]
         )
     header = ["run", ""] + [c.removeprefix(HP_PREFIX) for c in searched]
     header += ["best epoch", "valid recon (smoothed)"] + labels

@@ -90,8 +90,9 @@ def write_summary_tsv(path: str | Path, table: pd.DataFrame) -> None:
 
 
 def read_summary(summary_tsv: str | Path, scored_only: bool = False) -> pd.DataFrame:
-    """The summary table; scored_only: without the runs that diverged."""
-    table = pd.read_csv(summary_tsv, sep="\t")
+    """The summary table; scored_only: without the runs that diverged. The epoch columns are
+    integers, missing where a run has none (a diverged run's best epoch)."""
+    table = pd.read_csv(summary_tsv, sep="\t", dtype={EPOCHS: "Int64", BEST_EPOCH: "Int64"})
     return table[~table[DIVERGED]].reset_index(drop=True) if scored_only else table
 
 
