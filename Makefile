@@ -91,24 +91,24 @@ test-fast: $(STAMP)
 # results/full_size/full_size.json (not part of the tests; about an hour on 2 CPU cores).
 # FULL_SIZE_OPTIONS="--layouts mc_rtt --epochs 5" runs less.
 full-size: $(STAMP)
-	$(BIN)/python -m lfads.bench.full_size --cores $(CORES) $(FULL_SIZE_OPTIONS)
+	$(BIN)/python -m bench.full_size --cores $(CORES) $(FULL_SIZE_OPTIONS)
 
 # The speed benchmark (about 5 minutes; not part of the tests): prints a table, writes results/bench/bench.json.
 bench: $(STAMP)
-	$(BIN)/python -m lfads.bench
+	$(BIN)/python -m bench
 
 # Packs of 1, 2, 4, 8 and 16 members beside the same members trained one process after another
 # (about 15 minutes on 2 CPU cores): prints a table, writes results/bench/packs.json. PACKS=1,4
 # for fewer.
 PACKS ?= 1,2,4,8,16
 bench-packs: $(STAMP)
-	$(BIN)/python -m lfads.bench --packs $(PACKS) --epochs 5
+	$(BIN)/python -m bench --packs $(PACKS) --epochs 5
 
 # The GPU check (CUDA only; about 8 minutes on one GPU; exits 3 without a GPU): equivalence of the
 # paths on CUDA, checkpoint portability, timings; writes results/gpu_check/gpu_check.json. Options:
 # make gpu-check GPU_CHECK_OPTIONS="--skip-compiled --threads 4".
 gpu-check: $(STAMP)
-	$(BIN)/python -m lfads.bench.gpu_check $(GPU_CHECK_OPTIONS)
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_OPTIONS)
 
 # Formatting and lint checks (rules in pyproject.toml); `ruff format .` and `snakefmt workflow/` fix
 # the formatting.

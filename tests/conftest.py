@@ -39,7 +39,7 @@ SNAKEFILE = str(REPO / "workflow" / "Snakefile")
 
 # -- the tiny models ------------------------------------------------------------------------------
 # The model of the model tests (parts, paths, training, learning, file formats): it learns the
-# Lorenz files of lfads.bench.toydata in seconds, and its sizes differ from each other (and from
+# Lorenz files of lfads.data.toydata in seconds, and its sizes differ from each other (and from
 # the 8 neurons of the parts tests) so that a shape check tells them apart.
 TINY_HPARAMS = dict(
     ic_enc_dim=16,

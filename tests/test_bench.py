@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lfads.bench import benchmark as bench
+from bench import benchmark as bench
 
 
 def test_scaling_worker_times_a_training_step_of_both_paths():

@@ -394,7 +394,7 @@ def test_grid_over_null_runs_and_a_grid_over_a_part_is_refused(mc_maze):
 @pytest.mark.parametrize("nlb_layout", ["mc_maze", "mc_rtt", "area2_bump", "dmfc_rsg"])
 def test_the_full_size_configfiles_pass_the_check_at_real_size_and_5_ms(nlb_layout):
     """`make full-size`: the layout's NLB configfile on the synthetic source at real size."""
-    from lfads.bench.full_size import RUN, full_size_config
+    from bench.full_size import RUN, full_size_config
     from lfads.data.synthetic import REAL_SIZES, SyntheticSettings
 
     config = validate_config(full_size_config(nlb_layout, epochs=20), SCHEMA)

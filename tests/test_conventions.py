@@ -78,7 +78,7 @@ def test_every_command_line_option_has_help(command):
 
 # lfads' folders from the bottom up: a module imports only from its own folder or one below it.
 # The top level (lfads/config.py, the configfile check above every stage; cli.py) is above all.
-LAYERS = ("infra", "model", "formats", "data", "search", "training", "evaluation", "bench", "")
+LAYERS = ("infra", "model", "formats", "data", "search", "training", "evaluation", "")
 
 
 def _imports(tree) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_HPARAMS
 
-from lfads.bench.toydata import write_lorenz_prepared
+from lfads.data.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import (
     TRAINING_STATE,
     MemberState,

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from lfads.bench import gpu_check
+from bench import gpu_check
 from lfads.model.priors import AutoregressiveNormalPrior
 
 ENVIRONMENT_KEYS = {"device_name", "driver", "torch", "cuda", "gpu_count", "cpu_threads"}
@@ -57,9 +57,10 @@ def tiny_args(tmp_path, **changes) -> argparse.Namespace:
 def test_without_cuda_it_says_so_in_one_line_and_exits_3(tmp_path):
     out = tmp_path / "gpu_check.json"
     process = subprocess.run(
-        [sys.executable, "-m", "lfads.bench.gpu_check", "--out", str(out)],
+        [sys.executable, "-m", "bench.gpu_check", "--out", str(out)],
         capture_output=True,
         text=True,
+        cwd=gpu_check.harness.REPO,  # (bench/ is outside the package: python -m finds it from here)
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, even on a machine with one
     )
     assert process.returncode == gpu_check.EXIT_NO_CUDA == 3
@@ -236,7 +237,7 @@ def test_a_part_over_its_time_is_killed_and_an_unfinished_check_fails(tmp_path):
 
 @pytest.mark.slow
 def test_timings_have_every_figure(tmp_path):
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
 
     data_settings, hparams = gpu_check.TINY_CONFIGS["reference"]
     data = write_lorenz_prepared(tmp_path / "data.h5", **data_settings)
@@ -300,10 +301,11 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, monkeypatch):
 def test_the_whole_check_on_the_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "gpu_check.json"
     process = subprocess.run(
-        [sys.executable, "-m", "lfads.bench.gpu_check", "--device", "cpu", "--tiny"]
+        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--tiny"]
         + ["--skip-compiled", "--threads", "1", "--packs", "1,3", "--out", str(out)],
         capture_output=True,
         text=True,
+        cwd=gpu_check.harness.REPO,
     )
     assert process.returncode == 0, process.stdout + process.stderr
     report = json.loads(out.read_text())

@@ -39,7 +39,7 @@ from lfads.infra.logs import log_to_file
 
 folder = Path(sys.argv[1])
 with log_to_file(folder / "train.log"):
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
     from lfads.model.hparams import HParams
     from lfads.training.train import train_model
 
@@ -111,7 +111,7 @@ def test_the_figures_change_no_number(tmp_path, monkeypatch):
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
     from lfads.formats.checkpoints import read_model
     from lfads.model.hparams import HParams
     from lfads.training import lightning_trainer

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_HPARAMS
 
-from lfads.bench.toydata import write_lorenz_prepared
+from lfads.data.toydata import write_lorenz_prepared
 from lfads.evaluation.infer import posterior_sample
 from lfads.formats.metrics import read_metrics_csv
 from lfads.model.hparams import HParams

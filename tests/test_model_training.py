@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import REPO, TINY_HPARAMS
 
-from lfads.bench.toydata import write_lorenz_prepared
 from lfads.cli import main
+from lfads.data.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import load_model, read_model, read_training_checkpoint
 from lfads.model.hparams import HParams
 from lfads.training.train import train_model

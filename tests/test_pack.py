@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_HPARAMS, make_batch
 
-from lfads.bench.toydata import write_lorenz_prepared
+from lfads.data.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import load_checkpoint_file, read_model
 from lfads.formats.metrics import read_metrics_csv
 from lfads.model.batch import SessionBatch

@@ -209,7 +209,7 @@ EXERCISED = {
     ".venv/bin/snakemake --cores 2 --configfile config/mc_maze_small.yaml": check_full_dry_run,
     ".venv/bin/snakemake --cores 2 --configfile config/synthetic_pbt.yaml": check_pbt_dry_run,
     ".venv/bin/snakemake --cores 2 --configfile config/synthetic_seeds.yaml": check_seeds_dry_run,
-    "make bench-packs": check_make_recipe("python -m lfads.bench --packs 1,2,4,8,16"),
+    "make bench-packs": check_make_recipe("python -m bench --packs 1,2,4,8,16"),
     ".venv/bin/snakemake --cores 2 --forcerun evaluate": check_forced_rule,
     ".venv/bin/snakemake --cores 2 --forcerun results/synthetic/val/runs/dropout~0.2/model.ckpt": (
         check_one_run_rerun
@@ -219,10 +219,10 @@ EXERCISED = {
     "snakemake --profile slurm --configfile config/mc_maze.yaml": check_profile_dry_run,
     "snakemake --profile slurm --configfile config/config.yaml --forcerun "
     "results/synthetic/val/runs/dropout~0.2/model.ckpt": check_one_run_rerun,
-    "make bench": check_make_recipe("python -m lfads.bench"),
+    "make bench": check_make_recipe("python -m bench"),
     "make install TORCH_SPEC=torch": check_make_recipe('pip install --quiet "torch"'),
-    "make gpu-check": check_make_recipe("python -m lfads.bench.gpu_check"),
-    "make full-size": check_make_recipe("python -m lfads.bench.full_size --cores 2"),
+    "make gpu-check": check_make_recipe("python -m bench.gpu_check"),
+    "make full-size": check_make_recipe("python -m bench.full_size --cores 2"),
     "make install TORCH_INDEX=https://download.pytorch.org/whl/cpu": check_make_recipe(
         '"torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
     ),

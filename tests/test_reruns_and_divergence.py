@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY_HPARAMS, run_files_under
 
-from lfads.bench.toydata import write_lorenz_prepared
+from lfads.data.toydata import write_lorenz_prepared
 from lfads.formats.checkpoints import read_model
 from lfads.formats.metrics import read_metrics_csv
 from lfads.model.hparams import HParams

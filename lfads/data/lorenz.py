@@ -1,4 +1,4 @@
-"""The Lorenz system that drives both generators (lfads.data.synthetic, lfads.bench.toydata).
+"""The Lorenz system that drives both generators (lfads.data.synthetic, lfads.data.toydata).
 
 Each generator keeps its own integration scheme (synthetic: one RK4 step per
 ms; toydata: several Euler steps per bin); the equations and their parameters

@@ -3,7 +3,7 @@
 Layout (lfads/README.md, "Prepared tensors"): root attributes (`PreparedAttributes`, plus
 `format_version`), groups `train`, `valid` and `eval` of arrays (`PreparedSplit`: each field name
 is its key) and a group `unit_ids` (`heldin`, `heldout`). `write_prepared` is the one writer
-(`lfads.data.prepare`, `lfads.bench.toydata`), `read_prepared` the one reader.
+(`lfads.data.prepare`, `lfads.data.toydata`), `read_prepared` the one reader.
 """
 
 from __future__ import annotations

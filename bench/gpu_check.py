@@ -1,4 +1,4 @@
-"""The GPU check (`make gpu-check`, `python -m lfads.bench.gpu_check`): one run on a CUDA machine.
+"""The GPU check (`make gpu-check`, `python -m bench.gpu_check`): one run on a CUDA machine.
 
 In about 8 minutes of wall time on one modern GPU it
 1. checks that the fast, reference and compiled paths give the CPU's loss and gradients on CUDA,
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from lfads.bench import harness
-from lfads.bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS
-from lfads.bench.harness import emit, format_pack_table, time_pack, time_sampling, time_training
+from bench import harness
+from bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS
+from bench.harness import emit, format_pack_table, time_pack, time_sampling, time_training
 from lfads.model.priors import MultivariateNormalPrior, NullPrior, Prior
 
 EXIT_PASSED, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3  # (and 2, argparse's, for bad arguments)
@@ -364,7 +364,7 @@ def checkpoint_portability(device: str, work: Path) -> Iterator[tuple[str, dict]
     every loss is finite and each is within PORTABILITY_RTOL of the uninterrupted run's;
     "problems" says what failed.
     """
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
     from lfads.formats.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VALID_LOSS, read_metrics_csv
     from lfads.model.hparams import HParams
     from lfads.training.train import train_model
@@ -425,7 +425,7 @@ def checkpoint_portability(device: str, work: Path) -> Iterator[tuple[str, dict]
 
 # -- 2. timings ----------------------------------------------------------------------------------
 def pack_results(spec: dict, device: str) -> Iterator[tuple[str, dict]]:
-    """("packs/<members>", `lfads.bench.harness.time_pack`) for each pack size of the spec,
+    """("packs/<members>", `bench.harness.time_pack`) for each pack size of the spec,
     largest last: packs of the MC_Maze config's model, each member its own seed and dropout."""
     for members in spec["sizes"]:
         yield (
@@ -529,9 +529,9 @@ def configs(tiny: bool) -> dict[str, tuple[dict, dict]]:
 
 
 def run_part(part: Part, args: argparse.Namespace, timeout: float) -> tuple[dict, str]:
-    """Run `part` in a fresh interpreter for at most `timeout` seconds (lfads.bench.harness)."""
+    """Run `part` in a fresh interpreter for at most `timeout` seconds (bench.harness)."""
     return harness.run_part(
-        ["-m", "lfads.bench.gpu_check", "--device", args.device, "--threads", str(args.threads)]
+        ["-m", "bench.gpu_check", "--device", args.device, "--threads", str(args.threads)]
         + ["--worker", json.dumps(part.spec)],
         timeout,
     )
@@ -555,7 +555,7 @@ def worker(spec: dict, device: str) -> int:
 # -- the driver ----------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> dict:
     """Every part within the budget -> the report (`build_report`)."""
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
 
     start = time.monotonic()
     out = Path(args.out)
@@ -752,7 +752,7 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lfads.bench.gpu_check", description=__doc__.split("\n")[0]
+        prog="python -m bench.gpu_check", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", default="results/gpu_check/gpu_check.json", help="the JSON")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])

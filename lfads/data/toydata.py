@@ -1,6 +1,6 @@
 """Small prepared files without NWB files: Lorenz latents -> log-linear rates -> Poisson counts.
 
-Used by the benchmark (`lfads.bench.benchmark`) and the model tests. The files are written by
+Used by the benchmark (`bench/`, outside the package) and the model tests. The files are written by
 the prepared format's one writer (`lfads.formats.prepared`), with the true rates under `truth`.
 """
 

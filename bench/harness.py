@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+# `python -m bench...` finds bench/ from any folder: the repository root goes on its path.
+REPO = Path(__file__).resolve().parents[1]
+PYTHONPATH = os.environ.get("PYTHONPATH", "")
 RESULT_PREFIX = "RESULT "  # a worker's answers on stdout: prefix, key, JSON
 PACK_DROPOUTS = (0.1, 0.2, 0.3, 0.4)  # pack member m: seed m and the m-th of these, in turn
 
@@ -33,7 +36,12 @@ def run_part(arguments: list[str], timeout: float | None = None) -> tuple[dict, 
     (compile workers too)."""
     command = [sys.executable, *arguments]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), PYTHONPATH)))},
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)

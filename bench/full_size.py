@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = ("mc_maze", "mc_rtt", "area2_bump", "dmfc_rsg")
 RUN = "dropout~0.3"
 OUTPUTS = ("targets_5ms.h5", f"runs/{RUN}/inferred.h5")  # (and all they need)

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from lfads.bench.harness import (
+from bench.harness import (
     emit,
     format_pack_table,
     pack_member_hparams,
@@ -42,7 +42,7 @@ from lfads.bench.harness import (
     time_training,
 )
 
-log = logging.getLogger("lfads.bench.benchmark")
+log = logging.getLogger("bench.benchmark")
 
 REFERENCE_DATA = dict(
     n_trials=1000, n_obs_bins=40, n_fwd_bins=10, n_heldin=40, n_heldout=10, n_eval=0, seed=0
@@ -104,7 +104,7 @@ def matmul_rate(batch_size: int) -> float:
 
 # -- workers (each runs in its own process) ------------------------------------------------
 def sample_worker(data: Path, run_dir: Path, impl: str, device: str) -> dict:
-    """Posterior sampling of every trial (lfads.bench.harness.time_sampling), and the valid
+    """Posterior sampling of every trial (bench.harness.time_sampling), and the valid
     trials' co-bps, fp-bps and rate R2 against the truth."""
     import numpy as np
     import torch
@@ -197,7 +197,7 @@ def run_pack_benchmark(args: argparse.Namespace) -> dict:
     the largest pack's members trained alone, one process after another (the same epochs)."""
     import torch
 
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
     from lfads.infra.io import write_text
 
     out = Path(args.out)
@@ -304,8 +304,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _run_worker(part: str, args: argparse.Namespace, **options) -> dict:
-    """Run one measurement in a fresh interpreter (lfads.bench.harness.run_part)."""
-    arguments = ["-m", "lfads.bench", "--worker", part, "--device", args.device]
+    """Run one measurement in a fresh interpreter (bench.harness.run_part)."""
+    arguments = ["-m", "bench", "--worker", part, "--device", args.device]
     arguments += ["--threads", str(args.threads or 0)]
     for key, value in options.items():
         arguments += [f"--{key.replace('_', '-')}", str(value)]
@@ -319,7 +319,7 @@ def _run_worker(part: str, args: argparse.Namespace, **options) -> dict:
 def run_benchmark(args: argparse.Namespace) -> dict:
     import torch
 
-    from lfads.bench.toydata import write_lorenz_prepared
+    from lfads.data.toydata import write_lorenz_prepared
     from lfads.infra.io import write_text
 
     out = Path(args.out)
@@ -496,9 +496,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lfads.bench", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--out", default="results/bench", help="folder for the data, runs and bench.json"
     )

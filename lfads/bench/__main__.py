@@ -1,5 +1,0 @@
-import sys
-
-from lfads.bench.benchmark import main
-
-sys.exit(main())
