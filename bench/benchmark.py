@@ -79,11 +79,11 @@ def training_flops(n_bins: int, n_fwd_bins: int, batch_size: int) -> float:
     return 3.0 * batch_size * sum(forward_flops(n_bins, n_fwd_bins))
 
 
-def sampling_flops(n_trials: int, n_samples: int, encoders_per_sample: bool) -> float:
+def sampling_flops(n_trials: int, n_samples: int) -> float:
     """Matmul FLOPs of posterior sampling of the reference data: the decoder runs once per sample,
-    the encoders once per trial (fast path) or once per sample (reference path)."""
+    the encoders once per trial."""
     encoders, decoder = forward_flops(REFERENCE_DATA["n_obs_bins"], REFERENCE_DATA["n_fwd_bins"])
-    return n_trials * (n_samples * decoder + (n_samples if encoders_per_sample else 1) * encoders)
+    return n_trials * (n_samples * decoder + encoders)
 
 
 def matmul_rate(batch_size: int) -> float:
@@ -408,8 +408,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     )
     paths = report["paths"]
     report["sampling_floor_seconds"] = {
-        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES, impl == "reference")
-        / rates[SAMPLING_ROWS]
+        impl: sampling_flops(REFERENCE_DATA["n_trials"], N_SAMPLES) / rates[SAMPLING_ROWS]
         for impl in paths
     }
     if "reference" in paths and "fast" in paths:

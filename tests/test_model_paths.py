@@ -118,7 +118,8 @@ def test_the_paths_agree_in_float32_within_rounding():
 
 
 def test_one_posterior_sample_is_identical_on_both_paths():
-    """With one sample, the batched sampler draws the noise of the one-by-one reference sampler."""
+    """With one sample, the fused and the plain loops draw the same noise and give the same
+    posterior average."""
     dims = SessionDims(6, 2, 9, 3)
     torch.manual_seed(0)
     model = LFADS(HParams.from_dict(TINY_HPARAMS), [dims]).eval()

@@ -41,12 +41,7 @@ _ROW_BUDGET_FLOATS = 32 * 2**20  # 128 MB of float32
 
 def auto_batch_size(model, n_samples: int, n_bins: int) -> int:
     """Trials per pass that keep the decoder's activations of (members x samples x trials) rows
-    near 128 MB.
-
-    The reference loops run one sample at a time, so their rows are members x trials.
-    """
-    if not model.loops.samples_in_one_pass:
-        n_samples = 1
+    near 128 MB."""
     rows_per_trial = n_samples * model.n_members
     floats_per_trial = model.activation_floats_per_bin() * n_bins * rows_per_trial
     return max(1, _ROW_BUDGET_FLOATS // floats_per_trial)

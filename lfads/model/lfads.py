@@ -330,15 +330,13 @@ class LFADS(nn.Module):
         The encoders are deterministic in eval mode, so they run once per trial.
         Returns per session: rates, factors, gen_states, co_mean, co_std (P, B, T + F, .) averaged
         over samples, and ic_mean, ic_std (P, B, ic_dim). Non-variational models use the means
-        (one pass). The reference loops run the whole model once per sample instead.
+        (one pass).
         """
         if self.training:
             raise RuntimeError(
                 "posterior_average needs eval mode (model.eval()): dropout would vary per trial"
             )
         samples = n_samples if self.hparams.variational else 1
-        if not self.loops.samples_in_one_pass:
-            return self._posterior_average_one_by_one(batch, samples)
         ic_mean, ic_std, ci = self.encode(batch)
         sizes = {s: samples * len(b) for s, b in batch.items()}
         ext_input = torch.cat(
@@ -359,42 +357,18 @@ class LFADS(nn.Module):
             def mean(x: torch.Tensor) -> torch.Tensor:
                 return x.unflatten(1, (samples, x.shape[1] // samples)).mean(1)
 
-            result[s] = {name: mean(value) for name, value in self._sampled(s, out).items()}
+            sampled = {
+                "rates": self.rates(s, out),
+                "factors": out.factors,
+                "gen_states": out.gen_states,
+                "co_mean": out.co_mean,
+                "co_std": out.co_std,
+            }
+            result[s] = {name: mean(value) for name, value in sampled.items()}
             result[s].update(
                 ic_mean=out.ic_mean[:, : len(batch[s])], ic_std=out.ic_std[:, : len(batch[s])]
             )
         return result
-
-    def _sampled(self, session: int, out: SessionOutput) -> dict[str, torch.Tensor]:
-        """What posterior sampling averages over samples, of one session's output."""
-        return {
-            "rates": self.rates(session, out),
-            "factors": out.factors,
-            "gen_states": out.gen_states,
-            "co_mean": out.co_mean,
-            "co_std": out.co_std,
-        }
-
-    def _posterior_average_one_by_one(
-        self, batch: dict[int, SessionBatch], samples: int
-    ) -> dict[int, dict[str, torch.Tensor]]:
-        """The reference path of `posterior_average`: the whole model once per sample."""
-        sums: dict[int, dict[str, torch.Tensor]] = {}
-        for _ in range(samples):
-            for s, out in self(batch, sample_posteriors=True).items():
-                values = self._sampled(s, out)
-                if s not in sums:
-                    sums[s] = {**values, "ic_mean": out.ic_mean, "ic_std": out.ic_std}
-                else:
-                    for name, value in values.items():
-                        sums[s][name] = sums[s][name] + value
-        return {
-            s: {
-                name: value / samples if name not in ("ic_mean", "ic_std") else value
-                for name, value in found.items()
-            }
-            for s, found in sums.items()
-        }
 
     # -- loss ----------------------------------------------------------------------------
     def recurrent_l2(self) -> torch.Tensor:

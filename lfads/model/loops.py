@@ -39,7 +39,6 @@ class RecurrentLoops:
     name: str  # the rnn_impl it implements
     scan_encoders: ScanGRUs  # the encoders' independent GRUs
     unroll_decoder: UnrollDecoder  # the decoder over all bins
-    samples_in_one_pass: bool  # posterior_average: all samples of a batch in one decoder pass
 
 
 def _scan_fast(cells, inputs, h0s):
@@ -61,9 +60,9 @@ def _unroll_compiled(decoder, gen_init, ci, ext_input, noise) -> DecoderOutput:
 RNN_IMPLS: dict[str, RecurrentLoops] = {
     loops.name: loops
     for loops in (
-        RecurrentLoops("fast", _scan_fast, unroll_fused, samples_in_one_pass=True),
-        RecurrentLoops("reference", scan_reference, unroll_plain, samples_in_one_pass=False),
-        RecurrentLoops("compiled", _scan_compiled, _unroll_compiled, samples_in_one_pass=True),
+        RecurrentLoops("fast", _scan_fast, unroll_fused),
+        RecurrentLoops("reference", scan_reference, unroll_plain),
+        RecurrentLoops("compiled", _scan_compiled, _unroll_compiled),
     )
 }
 
