@@ -95,6 +95,7 @@ def test_train_writes_outputs_and_checkpoints_load_weights_only(lorenz_file, tmp
 
 
 def test_the_module_steps_with_the_shared_training_step(lorenz_file):
+    from lfads.model.lfads import LFADS
     from lfads.model.members import MemberRandom
     from lfads.training.datamodule import load_session
     from lfads.training.module import LFADSModule
@@ -102,7 +103,7 @@ def test_the_module_steps_with_the_shared_training_step(lorenz_file):
 
     session = load_session(lorenz_file)
     hp = HParams.from_dict({**TINY_HPARAMS, "dropout": 0.1})
-    module = LFADSModule([hp], [session.dims], ["run"])
+    module = LFADSModule(LFADS([hp], [session.dims]), ["run"])
     batch = {0: session.batch("train", np.arange(12), n_members=1)}
     module.model.random = MemberRandom([3])
     expected = run_step(module.model, batch, epoch=0).terms.loss

@@ -35,7 +35,7 @@ from lfads.formats.checkpoints import (
 from lfads.formats.metrics import EPOCH, EPOCH_SECONDS, VALID_RECON_SMOOTHED
 from lfads.model.batch import SessionBatch
 from lfads.model.hparams import HParams
-from lfads.model.lfads import LFADS, SessionDims, ramp
+from lfads.model.lfads import LFADS, ramp
 from lfads.model.metrics import RegionMetrics, mean_over_sessions
 from lfads.training.datamodule import SessionData, batches, load_session
 from lfads.training.optimizer import (
@@ -84,25 +84,18 @@ class LFADSDataModule(L.LightningDataModule):
 
 
 class LFADSModule(L.LightningModule):
-    """A pack of members (`names[m]` trains `members[m]`); identity: the pack's
+    """Trains `model`, a pack of members (`names[m]` is member m's run); identity: the pack's
     `RunIdentity.to_dict()`, saved in every last.ckpt."""
 
-    def __init__(
-        self,
-        members: list[HParams],
-        sessions: list[SessionDims],
-        names: list[str],
-        rnn_impl: str = "fast",
-        identity: dict[str, Any] | None = None,
-    ):
+    def __init__(self, model: LFADS, names: list[str], identity: dict[str, Any] | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.identity = dict(identity or {})
-        self.model = LFADS(members, sessions, rnn_impl=rnn_impl)
+        self.model = model
         self.states = [
-            MemberState(name, member.to_dict(), []) for name, member in zip(names, members)
+            MemberState(name, member.to_dict(), []) for name, member in zip(names, model.members)
         ]
-        for state, member in zip(self.states, members):
+        for state, member in zip(self.states, model.members):
             state.schedule = _schedule(member)
         self.search: dict[str, Any] | None = None  # a PBT search's record (lfads.search.pbt)
         self._restored_rng: dict[str, Any] | None = None

@@ -36,6 +36,7 @@ from lfads.formats.checkpoints import (
 from lfads.formats.metrics import write_metrics_csv
 from lfads.infra.io import write_text
 from lfads.model.hparams import HParams
+from lfads.model.lfads import LFADS
 from lfads.training.resume import LAST_CHECKPOINT, RUN_RECORD, RunIdentity, RunPlan, plan_run
 
 if TYPE_CHECKING:
@@ -134,13 +135,8 @@ def fit_pack(
 
     hparams = [member.hparams for member in members]
     names = [member.name for member in members]
-    module = LFADSModule(
-        hparams,
-        [s.dims for s in data.sessions],
-        names,
-        rnn_impl=rnn_impl,
-        identity=identity.to_dict(),
-    )
+    model = LFADS(hparams, [s.dims for s in data.sessions], rnn_impl=rnn_impl)
+    module = LFADSModule(model, names, identity=identity.to_dict())
     module.search = search
     max_epochs = hparams[0].max_epochs
     if plan.action == "deliver":
