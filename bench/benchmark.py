@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench.harness import (
     emit,
+    format_figure_table,
     format_pack_table,
     pack_member_hparams,
     peak_rss_gib,
@@ -428,6 +429,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return report
 
 
+PATH_FIGURES = [  # (key, label, format) of each path's figures in the printed report
+    ("epoch_seconds_median", "s per epoch (median)", "{:.3f}"),
+    ("epoch_seconds_first", "first epoch s", "{:.3f}"),
+    ("train_trials_per_second", "train trials per s", "{:.0f}"),
+    ("sampling_seconds", "posterior sampling s", "{:.2f}"),
+    ("peak_rss_train_gib", "peak RSS training GiB", "{:.3f}"),
+    ("peak_rss_sampling_gib", "peak RSS sampling GiB", "{:.3f}"),
+    ("valid_co_bps", "valid co-bps", "{:.4f}"),
+    ("valid_fp_bps", "valid fp-bps", "{:.4f}"),
+    ("valid_rate_r2", "valid rate R2 vs truth", "{:.4f}"),
+]
+
+
 def format_report(report: dict) -> str:
     paths = report["paths"]
     machine = report["machine"]
@@ -440,21 +454,8 @@ def format_report(report: dict) -> str:
         f"{REFERENCE_HPARAMS['batch_size']}, {report['config']['epochs']} epochs, "
         f"{N_SAMPLES} posterior samples",
         "",
-        f"{'':28}" + "".join(f"{impl:>12}" for impl in paths),
+        *format_figure_table([list(paths)], list(paths.values()), PATH_FIGURES),
     ]
-    rows = [
-        ("s per epoch (median)", "epoch_seconds_median", "{:.3f}"),
-        ("first epoch s", "epoch_seconds_first", "{:.3f}"),
-        ("train trials per s", "train_trials_per_second", "{:.0f}"),
-        ("posterior sampling s", "sampling_seconds", "{:.2f}"),
-        ("peak RSS training GiB", "peak_rss_train_gib", "{:.3f}"),
-        ("peak RSS sampling GiB", "peak_rss_sampling_gib", "{:.3f}"),
-        ("valid co-bps", "valid_co_bps", "{:.4f}"),
-        ("valid fp-bps", "valid_fp_bps", "{:.4f}"),
-        ("valid rate R2 vs truth", "valid_rate_r2", "{:.4f}"),
-    ]
-    for label, key, fmt in rows:
-        lines.append(f"{label:28}" + "".join(f"{fmt.format(paths[i][key]):>12}" for i in paths))
     first = next(iter(paths.values()))
     lines.append(
         f"{'true rates: co-bps, fp-bps':28}"

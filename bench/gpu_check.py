@@ -40,7 +40,14 @@ import torch
 
 from bench import harness
 from bench.benchmark import N_SAMPLES, REFERENCE_DATA, REFERENCE_HPARAMS
-from bench.harness import emit, format_pack_table, time_pack, time_sampling, time_training
+from bench.harness import (
+    emit,
+    format_figure_table,
+    format_pack_table,
+    time_pack,
+    time_sampling,
+    time_training,
+)
 from lfads.model.priors import MultivariateNormalPrior, NullPrior, Prior
 
 EXIT_PASSED, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3  # (and 2, argparse's, for bad arguments)
@@ -728,15 +735,12 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"timings: {settings['epochs']} epochs, {settings['posterior_samples']} posterior samples",
-        f"{'':28}" + "".join(f"{config:>11}" for config, _ in columns),
-        f"{'':28}" + "".join(f"{impl:>11}" for _, impl in columns),
+        *format_figure_table(
+            [[config for config, _ in columns], [impl for _, impl in columns]],
+            [timings[config][impl] for config, impl in columns],
+            TIMING_FIGURES,
+        ),
     ]
-    for key, label, fmt in TIMING_FIGURES:
-        cells = []
-        for config, impl in columns:
-            value = timings[config][impl].get(key)
-            cells.append(fmt.format(value) if value is not None else "-")
-        lines.append(f"{label:28}" + "".join(f"{cell:>11}" for cell in cells))
     for config, impl in columns:
         if timings[config][impl]["status"] != "measured":
             lines.append(f"  {config} {impl}: {timings[config][impl]['status']}")

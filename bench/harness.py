@@ -1,5 +1,6 @@
 """What the benchmark (`make bench`, `make bench-packs`) and the GPU check (`make gpu-check`)
-share: the timed parts, and how each part runs in a fresh interpreter (so that its peak memory
+share: the timed parts, their tables (`format_figure_table`, `format_pack_table`), and how each
+part runs in a fresh interpreter (so that its peak memory
 and its compile caches are its own) and hands its results back on stdout as `RESULT <key>
 <JSON>` lines (`emit`, `run_part`).
 """
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 # `python -m bench...` finds bench/ from any folder: the repository root goes on its path.
@@ -231,6 +233,19 @@ def time_pack(
         "peak_rss_gib": peak_rss_gib(),
         "peak_gpu_gib": peak_gpu_train,
     }
+
+
+def format_figure_table(
+    header_rows: list[list[str]], results: list[dict], figures: Sequence[tuple[str, str, str]]
+) -> list[str]:
+    """The lines of a table of the benchmark and the GPU check alike: a column per result (headed
+    by `header_rows`, a row of names each), a row per figure (key, label, format); a figure a
+    result lacks, or holds as None, shows "-"."""
+    lines = [f"{'':28}" + "".join(f"{name:>12}" for name in names) for names in header_rows]
+    for key, label, fmt in figures:
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for r in results]
+        lines.append(f"{label:28}" + "".join(f"{cell:>12}" for cell in cells))
+    return lines
 
 
 def format_pack_table(packs: dict[int, dict]) -> list[str]:
