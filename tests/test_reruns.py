@@ -170,8 +170,15 @@ def test_a_kill_mid_download_of_the_second_asset_keeps_the_first(synthetic_dir, 
     with FakeDandiArchive(synthetic_dir, DANDISET, VERSION, stall_after={TEST: cut}) as archive:
         write_tiny_config(workdir, source=dandi_source(synthetic_dir, archive.api_url))
         with open(tmp_path / "killed.log", "w") as log:
+            # One job at a time, train's first: the test asset's download starts, and stalls, only
+            # once train's is done, so the kill follows the stall at once. (With both at once, a
+            # slow machine could reach the kill over 30 s into the stall: dandi's read timeout
+            # then retried and finished the file before the kill.)
+            train_marker = "resources/data/tiny/fetched/train.json"
             process = subprocess.Popen(
-                snakemake_command(workdir, "--cores", "2", "--until", "fetch"),
+                snakemake_command(
+                    workdir, "--cores", "1", "--until", "fetch", "--prioritize", train_marker
+                ),
                 cwd=REPO,
                 env=environment(env),
                 stdout=log,
