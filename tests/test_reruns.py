@@ -143,6 +143,14 @@ def test_a_corrupted_second_asset_keeps_the_verified_first(synthetic_dir, tmp_pa
     )
 
 
+def _ctrl_c_not_ignored() -> None:
+    """In the child, before Snakemake starts: SIGINT back to its default, as in a terminal's
+    foreground job. A suite started in the background (`make test &`, `nohup`) ignores SIGINT,
+    and an ignored signal stays ignored in every child: Ctrl-C then did nothing, and the stalled
+    download finished after dandi's read timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(condition, timeout: float, what: str, process) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -171,9 +179,8 @@ def test_a_kill_mid_download_of_the_second_asset_keeps_the_first(synthetic_dir, 
         write_tiny_config(workdir, source=dandi_source(synthetic_dir, archive.api_url))
         with open(tmp_path / "killed.log", "w") as log:
             # One job at a time, train's first: the test asset's download starts, and stalls, only
-            # once train's is done, so the kill follows the stall at once. (With both at once, a
-            # slow machine could reach the kill over 30 s into the stall: dandi's read timeout
-            # then retried and finished the file before the kill.)
+            # once train's is done, so the kill follows the stall at once (dandi's fixed 30 s read
+            # timeout would retry a stall and finish the file).
             train_marker = "resources/data/tiny/fetched/train.json"
             process = subprocess.Popen(
                 snakemake_command(
@@ -184,6 +191,7 @@ def test_a_kill_mid_download_of_the_second_asset_keeps_the_first(synthetic_dir, 
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # its own process group, as a terminal's foreground job
+                preexec_fn=_ctrl_c_not_ignored,
             )
             try:
                 _wait_for(archive.stalled.is_set, 120, "the stalled download", process)
@@ -205,6 +213,9 @@ def test_a_kill_mid_download_of_the_second_asset_keeps_the_first(synthetic_dir, 
                 )
                 os.killpg(process.pid, kill)
                 process.wait(timeout=60)
+                if kill == signal.SIGINT:
+                    log_text = (tmp_path / "killed.log").read_text()
+                    assert "Terminating processes on user request" in log_text, log_text[-2000:]
             finally:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
