@@ -46,8 +46,13 @@ def test_lint_is_clean(snakemake_in_process):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
+    """`snakemake -n` plans each configfile's jobs. Every configfile but the CPU demo's
+    (config/config.yaml) is dry-run under the slurm profile, as on a cluster, where each
+    training job must ask for a GPU (`assert_slurm_plan`)."""
+    profile = ("--profile", "slurm") if path.stem != "config" else ()
     result = snakemake_in_process(
-        "--snakefile", SNAKEFILE, "--directory", str(tmp_path), "-n", "--configfile", str(path)
+        *("--snakefile", SNAKEFILE, "--directory", str(tmp_path), *profile, "-n"),
+        *("--configfile", str(path)),
     )
     output = result.stdout
     assert result.returncode == 0, output
@@ -69,6 +74,8 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     assert job_count(output, "infer") == n_runs
     assert job_count(output, "evaluate") == n_runs + ("ensemble" in config)
     assert job_count(output, "aggregate") == job_count(output, "figures") == 1
+    if profile:
+        assert_slurm_plan(path, result)
 
 
 # Installed by a sitecustomize module into the Snakemake process: records each import statement
@@ -326,20 +333,9 @@ def assert_slurm_plan(path, result) -> None:
             assert "gpu=" not in resources and "slurm_partition" not in resources
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "config"], ids=lambda p: p.stem)
-def test_slurm_profile_dry_run_asks_for_a_gpu_per_training_job(
-    path, tmp_path, snakemake_in_process
-):
-    """`snakemake --profile slurm -n` plans a GPU for each training job, for every configfile."""
-    result = snakemake_in_process(
-        *("--snakefile", SNAKEFILE, "--directory", str(tmp_path), "--profile", "slurm", "-n"),
-        *("--configfile", str(path)),
-    )
-    assert_slurm_plan(path, result)
-
-
 def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
-    """The same, through the `snakemake` command in its own process, for one configfile."""
+    """The slurm profile's dry run (as in test_dry_run_of_every_configfile), through the
+    `snakemake` command in its own process, for one configfile."""
     path = REPO / "config" / "mc_maze.yaml"
     result = snakemake_in(tmp_path, "--profile", "slurm", "-n", "--configfile", str(path))
     assert_slurm_plan(path, result)
