@@ -20,6 +20,7 @@ os.environ.setdefault("DANDI_CACHE", "ignore")
 from dandi_server import FakeDandiArchive
 
 from lfads.data.dandi import (
+    REACH_ATTEMPTS,
     FetchError,
     api_url_of,
     fetch_dandi_assets,
@@ -218,15 +219,18 @@ def test_asset_missing_on_server(served, tmp_path):
         assert archive.downloads() == 0
 
 
-def test_unreachable_server_fails_fast_in_one_line(tmp_path):
+def test_unreachable_server_fails_fast_in_one_line(tmp_path, monkeypatch):
     with socket.socket() as sock:  # a port nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
+    pauses = []  # the pauses between attempts, taken note of rather than waited for
+    monkeypatch.setattr("lfads.data.dandi.time.sleep", pauses.append)
     started = time.monotonic()
     with pytest.raises(FetchError) as caught:
         fetch_dandi_assets(DANDISET, VERSION, {TEST: "0" * 64}, tmp_path, url)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started + sum(pauses) < 10
+    assert pauses == [1.0] * (REACH_ATTEMPTS - 1)  # it tried again before failing
     message = str(caught.value)
     assert "\n" not in message and f"DANDI server at {url} cannot be reached" in message
     assert "`local` source" in message
