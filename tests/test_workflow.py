@@ -48,7 +48,7 @@ def test_lint_is_clean(snakemake_in_process):
 def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     """`snakemake -n` plans each configfile's jobs. Every configfile but the CPU demo's
     (config/config.yaml) is dry-run under the slurm profile, as on a cluster, where each
-    training job must ask for a GPU (`assert_slurm_plan`)."""
+    training job must ask for a GPU (`assert_slurm_plan`); the demo's plans every figure."""
     profile = ("--profile", "slurm") if path.stem != "config" else ()
     result = snakemake_in_process(
         *("--snakefile", SNAKEFILE, "--directory", str(tmp_path), *profile, "-n"),
@@ -76,6 +76,10 @@ def test_dry_run_of_every_configfile(path, tmp_path, snakemake_in_process):
     assert job_count(output, "aggregate") == job_count(output, "figures") == 1
     if profile:
         assert_slurm_plan(path, result)
+    else:  # the figures rule writes exactly the listed figures (all of them, for the synthetic set)
+        planned = set(re.findall(r"results/synthetic/val/figures/(\w+)\.png", output))
+        assert planned == {figure.name for figure in figures_for("val", "mc_maze", has_truth=True)}
+        assert planned == {figure.name for figure in FIGURES}
 
 
 # Installed by a sitecustomize module into the Snakemake process: records each import statement
@@ -119,9 +123,10 @@ open(os.environ["PLUGIN_IMPORTED"], "w").write("imported")
 """
 
 
-def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
-    """`snakemake -n` of the default configfile, plus a user plugin: no import of torch, pandas,
-    h5py, dandi, ..., and the plugin's code does not run."""
+def test_a_users_dry_run_imports_no_heavy_package_and_asks_a_gpu_per_training_job(tmp_path):
+    """`snakemake --profile slurm -n` as a user types it, in its own process, for an NLB
+    configfile plus a user plugin: no import of torch, pandas, h5py, dandi, ..., the plugin's code
+    does not run, and each training job asks for a GPU (`assert_slurm_plan`)."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(textwrap.dedent(IMPORT_RECORDER))
@@ -137,7 +142,7 @@ def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
         IMPORTS_OUT=str(out),
         PLUGIN_IMPORTED=str(plugin_imported),
     )
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "mc_maze.yaml").read_text())
     config["model"]["hparams"].update(
         plugins=["parse_probe_plugin"], ic_prior={"name": "probe_prior", "scale": 0.5}
     )
@@ -145,7 +150,8 @@ def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
     config_path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", SNAKEFILE, "--directory", str(tmp_path)]
-        + ["-n", "--cores", "2", "--configfile", str(config_path)],
+        + ["--profile", "slurm", "-n", "--configfile", str(config_path)],
+        cwd=REPO,  # where `--profile slurm` is found
         env=env,
         capture_output=True,
         text=True,
@@ -163,10 +169,7 @@ def test_parsing_the_workflow_imports_no_heavy_package(tmp_path):
     heavy = [record for record in imports if record["module"].partition(".")[0] in HEAVY]
     assert heavy == [], "\n".join(f"{r['module']} imported from {r['stack']}" for r in heavy)
     assert not recorded["DANDI_NO_ET"], "parsing the workflow set DANDI_NO_ET"
-    # the figures rule writes exactly the listed figures (all of them, for the synthetic dataset)
-    planned = set(re.findall(r"results/synthetic/val/figures/(\w+)\.png", result.stdout))
-    assert planned == {figure.name for figure in figures_for("val", "mc_maze", has_truth=True)}
-    assert planned == {figure.name for figure in FIGURES}
+    assert_slurm_plan(config_path, result)
 
 
 def test_every_figure_has_a_maker_and_a_caption_and_every_maker_a_figure(monkeypatch, tmp_path):
@@ -331,11 +334,3 @@ def assert_slurm_plan(path, result) -> None:
         if rule in ("prepare", "targets", "evaluate"):
             resources = re.search(r"resources: (.*)", body).group(1)
             assert "gpu=" not in resources and "slurm_partition" not in resources
-
-
-def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
-    """The slurm profile's dry run (as in test_dry_run_of_every_configfile), through the
-    `snakemake` command in its own process, for one configfile."""
-    path = REPO / "config" / "mc_maze.yaml"
-    result = snakemake_in(tmp_path, "--profile", "slurm", "-n", "--configfile", str(path))
-    assert_slurm_plan(path, result)
