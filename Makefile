@@ -82,7 +82,7 @@ submission: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
-# The tests not marked slow on both cores (85-100 s on 2 cores; 160 s in one process).
+# The tests not marked slow on both cores (80-90 s on 2 cores; about 145 s of CPU).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not slurm" --durations=10
 
